@@ -1,0 +1,507 @@
+//! The [`StateBackend`] contract every store and every layer implements.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+
+use crate::stats::BackendStats;
+use crate::{Error, ErrorKind, Operation, Result, StateFuture};
+
+/// Options of a write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PutOptions {
+    /// Time to live. `None` uses the backend's default TTL, if it has one,
+    /// and otherwise keeps the value until it is deleted.
+    pub ttl: Option<Duration>,
+}
+
+impl PutOptions {
+    /// Options with no TTL.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the time to live.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+}
+
+/// What [`StateBackend::ttl`] found for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyTtl {
+    /// No such key (or it has expired).
+    Missing,
+    /// The key exists and does not expire.
+    Persistent,
+    /// The key exists and expires after this long.
+    ExpiresIn(Duration),
+}
+
+/// One page of a key listing; see [`StateBackend::list_keys_page`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPage {
+    /// The keys of this page.
+    pub keys: Vec<Bytes>,
+    /// The cursor to pass to get the next page; `None` when the listing is done.
+    pub next: Option<Bytes>,
+}
+
+/// The outcome of [`StateBackend::compare_and_swap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The stored value was the expected one and has been replaced.
+    Swapped,
+    /// The stored value differed; this is what it was (`None`: absent).
+    Conflict(Option<Bytes>),
+}
+
+impl CasOutcome {
+    /// Whether the swap happened.
+    pub fn is_swapped(&self) -> bool {
+        matches!(self, CasOutcome::Swapped)
+    }
+}
+
+/// What a backend can do, for layers and tests to branch on (never on names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Data survives a restart of the process.
+    pub persistent: bool,
+    /// Data is shared by every process that connects to the same store.
+    pub distributed: bool,
+    /// TTLs expire on their own, without a reader asking.
+    pub native_ttl: bool,
+    /// Multi-key atomic transactions (see [`Transactional`](crate::Transactional)).
+    pub transactions: bool,
+    /// Publish/subscribe messaging.
+    pub pubsub: bool,
+    /// `list_keys_page` returns keys in ascending byte order, each once.
+    pub ordered_listing: bool,
+    /// `batch_put` applies all of its writes or none.
+    pub atomic_batch: bool,
+}
+
+impl Capabilities {
+    /// No capabilities; set fields with struct update syntax inside the crate
+    /// or with the builder-style setters outside it.
+    pub const NONE: Capabilities = Capabilities {
+        persistent: false,
+        distributed: false,
+        native_ttl: false,
+        transactions: false,
+        pubsub: false,
+        ordered_listing: false,
+        atomic_batch: false,
+    };
+}
+
+/// The result of a successful [`StateBackend::health_check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// The backend that answered.
+    pub backend: &'static str,
+    /// How long the probe took (a round trip for remote stores).
+    pub latency: Duration,
+}
+
+impl HealthReport {
+    /// A report for `backend` whose probe took `latency`.
+    pub fn new(backend: &'static str, latency: Duration) -> Self {
+        HealthReport { backend, latency }
+    }
+}
+
+/// The asynchronous key-value contract shared by every store and layer.
+///
+/// Keys and values are bytes. Every backend implements the whole contract;
+/// the provided methods are correct fallbacks built on the required ones, and
+/// backends override them when they can do better (one round trip, native
+/// atomicity). The trait is object safe: `Arc<dyn StateBackend>` is a backend.
+///
+/// Time-to-live is honoured by every backend: an expired key is never
+/// returned, counted or listed, whether or not it has been physically removed.
+pub trait StateBackend: Send + Sync + fmt::Debug {
+    /// A short, stable name for logs, errors and metrics (`"memory"`, `"sled"`).
+    fn name(&self) -> &'static str;
+
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The value stored under `key`, if any.
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>>;
+
+    /// Stores `value` under `key` with `options`, replacing any previous value
+    /// and its TTL.
+    fn put_with<'a>(
+        &'a self,
+        key: &'a [u8],
+        value: Bytes,
+        options: PutOptions,
+    ) -> StateFuture<'a, ()>;
+
+    /// Removes `key`; returns whether it existed.
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool>;
+
+    /// The remaining time to live of `key`.
+    fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl>;
+
+    /// One page of the keys that start with `prefix`, at most `limit` long.
+    ///
+    /// Start with `cursor = None`; pass each page's `next` until it is `None`.
+    /// Every key that matches for the whole listing is returned at least once.
+    /// Backends with [`Capabilities::ordered_listing`] return ascending keys,
+    /// each exactly once. A page may be shorter than `limit` (even empty)
+    /// while `next` is still `Some`.
+    fn list_keys_page<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        cursor: Option<&'a [u8]>,
+        limit: usize,
+    ) -> StateFuture<'a, KeyPage>;
+
+    /// Removes every key of this backend (only the keys it owns, for a
+    /// namespaced or prefixed backend).
+    fn clear(&self) -> StateFuture<'_, ()>;
+
+    /// Atomically replaces the value of `key` if it is `expected`
+    /// (`None`: the key is absent). `new = None` deletes the key. `ttl`
+    /// applies to the new value as in [`PutOptions::ttl`].
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        new: Option<Bytes>,
+        ttl: Option<Duration>,
+    ) -> StateFuture<'a, CasOutcome>;
+
+    /// Checks that the backend answers; the error says why when it does not.
+    fn health_check(&self) -> StateFuture<'_, HealthReport>;
+
+    /// Operation counts, hits and misses, errors, sampled latencies, and
+    /// backend-specific figures.
+    fn stats(&self) -> StateFuture<'_, BackendStats>;
+
+    /// Stores `value` under `key` with no TTL beyond the backend default.
+    fn put<'a>(&'a self, key: &'a [u8], value: Bytes) -> StateFuture<'a, ()> {
+        self.put_with(key, value, PutOptions::default())
+    }
+
+    /// Stores `value` under `key` for `ttl`.
+    fn put_with_ttl<'a>(
+        &'a self,
+        key: &'a [u8],
+        value: Bytes,
+        ttl: Duration,
+    ) -> StateFuture<'a, ()> {
+        self.put_with(key, value, PutOptions::new().ttl(ttl))
+    }
+
+    /// Whether `key` holds a value.
+    fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        StateFuture::new(async move { Ok(self.get(key).await?.is_some()) })
+    }
+
+    /// Every key that starts with `prefix`, ascending, each once.
+    fn list_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, Vec<Bytes>> {
+        StateFuture::new(async move {
+            let mut keys = Vec::new();
+            let mut cursor: Option<Bytes> = None;
+            loop {
+                let page = self
+                    .list_keys_page(prefix, cursor.as_deref(), LIST_PAGE)
+                    .await?;
+                keys.extend(page.keys);
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            if !self.capabilities().ordered_listing {
+                keys.sort_unstable();
+                keys.dedup();
+            }
+            Ok(keys)
+        })
+    }
+
+    /// The number of live keys.
+    fn count(&self) -> StateFuture<'_, u64> {
+        StateFuture::new(async move { Ok(self.list_keys(b"").await?.len() as u64) })
+    }
+
+    /// The values of `keys`, in the same order (`None` for missing keys).
+    fn batch_get<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, Vec<Option<Bytes>>> {
+        StateFuture::new(async move {
+            let mut values = Vec::with_capacity(keys.len());
+            for key in keys {
+                values.push(self.get(key).await?);
+            }
+            Ok(values)
+        })
+    }
+
+    /// Stores every `(key, value)` pair with the same options.
+    fn batch_put<'a>(
+        &'a self,
+        entries: Vec<(Bytes, Bytes)>,
+        options: PutOptions,
+    ) -> StateFuture<'a, ()> {
+        StateFuture::new(async move {
+            for (key, value) in entries {
+                self.put_with(&key, value, options).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes `keys`; returns how many existed.
+    fn batch_delete<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, u64> {
+        StateFuture::new(async move {
+            let mut removed = 0;
+            for key in keys {
+                removed += u64::from(self.delete(key).await?);
+            }
+            Ok(removed)
+        })
+    }
+
+    /// Stores `value` only if `key` is absent; returns whether it did.
+    fn set_if_not_exists<'a>(
+        &'a self,
+        key: &'a [u8],
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> StateFuture<'a, bool> {
+        StateFuture::new(async move {
+            Ok(self
+                .compare_and_swap(key, None, Some(value), ttl)
+                .await?
+                .is_swapped())
+        })
+    }
+
+    /// Removes `key` and returns the value it held, atomically.
+    fn get_and_delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        StateFuture::new(async move {
+            let mut current = self.get(key).await?;
+            loop {
+                let Some(value) = current else {
+                    return Ok(None);
+                };
+                match self.compare_and_swap(key, Some(&value), None, None).await? {
+                    CasOutcome::Swapped => return Ok(Some(value)),
+                    CasOutcome::Conflict(now) => current = now,
+                }
+            }
+        })
+    }
+
+    /// Adds `delta` to the integer stored under `key` and returns the result.
+    ///
+    /// Values are decimal ASCII (`b"42"`, as Redis stores them). A missing key
+    /// counts as 0 and is created with `ttl`; an existing key keeps its TTL.
+    /// A value that is not an integer is an [`ErrorKind::NotAnInteger`] error
+    /// and an overflow is [`ErrorKind::Overflow`]; neither writes anything.
+    fn increment<'a>(
+        &'a self,
+        key: &'a [u8],
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> StateFuture<'a, i64> {
+        StateFuture::new(async move {
+            let mut current = self.get(key).await?;
+            loop {
+                let (next, ttl_for_write) = match &current {
+                    None => (delta, ttl),
+                    Some(raw) => {
+                        let ttl_left = match self.ttl(key).await? {
+                            KeyTtl::ExpiresIn(left) => Some(left),
+                            KeyTtl::Persistent | KeyTtl::Missing => None,
+                        };
+                        (apply_increment(raw, delta)?, ttl_left)
+                    }
+                };
+                let encoded = Bytes::from(next.to_string());
+                match self
+                    .compare_and_swap(key, current.as_deref(), Some(encoded), ttl_for_write)
+                    .await?
+                {
+                    CasOutcome::Swapped => return Ok(next),
+                    CasOutcome::Conflict(now) => current = now,
+                }
+            }
+        })
+    }
+}
+
+/// Conveniences over any [`StateBackend`].
+pub trait StateBackendExt: StateBackend {
+    /// Streams the keys that start with `prefix`, fetching `page_size` at a
+    /// time, so that large key spaces never sit in memory at once. Keys come
+    /// in the backend's listing order (see [`StateBackend::list_keys_page`]).
+    fn key_stream<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        page_size: usize,
+    ) -> BoxStream<'a, Result<Bytes>> {
+        enum State {
+            Next(Option<Bytes>),
+            Done,
+        }
+        let pages = stream::unfold(State::Next(None), move |state| async move {
+            let cursor = match state {
+                State::Next(cursor) => cursor,
+                State::Done => return None,
+            };
+            match self
+                .list_keys_page(prefix, cursor.as_deref(), page_size)
+                .await
+            {
+                Ok(page) => {
+                    let next = match page.next {
+                        Some(next) => State::Next(Some(next)),
+                        None => State::Done,
+                    };
+                    Some((Ok(page.keys), next))
+                }
+                Err(err) => Some((Err(err), State::Done)),
+            }
+        });
+        pages
+            .map(|page| match page {
+                Ok(keys) => stream::iter(keys.into_iter().map(Ok)).left_stream(),
+                Err(err) => stream::iter(std::iter::once(Err(err))).right_stream(),
+            })
+            .flatten()
+            .boxed()
+    }
+}
+
+impl<B: StateBackend + ?Sized> StateBackendExt for B {}
+
+/// The page size `list_keys`, `count` and `clear` fallbacks use.
+pub const LIST_PAGE: usize = 1000;
+
+/// Parses a stored counter and adds `delta` to it, as `increment` specifies.
+pub fn apply_increment(raw: &[u8], delta: i64) -> Result<i64> {
+    let current = parse_counter(raw)?;
+    current.checked_add(delta).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Overflow,
+            format!("{current} + {delta} overflows a 64-bit integer"),
+        )
+        .with_operation(Operation::Increment)
+    })
+}
+
+/// Parses a decimal ASCII signed 64-bit integer as `increment` stores it.
+pub fn parse_counter(raw: &[u8]) -> Result<i64> {
+    std::str::from_utf8(raw)
+        .ok()
+        .filter(|text| !text.starts_with('+'))
+        .and_then(|text| text.parse::<i64>().ok())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotAnInteger,
+                "the stored value is not a decimal 64-bit integer",
+            )
+            .with_operation(Operation::Increment)
+        })
+}
+
+macro_rules! forward_backend {
+    ($($ty:ty),+) => {$(
+        // Every method is forwarded, provided ones included, so that a wrapper
+        // never silently drops an inner backend's native implementation.
+        impl<T: StateBackend + ?Sized> StateBackend for $ty {
+            fn name(&self) -> &'static str { (**self).name() }
+            fn capabilities(&self) -> Capabilities { (**self).capabilities() }
+            #[inline]
+            fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+                (**self).get(key)
+            }
+            #[inline]
+            fn put_with<'a>(&'a self, key: &'a [u8], value: Bytes, options: PutOptions) -> StateFuture<'a, ()> {
+                (**self).put_with(key, value, options)
+            }
+            fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> { (**self).delete(key) }
+            fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> { (**self).ttl(key) }
+            fn list_keys_page<'a>(&'a self, prefix: &'a [u8], cursor: Option<&'a [u8]>, limit: usize) -> StateFuture<'a, KeyPage> {
+                (**self).list_keys_page(prefix, cursor, limit)
+            }
+            fn clear(&self) -> StateFuture<'_, ()> { (**self).clear() }
+            fn compare_and_swap<'a>(&'a self, key: &'a [u8], expected: Option<&'a [u8]>, new: Option<Bytes>, ttl: Option<Duration>) -> StateFuture<'a, CasOutcome> {
+                (**self).compare_and_swap(key, expected, new, ttl)
+            }
+            fn health_check(&self) -> StateFuture<'_, HealthReport> { (**self).health_check() }
+            fn stats(&self) -> StateFuture<'_, BackendStats> { (**self).stats() }
+            #[inline]
+            fn put<'a>(&'a self, key: &'a [u8], value: Bytes) -> StateFuture<'a, ()> { (**self).put(key, value) }
+            fn put_with_ttl<'a>(&'a self, key: &'a [u8], value: Bytes, ttl: Duration) -> StateFuture<'a, ()> {
+                (**self).put_with_ttl(key, value, ttl)
+            }
+            fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> { (**self).contains(key) }
+            fn list_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, Vec<Bytes>> { (**self).list_keys(prefix) }
+            fn count(&self) -> StateFuture<'_, u64> { (**self).count() }
+            fn batch_get<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, Vec<Option<Bytes>>> { (**self).batch_get(keys) }
+            fn batch_put<'a>(&'a self, entries: Vec<(Bytes, Bytes)>, options: PutOptions) -> StateFuture<'a, ()> {
+                (**self).batch_put(entries, options)
+            }
+            fn batch_delete<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, u64> { (**self).batch_delete(keys) }
+            fn set_if_not_exists<'a>(&'a self, key: &'a [u8], value: Bytes, ttl: Option<Duration>) -> StateFuture<'a, bool> {
+                (**self).set_if_not_exists(key, value, ttl)
+            }
+            fn get_and_delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> { (**self).get_and_delete(key) }
+            fn increment<'a>(&'a self, key: &'a [u8], delta: i64, ttl: Option<Duration>) -> StateFuture<'a, i64> {
+                (**self).increment(key, delta, ttl)
+            }
+        }
+    )+};
+}
+
+forward_backend!(Arc<T>, Box<T>, &T);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_parse_strictly() {
+        assert_eq!(parse_counter(b"-12").ok(), Some(-12));
+        assert_eq!(parse_counter(b"0").ok(), Some(0));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b" 1",
+            b"1.5",
+            b"abc",
+            b"\xff",
+            b"99999999999999999999",
+        ] {
+            let err = parse_counter(bad).err().map(|e| e.kind());
+            assert_eq!(err, Some(ErrorKind::NotAnInteger), "{bad:?}");
+        }
+        let err = apply_increment(i64::MAX.to_string().as_bytes(), 1).err();
+        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::Overflow));
+    }
+
+    fn assert_object_safe(_: &dyn StateBackend) {}
+
+    #[test]
+    fn dyn_backend_is_object_safe_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Arc<dyn StateBackend>>();
+        send_sync::<Error>();
+        let backend: Arc<dyn StateBackend> = Arc::new(crate::MemoryBackend::new());
+        assert_object_safe(&backend);
+        assert_eq!(backend.name(), "memory");
+    }
+}

@@ -1,0 +1,85 @@
+//! Injectable time, so TTL tests advance a clock instead of sleeping.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A source of wall-clock time in milliseconds since the Unix epoch.
+///
+/// Expiry times are absolute wall-clock milliseconds so that they survive a
+/// restart (sled) and mean the same thing in every process.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Milliseconds since the Unix epoch.
+    fn now_millis(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[inline]
+    fn now_millis(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// A clock that only moves when told to; clones share the same time.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    now: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock reading `start_millis` since the Unix epoch.
+    pub fn new(start_millis: u64) -> Self {
+        ManualClock {
+            now: Arc::new(AtomicU64::new(start_millis)),
+        }
+    }
+
+    /// A clock that starts at the system's current time.
+    pub fn starting_now() -> Self {
+        Self::new(SystemClock.now_millis())
+    }
+
+    /// Moves the clock forward by `by` (rounded down to milliseconds).
+    pub fn advance(&self, by: Duration) {
+        self.now.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_millis(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+/// The absolute expiry for a TTL starting at `now`; sub-millisecond TTLs
+/// round up so that a TTL is never "already expired" when written.
+pub(crate) fn expiry_after(now: u64, ttl: Duration) -> u64 {
+    let millis = ttl.as_nanos().div_ceil(1_000_000).max(1);
+    now.saturating_add(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_advances_for_every_clone() {
+        let clock = ManualClock::new(1_000);
+        let other = clock.clone();
+        clock.advance(Duration::from_millis(250));
+        assert_eq!(other.now_millis(), 1_250);
+        assert_eq!(expiry_after(10, Duration::from_micros(1)), 11);
+        assert_eq!(expiry_after(10, Duration::from_millis(5)), 15);
+        assert_eq!(
+            expiry_after(u64::MAX - 1, Duration::from_secs(10)),
+            u64::MAX
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! The one error type of the crate: a kind, whether a retry can help, and the
+//! context (backend, operation, key) a person needs to act on it.
+
+use std::fmt;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, in terms a caller can branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The key is empty or longer than the backend's configured limit.
+    KeyTooLarge,
+    /// The value is longer than the backend's configured limit.
+    ValueTooLarge,
+    /// The key is not acceptable to this backend (for example empty).
+    InvalidKey,
+    /// `increment` found a value that is not a decimal 64-bit integer.
+    NotAnInteger,
+    /// `increment` would overflow a signed 64-bit integer.
+    Overflow,
+    /// A value could not be encoded or decoded by a codec.
+    Codec,
+    /// The configuration is invalid.
+    Config,
+    /// An argument is out of range (for example a page size of zero).
+    InvalidArgument,
+    /// The backend cannot be reached or refused the operation for now.
+    Unavailable,
+    /// The operation did not finish within its deadline.
+    Timeout,
+    /// A local I/O error (disk, file system).
+    Io,
+    /// Stored data is not in the format this crate writes.
+    Corrupt,
+    /// The operation is not supported by this backend.
+    Unsupported,
+    /// Any other failure reported by the backend.
+    Backend,
+}
+
+impl ErrorKind {
+    /// A short, stable, lowercase name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::KeyTooLarge => "key_too_large",
+            ErrorKind::ValueTooLarge => "value_too_large",
+            ErrorKind::InvalidKey => "invalid_key",
+            ErrorKind::NotAnInteger => "not_an_integer",
+            ErrorKind::Overflow => "overflow",
+            ErrorKind::Codec => "codec",
+            ErrorKind::Config => "config",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Io => "io",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Backend => "backend",
+        }
+    }
+
+    /// Whether errors of this kind are temporary by default.
+    fn default_temporary(self) -> bool {
+        matches!(self, ErrorKind::Unavailable | ErrorKind::Timeout)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The operation an error happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub enum Operation {
+    Get,
+    Put,
+    Delete,
+    Contains,
+    Ttl,
+    ListKeys,
+    Count,
+    Clear,
+    BatchGet,
+    BatchPut,
+    BatchDelete,
+    SetIfNotExists,
+    GetAndDelete,
+    CompareAndSwap,
+    Increment,
+    HealthCheck,
+    Stats,
+    Transaction,
+    Flush,
+    Open,
+    Encode,
+    Decode,
+}
+
+impl Operation {
+    /// A short, stable, lowercase name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Get => "get",
+            Operation::Put => "put",
+            Operation::Delete => "delete",
+            Operation::Contains => "contains",
+            Operation::Ttl => "ttl",
+            Operation::ListKeys => "list_keys",
+            Operation::Count => "count",
+            Operation::Clear => "clear",
+            Operation::BatchGet => "batch_get",
+            Operation::BatchPut => "batch_put",
+            Operation::BatchDelete => "batch_delete",
+            Operation::SetIfNotExists => "set_if_not_exists",
+            Operation::GetAndDelete => "get_and_delete",
+            Operation::CompareAndSwap => "compare_and_swap",
+            Operation::Increment => "increment",
+            Operation::HealthCheck => "health_check",
+            Operation::Stats => "stats",
+            Operation::Transaction => "transaction",
+            Operation::Flush => "flush",
+            Operation::Open => "open",
+            Operation::Encode => "encode",
+            Operation::Decode => "decode",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How many bytes of a key an error keeps for context.
+const KEY_CONTEXT_LEN: usize = 64;
+
+/// An error from a statecraft backend, layer or codec.
+///
+/// It says what went wrong ([`kind`](Error::kind)), whether trying again can
+/// help ([`is_temporary`](Error::is_temporary)), and where: the backend, the
+/// operation and (truncated) the key.
+#[derive(thiserror::Error)]
+pub struct Error {
+    kind: ErrorKind,
+    temporary: bool,
+    backend: &'static str,
+    operation: Option<Operation>,
+    key: Option<String>,
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// A new error of `kind` with a message; temporary if the kind usually is.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            temporary: kind.default_temporary(),
+            backend: "",
+            operation: None,
+            key: None,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Marks whether a retry of the same operation can succeed.
+    pub fn temporary(mut self, temporary: bool) -> Self {
+        self.temporary = temporary;
+        self
+    }
+
+    /// Names the backend (or layer) the error came from.
+    pub fn with_backend(mut self, backend: &'static str) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Names the operation the error happened in.
+    pub fn with_operation(mut self, operation: Operation) -> Self {
+        self.operation = Some(operation);
+        self
+    }
+
+    /// Records the key, escaped and truncated to a readable length.
+    pub fn with_key(mut self, key: &[u8]) -> Self {
+        let shown = &key[..key.len().min(KEY_CONTEXT_LEN)];
+        let mut text = String::with_capacity(shown.len() + 8);
+        for chunk in shown.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                if c.is_control() {
+                    text.extend(c.escape_default());
+                } else {
+                    text.push(c);
+                }
+            }
+            for b in chunk.invalid() {
+                text.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+        if key.len() > KEY_CONTEXT_LEN {
+            text.push('…');
+        }
+        self.key = Some(text);
+        self
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether the same operation may succeed if tried again later.
+    pub fn is_temporary(&self) -> bool {
+        self.temporary
+    }
+
+    /// The backend or layer that reported the error (empty if unknown).
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The operation the error happened in, if known.
+    pub fn operation(&self) -> Option<Operation> {
+        self.operation
+    }
+
+    /// The key involved, escaped and truncated, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Fills in backend and operation where they are still unknown.
+    pub(crate) fn context(mut self, backend: &'static str, operation: Operation) -> Self {
+        if self.backend.is_empty() {
+            self.backend = backend;
+        }
+        if self.operation.is_none() {
+            self.operation = Some(operation);
+        }
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind)?;
+        if !self.backend.is_empty() {
+            write!(f, " in {}", self.backend)?;
+        }
+        if let Some(op) = self.operation {
+            write!(f, " {op}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, " (key {key:?})")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if self.temporary {
+            f.write_str(" [temporary]")?;
+        }
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("temporary", &self.temporary)
+            .field("backend", &self.backend)
+            .field("operation", &self.operation)
+            .field("key", &self.key)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_escaped_and_truncated() {
+        let err = Error::new(ErrorKind::InvalidKey, "bad").with_key(b"a\nb\xff");
+        assert_eq!(err.key(), Some("a\\nb\\xff"));
+        let long = vec![b'k'; 200];
+        let err = Error::new(ErrorKind::KeyTooLarge, "long").with_key(&long);
+        assert_eq!(
+            err.key().map(|k| k.chars().count()),
+            Some(KEY_CONTEXT_LEN + 1)
+        );
+    }
+
+    #[test]
+    fn kinds_default_to_their_retryability() {
+        assert!(Error::new(ErrorKind::Timeout, "t").is_temporary());
+        assert!(Error::new(ErrorKind::Unavailable, "u").is_temporary());
+        assert!(!Error::new(ErrorKind::NotAnInteger, "n").is_temporary());
+        let shown = Error::new(ErrorKind::Timeout, "slow")
+            .context("memory", Operation::Get)
+            .to_string();
+        assert_eq!(shown, "timeout in memory get: slow [temporary]");
+    }
+}

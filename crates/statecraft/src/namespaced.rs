@@ -1,0 +1,240 @@
+//! [`Namespaced`]: a backend seen through a key prefix.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::stats::BackendStats;
+use crate::{
+    Capabilities, CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions, StateBackend, StateFuture,
+    LIST_PAGE,
+};
+
+/// A backend whose keys all live under `prefix` in an inner backend.
+///
+/// Keys are given and listed without the prefix; `count` and `clear` touch
+/// only the namespace. Several `Namespaced` views over one backend never see
+/// each other's keys as long as no prefix is a prefix of another.
+#[derive(Debug, Clone)]
+pub struct Namespaced<B> {
+    inner: B,
+    prefix: Bytes,
+}
+
+impl<B: StateBackend> Namespaced<B> {
+    /// A view of `inner` under `prefix` (for example `"sessions:"`).
+    pub fn new(inner: B, prefix: impl Into<Bytes>) -> Self {
+        Namespaced {
+            inner,
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// The inner backend.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The inner backend, consuming the view.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+
+    fn full_key(&self, key: &[u8]) -> Bytes {
+        let mut full = BytesMut::with_capacity(self.prefix.len() + key.len());
+        full.extend_from_slice(&self.prefix);
+        full.extend_from_slice(key);
+        full.freeze()
+    }
+
+    fn strip(&self, key: Bytes) -> Bytes {
+        if key.starts_with(&self.prefix) {
+            key.slice(self.prefix.len()..)
+        } else {
+            key
+        }
+    }
+}
+
+impl<B: StateBackend> StateBackend for Namespaced<B> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        StateFuture::new(async move { self.inner.get(&self.full_key(key)).await })
+    }
+
+    fn put_with<'a>(
+        &'a self,
+        key: &'a [u8],
+        value: Bytes,
+        options: PutOptions,
+    ) -> StateFuture<'a, ()> {
+        StateFuture::new(async move {
+            self.inner
+                .put_with(&self.full_key(key), value, options)
+                .await
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        StateFuture::new(async move { self.inner.delete(&self.full_key(key)).await })
+    }
+
+    fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
+        StateFuture::new(async move { self.inner.ttl(&self.full_key(key)).await })
+    }
+
+    fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        StateFuture::new(async move { self.inner.contains(&self.full_key(key)).await })
+    }
+
+    fn list_keys_page<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        cursor: Option<&'a [u8]>,
+        limit: usize,
+    ) -> StateFuture<'a, KeyPage> {
+        StateFuture::new(async move {
+            let page = self
+                .inner
+                .list_keys_page(&self.full_key(prefix), cursor, limit)
+                .await?;
+            Ok(KeyPage {
+                keys: page.keys.into_iter().map(|k| self.strip(k)).collect(),
+                next: page.next,
+            })
+        })
+    }
+
+    fn list_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, Vec<Bytes>> {
+        StateFuture::new(async move {
+            let keys = self.inner.list_keys(&self.full_key(prefix)).await?;
+            Ok(keys.into_iter().map(|k| self.strip(k)).collect())
+        })
+    }
+
+    fn count(&self) -> StateFuture<'_, u64> {
+        StateFuture::new(async move {
+            if !self.inner.capabilities().ordered_listing {
+                // Unordered listings may repeat keys; count distinct ones.
+                return Ok(self.inner.list_keys(&self.prefix).await?.len() as u64);
+            }
+            let mut count = 0u64;
+            let mut cursor: Option<Bytes> = None;
+            loop {
+                let page = self
+                    .inner
+                    .list_keys_page(&self.prefix, cursor.as_deref(), LIST_PAGE)
+                    .await?;
+                count += page.keys.len() as u64;
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => return Ok(count),
+                }
+            }
+        })
+    }
+
+    fn clear(&self) -> StateFuture<'_, ()> {
+        StateFuture::new(async move {
+            loop {
+                let page = self
+                    .inner
+                    .list_keys_page(&self.prefix, None, LIST_PAGE)
+                    .await?;
+                if page.keys.is_empty() && page.next.is_none() {
+                    return Ok(());
+                }
+                self.inner.batch_delete(&page.keys).await?;
+                if page.next.is_none() {
+                    return Ok(());
+                }
+            }
+        })
+    }
+
+    fn batch_get<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, Vec<Option<Bytes>>> {
+        StateFuture::new(async move {
+            let full: Vec<Bytes> = keys.iter().map(|k| self.full_key(k)).collect();
+            self.inner.batch_get(&full).await
+        })
+    }
+
+    fn batch_put<'a>(
+        &'a self,
+        entries: Vec<(Bytes, Bytes)>,
+        options: PutOptions,
+    ) -> StateFuture<'a, ()> {
+        let full = entries
+            .into_iter()
+            .map(|(k, v)| (self.full_key(&k), v))
+            .collect();
+        self.inner.batch_put(full, options)
+    }
+
+    fn batch_delete<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, u64> {
+        StateFuture::new(async move {
+            let full: Vec<Bytes> = keys.iter().map(|k| self.full_key(k)).collect();
+            self.inner.batch_delete(&full).await
+        })
+    }
+
+    fn set_if_not_exists<'a>(
+        &'a self,
+        key: &'a [u8],
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> StateFuture<'a, bool> {
+        StateFuture::new(async move {
+            self.inner
+                .set_if_not_exists(&self.full_key(key), value, ttl)
+                .await
+        })
+    }
+
+    fn get_and_delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        StateFuture::new(async move { self.inner.get_and_delete(&self.full_key(key)).await })
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        new: Option<Bytes>,
+        ttl: Option<Duration>,
+    ) -> StateFuture<'a, CasOutcome> {
+        StateFuture::new(async move {
+            self.inner
+                .compare_and_swap(&self.full_key(key), expected, new, ttl)
+                .await
+        })
+    }
+
+    fn increment<'a>(
+        &'a self,
+        key: &'a [u8],
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> StateFuture<'a, i64> {
+        StateFuture::new(async move { self.inner.increment(&self.full_key(key), delta, ttl).await })
+    }
+
+    fn health_check(&self) -> StateFuture<'_, HealthReport> {
+        self.inner.health_check()
+    }
+
+    fn stats(&self) -> StateFuture<'_, BackendStats> {
+        self.inner.stats()
+    }
+}

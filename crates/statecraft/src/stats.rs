@@ -1,0 +1,296 @@
+//! Cheap operation statistics: striped counters and a sampled latency
+//! histogram, so that recording costs one uncontended atomic add per call.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A snapshot of a backend's statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackendStats {
+    /// The backend these figures are for.
+    pub backend: &'static str,
+    /// Reads that found a value.
+    pub hits: u64,
+    /// Reads that found nothing.
+    pub misses: u64,
+    /// Writes, deletes and other operations that are not plain reads.
+    pub writes: u64,
+    /// Operations that returned an error.
+    pub errors: u64,
+    /// Latency of a sample of the operations (one in [`SAMPLE_EVERY`]).
+    pub latency: LatencySummary,
+    /// Backend-specific figures, such as `size_on_disk_bytes` or `entries`.
+    pub details: BTreeMap<String, u64>,
+}
+
+impl BackendStats {
+    /// All operations counted.
+    pub fn operations(&self) -> u64 {
+        self.hits + self.misses + self.writes + self.errors
+    }
+
+    /// Hits over reads, or `None` before the first read.
+    pub fn hit_rate(&self) -> Option<f64> {
+        let reads = self.hits + self.misses;
+        (reads > 0).then(|| self.hits as f64 / reads as f64)
+    }
+}
+
+/// Percentiles of the sampled operation latencies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LatencySummary {
+    /// How many operations were timed.
+    pub samples: u64,
+    /// Median.
+    pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// The slowest sample (to the histogram's resolution).
+    pub max: Duration,
+}
+
+/// One operation in this many (per thread) is timed.
+pub const SAMPLE_EVERY: u32 = 64;
+
+const STRIPES: usize = 16;
+const SUB_BUCKET_BITS: u32 = 3;
+const SUB_BUCKETS: usize = 1 << SUB_BUCKET_BITS;
+const LINEAR: usize = 2 * SUB_BUCKETS;
+const BUCKETS: usize = LINEAR + (64 - SUB_BUCKET_BITS as usize - 1) * SUB_BUCKETS;
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Stripe {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    writes: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// How an operation ended, for [`StatsRecorder::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A read that found a value.
+    Hit,
+    /// A read that found nothing.
+    Miss,
+    /// Any other successful operation.
+    Write,
+    /// A failed operation.
+    Error,
+}
+
+/// A started measurement; pass it back to [`StatsRecorder::finish`].
+#[derive(Debug, Clone, Copy)]
+pub struct Timer(Option<Instant>);
+
+/// The recorder backends keep their statistics in.
+pub struct StatsRecorder {
+    stripes: Box<[Stripe]>,
+    histogram: Box<[AtomicU64]>,
+}
+
+thread_local! {
+    static THREAD_SLOT: (usize, Cell<u32>) = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        (NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES, Cell::new(0))
+    };
+}
+
+impl Default for StatsRecorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StatsRecorder {
+    /// An empty recorder.
+    pub fn new() -> Self {
+        StatsRecorder {
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            histogram: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Starts measuring an operation; only one in [`SAMPLE_EVERY`] reads the clock.
+    #[inline]
+    pub fn start(&self) -> Timer {
+        let sample = THREAD_SLOT.with(|(_, tick)| {
+            let n = tick.get().wrapping_add(1);
+            tick.set(n);
+            n % SAMPLE_EVERY == 0
+        });
+        Timer(sample.then(Instant::now))
+    }
+
+    /// Records how an operation started with [`start`](Self::start) ended.
+    #[inline]
+    pub fn finish(&self, timer: Timer, outcome: Outcome) {
+        let stripe = &self.stripes[THREAD_SLOT.with(|(slot, _)| *slot)];
+        let counter = match outcome {
+            Outcome::Hit => &stripe.hits,
+            Outcome::Miss => &stripe.misses,
+            Outcome::Write => &stripe.writes,
+            Outcome::Error => &stripe.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(started) = timer.0 {
+            self.record_latency(started.elapsed());
+        }
+    }
+
+    /// Records the outcome of a read result and passes it through.
+    #[inline]
+    pub fn read<T>(
+        &self,
+        timer: Timer,
+        result: crate::Result<Option<T>>,
+    ) -> crate::Result<Option<T>> {
+        let outcome = match &result {
+            Ok(Some(_)) => Outcome::Hit,
+            Ok(None) => Outcome::Miss,
+            Err(_) => Outcome::Error,
+        };
+        self.finish(timer, outcome);
+        result
+    }
+
+    /// Records the outcome of a non-read result and passes it through.
+    #[inline]
+    pub fn write<T>(&self, timer: Timer, result: crate::Result<T>) -> crate::Result<T> {
+        let outcome = if result.is_ok() {
+            Outcome::Write
+        } else {
+            Outcome::Error
+        };
+        self.finish(timer, outcome);
+        result
+    }
+
+    /// Adds one latency measurement to the histogram.
+    pub fn record_latency(&self, latency: Duration) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.histogram[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A snapshot of the counters and latency percentiles.
+    pub fn snapshot(&self, backend: &'static str) -> BackendStats {
+        let mut stats = BackendStats {
+            backend,
+            ..BackendStats::default()
+        };
+        for stripe in self.stripes.iter() {
+            stats.hits += stripe.hits.load(Ordering::Relaxed);
+            stats.misses += stripe.misses.load(Ordering::Relaxed);
+            stats.writes += stripe.writes.load(Ordering::Relaxed);
+            stats.errors += stripe.errors.load(Ordering::Relaxed);
+        }
+        let counts: Vec<u64> = self
+            .histogram
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let samples: u64 = counts.iter().sum();
+        let percentile = |q: f64| -> Duration {
+            if samples == 0 {
+                return Duration::ZERO;
+            }
+            let rank = ((samples as f64 * q).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (bucket, count) in counts.iter().enumerate() {
+                seen += count;
+                if seen >= rank {
+                    return Duration::from_nanos(bucket_upper(bucket));
+                }
+            }
+            Duration::from_nanos(bucket_upper(BUCKETS - 1))
+        };
+        stats.latency = LatencySummary {
+            samples,
+            p50: percentile(0.50),
+            p90: percentile(0.90),
+            p99: percentile(0.99),
+            max: percentile(1.0),
+        };
+        stats
+    }
+}
+
+impl fmt::Debug for StatsRecorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatsRecorder").finish_non_exhaustive()
+    }
+}
+
+/// Log-linear buckets: exact below 16 ns, then 8 sub-buckets per power of two
+/// (at most 12.5% relative error).
+fn bucket_of(nanos: u64) -> usize {
+    if nanos < LINEAR as u64 {
+        return nanos as usize;
+    }
+    let exponent = 63 - nanos.leading_zeros();
+    let sub = ((nanos >> (exponent - SUB_BUCKET_BITS)) as usize) & (SUB_BUCKETS - 1);
+    LINEAR + (exponent as usize - SUB_BUCKET_BITS as usize - 1) * SUB_BUCKETS + sub
+}
+
+/// The largest value that falls in `bucket`.
+fn bucket_upper(bucket: usize) -> u64 {
+    if bucket < LINEAR {
+        return bucket as u64;
+    }
+    let index = bucket - LINEAR;
+    let exponent = (index / SUB_BUCKETS) as u32 + SUB_BUCKET_BITS + 1;
+    let sub = (index % SUB_BUCKETS) as u64;
+    let width = 1u64 << (exponent - SUB_BUCKET_BITS);
+    let lower = (1u64 << exponent) + sub * width;
+    lower.saturating_add(width - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_every_value_in_order() {
+        let mut last = 0;
+        for nanos in [0, 1, 15, 16, 17, 31, 32, 1_000, 65_535, 1 << 40, u64::MAX] {
+            let bucket = bucket_of(nanos);
+            assert!(bucket < BUCKETS, "{nanos} -> {bucket}");
+            assert!(bucket >= last, "{nanos} went backwards");
+            assert!(bucket_upper(bucket) >= nanos, "{nanos} above its bucket");
+            last = bucket;
+        }
+        assert!(bucket_upper(bucket_of(1_000)) < 1_130);
+    }
+
+    #[test]
+    fn snapshot_counts_outcomes_and_percentiles() {
+        let stats = StatsRecorder::new();
+        for _ in 0..10 {
+            stats.finish(Timer(None), Outcome::Hit);
+        }
+        stats.finish(Timer(None), Outcome::Miss);
+        stats.finish(Timer(None), Outcome::Error);
+        for micros in 1..=100 {
+            stats.record_latency(Duration::from_micros(micros));
+        }
+        let snap = stats.snapshot("test");
+        assert_eq!(
+            (snap.hits, snap.misses, snap.errors, snap.writes),
+            (10, 1, 1, 0)
+        );
+        assert_eq!(snap.operations(), 12);
+        assert_eq!(snap.latency.samples, 100);
+        let p50 = snap.latency.p50.as_micros();
+        assert!((50..=57).contains(&p50), "p50 {p50}");
+        let p99 = snap.latency.p99.as_micros();
+        assert!((99..=112).contains(&p99), "p99 {p99}");
+    }
+}

@@ -1,0 +1,105 @@
+//! The conformance suite run against the memory and sled backends, directly
+//! and through `Namespaced`. Select it with `cargo test conformance`.
+
+use std::sync::Arc;
+
+use statecraft::{Limits, ManualClock, MemoryBackend, Namespaced, SledBackend, StateBackend};
+use statecraft_testkit::{Fixture, FixtureFuture, TimeControl, FIXTURE_MAX_KEY, FIXTURE_MAX_VALUE};
+
+const NAMESPACE: &[u8] = b"tenant-7:";
+
+fn limits() -> Limits {
+    Limits::new(FIXTURE_MAX_KEY, FIXTURE_MAX_VALUE)
+}
+
+fn memory(clock: &ManualClock) -> MemoryBackend {
+    MemoryBackend::builder()
+        .clock(clock.clone())
+        .limits(limits())
+        .sweep_interval(None)
+        .build()
+}
+
+fn sled(clock: &ManualClock) -> (SledBackend, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let backend = SledBackend::builder()
+        .path(dir.path())
+        .clock(clock.clone())
+        .limits(limits())
+        .flush_every(None)
+        .sweep_interval(None)
+        .open()
+        .expect("sled opens in a fresh directory");
+    (backend, dir)
+}
+
+fn fixture(backend: Arc<dyn StateBackend>, clock: ManualClock, namespaced: bool) -> Fixture {
+    let max_key = if namespaced {
+        FIXTURE_MAX_KEY - NAMESPACE.len()
+    } else {
+        FIXTURE_MAX_KEY
+    };
+    Fixture::new(
+        backend,
+        TimeControl::Manual(clock),
+        max_key,
+        FIXTURE_MAX_VALUE,
+    )
+}
+
+fn memory_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        fixture(Arc::new(memory(&clock)), clock, false)
+    })
+}
+
+fn namespaced_memory_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        let inner = Arc::new(memory(&clock));
+        // A neighbour outside the namespace that must stay invisible.
+        inner
+            .put(b"tenant-8:k", "other".into())
+            .await
+            .expect("seed neighbour");
+        let view = Namespaced::new(inner, NAMESPACE);
+        fixture(Arc::new(view), clock, true)
+    })
+}
+
+fn sled_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        let (backend, dir) = sled(&clock);
+        fixture(Arc::new(backend), clock, false).with_guard(dir)
+    })
+}
+
+fn namespaced_sled_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        let (backend, dir) = sled(&clock);
+        backend
+            .put(b"tenant-6:k", "other".into())
+            .await
+            .expect("seed neighbour");
+        let view = Namespaced::new(Arc::new(backend), NAMESPACE);
+        fixture(Arc::new(view), clock, true).with_guard(dir)
+    })
+}
+
+mod conformance {
+    mod memory {
+        statecraft_testkit::conformance_tests!(super::super::memory_fixture);
+    }
+    mod namespaced_memory {
+        statecraft_testkit::conformance_tests!(super::super::namespaced_memory_fixture);
+    }
+    mod sled {
+        statecraft_testkit::conformance_tests!(super::super::sled_fixture);
+    }
+    mod namespaced_sled {
+        statecraft_testkit::conformance_tests!(super::super::namespaced_sled_fixture);
+    }
+}
