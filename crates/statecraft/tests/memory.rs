@@ -1,0 +1,115 @@
+//! Memory-backend specifics: default TTL, the background sweeper, typed views.
+
+use std::time::Duration;
+
+use statecraft::typed::{Json, Postcard};
+use statecraft::{ErrorKind, KeyTtl, ManualClock, MemoryBackend, StateBackend, Typed};
+
+#[tokio::test]
+async fn default_ttl_applies_to_writes_without_one() {
+    let clock = ManualClock::starting_now();
+    let backend = MemoryBackend::builder()
+        .clock(clock.clone())
+        .default_ttl(Duration::from_secs(5))
+        .sweep_interval(None)
+        .build();
+    backend.put(b"k", "v".into()).await.expect("put");
+    assert!(matches!(
+        backend.ttl(b"k").await.expect("ttl"),
+        KeyTtl::ExpiresIn(_)
+    ));
+    clock.advance(Duration::from_secs(6));
+    assert_eq!(backend.get(b"k").await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn sweeper_thread_removes_expired_entries() {
+    let clock = ManualClock::starting_now();
+    let backend = MemoryBackend::builder()
+        .clock(clock.clone())
+        .sweep_interval(Some(Duration::from_millis(5)))
+        .build();
+    for i in 0..50 {
+        backend
+            .put_with_ttl(
+                format!("k{i}").as_bytes(),
+                "v".into(),
+                Duration::from_secs(1),
+            )
+            .await
+            .expect("put");
+    }
+    backend.put(b"keep", "v".into()).await.expect("put");
+    assert_eq!(backend.raw_len(), 51);
+    clock.advance(Duration::from_secs(2));
+    // The sweeper runs on its own thread; wait (bounded) for it to act.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while backend.raw_len() > 1 && std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        backend.raw_len(),
+        1,
+        "the sweeper did not remove expired entries"
+    );
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Clone)]
+struct Session {
+    user: String,
+    visits: u32,
+    roles: Vec<String>,
+}
+
+#[tokio::test]
+async fn typed_views_round_trip_with_both_codecs() {
+    let session = Session {
+        user: "ada".into(),
+        visits: 3,
+        roles: vec!["admin".into()],
+    };
+    let json: Typed<Session, _, Json> = Typed::new(MemoryBackend::new());
+    json.put(b"s", &session).await.expect("put");
+    assert_eq!(json.get(b"s").await.expect("get"), Some(session.clone()));
+    let raw = json
+        .get_ref()
+        .get(b"s")
+        .await
+        .expect("raw")
+        .expect("stored");
+    assert!(raw.starts_with(b"{\"user\":\"ada\""));
+
+    let compact: Typed<Session, _, Postcard> = Typed::new(MemoryBackend::new());
+    compact.put(b"s", &session).await.expect("put");
+    assert_eq!(compact.get(b"s").await.expect("get"), Some(session.clone()));
+    let raw = compact
+        .get_ref()
+        .get(b"s")
+        .await
+        .expect("raw")
+        .expect("stored");
+    assert!(raw.len() < 20, "postcard is compact: {} bytes", raw.len());
+
+    let bumped = compact
+        .update(b"s", |s| {
+            s.map(|s| Session {
+                visits: s.visits + 1,
+                ..s
+            })
+        })
+        .await
+        .expect("update");
+    assert_eq!(bumped.map(|s| s.visits), Some(4));
+    assert!(compact.delete(b"s").await.expect("delete"));
+}
+
+#[tokio::test]
+async fn typed_decode_failure_is_a_codec_error() {
+    let backend = MemoryBackend::new();
+    backend.put(b"s", "not json".into()).await.expect("put");
+    let typed: Typed<Session, _, Json> = Typed::new(backend);
+    let err = typed.get(b"s").await.expect_err("decoding garbage fails");
+    assert_eq!(err.kind(), ErrorKind::Codec);
+    assert!(!err.is_temporary());
+}

@@ -1,0 +1,187 @@
+//! Sled durability and sled-only features: what a child process acknowledged
+//! after a flush survives SIGKILL; transactions; TTLs across reopen; the sweeper.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use statecraft::{KeyTtl, ManualClock, SledBackend, StateBackend, Transaction, Transactional};
+
+const CHILD_ENV: &str = "STATECRAFT_SLED_CHILD_DB";
+const ACKED: u64 = 3_000;
+
+fn value_of(i: u64) -> String {
+    format!("value-{i}-{}", "x".repeat((i % 50) as usize))
+}
+
+/// The child: writes keys forever, flushing every 100 and printing the count
+/// it has flushed, until the parent kills it.
+async fn child(path: &str) {
+    let backend = SledBackend::builder()
+        .path(path)
+        .flush_every(None)
+        .open()
+        .expect("child opens the database");
+    let mut i = 0u64;
+    loop {
+        backend
+            .put(format!("key-{i:08}").as_bytes(), value_of(i).into())
+            .await
+            .expect("child put");
+        i += 1;
+        if i % 100 == 0 {
+            backend.flush().await.expect("child flush");
+            println!("acked {i}");
+        }
+    }
+}
+
+mod conformance {
+    mod sled {
+        use super::super::*;
+
+        #[tokio::test]
+        async fn survives_sigkill_after_flush() {
+            if let Ok(path) = std::env::var(CHILD_ENV) {
+                child(&path).await;
+                return;
+            }
+            let dir = tempfile::tempdir().expect("temp dir");
+            let exe = std::env::current_exe().expect("test binary path");
+            let mut process = Command::new(exe)
+                .args([
+                    "--exact",
+                    "conformance::sled::survives_sigkill_after_flush",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(CHILD_ENV, dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn the writer process");
+            let stdout = process.stdout.take().expect("child stdout");
+            let mut acked = 0u64;
+            for line in BufReader::new(stdout).lines() {
+                let line = line.expect("read child output");
+                if let Some(n) = line.strip_prefix("acked ") {
+                    acked = n.trim().parse().expect("ack count");
+                    if acked >= ACKED {
+                        break;
+                    }
+                }
+            }
+            // SIGKILL while the child is still writing.
+            process.kill().expect("SIGKILL the writer");
+            let status = process.wait().expect("reap the writer");
+            assert!(!status.success(), "the writer was killed, not finished");
+            assert!(
+                acked >= ACKED,
+                "the writer acknowledged only {acked} writes"
+            );
+
+            let reopened = SledBackend::open(dir.path()).expect("reopen after SIGKILL");
+            assert!(reopened.was_recovered());
+            for i in 0..acked {
+                let got = reopened
+                    .get(format!("key-{i:08}").as_bytes())
+                    .await
+                    .expect("get");
+                assert_eq!(
+                    got.as_deref(),
+                    Some(value_of(i).as_bytes()),
+                    "acknowledged key {i} lost"
+                );
+            }
+            let count = reopened.count().await.expect("count");
+            assert!(count >= acked, "count {count} < acked {acked}");
+        }
+
+        #[tokio::test]
+        async fn transactions_apply_all_or_nothing() {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let backend = SledBackend::open(dir.path()).expect("open");
+            backend.put(b"from", "10".into()).await.expect("put");
+            let transfer = Transaction::new()
+                .check("from", Some("10"))
+                .check("to", None::<&str>)
+                .put("from", "0")
+                .put_with_ttl("to", "10", Duration::from_secs(60));
+            assert!(backend.transaction(transfer.clone()).await.expect("commit"));
+            assert_eq!(
+                backend.get(b"from").await.expect("get").as_deref(),
+                Some(&b"0"[..])
+            );
+            assert_eq!(
+                backend.get(b"to").await.expect("get").as_deref(),
+                Some(&b"10"[..])
+            );
+            assert!(matches!(
+                backend.ttl(b"to").await.expect("ttl"),
+                KeyTtl::ExpiresIn(_)
+            ));
+            // The same transaction again: its checks fail, nothing is written.
+            let again = transfer.delete("from");
+            assert!(!backend.transaction(again).await.expect("transaction runs"));
+            assert_eq!(
+                backend.get(b"from").await.expect("get").as_deref(),
+                Some(&b"0"[..])
+            );
+        }
+
+        #[tokio::test]
+        async fn ttl_survives_reopen_and_sweeper_removes_expired() {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let clock = ManualClock::starting_now();
+            let open = || {
+                SledBackend::builder()
+                    .path(dir.path())
+                    .clock(clock.clone())
+                    .sweep_interval(None)
+                    .open()
+                    .expect("open")
+            };
+            {
+                let backend = open();
+                for i in 0..100 {
+                    let key = format!("t{i}");
+                    backend
+                        .put_with_ttl(key.as_bytes(), "v".into(), Duration::from_secs(10))
+                        .await
+                        .expect("put");
+                }
+                backend
+                    .put_with_ttl(b"rewritten", "v".into(), Duration::from_secs(10))
+                    .await
+                    .expect("put");
+                backend.put(b"rewritten", "kept".into()).await.expect("put");
+                backend.put(b"plain", "v".into()).await.expect("put");
+                backend.flush().await.expect("flush");
+            }
+            let backend = open();
+            assert_eq!(backend.count().await.expect("count"), 102);
+            assert!(matches!(
+                backend.ttl(b"t5").await.expect("ttl"),
+                KeyTtl::ExpiresIn(_)
+            ));
+            clock.advance(Duration::from_secs(11));
+            assert_eq!(backend.count().await.expect("count"), 2);
+            assert_eq!(backend.sweep_expired().expect("sweep"), 100);
+            assert_eq!(backend.sweep_expired().expect("sweep again"), 0);
+            assert_eq!(
+                backend.get(b"rewritten").await.expect("get").as_deref(),
+                Some(&b"kept"[..])
+            );
+            let stats = backend.stats().await.expect("stats");
+            assert!(
+                stats
+                    .details
+                    .get("size_on_disk_bytes")
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
+            );
+        }
+    }
+}
