@@ -1,0 +1,429 @@
+//! `statecraft bench`: latency and throughput of each backend's operations.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use statecraft::{MemoryBackend, PutOptions, SledBackend, StateBackend};
+
+/// Options of `statecraft bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// A backend to measure: `memory`, `sled` (a temporary database) or
+    /// `sled:PATH`. Repeat to compare several. Default: memory and a
+    /// temporary sled.
+    #[arg(long = "backend", value_name = "SPEC")]
+    backends: Vec<String>,
+    /// Operations to measure.
+    #[arg(long = "op", value_enum, value_delimiter = ',', default_values_t = Op::ALL)]
+    ops: Vec<BenchOp>,
+    /// The "N" of concurrency 1 and N: concurrent tasks on one client.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// How long each (operation, concurrency) case runs, in milliseconds.
+    #[arg(long, default_value_t = 800)]
+    duration_ms: u64,
+    /// Distinct keys read and written.
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Keys per batch operation.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// An operation `statecraft bench` can measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BenchOp {
+    Get,
+    Put,
+    Increment,
+    BatchGet,
+    BatchPut,
+}
+
+struct Op;
+
+impl Op {
+    const ALL: [BenchOp; 5] = [
+        BenchOp::Get,
+        BenchOp::Put,
+        BenchOp::Increment,
+        BenchOp::BatchGet,
+        BenchOp::BatchPut,
+    ];
+}
+
+impl BenchOp {
+    fn name(self) -> &'static str {
+        match self {
+            BenchOp::Get => "get",
+            BenchOp::Put => "put",
+            BenchOp::Increment => "increment",
+            BenchOp::BatchGet => "batch_get",
+            BenchOp::BatchPut => "batch_put",
+        }
+    }
+
+    fn is_batch(self) -> bool {
+        matches!(self, BenchOp::BatchGet | BenchOp::BatchPut)
+    }
+}
+
+/// One row of results.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct BenchRow {
+    backend: String,
+    operation: &'static str,
+    concurrency: usize,
+    /// Keys per second (for batch operations, keys, not calls).
+    ops_per_sec: f64,
+    /// Median latency of one call, in microseconds.
+    p50_us: f64,
+    /// 99th percentile latency of one call, in microseconds.
+    p99_us: f64,
+    /// Keys per call.
+    batch_size: usize,
+    /// Calls made.
+    calls: u64,
+    persistent: bool,
+    distributed: bool,
+}
+
+/// A backend opened for benchmarking, with whatever must outlive it.
+struct Target {
+    label: String,
+    backend: Arc<dyn StateBackend>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn open_target(spec: &str) -> Result<Target, String> {
+    let target = |label: &str, backend: Arc<dyn StateBackend>, dir| Target {
+        label: label.to_string(),
+        backend,
+        _dir: dir,
+    };
+    match spec.split_once(':') {
+        None if spec == "memory" => Ok(target("memory", Arc::new(MemoryBackend::new()), None)),
+        None if spec == "sled" => {
+            let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+            let backend = SledBackend::open(dir.path()).map_err(|e| e.to_string())?;
+            Ok(target("sled", Arc::new(backend), Some(dir)))
+        }
+        Some(("sled", path)) if !path.is_empty() => {
+            let backend = SledBackend::open(path).map_err(|e| e.to_string())?;
+            Ok(target(&format!("sled:{path}"), Arc::new(backend), None))
+        }
+        Some((scheme, _)) if matches!(scheme, "redis" | "rediss" | "redis+cluster" | "postgres" | "postgresql") => {
+            Err(format!(
+                "backend {spec:?}: the {scheme} backend is not part of this build yet; \
+                 available: memory, sled, sled:PATH"
+            ))
+        }
+        _ => Err(format!(
+            "unknown backend {spec:?}; expected memory, sled or sled:PATH"
+        )),
+    }
+}
+
+/// Runs the benchmark and prints the table or JSON.
+pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
+    if args.concurrency == 0 || args.keys == 0 || args.batch_size == 0 || args.duration_ms == 0 {
+        return Err("--concurrency, --keys, --batch-size and --duration-ms must be at least 1".into());
+    }
+    let specs = if args.backends.is_empty() {
+        vec!["memory".to_string(), "sled".to_string()]
+    } else {
+        args.backends.clone()
+    };
+    let targets = specs.iter().map(|s| open_target(s)).collect::<Result<Vec<_>, _>>()?;
+    let mut levels = vec![1];
+    if args.concurrency > 1 {
+        levels.push(args.concurrency);
+    }
+    let cases = (targets.len() * args.ops.len() * levels.len()) as u64;
+    let progress = ProgressBar::new(cases);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let value = Bytes::from(vec![b'v'; args.value_size]);
+    let keys: Arc<[Bytes]> = (0..args.keys).map(|i| Bytes::from(format!("bench:{i:08}"))).collect();
+    let mut rows = Vec::new();
+    for target in &targets {
+        progress.set_message(format!("{}: loading {} keys", target.label, args.keys));
+        prefill(&*target.backend, &keys, &value).await?;
+        for &op in &args.ops {
+            for &concurrency in &levels {
+                progress.set_message(format!("{} {} ×{concurrency}", target.label, op.name()));
+                rows.push(measure(target, op, concurrency, &args, &keys, &value).await?);
+                progress.inc(1);
+            }
+        }
+        target.backend.clear().await.map_err(|e| e.to_string())?;
+    }
+    progress.finish_and_clear();
+    if args.json {
+        let json = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
+        println!("{json}");
+    } else {
+        print!("{}", render_table(&rows));
+    }
+    Ok(())
+}
+
+async fn prefill(backend: &dyn StateBackend, keys: &[Bytes], value: &Bytes) -> Result<(), String> {
+    for chunk in keys.chunks(1_000) {
+        let entries = chunk.iter().map(|k| (k.clone(), value.clone())).collect();
+        backend
+            .batch_put(entries, PutOptions::default())
+            .await
+            .map_err(|e| format!("loading keys: {e}"))?;
+    }
+    Ok(())
+}
+
+/// One task's results.
+struct TaskResult {
+    histogram: Histogram<u64>,
+    calls: u64,
+}
+
+async fn measure(
+    target: &Target,
+    op: BenchOp,
+    concurrency: usize,
+    args: &BenchArgs,
+    keys: &Arc<[Bytes]>,
+    value: &Bytes,
+) -> Result<BenchRow, String> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(args.duration_ms);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|task| {
+            let backend = Arc::clone(&target.backend);
+            let keys = Arc::clone(keys);
+            let value = value.clone();
+            let batch_size = args.batch_size;
+            tokio::spawn(async move {
+                run_task(&*backend, op, task as u64, deadline, &keys, &value, batch_size).await
+            })
+        })
+        .collect();
+    let mut histogram = new_histogram()?;
+    let mut calls = 0;
+    for task in tasks {
+        let result = task.await.map_err(|e| format!("benchmark task failed: {e}"))??;
+        histogram.add(&result.histogram).map_err(|e| e.to_string())?;
+        calls += result.calls;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let batch_size = if op.is_batch() { args.batch_size } else { 1 };
+    let caps = target.backend.capabilities();
+    Ok(BenchRow {
+        backend: target.label.clone(),
+        operation: op.name(),
+        concurrency,
+        ops_per_sec: (calls * batch_size as u64) as f64 / elapsed,
+        p50_us: histogram.value_at_quantile(0.50) as f64 / 1_000.0,
+        p99_us: histogram.value_at_quantile(0.99) as f64 / 1_000.0,
+        batch_size,
+        calls,
+        persistent: caps.persistent,
+        distributed: caps.distributed,
+    })
+}
+
+fn new_histogram() -> Result<Histogram<u64>, String> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())
+}
+
+/// A xorshift generator: key choice must cost less than the operation.
+struct KeyPicker(u64);
+
+impl KeyPicker {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+async fn run_task(
+    backend: &dyn StateBackend,
+    op: BenchOp,
+    task: u64,
+    deadline: Instant,
+    keys: &[Bytes],
+    value: &Bytes,
+    batch_size: usize,
+) -> Result<TaskResult, String> {
+    let mut histogram = new_histogram()?;
+    let mut picker = KeyPicker(0x9E37_79B9_7F4A_7C15 ^ (task + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let counters: Vec<Bytes> = (0..1_000).map(|i| Bytes::from(format!("bench:counter:{i}"))).collect();
+    let mut batch_keys: Vec<Bytes> = Vec::with_capacity(batch_size);
+    let mut calls = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let result = match op {
+            BenchOp::Get => backend.get(&keys[picker.next(keys.len())]).await.map(drop),
+            BenchOp::Put => backend
+                .put(&keys[picker.next(keys.len())], value.clone())
+                .await,
+            BenchOp::Increment => backend
+                .increment(&counters[picker.next(counters.len())], 1, None)
+                .await
+                .map(drop),
+            BenchOp::BatchGet => {
+                batch_keys.clear();
+                batch_keys.extend((0..batch_size).map(|_| keys[picker.next(keys.len())].clone()));
+                backend.batch_get(&batch_keys).await.map(drop)
+            }
+            BenchOp::BatchPut => {
+                let entries = (0..batch_size)
+                    .map(|_| (keys[picker.next(keys.len())].clone(), value.clone()))
+                    .collect();
+                backend.batch_put(entries, PutOptions::default()).await
+            }
+        };
+        let took = now.elapsed();
+        result.map_err(|e| format!("{} failed: {e}", op.name()))?;
+        calls += 1;
+        histogram
+            .record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1))
+            .map_err(|e| e.to_string())?;
+        if calls % 64 == 0 {
+            // In-process backends never yield on their own; let the other
+            // tasks of this case run.
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(TaskResult { histogram, calls })
+}
+
+fn human_latency(us: f64) -> String {
+    if us < 1.0 {
+        format!("{:.0}ns", us * 1_000.0)
+    } else if us < 1_000.0 {
+        format!("{us:.1}μs")
+    } else {
+        format!("{:.2}ms", us / 1_000.0)
+    }
+}
+
+fn human_rate(per_sec: f64) -> String {
+    if per_sec >= 1e6 {
+        format!("{:.2}M ops/s", per_sec / 1e6)
+    } else if per_sec >= 1e3 {
+        format!("{:.1}K ops/s", per_sec / 1e3)
+    } else {
+        format!("{per_sec:.0} ops/s")
+    }
+}
+
+/// The table, shaped like the "Performance Characteristics" table of the
+/// original design, one row per (backend, operation, concurrency).
+fn render_table(rows: &[BenchRow]) -> String {
+    let header = [
+        "Backend", "Operation", "Concurrency", "p50 latency", "p99 latency", "Throughput",
+        "Persistence", "Distribution",
+    ];
+    let cells: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            let op = if r.batch_size > 1 {
+                format!("{} ({} keys)", r.operation, r.batch_size)
+            } else {
+                r.operation.to_string()
+            };
+            [
+                r.backend.clone(),
+                op,
+                r.concurrency.to_string(),
+                human_latency(r.p50_us),
+                human_latency(r.p99_us),
+                human_rate(r.ops_per_sec),
+                if r.persistent { "Yes" } else { "No" }.to_string(),
+                if r.distributed { "Yes" } else { "No" }.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[String]| {
+        out.push('|');
+        for (cell, width) in cells.iter().zip(widths) {
+            let pad = width - cell.chars().count();
+            let _ = write!(out, " {cell}{} |", " ".repeat(pad));
+        }
+        out.push('\n');
+    };
+    line(&mut out, &header.map(String::from));
+    out.push('|');
+    for width in widths {
+        let _ = write!(out, "{}|", "-".repeat(width + 2));
+    }
+    out.push('\n');
+    for row in &cells {
+        line(&mut out, row);
+    }
+    out.push_str("\nLatency is per call (a batch call covers all its keys); throughput counts keys.\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_specs_parse_or_explain() {
+        assert!(open_target("memory").is_ok());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spec = format!("sled:{}", dir.path().display());
+        assert_eq!(open_target(&spec).map(|t| t.label).ok(), Some(spec));
+        for bad in ["mem", "sled:", "redis://127.0.0.1:6379", "ftp://x"] {
+            let err = open_target(bad).err().unwrap_or_default();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn table_has_one_line_per_row() {
+        let row = BenchRow {
+            backend: "memory".into(),
+            operation: "get",
+            concurrency: 1,
+            ops_per_sec: 2.5e6,
+            p50_us: 0.3,
+            p99_us: 1.5,
+            batch_size: 1,
+            calls: 10,
+            persistent: false,
+            distributed: false,
+        };
+        let table = render_table(&[row.clone(), BenchRow { concurrency: 16, ..row }]);
+        assert!(table.contains("| memory  | get       | 16 "), "{table}");
+        assert!(table.contains("2.50M ops/s"));
+        assert!(table.contains("300ns"));
+        assert_eq!(table.lines().filter(|l| l.starts_with("| memory")).count(), 2);
+    }
+}
