@@ -146,47 +146,63 @@ const KEY_CONTEXT_LEN: usize = 64;
 /// It says what went wrong ([`kind`](Error::kind)), whether trying again can
 /// help ([`is_temporary`](Error::is_temporary)), and where: the backend, the
 /// operation and (truncated) the key.
-#[derive(thiserror::Error)]
+///
+/// The details sit behind one allocation so that `Result<T, Error>` stays as
+/// small as `T` allows on the hot path, where errors are rare.
 pub struct Error {
+    inner: Box<ErrorInner>,
+}
+
+struct ErrorInner {
     kind: ErrorKind,
     temporary: bool,
     backend: &'static str,
     operation: Option<Operation>,
     key: Option<String>,
     message: String,
-    #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|source| source as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl Error {
     /// A new error of `kind` with a message; temporary if the kind usually is.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
-            kind,
-            temporary: kind.default_temporary(),
-            backend: "",
-            operation: None,
-            key: None,
-            message: message.into(),
-            source: None,
+            inner: Box::new(ErrorInner {
+                kind,
+                temporary: kind.default_temporary(),
+                backend: "",
+                operation: None,
+                key: None,
+                message: message.into(),
+                source: None,
+            }),
         }
     }
 
     /// Marks whether a retry of the same operation can succeed.
     pub fn temporary(mut self, temporary: bool) -> Self {
-        self.temporary = temporary;
+        self.inner.temporary = temporary;
         self
     }
 
     /// Names the backend (or layer) the error came from.
     pub fn with_backend(mut self, backend: &'static str) -> Self {
-        self.backend = backend;
+        self.inner.backend = backend;
         self
     }
 
     /// Names the operation the error happened in.
     pub fn with_operation(mut self, operation: Operation) -> Self {
-        self.operation = Some(operation);
+        self.inner.operation = Some(operation);
         self
     }
 
@@ -209,53 +225,53 @@ impl Error {
         if key.len() > KEY_CONTEXT_LEN {
             text.push('…');
         }
-        self.key = Some(text);
+        self.inner.key = Some(text);
         self
     }
 
     /// Attaches the underlying cause.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
+        self.inner.source = Some(Box::new(source));
         self
     }
 
     /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.inner.kind
     }
 
     /// Whether the same operation may succeed if tried again later.
     pub fn is_temporary(&self) -> bool {
-        self.temporary
+        self.inner.temporary
     }
 
     /// The backend or layer that reported the error (empty if unknown).
     pub fn backend(&self) -> &'static str {
-        self.backend
+        self.inner.backend
     }
 
     /// The operation the error happened in, if known.
     pub fn operation(&self) -> Option<Operation> {
-        self.operation
+        self.inner.operation
     }
 
     /// The key involved, escaped and truncated, if any.
     pub fn key(&self) -> Option<&str> {
-        self.key.as_deref()
+        self.inner.key.as_deref()
     }
 
     /// The human-readable message.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 
     /// Fills in backend and operation where they are still unknown.
     pub(crate) fn context(mut self, backend: &'static str, operation: Operation) -> Self {
-        if self.backend.is_empty() {
-            self.backend = backend;
+        if self.inner.backend.is_empty() {
+            self.inner.backend = backend;
         }
-        if self.operation.is_none() {
-            self.operation = Some(operation);
+        if self.inner.operation.is_none() {
+            self.inner.operation = Some(operation);
         }
         self
     }
@@ -263,21 +279,21 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.kind)?;
-        if !self.backend.is_empty() {
-            write!(f, " in {}", self.backend)?;
+        write!(f, "{}", self.inner.kind)?;
+        if !self.inner.backend.is_empty() {
+            write!(f, " in {}", self.inner.backend)?;
         }
-        if let Some(op) = self.operation {
+        if let Some(op) = self.inner.operation {
             write!(f, " {op}")?;
         }
-        if let Some(key) = &self.key {
+        if let Some(key) = &self.inner.key {
             write!(f, " (key {key:?})")?;
         }
-        write!(f, ": {}", self.message)?;
-        if self.temporary {
+        write!(f, ": {}", self.inner.message)?;
+        if self.inner.temporary {
             f.write_str(" [temporary]")?;
         }
-        if let Some(source) = &self.source {
+        if let Some(source) = &self.inner.source {
             write!(f, ": {source}")?;
         }
         Ok(())
@@ -287,13 +303,13 @@ impl fmt::Display for Error {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Error")
-            .field("kind", &self.kind)
-            .field("temporary", &self.temporary)
-            .field("backend", &self.backend)
-            .field("operation", &self.operation)
-            .field("key", &self.key)
-            .field("message", &self.message)
-            .field("source", &self.source)
+            .field("kind", &self.inner.kind)
+            .field("temporary", &self.inner.temporary)
+            .field("backend", &self.inner.backend)
+            .field("operation", &self.inner.operation)
+            .field("key", &self.inner.key)
+            .field("message", &self.inner.message)
+            .field("source", &self.inner.source)
             .finish()
     }
 }
