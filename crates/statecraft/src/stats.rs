@@ -89,7 +89,10 @@ pub enum Outcome {
 
 /// A started measurement; pass it back to [`StatsRecorder::finish`].
 #[derive(Debug, Clone, Copy)]
-pub struct Timer(Option<Instant>);
+pub struct Timer {
+    started: Option<Instant>,
+    stripe: usize,
+}
 
 /// The recorder backends keep their statistics in.
 pub struct StatsRecorder {
@@ -122,18 +125,21 @@ impl StatsRecorder {
     /// Starts measuring an operation; only one in [`SAMPLE_EVERY`] reads the clock.
     #[inline]
     pub fn start(&self) -> Timer {
-        let sample = THREAD_SLOT.with(|(_, tick)| {
+        let (stripe, sample) = THREAD_SLOT.with(|(stripe, tick)| {
             let n = tick.get().wrapping_add(1);
             tick.set(n);
-            n % SAMPLE_EVERY == 0
+            (*stripe, n % SAMPLE_EVERY == 0)
         });
-        Timer(sample.then(Instant::now))
+        Timer {
+            started: sample.then(Instant::now),
+            stripe,
+        }
     }
 
     /// Records how an operation started with [`start`](Self::start) ended.
     #[inline]
     pub fn finish(&self, timer: Timer, outcome: Outcome) {
-        let stripe = &self.stripes[THREAD_SLOT.with(|(slot, _)| *slot)];
+        let stripe = &self.stripes[timer.stripe % STRIPES];
         let counter = match outcome {
             Outcome::Hit => &stripe.hits,
             Outcome::Miss => &stripe.misses,
@@ -141,7 +147,7 @@ impl StatsRecorder {
             Outcome::Error => &stripe.errors,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if let Some(started) = timer.0 {
+        if let Some(started) = timer.started {
             self.record_latency(started.elapsed());
         }
     }
@@ -274,10 +280,10 @@ mod tests {
     fn snapshot_counts_outcomes_and_percentiles() {
         let stats = StatsRecorder::new();
         for _ in 0..10 {
-            stats.finish(Timer(None), Outcome::Hit);
+            stats.finish(Timer { started: None, stripe: 0 }, Outcome::Hit);
         }
-        stats.finish(Timer(None), Outcome::Miss);
-        stats.finish(Timer(None), Outcome::Error);
+        stats.finish(Timer { started: None, stripe: 0 }, Outcome::Miss);
+        stats.finish(Timer { started: None, stripe: 0 }, Outcome::Error);
         for micros in 1..=100 {
             stats.record_latency(Duration::from_micros(micros));
         }
