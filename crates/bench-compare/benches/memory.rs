@@ -12,10 +12,17 @@ use statecraft::{MemoryBackend, MemoryHasher, StateBackend};
 
 const KEYS: usize = 10_000;
 
-fn setup() -> (Arc<dyn StateBackend>, Arc<DashMap<Box<[u8]>, Bytes, MemoryHasher>>, Vec<Bytes>) {
+fn setup() -> (
+    Arc<dyn StateBackend>,
+    Arc<DashMap<Box<[u8]>, Bytes, MemoryHasher>>,
+    Vec<Bytes>,
+) {
     let keys = keys(KEYS);
     let value = Bytes::from(vec![b'v'; 100]);
-    let backend = MemoryBackend::builder().capacity(KEYS).sweep_interval(None).build();
+    let backend = MemoryBackend::builder()
+        .capacity(KEYS)
+        .sweep_interval(None)
+        .build();
     let raw = DashMap::with_capacity_and_hasher_and_shard_amount(KEYS, MemoryHasher::default(), 64);
     for key in &keys {
         now(backend.put(key, value.clone())).expect("put");
@@ -68,7 +75,11 @@ fn point_ops(c: &mut Criterion) {
     group.throughput(Throughput::Elements(100));
     group.bench_function("batch_get_100/statecraft_dyn", |b| {
         b.iter_batched(
-            || (0..100).map(|_| keys[picker.next(KEYS)].clone()).collect::<Vec<_>>(),
+            || {
+                (0..100)
+                    .map(|_| keys[picker.next(KEYS)].clone())
+                    .collect::<Vec<_>>()
+            },
             |batch| black_box(now(backend.batch_get(&batch)).ok()),
             BatchSize::SmallInput,
         )

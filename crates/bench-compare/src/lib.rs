@@ -4,14 +4,17 @@ use bytes::Bytes;
 
 /// `n` benchmark keys, `bench:00000000` upwards.
 pub fn keys(n: usize) -> Vec<Bytes> {
-    (0..n).map(|i| Bytes::from(format!("bench:{i:08}"))).collect()
+    (0..n)
+        .map(|i| Bytes::from(format!("bench:{i:08}")))
+        .collect()
 }
 
 /// Polls a future that must already be complete (the in-process backends'
 /// futures are), without a runtime, so that the benchmark measures the
 /// backend and not an executor.
 pub fn now<F: std::future::Future>(future: F) -> F::Output {
-    futures_util::FutureExt::now_or_never(future).expect("an in-process operation completed at once")
+    futures_util::FutureExt::now_or_never(future)
+        .expect("an in-process operation completed at once")
 }
 
 /// A xorshift key picker.

@@ -116,7 +116,8 @@ fn open_target(spec: &str) -> Result<Target, String> {
     match spec.split_once(':') {
         None if spec == "memory" => Ok(target("memory", Arc::new(MemoryBackend::new()), None)),
         None if spec == "sled" => {
-            let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+            let dir = tempfile::tempdir()
+                .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
             let backend = SledBackend::open(dir.path()).map_err(|e| e.to_string())?;
             Ok(target("sled", Arc::new(backend), Some(dir)))
         }
@@ -124,7 +125,12 @@ fn open_target(spec: &str) -> Result<Target, String> {
             let backend = SledBackend::open(path).map_err(|e| e.to_string())?;
             Ok(target(&format!("sled:{path}"), Arc::new(backend), None))
         }
-        Some((scheme, _)) if matches!(scheme, "redis" | "rediss" | "redis+cluster" | "postgres" | "postgresql") => {
+        Some((scheme, _))
+            if matches!(
+                scheme,
+                "redis" | "rediss" | "redis+cluster" | "postgres" | "postgresql"
+            ) =>
+        {
             Err(format!(
                 "backend {spec:?}: the {scheme} backend is not part of this build yet; \
                  available: memory, sled, sled:PATH"
@@ -139,14 +145,19 @@ fn open_target(spec: &str) -> Result<Target, String> {
 /// Runs the benchmark and prints the table or JSON.
 pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     if args.concurrency == 0 || args.keys == 0 || args.batch_size == 0 || args.duration_ms == 0 {
-        return Err("--concurrency, --keys, --batch-size and --duration-ms must be at least 1".into());
+        return Err(
+            "--concurrency, --keys, --batch-size and --duration-ms must be at least 1".into(),
+        );
     }
     let specs = if args.backends.is_empty() {
         vec!["memory".to_string(), "sled".to_string()]
     } else {
         args.backends.clone()
     };
-    let targets = specs.iter().map(|s| open_target(s)).collect::<Result<Vec<_>, _>>()?;
+    let targets = specs
+        .iter()
+        .map(|s| open_target(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut levels = vec![1];
     if args.concurrency > 1 {
         levels.push(args.concurrency);
@@ -158,7 +169,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let value = Bytes::from(vec![b'v'; args.value_size]);
-    let keys: Arc<[Bytes]> = (0..args.keys).map(|i| Bytes::from(format!("bench:{i:08}"))).collect();
+    let keys: Arc<[Bytes]> = (0..args.keys)
+        .map(|i| Bytes::from(format!("bench:{i:08}")))
+        .collect();
     let mut rows = Vec::new();
     for target in &targets {
         progress.set_message(format!("{}: loading {} keys", target.label, args.keys));
@@ -216,15 +229,28 @@ async fn measure(
             let value = value.clone();
             let batch_size = args.batch_size;
             tokio::spawn(async move {
-                run_task(&*backend, op, task as u64, deadline, &keys, &value, batch_size).await
+                run_task(
+                    &*backend,
+                    op,
+                    task as u64,
+                    deadline,
+                    &keys,
+                    &value,
+                    batch_size,
+                )
+                .await
             })
         })
         .collect();
     let mut histogram = new_histogram()?;
     let mut calls = 0;
     for task in tasks {
-        let result = task.await.map_err(|e| format!("benchmark task failed: {e}"))??;
-        histogram.add(&result.histogram).map_err(|e| e.to_string())?;
+        let result = task
+            .await
+            .map_err(|e| format!("benchmark task failed: {e}"))??;
+        histogram
+            .add(&result.histogram)
+            .map_err(|e| e.to_string())?;
         calls += result.calls;
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -270,8 +296,11 @@ async fn run_task(
     batch_size: usize,
 ) -> Result<TaskResult, String> {
     let mut histogram = new_histogram()?;
-    let mut picker = KeyPicker(0x9E37_79B9_7F4A_7C15 ^ (task + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-    let counters: Vec<Bytes> = (0..1_000).map(|i| Bytes::from(format!("bench:counter:{i}"))).collect();
+    let mut picker =
+        KeyPicker(0x9E37_79B9_7F4A_7C15 ^ (task + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let counters: Vec<Bytes> = (0..1_000)
+        .map(|i| Bytes::from(format!("bench:counter:{i}")))
+        .collect();
     let mut batch_keys: Vec<Bytes> = Vec::with_capacity(batch_size);
     let mut calls = 0u64;
     loop {
@@ -281,9 +310,11 @@ async fn run_task(
         }
         let result = match op {
             BenchOp::Get => backend.get(&keys[picker.next(keys.len())]).await.map(drop),
-            BenchOp::Put => backend
-                .put(&keys[picker.next(keys.len())], value.clone())
-                .await,
+            BenchOp::Put => {
+                backend
+                    .put(&keys[picker.next(keys.len())], value.clone())
+                    .await
+            }
             BenchOp::Increment => backend
                 .increment(&counters[picker.next(counters.len())], 1, None)
                 .await
@@ -339,8 +370,14 @@ fn human_rate(per_sec: f64) -> String {
 /// original design, one row per (backend, operation, concurrency).
 fn render_table(rows: &[BenchRow]) -> String {
     let header = [
-        "Backend", "Operation", "Concurrency", "p50 latency", "p99 latency", "Throughput",
-        "Persistence", "Distribution",
+        "Backend",
+        "Operation",
+        "Concurrency",
+        "p50 latency",
+        "p99 latency",
+        "Throughput",
+        "Persistence",
+        "Distribution",
     ];
     let cells: Vec<[String; 8]> = rows
         .iter()
@@ -386,7 +423,9 @@ fn render_table(rows: &[BenchRow]) -> String {
     for row in &cells {
         line(&mut out, row);
     }
-    out.push_str("\nLatency is per call (a batch call covers all its keys); throughput counts keys.\n");
+    out.push_str(
+        "\nLatency is per call (a batch call covers all its keys); throughput counts keys.\n",
+    );
     out
 }
 
@@ -420,10 +459,19 @@ mod tests {
             persistent: false,
             distributed: false,
         };
-        let table = render_table(&[row.clone(), BenchRow { concurrency: 16, ..row }]);
+        let table = render_table(&[
+            row.clone(),
+            BenchRow {
+                concurrency: 16,
+                ..row
+            },
+        ]);
         assert!(table.contains("| memory  | get       | 16 "), "{table}");
         assert!(table.contains("2.50M ops/s"));
         assert!(table.contains("300ns"));
-        assert_eq!(table.lines().filter(|l| l.starts_with("| memory")).count(), 2);
+        assert_eq!(
+            table.lines().filter(|l| l.starts_with("| memory")).count(),
+            2
+        );
     }
 }

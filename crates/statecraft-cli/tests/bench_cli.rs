@@ -5,10 +5,23 @@ use std::process::Command;
 #[test]
 fn bench_json_prints_rows_for_memory_and_sled() {
     let output = Command::new(env!("CARGO_BIN_EXE_statecraft"))
-        .args(["bench", "--json", "--duration-ms", "50", "--keys", "500", "--concurrency", "4"])
+        .args([
+            "bench",
+            "--json",
+            "--duration-ms",
+            "50",
+            "--keys",
+            "500",
+            "--concurrency",
+            "4",
+        ])
         .output()
         .expect("run statecraft bench");
-    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
     let rows = rows.as_array().expect("a JSON array");
     // 2 backends × 5 operations × concurrency 1 and 4.
@@ -18,7 +31,11 @@ fn bench_json_prints_rows_for_memory_and_sled() {
             for concurrency in [1, 4] {
                 let row = rows
                     .iter()
-                    .find(|r| r["backend"] == backend && r["operation"] == op && r["concurrency"] == concurrency)
+                    .find(|r| {
+                        r["backend"] == backend
+                            && r["operation"] == op
+                            && r["concurrency"] == concurrency
+                    })
                     .unwrap_or_else(|| panic!("no row for {backend} {op} ×{concurrency}"));
                 let ops = row["ops_per_sec"].as_f64().expect("ops_per_sec");
                 let p50 = row["p50_us"].as_f64().expect("p50_us");
@@ -33,13 +50,25 @@ fn bench_json_prints_rows_for_memory_and_sled() {
 #[test]
 fn bench_table_and_bad_backend() {
     let output = Command::new(env!("CARGO_BIN_EXE_statecraft"))
-        .args(["bench", "--backend", "memory", "--op", "get", "--duration-ms", "20"])
+        .args([
+            "bench",
+            "--backend",
+            "memory",
+            "--op",
+            "get",
+            "--duration-ms",
+            "20",
+        ])
         .output()
         .expect("run statecraft bench");
     assert!(output.status.success());
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.starts_with("| Backend"), "{table}");
-    assert_eq!(table.lines().filter(|l| l.starts_with("| memory")).count(), 2, "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("| memory")).count(),
+        2,
+        "{table}"
+    );
 
     let output = Command::new(env!("CARGO_BIN_EXE_statecraft"))
         .args(["bench", "--backend", "nosuch://x"])

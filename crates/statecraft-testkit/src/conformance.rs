@@ -250,7 +250,32 @@ pub async fn ttl_expires(f: &Fixture) {
     assert_eq!(ok(f, "ttl", s.ttl(b"t").await), KeyTtl::Missing);
     assert_eq!(ok(f, "list", s.list_keys(b"").await), vec![b(b"keep")]);
     assert_eq!(ok(f, "count", s.count().await), 1);
+    ok(
+        f,
+        "put_with_ttl",
+        s.put_with_ttl(b"u", b(b"v"), Duration::from_millis(1_000))
+            .await,
+    );
+    f.advance(Duration::from_millis(1_100)).await;
+    let cas = ok(
+        f,
+        "cas on expired",
+        s.compare_and_swap(b"u", Some(b"v"), Some(b(b"w")), None)
+            .await,
+    );
+    assert_eq!(
+        cas,
+        CasOutcome::Conflict(None),
+        "an expired value cannot be swapped"
+    );
+    assert_eq!(ok(f, "take expired", s.get_and_delete(b"u").await), None);
     assert!(!ok(f, "delete expired", s.delete(b"t").await));
+    let all = ok(
+        f,
+        "huge page",
+        s.list_keys_page(b"", None, usize::MAX).await,
+    );
+    assert_eq!(all.keys, vec![b(b"keep")]);
 }
 
 /// The remaining TTL reads back, bounded by what was written.

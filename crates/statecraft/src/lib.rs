@@ -52,3 +52,8 @@ pub use namespaced::Namespaced;
 pub use stats::{BackendStats, LatencySummary, Outcome, StatsRecorder, Timer, SAMPLE_EVERY};
 pub use transaction::{Transaction, TransactionWrite, Transactional};
 pub use typed::Typed;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

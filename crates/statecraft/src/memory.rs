@@ -303,7 +303,7 @@ impl Inner {
         let now = self.clock.now_millis();
         // Keep the `limit` smallest matching keys after the cursor (a max-heap
         // whose top is the largest kept key).
-        let mut smallest: BinaryHeap<Box<[u8]>> = BinaryHeap::with_capacity(limit + 1);
+        let mut smallest: BinaryHeap<Box<[u8]>> = BinaryHeap::with_capacity(limit.min(1024));
         let mut more = false;
         for item in self.map.iter() {
             let key = item.key();

@@ -106,13 +106,25 @@ impl<B: StateBackend> StateBackend for Namespaced<B> {
         limit: usize,
     ) -> StateFuture<'a, KeyPage> {
         StateFuture::new(async move {
+            // Ordered backends' cursors are keys: translate them so that the
+            // caller never sees the namespace. Others' cursors are opaque.
+            let ordered = self.inner.capabilities().ordered_listing;
+            let inner_cursor = match cursor {
+                Some(c) if ordered => Some(self.full_key(c)),
+                Some(c) => Some(Bytes::copy_from_slice(c)),
+                None => None,
+            };
             let page = self
                 .inner
-                .list_keys_page(&self.full_key(prefix), cursor, limit)
+                .list_keys_page(&self.full_key(prefix), inner_cursor.as_deref(), limit)
                 .await?;
             Ok(KeyPage {
                 keys: page.keys.into_iter().map(|k| self.strip(k)).collect(),
-                next: page.next,
+                next: if ordered {
+                    page.next.map(|n| self.strip(n))
+                } else {
+                    page.next
+                },
             })
         })
     }
@@ -148,17 +160,18 @@ impl<B: StateBackend> StateBackend for Namespaced<B> {
 
     fn clear(&self) -> StateFuture<'_, ()> {
         StateFuture::new(async move {
+            let mut cursor: Option<Bytes> = None;
             loop {
                 let page = self
                     .inner
-                    .list_keys_page(&self.prefix, None, LIST_PAGE)
+                    .list_keys_page(&self.prefix, cursor.as_deref(), LIST_PAGE)
                     .await?;
-                if page.keys.is_empty() && page.next.is_none() {
-                    return Ok(());
+                if !page.keys.is_empty() {
+                    self.inner.batch_delete(&page.keys).await?;
                 }
-                self.inner.batch_delete(&page.keys).await?;
-                if page.next.is_none() {
-                    return Ok(());
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => return Ok(()),
                 }
             }
         })

@@ -369,44 +369,109 @@ impl Inner {
             .map(|(raw, header)| payload(raw, header)))
     }
 
-    /// Drops the index entry of a value that has just been replaced.
-    fn unindex_replaced(
-        &self,
-        key: &[u8],
-        old: Option<&IVec>,
-        new_expiry: u64,
-        op: Operation,
-    ) -> Result<()> {
-        if let Some(old) = old {
-            if let Ok(header) = decode_header(old) {
-                if header.expires_at != 0 && header.expires_at != new_expiry {
-                    self.expiry
-                        .remove(index_key(header.expires_at, key))
-                        .map_err(|e| sled_error(e, op))?;
+    /// After a plain (non-transactional) write replaced a value that expired
+    /// at `old_expiry`, drops that index entry unless the value now stored
+    /// still uses it. Transactions exclude plain writes (sled's concurrency
+    /// control), so this cannot race with a transactional writer.
+    fn unindex_stale(&self, key: &[u8], old: Option<&IVec>, op: Operation) -> Result<()> {
+        let Some(old_expiry) = old
+            .and_then(|old| decode_header(old).ok())
+            .map(|h| h.expires_at)
+            .filter(|&at| at != 0)
+        else {
+            return Ok(());
+        };
+        let index = index_key(old_expiry, key);
+        let outcome = (&self.data, &self.expiry).transaction(
+            |(data, expiry): &(TransactionalTree, TransactionalTree)| {
+                let current = data
+                    .get(key)?
+                    .and_then(|raw| decode_header(&raw).ok())
+                    .map_or(0, |h| h.expires_at);
+                if current != old_expiry {
+                    expiry.remove(&index[..])?;
                 }
-            }
-        }
-        Ok(())
+                Ok::<_, ConflictableTransactionError<Error>>(())
+            },
+        );
+        tx_result(outcome, op)
     }
 
-    fn index(&self, key: &[u8], expires_at: u64, op: Operation) -> Result<()> {
-        if expires_at != 0 {
-            self.expiry
-                .insert(index_key(expires_at, key), &[])
-                .map_err(|e| sled_error(e, op))?;
-        }
-        Ok(())
+    /// Reads the live value of `key`, lets `decide` choose what to store,
+    /// and writes it together with its expiry index entry, all in one sled
+    /// transaction so that the index always matches the stored values.
+    fn update<R>(
+        &self,
+        key: &[u8],
+        op: Operation,
+        decide: impl Fn(Option<(&[u8], u64)>) -> Result<Decision<R>>,
+    ) -> Result<R> {
+        let now = self.now();
+        let outcome = (&self.data, &self.expiry).transaction(
+            |(data, expiry): &(TransactionalTree, TransactionalTree)| {
+                let raw = data.get(key)?;
+                let header = match raw.as_deref().map(decode_header) {
+                    None => None,
+                    Some(Ok(header)) => Some(header),
+                    Some(Err(err)) => return abort(err.with_key(key).context(NAME, op)),
+                };
+                let live = match (&raw, header) {
+                    (Some(raw), Some(h)) if h.expires_at == 0 || now < h.expires_at => {
+                        Some((&raw[h.len..], h.expires_at))
+                    }
+                    _ => None,
+                };
+                match decide(live) {
+                    Err(err) => abort(err),
+                    Ok(Decision::Keep(result)) => Ok(result),
+                    Ok(Decision::Write {
+                        value,
+                        expires_at,
+                        result,
+                    }) => {
+                        let old_expiry = header.map_or(0, |h| h.expires_at);
+                        let new_expiry = if value.is_some() { expires_at } else { 0 };
+                        match value {
+                            Some(value) => {
+                                data.insert(key, encode_value(&value, expires_at))?;
+                                if expires_at != 0 {
+                                    expiry.insert(index_key(expires_at, key), &[])?;
+                                }
+                            }
+                            None => {
+                                data.remove(key)?;
+                            }
+                        }
+                        if old_expiry != 0 && old_expiry != new_expiry {
+                            expiry.remove(index_key(old_expiry, key))?;
+                        }
+                        Ok(result)
+                    }
+                }
+            },
+        );
+        tx_result(outcome, op)
     }
 
     fn put(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
         self.limits.check_entry(NAME, Operation::Put, key, value)?;
         let expires_at = self.expiry(ttl);
-        self.index(key, expires_at, Operation::Put)?;
+        if expires_at != 0 {
+            return self.update(key, Operation::Put, |_| {
+                Ok(Decision::Write {
+                    value: Some(value.to_vec()),
+                    expires_at,
+                    result: (),
+                })
+            });
+        }
+        // The hot path: one plain insert; the index only needs care if the
+        // replaced value had a TTL.
         let old = self
             .data
-            .insert(key, encode_value(value, expires_at))
+            .insert(key, encode_value(value, 0))
             .map_err(|e| sled_error(e, Operation::Put))?;
-        self.unindex_replaced(key, old.as_ref(), expires_at, Operation::Put)
+        self.unindex_stale(key, old.as_ref(), Operation::Put)
     }
 
     /// Removes `key`; returns the live value it held.
@@ -415,7 +480,7 @@ impl Inner {
         let Some(old) = self.data.remove(key).map_err(|e| sled_error(e, op))? else {
             return Ok(None);
         };
-        self.unindex_replaced(key, Some(&old), 0, op)?;
+        self.unindex_stale(key, Some(&old), op)?;
         let header = decode_header(&old).map_err(|e| e.with_key(key).context(NAME, op))?;
         let live = header.expires_at == 0 || self.now() < header.expires_at;
         Ok(live.then(|| payload(old, header)))
@@ -443,8 +508,8 @@ impl Inner {
         }
         use std::ops::Bound;
         let start = match cursor {
-            Some(after) => Bound::Excluded(after.to_vec()),
-            None => Bound::Included(prefix.to_vec()),
+            Some(after) if after >= prefix => Bound::Excluded(after.to_vec()),
+            _ => Bound::Included(prefix.to_vec()),
         };
         let end = match prefix_end(prefix) {
             Some(end) => Bound::Excluded(end),
@@ -507,88 +572,39 @@ impl Inner {
             Some(value) => self.limits.check_entry(NAME, op, key, value)?,
             None => self.limits.check_key(NAME, op, key)?,
         }
-        let expires_at = self.expiry(ttl);
-        let encoded = new.map(|value| encode_value(value, expires_at));
-        if new.is_some() {
-            self.index(key, expires_at, op)?;
-        }
-        loop {
-            let raw = self.data.get(key).map_err(|e| sled_error(e, op))?;
-            let current = match &raw {
-                None => None,
-                Some(raw) => {
-                    let header =
-                        decode_header(raw).map_err(|e| e.with_key(key).context(NAME, op))?;
-                    let live = header.expires_at == 0 || self.now() < header.expires_at;
-                    live.then(|| (raw.clone(), header))
+        let expires_at = if new.is_some() { self.expiry(ttl) } else { 0 };
+        self.update(key, op, |live| {
+            let current = live.map(|(value, _)| value);
+            Ok(if current == expected {
+                Decision::Write {
+                    value: new.map(<[u8]>::to_vec),
+                    expires_at,
+                    result: CasOutcome::Swapped,
                 }
-            };
-            let matches = current.as_ref().map(|(raw, h)| &raw[h.len..]) == expected;
-            if !matches {
-                return Ok(CasOutcome::Conflict(
-                    current.map(|(raw, h)| payload(raw, h)),
-                ));
-            }
-            match self
-                .data
-                .compare_and_swap(key, raw.as_ref(), encoded.as_deref())
-                .map_err(|e| sled_error(e, op))?
-            {
-                Ok(()) => {
-                    self.unindex_replaced(
-                        key,
-                        raw.as_ref(),
-                        if new.is_some() { expires_at } else { 0 },
-                        op,
-                    )?;
-                    return Ok(CasOutcome::Swapped);
-                }
-                // The raw bytes changed under us (perhaps only the TTL): look again.
-                Err(_) => continue,
-            }
-        }
+            } else {
+                Decision::Keep(CasOutcome::Conflict(current.map(Bytes::copy_from_slice)))
+            })
+        })
     }
 
     fn increment(&self, key: &[u8], delta: i64, ttl: Option<Duration>) -> Result<i64> {
         let op = Operation::Increment;
         self.limits.check_key(NAME, op, key)?;
         let created_expiry = self.expiry(ttl);
-        let mut indexed = false;
-        loop {
-            let raw = self.data.get(key).map_err(|e| sled_error(e, op))?;
-            let live = match &raw {
-                None => None,
-                Some(raw) => {
-                    let header =
-                        decode_header(raw).map_err(|e| e.with_key(key).context(NAME, op))?;
-                    (header.expires_at == 0 || self.now() < header.expires_at).then_some(header)
-                }
-            };
-            let (next, expires_at) = match (&raw, live) {
-                (Some(raw), Some(header)) => (
-                    apply_increment(&raw[header.len..], delta)
-                        .map_err(|e| e.with_key(key).context(NAME, op))?,
-                    header.expires_at,
+        self.update(key, op, |live| {
+            let (next, expires_at) = match live {
+                Some((value, expires_at)) => (
+                    apply_increment(value, delta).map_err(|e| e.with_key(key).context(NAME, op))?,
+                    expires_at,
                 ),
-                _ => (delta, created_expiry),
+                None => (delta, created_expiry),
             };
-            if live.is_none() && expires_at != 0 && !indexed {
-                self.index(key, expires_at, op)?;
-                indexed = true;
-            }
-            let encoded = encode_value(next.to_string().as_bytes(), expires_at);
-            if self
-                .data
-                .compare_and_swap(key, raw.as_ref(), Some(encoded))
-                .map_err(|e| sled_error(e, op))?
-                .is_ok()
-            {
-                if live.is_none() {
-                    self.unindex_replaced(key, raw.as_ref(), expires_at, op)?;
-                }
-                return Ok(next);
-            }
-        }
+            Ok(Decision::Write {
+                value: Some(next.to_string().into_bytes()),
+                expires_at,
+                result: next,
+            })
+        })
     }
 
     fn apply(&self, transaction: &Transaction, op: Operation) -> Result<bool> {
@@ -666,21 +682,52 @@ impl Inner {
             if index.len() < 8 {
                 continue;
             }
+            let mut at = [0u8; 8];
+            at.copy_from_slice(&index[..8]);
+            let indexed_expiry = u64::from_be_bytes(at);
             let key = &index[8..];
-            if let Some(raw) = self.data.get(key).map_err(|e| sled_error(e, op))? {
-                if let Ok(header) = decode_header(&raw) {
-                    if header.expires_at != 0 && header.expires_at <= now {
-                        let cas = self
-                            .data
-                            .compare_and_swap(key, Some(&raw), None as Option<&[u8]>)
-                            .map_err(|e| sled_error(e, op))?;
-                        removed += usize::from(cas.is_ok());
+            let outcome = (&self.data, &self.expiry).transaction(
+                |(data, expiry): &(TransactionalTree, TransactionalTree)| {
+                    let current = data
+                        .get(key)?
+                        .and_then(|raw| decode_header(&raw).ok())
+                        .map(|h| h.expires_at);
+                    let expired = current == Some(indexed_expiry) && indexed_expiry <= now;
+                    if expired {
+                        data.remove(key)?;
                     }
-                }
-            }
-            self.expiry.remove(&index).map_err(|e| sled_error(e, op))?;
+                    if expired || current != Some(indexed_expiry) {
+                        expiry.remove(&index)?;
+                    }
+                    Ok::<_, ConflictableTransactionError<Error>>(expired)
+                },
+            );
+            removed += usize::from(tx_result(outcome, op)?);
         }
         Ok(removed)
+    }
+}
+
+/// What [`Inner::update`] should do with a key.
+enum Decision<R> {
+    /// Store `value` (`None`: delete) expiring at `expires_at` (0: never).
+    Write {
+        value: Option<Vec<u8>>,
+        expires_at: u64,
+        result: R,
+    },
+    /// Leave the key as it is.
+    Keep(R),
+}
+
+fn tx_result<R>(
+    outcome: sled::transaction::TransactionResult<R, Error>,
+    op: Operation,
+) -> Result<R> {
+    match outcome {
+        Ok(value) => Ok(value),
+        Err(TransactionError::Abort(err)) => Err(err),
+        Err(TransactionError::Storage(err)) => Err(sled_error(err, op)),
     }
 }
 

@@ -280,10 +280,28 @@ mod tests {
     fn snapshot_counts_outcomes_and_percentiles() {
         let stats = StatsRecorder::new();
         for _ in 0..10 {
-            stats.finish(Timer { started: None, stripe: 0 }, Outcome::Hit);
+            stats.finish(
+                Timer {
+                    started: None,
+                    stripe: 0,
+                },
+                Outcome::Hit,
+            );
         }
-        stats.finish(Timer { started: None, stripe: 0 }, Outcome::Miss);
-        stats.finish(Timer { started: None, stripe: 0 }, Outcome::Error);
+        stats.finish(
+            Timer {
+                started: None,
+                stripe: 0,
+            },
+            Outcome::Miss,
+        );
+        stats.finish(
+            Timer {
+                started: None,
+                stripe: 0,
+            },
+            Outcome::Error,
+        );
         for micros in 1..=100 {
             stats.record_latency(Duration::from_micros(micros));
         }

@@ -74,7 +74,7 @@ impl Codec for Postcard {
 ///
 /// let sessions: Typed<Session, _, Json> = Typed::new(MemoryBackend::new());
 /// sessions.put(b"s1", &Session { user: "ada".into(), visits: 1 }).await?;
-/// let visits = sessions.update(b"s1", |s| s.map(|s| Session { visits: s.visits + 1, ..s })).await?;
+/// let visits = sessions.update(b"s1", None, |s| s.map(|s| Session { visits: s.visits + 1, ..s })).await?;
 /// assert_eq!(visits.map(|s| s.visits), Some(2));
 /// # Ok(()) }
 /// ```
@@ -142,11 +142,13 @@ where
     }
 
     /// Atomically applies `f` to the current value (`None`: absent) and
-    /// stores its result (`None`: delete), retrying on concurrent change.
-    /// Returns what was stored.
+    /// stores its result (`None`: delete) with `ttl` (as in
+    /// [`PutOptions::ttl`]: `None` does not keep an earlier TTL), retrying on
+    /// concurrent change. Returns what was stored.
     pub async fn update(
         &self,
         key: &[u8],
+        ttl: Option<Duration>,
         mut f: impl FnMut(Option<T>) -> Option<T>,
     ) -> Result<Option<T>> {
         let mut current = self.backend.get(key).await?;
@@ -162,7 +164,7 @@ where
             };
             match self
                 .backend
-                .compare_and_swap(key, current.as_deref(), encoded, None)
+                .compare_and_swap(key, current.as_deref(), encoded, ttl)
                 .await?
             {
                 CasOutcome::Swapped => return Ok(next),

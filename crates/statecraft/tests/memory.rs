@@ -92,7 +92,7 @@ async fn typed_views_round_trip_with_both_codecs() {
     assert!(raw.len() < 20, "postcard is compact: {} bytes", raw.len());
 
     let bumped = compact
-        .update(b"s", |s| {
+        .update(b"s", Some(Duration::from_secs(60)), |s| {
             s.map(|s| Session {
                 visits: s.visits + 1,
                 ..s
@@ -101,6 +101,11 @@ async fn typed_views_round_trip_with_both_codecs() {
         .await
         .expect("update");
     assert_eq!(bumped.map(|s| s.visits), Some(4));
+    let ttl = compact.get_ref().ttl(b"s").await.expect("ttl");
+    assert!(
+        matches!(ttl, KeyTtl::ExpiresIn(_)),
+        "update applies its ttl: {ttl:?}"
+    );
     assert!(compact.delete(b"s").await.expect("delete"));
 }
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the whole statecraft test suite on a fresh Debian machine.
+# Installs what the tests need when it is missing (a Rust toolchain must be
+# there already): redis-server for the Redis tests to come, and the
+# PostgreSQL server binaries. Run as root or with sudo available.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server redis-tools)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing ${need_apt[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+cargo test --workspace --all-features --all-targets
+cargo test --workspace --all-features --doc
