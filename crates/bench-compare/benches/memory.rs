@@ -12,11 +12,9 @@ use statecraft::{MemoryBackend, MemoryHasher, StateBackend};
 
 const KEYS: usize = 10_000;
 
-fn setup() -> (
-    Arc<dyn StateBackend>,
-    Arc<DashMap<Box<[u8]>, Bytes, MemoryHasher>>,
-    Vec<Bytes>,
-) {
+type RawMap = DashMap<Box<[u8]>, Bytes, MemoryHasher>;
+
+fn setup() -> (Arc<dyn StateBackend>, Arc<RawMap>, Vec<Bytes>) {
     let keys = keys(KEYS);
     let value = Bytes::from(vec![b'v'; 100]);
     let backend = MemoryBackend::builder()
