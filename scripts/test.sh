@@ -17,5 +17,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-cargo test --workspace --all-features --all-targets
-cargo test --workspace --all-features --doc
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --all-features --all-targets 2>&1 | tee "$log"
+cargo test --workspace --all-features --doc 2>&1 | tee -a "$log"
+# One closing line over every test binary and the doctests.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$log"
