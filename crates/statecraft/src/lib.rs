@@ -31,6 +31,7 @@ mod namespaced;
 #[cfg(feature = "sled")]
 mod sled;
 mod stats;
+mod sweeper;
 mod transaction;
 pub mod typed;
 

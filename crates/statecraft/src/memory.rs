@@ -1,9 +1,8 @@
 //! [`MemoryBackend`]: a concurrent in-process map with TTL.
 
 use std::collections::BinaryHeap;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Weak};
-use std::thread;
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -152,36 +151,14 @@ impl MemoryBackendBuilder {
             limits: self.limits,
             stats: StatsRecorder::new(),
         });
-        let sweeper = self
-            .sweep_interval
-            .and_then(|interval| spawn_sweeper(Arc::downgrade(&inner), interval));
+        let sweeper = self.sweep_interval.and_then(|interval| {
+            crate::sweeper::spawn(NAME, Arc::downgrade(&inner), interval, |inner: &Inner| {
+                inner.sweep();
+            })
+        });
         MemoryBackend {
             inner,
             _sweeper: sweeper,
-        }
-    }
-}
-
-fn spawn_sweeper(inner: Weak<Inner>, interval: Duration) -> Option<mpsc::Sender<()>> {
-    let (stop, stopped) = mpsc::channel::<()>();
-    let spawned = thread::Builder::new()
-        .name("statecraft-memory-sweeper".into())
-        .spawn(move || loop {
-            match stopped.recv_timeout(interval) {
-                Err(RecvTimeoutError::Timeout) => match inner.upgrade() {
-                    Some(inner) => {
-                        inner.sweep();
-                    }
-                    None => return,
-                },
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-            }
-        });
-    match spawned {
-        Ok(_) => Some(stop),
-        Err(err) => {
-            tracing::warn!(%err, "memory backend: could not start the TTL sweeper; expired entries are removed on read only");
-            None
         }
     }
 }

@@ -10,9 +10,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Weak};
-use std::thread;
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -222,39 +221,17 @@ impl SledBackendBuilder {
             limits: self.limits,
             stats: StatsRecorder::new(),
         });
-        let sweeper = self
-            .sweep_interval
-            .and_then(|interval| spawn_sweeper(Arc::downgrade(&inner), interval));
+        let sweeper = self.sweep_interval.and_then(|interval| {
+            crate::sweeper::spawn(NAME, Arc::downgrade(&inner), interval, |inner: &Inner| {
+                if let Err(err) = inner.sweep() {
+                    tracing::warn!(%err, "sled backend: TTL sweep failed");
+                }
+            })
+        });
         Ok(SledBackend {
             inner,
             _sweeper: sweeper,
         })
-    }
-}
-
-fn spawn_sweeper(inner: Weak<Inner>, interval: Duration) -> Option<mpsc::Sender<()>> {
-    let (stop, stopped) = mpsc::channel::<()>();
-    let spawned = thread::Builder::new()
-        .name("statecraft-sled-sweeper".into())
-        .spawn(move || loop {
-            match stopped.recv_timeout(interval) {
-                Err(RecvTimeoutError::Timeout) => match inner.upgrade() {
-                    Some(inner) => {
-                        if let Err(err) = inner.sweep() {
-                            tracing::warn!(%err, "sled backend: TTL sweep failed");
-                        }
-                    }
-                    None => return,
-                },
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-            }
-        });
-    match spawned {
-        Ok(_) => Some(stop),
-        Err(err) => {
-            tracing::warn!(%err, "sled backend: could not start the TTL sweeper; expired keys are removed on read only");
-            None
-        }
     }
 }
 
