@@ -16,6 +16,9 @@ use std::time::Duration;
 use statecraft::{ManualClock, StateBackend};
 
 pub mod conformance;
+pub mod servers;
+
+pub use servers::{PostgresServer, RedisCluster, RedisServer};
 
 /// How a fixture's time moves forward.
 #[derive(Debug, Clone)]

@@ -100,6 +100,13 @@ pub enum Operation {
     Open,
     Encode,
     Decode,
+    Checkpoint,
+    Restore,
+    Publish,
+    Subscribe,
+    Migrate,
+    Maintenance,
+    Connect,
 }
 
 impl Operation {
@@ -128,6 +135,13 @@ impl Operation {
             Operation::Open => "open",
             Operation::Encode => "encode",
             Operation::Decode => "decode",
+            Operation::Checkpoint => "checkpoint",
+            Operation::Restore => "restore",
+            Operation::Publish => "publish",
+            Operation::Subscribe => "subscribe",
+            Operation::Migrate => "migrate",
+            Operation::Maintenance => "maintenance",
+            Operation::Connect => "connect",
         }
     }
 }

@@ -1,8 +1,8 @@
 //! # statecraft
 //!
 //! State that many instances of a service share: one asynchronous key-value
-//! contract, [`StateBackend`], over in-process memory, embedded sled and (in
-//! later releases) Redis and PostgreSQL, with layers that wrap any backend.
+//! contract, [`StateBackend`], over in-process memory, embedded sled, Redis
+//! (single node and Cluster) and PostgreSQL, with layers that wrap any backend.
 //!
 //! ```
 //! # async fn demo() -> statecraft::Result<()> {
@@ -19,15 +19,23 @@
 //! ```
 //!
 //! Features: `sled` (default) builds [`SledBackend`]; `sled-compression`
-//! turns on sled's zstd page compression.
+//! turns on sled's zstd page compression; `redis` builds [`RedisBackend`]
+//! (single node and Cluster), `redis-tls` adds `rediss://`; `postgres`
+//! builds [`PostgresBackend`].
 
 mod backend;
+pub mod checkpoint;
 mod clock;
 mod error;
 mod future;
 mod limits;
 mod memory;
 mod namespaced;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod pubsub;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sled")]
 mod sled;
 mod stats;
@@ -35,6 +43,8 @@ mod sweeper;
 mod transaction;
 pub mod typed;
 
+#[cfg(feature = "redis")]
+pub use crate::redis::{RedisBackend, RedisConfig, RedisConfigBuilder};
 #[cfg(feature = "sled")]
 pub use crate::sled::{SledBackend, SledBackendBuilder};
 pub use backend::{
@@ -50,6 +60,11 @@ pub use memory::{
     Entry as MemoryEntry, MemoryBackend, MemoryBackendBuilder, MemoryHasher, RawMemoryMap,
 };
 pub use namespaced::Namespaced;
+#[cfg(feature = "postgres")]
+pub use postgres::{
+    PgTransaction, PoolStatus, PostgresBackend, PostgresConfig, PostgresConfigBuilder,
+};
+pub use pubsub::{Message, PubSub, Subscription};
 pub use stats::{BackendStats, LatencySummary, Outcome, StatsRecorder, Timer, SAMPLE_EVERY};
 pub use transaction::{Transaction, TransactionWrite, Transactional};
 pub use typed::Typed;
