@@ -260,7 +260,7 @@ impl Sql {
                 "SELECT (extract(epoch FROM expires_at - now()) * 1000)::int8 \
                  FROM {t} WHERE key = $1 AND {LIVE}"
             ),
-            list_first: list(">=", false).replace("$2", "$2").replace("$1 ", "$1 "),
+            list_first: list(">=", false),
             list_first_bounded: list(">=", true),
             list_next: list(">", false),
             list_next_bounded: list(">", true),

@@ -311,7 +311,7 @@ mod faults {
         server.kill();
         for _ in 0..5 {
             let started = Instant::now();
-            let err = backend.get(b"k").await.err().expect("the server is dead");
+            let err = backend.get(b"k").await.expect_err("the server is dead");
             let took = started.elapsed();
             assert!(err.is_temporary(), "{err:?}");
             assert!(

@@ -333,7 +333,7 @@ mod faults {
         server.kill();
         for _ in 0..5 {
             let started = Instant::now();
-            let err = backend.get(b"k").await.err().expect("the server is dead");
+            let err = backend.get(b"k").await.expect_err("the server is dead");
             let took = started.elapsed();
             assert!(err.is_temporary(), "{err}");
             assert!(
@@ -364,11 +364,7 @@ mod faults {
         backend.put(b"k", "v".into()).await.expect("put");
         server.pause();
         let started = Instant::now();
-        let err = backend
-            .get(b"k")
-            .await
-            .err()
-            .expect("no answer while frozen");
+        let err = backend.get(b"k").await.expect_err("no answer while frozen");
         let took = started.elapsed();
         server.resume();
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
