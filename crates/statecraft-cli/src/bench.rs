@@ -9,13 +9,20 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use statecraft::{MemoryBackend, PutOptions, SledBackend, StateBackend};
+use statecraft::{
+    MemoryBackend, PostgresBackend, PostgresConfig, PutOptions, RedisBackend, RedisConfig,
+    SledBackend, StateBackend,
+};
 
 /// Options of `statecraft bench`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// A backend to measure: `memory`, `sled` (a temporary database) or
-    /// `sled:PATH`. Repeat to compare several. Default: memory and a
+    /// A backend to measure: `memory`, `sled` (a temporary database),
+    /// `sled:PATH`, `redis://HOST:PORT`, `rediss://…` (TLS),
+    /// `redis+cluster://HOST:PORT[,HOST:PORT…]` (a Redis Cluster, from seed
+    /// nodes) or `postgres://USER@HOST:PORT/DB`. Repeat to compare several.
+    /// Redis keys go under `statecraft-bench:`, PostgreSQL rows into table
+    /// `statecraft_bench`; both are cleared at the end. Default: memory and a
     /// temporary sled.
     #[arg(long = "backend", value_name = "SPEC")]
     backends: Vec<String>,
@@ -107,37 +114,53 @@ struct Target {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn open_target(spec: &str) -> Result<Target, String> {
+/// The key prefix of benchmark keys on a shared Redis, and the table on
+/// PostgreSQL: `clear` at the end removes only what the benchmark wrote.
+const REDIS_PREFIX: &str = "statecraft-bench:";
+const POSTGRES_TABLE: &str = "statecraft_bench";
+
+async fn open_target(spec: &str, concurrency: usize) -> Result<Target, String> {
     let target = |label: &str, backend: Arc<dyn StateBackend>, dir| Target {
         label: label.to_string(),
         backend,
         _dir: dir,
     };
+    let fail = |err: statecraft::Error| format!("backend {spec:?}: {err}");
     match spec.split_once(':') {
         None if spec == "memory" => Ok(target("memory", Arc::new(MemoryBackend::new()), None)),
         None if spec == "sled" => {
             let dir = tempfile::tempdir()
                 .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-            let backend = SledBackend::open(dir.path()).map_err(|e| e.to_string())?;
+            let backend = SledBackend::open(dir.path()).map_err(fail)?;
             Ok(target("sled", Arc::new(backend), Some(dir)))
         }
         Some(("sled", path)) if !path.is_empty() => {
-            let backend = SledBackend::open(path).map_err(|e| e.to_string())?;
+            let backend = SledBackend::open(path).map_err(fail)?;
             Ok(target(&format!("sled:{path}"), Arc::new(backend), None))
         }
-        Some((scheme, _))
-            if matches!(
-                scheme,
-                "redis" | "rediss" | "redis+cluster" | "postgres" | "postgresql"
-            ) =>
-        {
-            Err(format!(
-                "backend {spec:?}: the {scheme} backend is not part of this build yet; \
-                 available: memory, sled, sled:PATH"
-            ))
+        Some(("redis" | "rediss" | "redis+cluster" | "rediss+cluster", _)) => {
+            let config = RedisConfig::builder()
+                .url(spec)
+                .key_prefix(REDIS_PREFIX)
+                .build()
+                .map_err(fail)?;
+            let backend = RedisBackend::new(config).await.map_err(fail)?;
+            let label = backend.name();
+            Ok(target(label, Arc::new(backend), None))
+        }
+        Some(("postgres" | "postgresql", _)) => {
+            let config = PostgresConfig::builder()
+                .url(spec)
+                .table(POSTGRES_TABLE)
+                .pool_size(concurrency.clamp(4, 64))
+                .build()
+                .map_err(fail)?;
+            let backend = PostgresBackend::new(config).await.map_err(fail)?;
+            Ok(target("postgres", Arc::new(backend), None))
         }
         _ => Err(format!(
-            "unknown backend {spec:?}; expected memory, sled or sled:PATH"
+            "unknown backend {spec:?}; expected memory, sled, sled:PATH, redis://HOST:PORT, \
+             rediss://…, redis+cluster://HOST:PORT[,HOST:PORT…] or postgres://…"
         )),
     }
 }
@@ -154,10 +177,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     } else {
         args.backends.clone()
     };
-    let targets = specs
-        .iter()
-        .map(|s| open_target(s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut targets = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        targets.push(open_target(spec, args.concurrency).await?);
+    }
     let mut levels = vec![1];
     if args.concurrency > 1 {
         levels.push(args.concurrency);
@@ -433,14 +456,22 @@ fn render_table(rows: &[BenchRow]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn backend_specs_parse_or_explain() {
-        assert!(open_target("memory").is_ok());
+    #[tokio::test]
+    async fn backend_specs_parse_or_explain() {
+        assert!(open_target("memory", 4).await.is_ok());
         let dir = tempfile::tempdir().expect("temp dir");
         let spec = format!("sled:{}", dir.path().display());
-        assert_eq!(open_target(&spec).map(|t| t.label).ok(), Some(spec));
-        for bad in ["mem", "sled:", "redis://127.0.0.1:6379", "ftp://x"] {
-            let err = open_target(bad).err().unwrap_or_default();
+        assert_eq!(
+            open_target(&spec, 4).await.map(|t| t.label).ok(),
+            Some(spec)
+        );
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let unreachable = format!("redis://127.0.0.1:{closed}");
+        for bad in ["mem", "sled:", "ftp://x", "redis+cluster://", &unreachable] {
+            let err = open_target(bad, 4).await.err().unwrap_or_default();
             assert!(err.contains(bad), "{bad}: {err}");
         }
     }

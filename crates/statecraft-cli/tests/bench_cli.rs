@@ -77,3 +77,34 @@ fn bench_table_and_bad_backend() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown backend"));
 }
+
+/// `--backend redis://… --backend redis+cluster://… --backend postgres://…`
+/// against servers the test support starts.
+#[test]
+fn bench_json_prints_rows_for_redis_cluster_and_postgres() {
+    let redis = statecraft_testkit::RedisServer::start();
+    let cluster = statecraft_testkit::RedisCluster::start(3);
+    let postgres = statecraft_testkit::PostgresServer::start();
+    let output = Command::new(env!("CARGO_BIN_EXE_statecraft"))
+        .args(["bench", "--json", "--duration-ms", "50", "--keys", "300"])
+        .args(["--concurrency", "4", "--backend", &redis.url()])
+        .args(["--backend", &cluster.url(), "--backend", &postgres.url()])
+        .output()
+        .expect("run statecraft bench");
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    let rows = rows.as_array().expect("a JSON array");
+    assert_eq!(rows.len(), 30, "3 backends × 5 operations × 2 levels");
+    for backend in ["redis", "redis_cluster", "postgres"] {
+        let mine: Vec<_> = rows.iter().filter(|r| r["backend"] == backend).collect();
+        assert_eq!(mine.len(), 10, "{backend}");
+        for row in mine {
+            assert!(row["ops_per_sec"].as_f64().expect("ops") > 0.0, "{row}");
+            assert_eq!(row["distributed"], true, "{row}");
+        }
+    }
+}

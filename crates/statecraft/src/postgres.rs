@@ -301,7 +301,8 @@ impl Sql {
             batch_get: format!("SELECT key, value FROM {t} WHERE key = ANY($1) AND {LIVE}"),
             batch_put: format!(
                 "INSERT INTO {t} (key, value, expires_at) \
-                 SELECT k, v, {EXPIRY} FROM unnest($1::bytea[], $2::bytea[]) AS u(k, v) {upsert}"
+                 SELECT k, v, {EXPIRY} FROM unnest($1::bytea[], $2::bytea[]) AS u(k, v) \
+                 ORDER BY k {upsert}"
             ),
             batch_delete: format!("DELETE FROM {t} WHERE key = ANY($1) RETURNING {LIVE}"),
             purge: format!(
@@ -359,9 +360,10 @@ fn pg_error(err: tokio_postgres::Error) -> Error {
         // No SQLSTATE: the socket failed or the protocol broke.
         None => (ErrorKind::Unavailable, true),
     };
-    let message = match &code {
-        Some(code) => format!("PostgreSQL error {}", code.code()),
-        None => "PostgreSQL connection failed".to_string(),
+    let message = match (&code, err.as_db_error()) {
+        (Some(code), Some(db)) => format!("PostgreSQL error {}: {}", code.code(), db.message()),
+        (Some(code), None) => format!("PostgreSQL error {}", code.code()),
+        (None, _) => "PostgreSQL connection failed".to_string(),
     };
     Error::new(kind, message)
         .temporary(temporary)
@@ -721,8 +723,9 @@ fn increment_error(err: tokio_postgres::Error) -> Error {
     }
 }
 
-/// Keeps the last write of each key, in first-seen order, so that one
-/// `INSERT … ON CONFLICT` never touches a row twice.
+/// Keeps the last write of each key, so that one `INSERT … ON CONFLICT`
+/// never touches a row twice. (The statement then writes in key order, so
+/// that concurrent batches lock rows in the same order and never deadlock.)
 fn last_write_wins(entries: Vec<(Bytes, Bytes)>) -> (Vec<Bytes>, Vec<Bytes>) {
     let mut position: HashMap<Bytes, usize> = HashMap::with_capacity(entries.len());
     let mut keys = Vec::with_capacity(entries.len());
