@@ -23,6 +23,8 @@
 //! (single node and Cluster), `redis-tls` adds `rediss://`; `postgres`
 //! builds [`PostgresBackend`].
 
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod anchor;
 mod backend;
 pub mod checkpoint;
 mod clock;

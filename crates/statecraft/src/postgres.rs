@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    Manager, ManagerConfig, Object, Pool, PoolError, QueueMode, RecyclingMethod, Runtime,
 };
 use futures_util::stream;
 use tokio_postgres::error::SqlState;
@@ -530,6 +530,9 @@ impl PostgresBackend {
         );
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
+            // The most recently used connection first: it is the one whose
+            // socket and task are warm, and idle ones can age out.
+            .queue_mode(QueueMode::Lifo)
             .wait_timeout(Some(config.acquire_timeout))
             .create_timeout(Some(config.connect_timeout))
             .recycle_timeout(Some(config.connect_timeout))
@@ -549,6 +552,7 @@ impl PostgresBackend {
             config,
         });
         inner.run(Operation::Migrate, None, migrate(&inner)).await?;
+        crate::anchor::spawn(Arc::downgrade(&inner));
         if let Some(every) = inner.config.purge_interval {
             tokio::spawn(purge_loop(Arc::downgrade(&inner), every));
         }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind, Value};
@@ -100,8 +100,8 @@ fn redact(url: &str) -> String {
 }
 
 impl RedisConfig {
-    /// A builder with the defaults: no key prefix, no default TTL, 4
-    /// connections, 3 retries backing off from 10 ms to 1 s, 1 s to connect,
+    /// A builder with the defaults: no key prefix, no default TTL, 1
+    /// multiplexed connection, 3 retries backing off from 10 ms to 1 s, 1 s to connect,
     /// 1 s per round trip, 1,000 commands per pipeline.
     pub fn builder() -> RedisConfigBuilder {
         RedisConfigBuilder {
@@ -110,7 +110,7 @@ impl RedisConfig {
                 target: Target::Single(String::new()),
                 key_prefix: Bytes::new(),
                 default_ttl: None,
-                pool_size: 4,
+                pool_size: 1,
                 max_retries: 3,
                 retry_base: Duration::from_millis(10),
                 retry_max: Duration::from_secs(1),
@@ -173,9 +173,11 @@ impl RedisConfigBuilder {
         self
     }
 
-    /// How many multiplexed connections to open. Each carries any number
-    /// of concurrent requests; more than one spreads the encoding and
-    /// socket work over threads.
+    /// How many multiplexed connections to open (default 1). Each carries
+    /// any number of concurrent requests, pipelined: one connection batches
+    /// the most requests per system call, and measured best on a 2-core
+    /// machine (BENCHMARKS.md); more spread the socket work over threads
+    /// when the client has cores to spare.
     pub fn pool_size(mut self, connections: usize) -> Self {
         self.config.pool_size = connections;
         self
@@ -305,7 +307,85 @@ fn parse_url(url: &str) -> Result<Target> {
 /// are written once.
 #[derive(Clone)]
 enum Conn {
-    Single(ConnectionManager),
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+/// One multiplexed connection to a single server, replaced in the
+/// background when it breaks. Requests never wait for the reconnect: while
+/// it runs they fail fast on the broken connection (a temporary error that
+/// the retry loop backs off from), so no caller hangs on a dead server.
+struct SingleConn {
+    client: redis::Client,
+    settings: redis::AsyncConnectionConfig,
+    connect_timeout: Duration,
+    pause: Duration,
+    current: std::sync::RwLock<MultiplexedConnection>,
+    reconnecting: std::sync::atomic::AtomicBool,
+}
+
+impl SingleConn {
+    async fn open(
+        client: redis::Client,
+        config: &RedisConfig,
+    ) -> std::result::Result<SingleConn, RedisError> {
+        let settings = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&settings)
+            .await?;
+        Ok(SingleConn {
+            client,
+            settings,
+            connect_timeout: config.connect_timeout,
+            pause: config.retry_base,
+            current: std::sync::RwLock::new(conn),
+            reconnecting: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn get(&self) -> MultiplexedConnection {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts one background reconnect if `err` means the connection is gone.
+    fn on_error(self: &Arc<Self>, err: &RedisError) {
+        let broken = !err.is_timeout()
+            && (err.is_connection_dropped() || err.kind() == redis::ErrorKind::Io);
+        if !broken || self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let attempt = this
+                .client
+                .get_multiplexed_async_connection_with_config(&this.settings);
+            match tokio::time::timeout(this.connect_timeout, attempt).await {
+                Ok(Ok(conn)) => {
+                    *this
+                        .current
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = conn;
+                    tracing::info!("reconnected to Redis");
+                }
+                _ => {
+                    // Keep the attempts of a dead server spaced out.
+                    tokio::time::sleep(this.pause).await;
+                }
+            }
+            this.reconnecting.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// A pooled connection.
+#[derive(Clone)]
+enum Pooled {
+    Single(Arc<SingleConn>),
     Cluster(ClusterConnection),
 }
 
@@ -552,7 +632,7 @@ const SCANS_PER_PAGE: usize = 16;
 
 struct Inner {
     name: &'static str,
-    conns: Vec<Conn>,
+    conns: Vec<Pooled>,
     next_conn: AtomicUsize,
     /// A client for dedicated pub/sub connections.
     pubsub_client: redis::Client,
@@ -567,9 +647,12 @@ struct Inner {
 }
 
 impl Inner {
-    fn conn(&self) -> Conn {
+    fn conn(&self) -> (Conn, Option<&Arc<SingleConn>>) {
         let at = self.next_conn.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[at].clone()
+        match &self.conns[at] {
+            Pooled::Single(single) => (Conn::Single(single.get()), Some(single)),
+            Pooled::Cluster(cluster) => (Conn::Cluster(cluster.clone()), None),
+        }
     }
 
     fn full_key(&self, key: &[u8]) -> Vec<u8> {
@@ -612,32 +695,32 @@ impl Inner {
     {
         let mut tries = 0u32;
         loop {
-            let outcome = match tokio::time::timeout(
-                self.config.response_timeout,
-                attempt(self.conn()),
-            )
-            .await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    self.timeouts.fetch_add(1, Ordering::Relaxed);
-                    Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "no answer within the response timeout of {:?}",
-                            self.config.response_timeout
-                        ),
-                    ))
-                }
-            };
+            let (conn, single) = self.conn();
+            let outcome =
+                match tokio::time::timeout(self.config.response_timeout, attempt(conn)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        self.timeouts.fetch_add(1, Ordering::Relaxed);
+                        Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "no answer within the response timeout of {:?}",
+                                self.config.response_timeout
+                            ),
+                        ))
+                    }
+                };
             let err = match outcome {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
+            let cause = std::error::Error::source(&err)
+                .and_then(|source| source.downcast_ref::<RedisError>());
+            if let (Some(single), Some(cause)) = (single, cause) {
+                single.on_error(cause);
+            }
             let never_sent = err.kind() == ErrorKind::Unavailable
-                && std::error::Error::source(&err)
-                    .and_then(|source| source.downcast_ref::<RedisError>())
-                    .is_some_and(RedisError::is_connection_refusal);
+                && cause.is_some_and(RedisError::is_connection_refusal);
             let retry = err.is_temporary()
                 && tries < self.config.max_retries
                 && (idempotent == Idempotent::Yes || never_sent);
@@ -892,18 +975,11 @@ impl RedisBackend {
             match &config.target {
                 Target::Single(url) => {
                     let client = client_for(url, &config).map_err(redis_error)?;
-                    let manager_config = ConnectionManagerConfig::new()
-                        .set_number_of_retries(config.max_retries as usize)
-                        .set_min_delay(config.retry_base)
-                        .set_max_delay(config.retry_max)
-                        .set_connection_timeout(Some(config.connect_timeout))
-                        .set_response_timeout(Some(config.response_timeout));
                     for _ in 0..config.pool_size {
-                        let manager = client
-                            .get_connection_manager_with_config(manager_config.clone())
+                        let single = SingleConn::open(client.clone(), &config)
                             .await
                             .map_err(redis_error)?;
-                        conns.push(Conn::Single(manager));
+                        conns.push(Pooled::Single(Arc::new(single)));
                     }
                     pubsub_client = client;
                 }
@@ -924,7 +1000,7 @@ impl RedisBackend {
                     let client = builder.build().map_err(redis_error)?;
                     for _ in 0..config.pool_size {
                         let conn = client.get_async_connection().await.map_err(redis_error)?;
-                        conns.push(Conn::Cluster(conn));
+                        conns.push(Pooled::Cluster(conn));
                     }
                     pubsub_client = client_for(&nodes[0], &config).map_err(redis_error)?;
                 }
@@ -959,6 +1035,7 @@ impl RedisBackend {
                 jitter_seq: AtomicU64::new(0),
             }),
         };
+        crate::anchor::spawn(Arc::downgrade(&backend.inner));
         backend.health_check().await.map_err(|err| {
             Error::new(err.kind(), "Redis did not answer PING")
                 .temporary(err.is_temporary())

@@ -183,7 +183,7 @@ async fn stats_and_health(url: String) {
     let stats = backend.stats().await.expect("stats");
     assert_eq!((stats.hits, stats.misses), (1, 1));
     assert!(stats.details["used_memory_bytes"] > 0);
-    assert_eq!(stats.details["pool_connections"], 4);
+    assert_eq!(stats.details["pool_connections"], 1);
     let usage = backend.memory_usage(b"a").await.expect("memory usage");
     assert!(usage.is_some_and(|bytes| bytes > 0));
     assert_eq!(backend.memory_usage(b"nope").await.expect("usage"), None);
