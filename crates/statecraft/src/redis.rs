@@ -648,7 +648,10 @@ struct Inner {
 
 impl Inner {
     fn conn(&self) -> (Conn, Option<&Arc<SingleConn>>) {
-        let at = self.next_conn.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let at = match self.conns.len() {
+            1 => 0,
+            n => self.next_conn.fetch_add(1, Ordering::Relaxed) % n,
+        };
         match &self.conns[at] {
             Pooled::Single(single) => (Conn::Single(single.get()), Some(single)),
             Pooled::Cluster(cluster) => (Conn::Cluster(cluster.clone()), None),
@@ -696,20 +699,27 @@ impl Inner {
         let mut tries = 0u32;
         loop {
             let (conn, single) = self.conn();
-            let outcome =
+            // A single server's connection enforces the response timeout on
+            // every request itself (and never waits for a reconnect), so a
+            // second timer is only needed for the Cluster client, whose
+            // internal retries and slot refreshes could run longer.
+            let outcome = if single.is_some() {
+                attempt(conn).await
+            } else {
                 match tokio::time::timeout(self.config.response_timeout, attempt(conn)).await {
                     Ok(outcome) => outcome,
-                    Err(_) => {
-                        self.timeouts.fetch_add(1, Ordering::Relaxed);
-                        Err(Error::new(
-                            ErrorKind::Timeout,
-                            format!(
-                                "no answer within the response timeout of {:?}",
-                                self.config.response_timeout
-                            ),
-                        ))
-                    }
-                };
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "no answer within the response timeout of {:?}",
+                            self.config.response_timeout
+                        ),
+                    )),
+                }
+            };
+            if outcome.as_ref().is_err_and(|err| err.kind() == ErrorKind::Timeout) {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
             let err = match outcome {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
