@@ -14,10 +14,15 @@ work=$(mktemp -d /tmp/statecraft-bench-XXXXXX)
 chmod 755 "$work"
 pids=()
 cleanup() {
+  # runuser's pid is not the postmaster's: stop PostgreSQL by its data dir.
+  [ -f "$work/pg/data/postmaster.pid" ] && \
+    run_pg "$pg_bin/pg_ctl" -D "$work/pg/data" stop -m immediate >/dev/null 2>&1 || true
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   sleep 0.2
   rm -rf "$work"
 }
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+run_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -38,9 +43,7 @@ for i in 1 2 3; do
   cluster_ports+=("$port")
 done
 
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 pg_port=$(free_port)
-run_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 mkdir -p "$work/pg"
 [ "$(id -u)" -eq 0 ] && chown postgres "$work/pg"
 run_pg "$pg_bin/initdb" -D "$work/pg/data" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole statecraft test suite on a fresh Debian machine.
 # Installs what the tests need when it is missing (a Rust toolchain must be
-# there already): redis-server for the Redis tests to come, and the
-# PostgreSQL server binaries. Run as root or with sudo available.
+# there already): redis-server and redis-cli (redis-tools) for the Redis and
+# Redis Cluster tests, and the PostgreSQL server binaries. The tests start
+# their own throw-away servers on loopback ports (PostgreSQL as the
+# `postgres` user when run as root). Run as root or with sudo available.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server redis-tools)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""

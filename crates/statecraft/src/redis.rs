@@ -717,7 +717,10 @@ impl Inner {
                     )),
                 }
             };
-            if outcome.as_ref().is_err_and(|err| err.kind() == ErrorKind::Timeout) {
+            if outcome
+                .as_ref()
+                .is_err_and(|err| err.kind() == ErrorKind::Timeout)
+            {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
             }
             let err = match outcome {
