@@ -2,7 +2,8 @@
 # Runs the whole statecraft test suite on a fresh Debian machine.
 # Installs what the tests need when it is missing (a Rust toolchain must be
 # there already): redis-server and redis-cli (redis-tools) for the Redis and
-# Redis Cluster tests, and the PostgreSQL server binaries. The tests start
+# Redis Cluster tests, openssl for the TLS test's certificates, and the
+# PostgreSQL server binaries. The tests start
 # their own throw-away servers on loopback ports (PostgreSQL as the
 # `postgres` user when run as root). Run as root or with sudo available.
 set -euo pipefail
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""

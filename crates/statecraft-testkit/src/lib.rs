@@ -18,7 +18,7 @@ use statecraft::{ManualClock, StateBackend};
 pub mod conformance;
 pub mod servers;
 
-pub use servers::{PostgresServer, RedisCluster, RedisServer};
+pub use servers::{PostgresServer, RedisCluster, RedisServer, TlsRedisServer};
 
 /// How a fixture's time moves forward.
 #[derive(Debug, Clone)]

@@ -239,6 +239,98 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Starts a server that also listens for TLS, with a certificate for
+    /// `127.0.0.1` signed by a throw-away CA (made with the `openssl`
+    /// command). The plain port stays open for readiness checks.
+    pub fn start_tls() -> TlsRedisServer {
+        let dir = server_dir("statecraft-tls-");
+        let openssl = find_binary("openssl", &[], "openssl");
+        let run = |args: &[&str]| {
+            let output = Command::new(&openssl)
+                .args(args)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .output()
+                .expect("openssl runs");
+            assert!(
+                output.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.crt"],
+        ]
+        .concat()
+        .iter()
+        .chain(&["-days", "2", "-subj", "/CN=statecraft test CA"])
+        .copied()
+        .collect::<Vec<_>>());
+        run(&[
+            &["req"][..],
+            &ec,
+            &["-keyout", "server.key", "-out", "server.csr"],
+        ]
+        .concat()
+        .iter()
+        .chain(&["-subj", "/CN=127.0.0.1"])
+        .copied()
+        .collect::<Vec<_>>());
+        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\n")
+            .expect("write the SAN extension");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let tls_port = free_port(false);
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        let server = Self::start_with(
+            vec![
+                "--tls-port".into(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                path("server.crt"),
+                "--tls-key-file".into(),
+                path("server.key"),
+                "--tls-ca-cert-file".into(),
+                path("ca.crt"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            false,
+            "statecraft-",
+        );
+        let ca_pem = std::fs::read(dir.path().join("ca.crt")).expect("read the CA certificate");
+        TlsRedisServer {
+            server,
+            tls_port,
+            ca_pem,
+            _certs: dir,
+        }
+    }
+
     /// Kills the server with SIGKILL (its data is gone: nothing is saved).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -300,6 +392,32 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.resume();
         self.kill();
+    }
+}
+
+/// A [`RedisServer`] that also speaks TLS; see [`RedisServer::start_tls`].
+#[derive(Debug)]
+pub struct TlsRedisServer {
+    server: RedisServer,
+    tls_port: u16,
+    ca_pem: Vec<u8>,
+    _certs: TempDir,
+}
+
+impl TlsRedisServer {
+    /// Its `rediss://` URL.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port)
+    }
+
+    /// The PEM certificate of the CA that signed the server's certificate.
+    pub fn ca_pem(&self) -> &[u8] {
+        &self.ca_pem
+    }
+
+    /// The plain-TCP server underneath.
+    pub fn server(&self) -> &RedisServer {
+        &self.server
     }
 }
 

@@ -212,6 +212,70 @@ mod redis {
         stats_and_health(RedisServer::shared().url()).await;
     }
 
+    /// Scripts are called by SHA; after `SCRIPT FLUSH` the server answers
+    /// NOSCRIPT and the backend loads them again, transparently. Nothing the
+    /// backend does sends KEYS, FLUSHDB or FLUSHALL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scripts_survive_script_flush_and_no_keys_or_flush() {
+        let server = RedisServer::start();
+        let backend = backend(&server.url(), "own:").await;
+        server.cli(&["SET", "foreign", "x"]);
+        assert_eq!(backend.increment(b"n", 1, None).await.expect("incr"), 1);
+        assert!(server.cli(&["SCRIPT", "FLUSH"]).contains("OK"));
+        assert_eq!(backend.increment(b"n", 1, None).await.expect("incr"), 2);
+        let cas = backend
+            .compare_and_swap(b"n", Some(b"2"), Some("10".into()), None)
+            .await
+            .expect("cas");
+        assert!(cas.is_swapped());
+        for i in 0..3000 {
+            backend
+                .put(format!("k{i}").as_bytes(), "v".into())
+                .await
+                .expect("put");
+        }
+        assert_eq!(backend.count().await.expect("count"), 3001);
+        backend.list_keys(b"k1").await.expect("list");
+        backend.clear().await.expect("clear");
+        assert_eq!(backend.count().await.expect("count"), 0);
+        assert_eq!(server.cli(&["GET", "foreign"]).trim(), "x");
+        let stats = server.cli(&["INFO", "commandstats"]);
+        assert!(stats.contains("cmdstat_scan:"), "{stats}");
+        assert!(stats.contains("cmdstat_evalsha:"), "{stats}");
+        for forbidden in ["cmdstat_keys:", "cmdstat_flushdb:", "cmdstat_flushall:"] {
+            assert!(!stats.contains(forbidden), "{forbidden} was sent: {stats}");
+        }
+    }
+
+    /// `rediss://` against a real TLS listener, trusting the test CA; the
+    /// same URL without that CA is refused with a typed error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_connections_verify_the_server() {
+        let server = RedisServer::start_tls();
+        let config = RedisConfig::builder()
+            .url(server.tls_url())
+            .tls_root_certificate(server.ca_pem().to_vec())
+            .key_prefix("tls:")
+            .build()
+            .expect("config");
+        let backend = RedisBackend::new(config).await.expect("TLS connect");
+        backend.put(b"k", "secret".into()).await.expect("put");
+        assert_eq!(
+            backend.get(b"k").await.expect("get").as_deref(),
+            Some(&b"secret"[..])
+        );
+        assert_eq!(backend.increment(b"n", 2, None).await.expect("incr"), 2);
+        let untrusted = RedisConfig::builder()
+            .url(server.tls_url())
+            .max_retries(0)
+            .build()
+            .expect("config");
+        let err = RedisBackend::new(untrusted)
+            .await
+            .expect_err("an unknown CA is refused");
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unreachable_server_is_a_typed_error() {
         let port = {
