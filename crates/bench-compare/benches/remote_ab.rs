@@ -105,7 +105,12 @@ async fn main() {
             PostgresConfig::builder()
                 .url(pg_server.url())
                 .table("ab")
-                .pool_size(std::env::var("PG_POOL").ok().and_then(|v| v.parse().ok()).unwrap_or(16))
+                .pool_size(
+                    std::env::var("PG_POOL")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(16),
+                )
                 .build()
                 .expect("config"),
         )
