@@ -469,7 +469,16 @@ pub async fn increment_ttl_on_create_only(f: &Fixture) {
 /// Incrementing a non-integer is a typed error that changes nothing.
 pub async fn increment_rejects_non_integer(f: &Fixture) {
     let s = &*f.backend;
-    for bad in [&b"abc"[..], b"1.5", b"", b" 7", b"\xff"] {
+    for bad in [
+        &b"abc"[..],
+        b"1.5",
+        b"",
+        b" 7",
+        b"\xff",
+        b"007",
+        b"-0",
+        b"+1",
+    ] {
         ok(f, "put", s.put(b"n", b(bad)).await);
         assert_eq!(
             kind_of(s.increment(b"n", 1, None).await),

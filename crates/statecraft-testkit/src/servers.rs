@@ -209,7 +209,9 @@ impl RedisServer {
             spawn_server(command).map_err(|err| format!("spawning redis-server: {err}"))?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if redis_ping(self.port) {
+            // Ours only if it is still running: a server that failed to bind
+            // must not pass for whatever else answers on the port.
+            if redis_ping(self.port) && matches!(child.try_wait(), Ok(None)) {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -676,7 +678,7 @@ impl PostgresServer {
                 .status()
                 .map(|status| status.success())
                 .unwrap_or(false);
-            if ready {
+            if ready && matches!(child.try_wait(), Ok(None)) {
                 self.child = Some(child);
                 return Ok(());
             }

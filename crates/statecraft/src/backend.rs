@@ -402,11 +402,17 @@ pub fn apply_increment(raw: &[u8], delta: i64) -> Result<i64> {
     })
 }
 
-/// Parses a decimal ASCII signed 64-bit integer as `increment` stores it.
+/// Parses a decimal ASCII signed 64-bit integer as `increment` stores it:
+/// an optional `-` and digits, without a `+`, spaces or leading zeros (so
+/// `"007"` and `"-0"` are not counters), exactly as Redis reads them.
 pub fn parse_counter(raw: &[u8]) -> Result<i64> {
+    let canonical = |text: &&str| {
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        !text.starts_with('+') && (*text == "0" || !digits.starts_with('0'))
+    };
     std::str::from_utf8(raw)
         .ok()
-        .filter(|text| !text.starts_with('+'))
+        .filter(canonical)
         .and_then(|text| text.parse::<i64>().ok())
         .ok_or_else(|| {
             Error::new(
@@ -485,6 +491,9 @@ mod tests {
             b"abc",
             b"\xff",
             b"99999999999999999999",
+            b"007",
+            b"-0",
+            b"-",
         ] {
             let err = parse_counter(bad).err().map(|e| e.kind());
             assert_eq!(err, Some(ErrorKind::NotAnInteger), "{bad:?}");

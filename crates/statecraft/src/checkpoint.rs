@@ -74,9 +74,15 @@ where
     write(out, MAGIC)?;
     write(out, &[VERSION])?;
     let mut count = 0u64;
+    // A backend without ordered listing (Redis SCAN) may list a key twice;
+    // writing it twice could let an older value win on restore.
+    let mut seen = (!backend.capabilities().ordered_listing).then(std::collections::HashSet::new);
     let mut keys = backend.key_stream(prefix, PAGE).chunks(PAGE);
     while let Some(page) = keys.next().await {
-        let page: Vec<Bytes> = page.into_iter().collect::<Result<_>>()?;
+        let mut page: Vec<Bytes> = page.into_iter().collect::<Result<_>>()?;
+        if let Some(seen) = seen.as_mut() {
+            page.retain(|key| seen.insert(key.clone()));
+        }
         let values = backend.batch_get(&page).await?;
         for (key, value) in page.iter().zip(values) {
             let Some(value) = value else { continue };
@@ -144,6 +150,8 @@ fn read_bytes<R: Read>(input: &mut R) -> Result<Bytes> {
 /// Reads a checkpoint written by [`export`] into `backend`; returns how many
 /// entries were restored. Existing keys with the same names are overwritten;
 /// other keys are left alone.
+/// Entries exported without a TTL are written without one, so a target
+/// configured with a default TTL applies it to them.
 ///
 /// A file that is not a checkpoint, or is truncated, is an
 /// [`ErrorKind::Corrupt`] error; entries before the damage have been written.

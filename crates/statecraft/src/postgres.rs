@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -289,7 +290,7 @@ impl Sql {
                  value = CASE WHEN s.expires_at IS NOT NULL AND s.expires_at <= now() \
                      THEN EXCLUDED.value \
                      ELSE convert_to(((CASE \
-                         WHEN encode(s.value, 'escape') ~ '^-?[0-9]{{1,19}}$' \
+                         WHEN encode(s.value, 'escape') ~ '^(0|-?[1-9][0-9]{{0,18}})$' \
                          AND encode(s.value, 'escape')::numeric \
                              BETWEEN -9223372036854775808 AND 9223372036854775807 \
                          THEN encode(s.value, 'escape')::numeric END) \
@@ -399,8 +400,27 @@ fn corrupt(err: tokio_postgres::Error) -> Error {
     .with_source(err)
 }
 
+/// The longest TTL written: 100 years, which PostgreSQL timestamps hold
+/// (`Duration::MAX` would overflow them); longer ones are cut to it.
+const MAX_TTL_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+
 fn millis(ttl: Option<Duration>) -> Option<i64> {
-    ttl.map(|ttl| i64::try_from(ttl.as_nanos().div_ceil(1_000_000).max(1)).unwrap_or(i64::MAX))
+    ttl.map(|ttl| {
+        i64::try_from(ttl.as_nanos().div_ceil(1_000_000).max(1))
+            .unwrap_or(MAX_TTL_MS)
+            .min(MAX_TTL_MS)
+    })
+}
+
+/// Channel names are identifiers: 1 to 63 bytes.
+fn check_channel(channel: &str) -> Result<()> {
+    if channel.is_empty() || channel.len() > 63 {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "a PostgreSQL channel name is 1 to 63 bytes",
+        ));
+    }
+    Ok(())
 }
 
 /// The smallest byte string above every string that starts with `prefix`,
@@ -416,6 +436,115 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// A pooled connection lent to one operation.
+///
+/// If the operation's future is dropped while a statement is in flight (its
+/// deadline passed, or the caller gave up), the connection is closed instead
+/// of returned to the pool: the next borrower must never queue behind an
+/// unfinished statement, or land inside an unfinished transaction. (The
+/// server notices the closed connection and stops the statement.)
+struct Lease {
+    object: Option<Object>,
+    busy: bool,
+}
+
+type Params<'p> = [&'p (dyn tokio_postgres::types::ToSql + Sync)];
+
+impl Lease {
+    /// Runs `work` on the connection, marking it busy until `work` is done.
+    async fn with<'s, T, F, Fut>(
+        &'s mut self,
+        work: F,
+    ) -> std::result::Result<T, tokio_postgres::Error>
+    where
+        F: FnOnce(&'s Object) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    {
+        self.busy = true;
+        let object = match self.object.as_ref() {
+            Some(object) => object,
+            None => unreachable!("a lease holds its connection until dropped"),
+        };
+        let result = work(object).await;
+        self.busy = false;
+        result
+    }
+
+    async fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> std::result::Result<Option<Row>, tokio_postgres::Error> {
+        self.with(|client| async move {
+            let statement = client.prepare_cached(sql).await?;
+            client.query_opt(&statement, params).await
+        })
+        .await
+    }
+
+    async fn query_one(
+        &mut self,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> std::result::Result<Row, tokio_postgres::Error> {
+        self.with(|client| async move {
+            let statement = client.prepare_cached(sql).await?;
+            client.query_one(&statement, params).await
+        })
+        .await
+    }
+
+    async fn query(
+        &mut self,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        self.with(|client| async move {
+            let statement = client.prepare_cached(sql).await?;
+            client.query(&statement, params).await
+        })
+        .await
+    }
+
+    async fn execute(
+        &mut self,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        self.with(|client| async move {
+            let statement = client.prepare_cached(sql).await?;
+            client.execute(&statement, params).await
+        })
+        .await
+    }
+
+    async fn batch_execute(&mut self, sql: &str) -> std::result::Result<(), tokio_postgres::Error> {
+        self.with(|client| client.batch_execute(sql)).await
+    }
+
+    async fn simple_query(&mut self, sql: &str) -> std::result::Result<(), tokio_postgres::Error> {
+        self.with(|client| async move { client.simple_query(sql).await.map(drop) })
+            .await
+    }
+
+    /// Hands the connection over (to a transaction) without the busy guard.
+    fn into_object(mut self) -> Object {
+        self.busy = false;
+        match self.object.take() {
+            Some(object) => object,
+            None => unreachable!("a lease holds its connection until dropped"),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let (true, Some(object)) = (self.busy, self.object.take()) {
+            drop(Object::take(object));
+        }
+    }
+}
+
 struct Inner {
     pool: Pool,
     sql: Sql,
@@ -425,8 +554,12 @@ struct Inner {
 }
 
 impl Inner {
-    async fn client(&self) -> Result<Object> {
-        self.pool.get().await.map_err(pool_error)
+    async fn client(&self) -> Result<Lease> {
+        let object = self.pool.get().await.map_err(pool_error)?;
+        Ok(Lease {
+            object: Some(object),
+            busy: false,
+        })
     }
 
     /// Runs `work` within the operation timeout, adding the error context.
@@ -460,7 +593,7 @@ impl Inner {
     }
 
     async fn purge(&self) -> Result<u64> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let mut purged = 0;
         loop {
             let n = client
@@ -585,7 +718,7 @@ impl PostgresBackend {
         let sql = format!("{command} {}", quoted(&inner.config.table));
         inner
             .run(Operation::Maintenance, None, async {
-                let client = inner.client().await?;
+                let mut client = inner.client().await?;
                 client.batch_execute(&sql).await.map_err(pg_error)
             })
             .await
@@ -598,17 +731,24 @@ impl PostgresBackend {
     /// it back (the connection is closed rather than returned to the pool).
     pub async fn begin(&self) -> Result<PgTransaction> {
         let inner = &self.inner;
-        let client = inner
+        inner
             .run(Operation::Transaction, None, async {
-                let client = inner.client().await?;
-                client.batch_execute("BEGIN").await.map_err(pg_error)?;
-                Ok(client)
+                // The transaction owns the connection before BEGIN is sent:
+                // if BEGIN fails, or this future is dropped mid-way, its
+                // `Drop` closes the connection instead of pooling it.
+                let transaction = PgTransaction {
+                    inner: self.inner.clone(),
+                    client: Some(inner.client().await?.into_object()),
+                    failed: AtomicBool::new(false),
+                };
+                transaction
+                    .client()?
+                    .batch_execute("BEGIN")
+                    .await
+                    .map_err(pg_error)?;
+                Ok(transaction)
             })
-            .await?;
-        Ok(PgTransaction {
-            inner: self.inner.clone(),
-            client: Some(client),
-        })
+            .await
     }
 
     /// How many connections the pool holds, how many are idle, and how many
@@ -639,7 +779,7 @@ pub struct PoolStatus {
 }
 
 async fn migrate(inner: &Inner) -> Result<()> {
-    let mut client = inner.client().await?;
+    let mut client = inner.client().await?.into_object();
     let tx = client.transaction().await.map_err(pg_error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -771,13 +911,9 @@ impl StateBackend for PostgresBackend {
             let result = inner
                 .run(Operation::Get, Some(key), async {
                     inner.config.limits.check_key(NAME, Operation::Get, key)?;
-                    let client = inner.client().await?;
-                    let statement = client
-                        .prepare_cached(&inner.sql.get)
-                        .await
-                        .map_err(pg_error)?;
+                    let mut client = inner.client().await?;
                     let row = client
-                        .query_opt(&statement, &[&key])
+                        .query_opt(&inner.sql.get, &[&key])
                         .await
                         .map_err(pg_error)?;
                     row.map(|row| value_of(&row, 0)).transpose()
@@ -803,13 +939,9 @@ impl StateBackend for PostgresBackend {
                         .limits
                         .check_entry(NAME, Operation::Put, key, &value)?;
                     let ttl = inner.ttl_or_default(options.ttl);
-                    let client = inner.client().await?;
-                    let statement = client
-                        .prepare_cached(&inner.sql.put)
-                        .await
-                        .map_err(pg_error)?;
+                    let mut client = inner.client().await?;
                     client
-                        .execute(&statement, &[&key, &value.as_ref(), &ttl])
+                        .execute(&inner.sql.put, &[&key, &value.as_ref(), &ttl])
                         .await
                         .map_err(pg_error)?;
                     Ok(())
@@ -829,13 +961,9 @@ impl StateBackend for PostgresBackend {
                         .config
                         .limits
                         .check_key(NAME, Operation::Delete, key)?;
-                    let client = inner.client().await?;
-                    let statement = client
-                        .prepare_cached(&inner.sql.delete)
-                        .await
-                        .map_err(pg_error)?;
+                    let mut client = inner.client().await?;
                     let row = client
-                        .query_opt(&statement, &[&key])
+                        .query_opt(&inner.sql.delete, &[&key])
                         .await
                         .map_err(pg_error)?;
                     match row {
@@ -855,13 +983,9 @@ impl StateBackend for PostgresBackend {
             let result = inner
                 .run(Operation::Ttl, Some(key), async {
                     inner.config.limits.check_key(NAME, Operation::Ttl, key)?;
-                    let client = inner.client().await?;
-                    let statement = client
-                        .prepare_cached(&inner.sql.ttl)
-                        .await
-                        .map_err(pg_error)?;
+                    let mut client = inner.client().await?;
                     let row = client
-                        .query_opt(&statement, &[&key])
+                        .query_opt(&inner.sql.ttl, &[&key])
                         .await
                         .map_err(pg_error)?;
                     let Some(row) = row else {
@@ -916,15 +1040,14 @@ impl StateBackend for PostgresBackend {
                         (start, sql)
                     };
                     let limit_param = i64::try_from(limit).unwrap_or(i64::MAX);
-                    let client = inner.client().await?;
-                    let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+                    let mut client = inner.client().await?;
                     let rows = match &end {
                         Some(end) => {
                             client
-                                .query(&statement, &[&start, &limit_param, &end.as_slice()])
+                                .query(sql, &[&start, &limit_param, &end.as_slice()])
                                 .await
                         }
-                        None => client.query(&statement, &[&start, &limit_param]).await,
+                        None => client.query(sql, &[&start, &limit_param]).await,
                     }
                     .map_err(pg_error)?;
                     let keys = rows
@@ -947,12 +1070,11 @@ impl StateBackend for PostgresBackend {
             let timer = inner.stats.start();
             let result = inner
                 .run(Operation::Count, None, async {
-                    let client = inner.client().await?;
-                    let statement = client
-                        .prepare_cached(&inner.sql.count)
+                    let mut client = inner.client().await?;
+                    let row = client
+                        .query_one(&inner.sql.count, &[])
                         .await
                         .map_err(pg_error)?;
-                    let row = client.query_one(&statement, &[]).await.map_err(pg_error)?;
                     let count: i64 = row.try_get(0).map_err(corrupt)?;
                     Ok(u64::try_from(count).unwrap_or(0))
                 })
@@ -967,9 +1089,9 @@ impl StateBackend for PostgresBackend {
             let timer = inner.stats.start();
             let result = inner
                 .run(Operation::Clear, None, async {
-                    let client = inner.client().await?;
+                    let mut client = inner.client().await?;
                     client
-                        .execute(inner.sql.clear.as_str(), &[])
+                        .execute(&inner.sql.clear, &[])
                         .await
                         .map_err(pg_error)?;
                     Ok(())
@@ -999,50 +1121,60 @@ impl StateBackend for PostgresBackend {
                         None => limits.check_key(NAME, Operation::CompareAndSwap, key)?,
                     }
                     let ttl = inner.ttl_or_default(ttl);
-                    let client = inner.client().await?;
-                    let row = match (expected, &new) {
-                        (None, None) => {
-                            let statement = client
-                                .prepare_cached(&inner.sql.get)
-                                .await
-                                .map_err(pg_error)?;
-                            let row = client
-                                .query_opt(&statement, &[&key])
-                                .await
-                                .map_err(pg_error)?;
-                            return Ok(match row {
-                                None => CasOutcome::Swapped,
-                                Some(row) => CasOutcome::Conflict(Some(value_of(&row, 0)?)),
-                            });
+                    let mut client = inner.client().await?;
+                    if expected.is_none() && new.is_none() {
+                        let row = client
+                            .query_opt(&inner.sql.get, &[&key])
+                            .await
+                            .map_err(pg_error)?;
+                        return Ok(match row {
+                            None => CasOutcome::Swapped,
+                            Some(row) => CasOutcome::Conflict(Some(value_of(&row, 0)?)),
+                        });
+                    }
+                    // The reported value comes from the statement's snapshot,
+                    // while the write re-checks the newest row version. When
+                    // they disagree (a concurrent writer committed between
+                    // the two), the report would equal `expected`: run again
+                    // on a fresh snapshot rather than report a stale value.
+                    for _ in 0..16 {
+                        let row = match (expected, &new) {
+                            (None, Some(value)) => {
+                                client
+                                    .query_one(
+                                        &inner.sql.cas_insert,
+                                        &[&key, &value.as_ref(), &ttl],
+                                    )
+                                    .await
+                            }
+                            (Some(expected), None) => {
+                                client
+                                    .query_one(&inner.sql.cas_delete, &[&key, &expected])
+                                    .await
+                            }
+                            (Some(expected), Some(value)) => {
+                                client
+                                    .query_one(
+                                        &inner.sql.cas_swap,
+                                        &[&key, &expected, &ttl, &value.as_ref()],
+                                    )
+                                    .await
+                            }
+                            (None, None) => unreachable!("answered above"),
                         }
-                        (None, Some(value)) => {
-                            let statement = client
-                                .prepare_cached(&inner.sql.cas_insert)
-                                .await
-                                .map_err(pg_error)?;
-                            client
-                                .query_one(&statement, &[&key, &value.as_ref(), &ttl])
-                                .await
-                        }
-                        (Some(expected), None) => {
-                            let statement = client
-                                .prepare_cached(&inner.sql.cas_delete)
-                                .await
-                                .map_err(pg_error)?;
-                            client.query_one(&statement, &[&key, &expected]).await
-                        }
-                        (Some(expected), Some(value)) => {
-                            let statement = client
-                                .prepare_cached(&inner.sql.cas_swap)
-                                .await
-                                .map_err(pg_error)?;
-                            client
-                                .query_one(&statement, &[&key, &expected, &ttl, &value.as_ref()])
-                                .await
+                        .map_err(pg_error)?;
+                        match cas_outcome(&row)? {
+                            CasOutcome::Conflict(current) if current.as_deref() == expected => {
+                                continue
+                            }
+                            outcome => return Ok(outcome),
                         }
                     }
-                    .map_err(pg_error)?;
-                    cas_outcome(&row)
+                    Err(Error::new(
+                        ErrorKind::Backend,
+                        "the value kept changing under compare_and_swap",
+                    )
+                    .temporary(true))
                 })
                 .await;
             inner.stats.write(timer, result)
@@ -1055,7 +1187,7 @@ impl StateBackend for PostgresBackend {
             inner
                 .run(Operation::HealthCheck, None, async {
                     let started = Instant::now();
-                    let client = inner.client().await?;
+                    let mut client = inner.client().await?;
                     client.simple_query("SELECT 1").await.map_err(pg_error)?;
                     Ok(HealthReport::new(NAME, started.elapsed()))
                 })
@@ -1070,7 +1202,7 @@ impl StateBackend for PostgresBackend {
             let table = quoted(&inner.config.table);
             let figures = inner
                 .run(Operation::Stats, None, async {
-                    let client = inner.client().await?;
+                    let mut client = inner.client().await?;
                     let row = client
                         .query_one(
                             "SELECT pg_database_size(current_database()), \
@@ -1133,13 +1265,9 @@ impl StateBackend for PostgresBackend {
                         return Ok(Vec::new());
                     }
                     let params: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-                    let client = inner.client().await?;
-                    let statement = client
-                        .prepare_cached(&inner.sql.batch_get)
-                        .await
-                        .map_err(pg_error)?;
+                    let mut client = inner.client().await?;
                     let rows = client
-                        .query(&statement, &[&params])
+                        .query(&inner.sql.batch_get, &[&params])
                         .await
                         .map_err(pg_error)?;
                     let mut found: HashMap<Bytes, Bytes> = HashMap::with_capacity(rows.len());
@@ -1176,13 +1304,9 @@ impl StateBackend for PostgresBackend {
                     let (keys, values) = last_write_wins(entries);
                     let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
                     let values: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
-                    let client = inner.client().await?;
-                    let statement = client
-                        .prepare_cached(&inner.sql.batch_put)
-                        .await
-                        .map_err(pg_error)?;
+                    let mut client = inner.client().await?;
                     client
-                        .execute(&statement, &[&keys, &values, &ttl])
+                        .execute(&inner.sql.batch_put, &[&keys, &values, &ttl])
                         .await
                         .map_err(pg_error)?;
                     Ok(())
@@ -1208,13 +1332,9 @@ impl StateBackend for PostgresBackend {
                         return Ok(0);
                     }
                     let params: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-                    let client = inner.client().await?;
-                    let statement = client
-                        .prepare_cached(&inner.sql.batch_delete)
-                        .await
-                        .map_err(pg_error)?;
+                    let mut client = inner.client().await?;
                     let rows = client
-                        .query(&statement, &[&params])
+                        .query(&inner.sql.batch_delete, &[&params])
                         .await
                         .map_err(pg_error)?;
                     let mut removed = 0;
@@ -1252,13 +1372,9 @@ impl StateBackend for PostgresBackend {
                         .config
                         .limits
                         .check_key(NAME, Operation::GetAndDelete, key)?;
-                    let client = inner.client().await?;
-                    let statement = client
-                        .prepare_cached(&inner.sql.take)
-                        .await
-                        .map_err(pg_error)?;
+                    let mut client = inner.client().await?;
                     let row = client
-                        .query_opt(&statement, &[&key])
+                        .query_opt(&inner.sql.take, &[&key])
                         .await
                         .map_err(pg_error)?;
                     let Some(row) = row else { return Ok(None) };
@@ -1290,13 +1406,9 @@ impl StateBackend for PostgresBackend {
                         .limits
                         .check_key(NAME, Operation::Increment, key)?;
                     let ttl = inner.ttl_or_default(ttl);
-                    let client = inner.client().await?;
-                    let statement = client
-                        .prepare_cached(&inner.sql.increment)
-                        .await
-                        .map_err(pg_error)?;
+                    let mut client = inner.client().await?;
                     let row = client
-                        .query_one(&statement, &[&key, &delta, &ttl])
+                        .query_one(&inner.sql.increment, &[&key, &delta, &ttl])
                         .await
                         .map_err(increment_error)?;
                     let value = value_of(&row, 0)?;
@@ -1312,6 +1424,9 @@ impl StateBackend for PostgresBackend {
 pub struct PgTransaction {
     inner: Arc<Inner>,
     client: Option<Object>,
+    /// A statement failed (or timed out): PostgreSQL has aborted the
+    /// transaction, so `commit` must not report success.
+    failed: AtomicBool,
 }
 
 impl fmt::Debug for PgTransaction {
@@ -1333,7 +1448,7 @@ impl PgTransaction {
     /// The value of `key` as this transaction sees it.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         let inner = &self.inner;
-        inner
+        let result = inner
             .run(Operation::Get, Some(key), async {
                 inner.config.limits.check_key(NAME, Operation::Get, key)?;
                 let client = self.client()?;
@@ -1347,14 +1462,15 @@ impl PgTransaction {
                     .map_err(pg_error)?;
                 row.map(|row| value_of(&row, 0)).transpose()
             })
-            .await
+            .await;
+        self.note(result)
     }
 
     /// Like [`get`](Self::get), and locks the row until the transaction ends
     /// (`SELECT … FOR UPDATE`).
     pub async fn get_for_update(&self, key: &[u8]) -> Result<Option<Bytes>> {
         let inner = &self.inner;
-        inner
+        let result = inner
             .run(Operation::Get, Some(key), async {
                 inner.config.limits.check_key(NAME, Operation::Get, key)?;
                 let client = self.client()?;
@@ -1368,13 +1484,14 @@ impl PgTransaction {
                     .map_err(pg_error)?;
                 row.map(|row| value_of(&row, 0)).transpose()
             })
-            .await
+            .await;
+        self.note(result)
     }
 
     /// Stores `value` under `key` (with `ttl`, or the backend default).
     pub async fn put(&self, key: &[u8], value: Bytes, ttl: Option<Duration>) -> Result<()> {
         let inner = &self.inner;
-        inner
+        let result = inner
             .run(Operation::Put, Some(key), async {
                 inner
                     .config
@@ -1392,13 +1509,14 @@ impl PgTransaction {
                     .map_err(pg_error)?;
                 Ok(())
             })
-            .await
+            .await;
+        self.note(result)
     }
 
     /// Removes `key`; returns whether it existed.
     pub async fn delete(&self, key: &[u8]) -> Result<bool> {
         let inner = &self.inner;
-        inner
+        let result = inner
             .run(Operation::Delete, Some(key), async {
                 inner
                     .config
@@ -1418,10 +1536,28 @@ impl PgTransaction {
                     None => Ok(false),
                 }
             })
-            .await
+            .await;
+        self.note(result)
+    }
+
+    fn note<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        result
     }
 
     async fn finish(mut self, command: &'static str) -> Result<()> {
+        if command == "COMMIT" && self.failed.load(Ordering::Relaxed) {
+            // Dropping closes the connection; the server rolls back.
+            drop(self);
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "a statement of this transaction failed, so PostgreSQL aborted it; \
+                 nothing was committed",
+            )
+            .context(NAME, Operation::Transaction));
+        }
         let inner = self.inner.clone();
         let client = self.client.take();
         inner
@@ -1429,7 +1565,12 @@ impl PgTransaction {
                 let client = client.ok_or_else(|| {
                     Error::new(ErrorKind::InvalidArgument, "the transaction has ended")
                 })?;
-                client.batch_execute(command).await.map_err(pg_error)
+                // Closed, not pooled, if the deadline interrupts it.
+                let mut lease = Lease {
+                    object: Some(client),
+                    busy: false,
+                };
+                lease.batch_execute(command).await.map_err(pg_error)
             })
             .await
     }
@@ -1484,34 +1625,48 @@ impl Transactional for PostgresBackend {
                             // Insert an already-expired placeholder: it locks
                             // the key against a concurrent insert until commit.
                             None => {
-                                let statement = client
+                                let insert = client
                                     .prepare_cached(&inner.sql.lock_absent)
                                     .await
                                     .map_err(pg_error)?;
-                                let inserted = client
-                                    .query_opt(&statement, &[&key.as_ref()])
+                                let lock = client
+                                    .prepare_cached(&inner.sql.lock_row)
                                     .await
                                     .map_err(pg_error)?;
-                                if inserted.is_some() {
-                                    None
-                                } else {
-                                    let statement = client
-                                        .prepare_cached(&inner.sql.lock_row)
+                                // A row deleted between the INSERT and the
+                                // locking read is neither inserted nor
+                                // locked: try again until one of the two holds.
+                                let mut found = None;
+                                for _ in 0..100 {
+                                    let inserted = client
+                                        .query_opt(&insert, &[&key.as_ref()])
                                         .await
                                         .map_err(pg_error)?;
+                                    if inserted.is_some() {
+                                        found = Some(None);
+                                        break;
+                                    }
                                     let row = client
-                                        .query_opt(&statement, &[&key.as_ref()])
+                                        .query_opt(&lock, &[&key.as_ref()])
                                         .await
                                         .map_err(pg_error)?;
-                                    match row {
-                                        Some(row)
-                                            if row.try_get::<_, bool>(1).map_err(corrupt)? =>
-                                        {
+                                    if let Some(row) = row {
+                                        let live: bool = row.try_get(1).map_err(corrupt)?;
+                                        found = Some(if live {
                                             Some(value_of(&row, 0)?)
-                                        }
-                                        _ => None,
+                                        } else {
+                                            None
+                                        });
+                                        break;
                                     }
                                 }
+                                found.ok_or_else(|| {
+                                    Error::new(
+                                        ErrorKind::Backend,
+                                        "the key kept changing under the transaction's check",
+                                    )
+                                    .temporary(true)
+                                })?
                             }
                             Some(_) => {
                                 let statement = client
@@ -1557,19 +1712,24 @@ const MAX_NOTIFY_PAYLOAD: usize = 7999;
 
 impl PubSub for PostgresBackend {
     /// `pg_notify(channel, payload)`. PostgreSQL payloads are text: a payload
-    /// that is not UTF-8, or is 8000 bytes or longer, is an
-    /// [`ErrorKind::InvalidArgument`] error.
+    /// that is not UTF-8, holds a NUL, or is 8000 bytes or longer, and a
+    /// channel name outside 1–63 bytes, are [`ErrorKind::InvalidArgument`]
+    /// errors.
     fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()> {
         let inner = &*self.inner;
         StateFuture::new(async move {
             inner
                 .run(Operation::Publish, Some(channel.as_bytes()), async {
-                    let text = std::str::from_utf8(&payload).map_err(|_| {
-                        Error::new(
-                            ErrorKind::InvalidArgument,
-                            "a PostgreSQL NOTIFY payload must be UTF-8 text",
-                        )
-                    })?;
+                    check_channel(channel)?;
+                    let text = std::str::from_utf8(&payload)
+                        .ok()
+                        .filter(|text| !text.contains('\0'))
+                        .ok_or_else(|| {
+                            Error::new(
+                                ErrorKind::InvalidArgument,
+                                "a PostgreSQL NOTIFY payload must be UTF-8 text without NUL",
+                            )
+                        })?;
                     if text.len() > MAX_NOTIFY_PAYLOAD {
                         return Err(Error::new(
                             ErrorKind::InvalidArgument,
@@ -1579,7 +1739,7 @@ impl PubSub for PostgresBackend {
                             ),
                         ));
                     }
-                    let client = inner.client().await?;
+                    let mut client = inner.client().await?;
                     client
                         .execute("SELECT pg_notify($1, $2)", &[&channel, &text])
                         .await
@@ -1597,12 +1757,7 @@ impl PubSub for PostgresBackend {
         StateFuture::new(async move {
             inner
                 .run(Operation::Subscribe, Some(channel.as_bytes()), async {
-                    if channel.is_empty() || channel.len() > 63 {
-                        return Err(Error::new(
-                            ErrorKind::InvalidArgument,
-                            "a PostgreSQL channel name is 1 to 63 bytes",
-                        ));
-                    }
+                    check_channel(channel)?;
                     let (client, mut connection) =
                         inner.pg_config.connect(NoTls).await.map_err(pg_error)?;
                     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();

@@ -354,13 +354,29 @@ impl SingleConn {
 
     /// Starts one background reconnect if `err` means the connection is gone.
     fn on_error(self: &Arc<Self>, err: &RedisError) {
-        let broken = !err.is_timeout()
-            && (err.is_connection_dropped() || err.kind() == redis::ErrorKind::Io);
+        // A timeout counts too: a connection whose peer vanished without a
+        // reset (a half-open TCP connection) only ever times out.
+        let broken = err.is_timeout()
+            || err.is_connection_dropped()
+            || err.kind() == redis::ErrorKind::Io
+            || matches!(
+                err.kind(),
+                redis::ErrorKind::Server(ServerErrorKind::ReadOnly)
+            );
         if !broken || self.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
-        let this = Arc::clone(self);
+        /// Clears the flag however the task ends (even if its runtime
+        /// shuts down mid-way), so that a later error can try again.
+        struct Done(Arc<SingleConn>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.reconnecting.store(false, Ordering::Release);
+            }
+        }
+        let done = Done(Arc::clone(self));
         tokio::spawn(async move {
+            let this = &done.0;
             let attempt = this
                 .client
                 .get_multiplexed_async_connection_with_config(&this.settings);
@@ -377,7 +393,6 @@ impl SingleConn {
                     tokio::time::sleep(this.pause).await;
                 }
             }
-            this.reconnecting.store(false, Ordering::Release);
         });
     }
 }
@@ -476,6 +491,9 @@ fn redis_error(err: RedisError) -> Error {
                 | ServerErrorKind::TryAgain
                 | ServerErrorKind::ClusterDown
                 | ServerErrorKind::MasterDown
+                // A replica now (after a failover): the next connection may
+                // reach the new primary.
+                | ServerErrorKind::ReadOnly
                 // Redirections left over once the client's own retries are
                 // spent: the slot's node is down or the slots are moving.
                 | ServerErrorKind::Moved
@@ -505,6 +523,26 @@ fn redis_error(err: RedisError) -> Error {
         .with_source(err)
 }
 
+/// Whether `err` proves the server did not run the command: the connection
+/// was refused, or the server answered that it would not (loading, a slot
+/// elsewhere, the cluster down, a read-only replica). Only then may an
+/// operation that is not idempotent be sent again.
+fn not_executed(err: &RedisError) -> bool {
+    err.is_connection_refusal()
+        || matches!(
+            err.kind(),
+            redis::ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+            )
+        )
+}
+
 fn increment_error(err: RedisError) -> Error {
     let detail = err.detail().unwrap_or_default().to_string();
     if detail.contains("not an integer") {
@@ -522,8 +560,16 @@ fn increment_error(err: RedisError) -> Error {
 /// The TTL argument of a write, in whole milliseconds rounded up (never 0,
 /// which would mean "no TTL").
 fn ttl_millis(ttl: Option<Duration>) -> Option<u64> {
-    ttl.map(|ttl| u64::try_from(ttl.as_nanos().div_ceil(1_000_000).max(1)).unwrap_or(u64::MAX))
+    ttl.map(|ttl| {
+        u64::try_from(ttl.as_nanos().div_ceil(1_000_000).max(1))
+            .unwrap_or(MAX_TTL_MS)
+            .min(MAX_TTL_MS)
+    })
 }
+
+/// The longest TTL written: 100 years (Redis rejects an expiry that
+/// overflows its millisecond clock); longer ones are cut to it.
+const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
 /// Escapes Redis glob metacharacters so that `prefix` matches only itself.
 fn glob_escape(prefix: &[u8]) -> Vec<u8> {
@@ -635,7 +681,9 @@ struct Inner {
     conns: Vec<Pooled>,
     next_conn: AtomicUsize,
     /// A client for dedicated pub/sub connections.
-    pubsub_client: redis::Client,
+    /// Clients for dedicated pub/sub connections: the server, or each
+    /// Cluster seed node in turn.
+    pubsub_clients: Vec<redis::Client>,
     config: RedisConfig,
     stats: StatsRecorder,
     retries: AtomicU64,
@@ -732,8 +780,8 @@ impl Inner {
             if let (Some(single), Some(cause)) = (single, cause) {
                 single.on_error(cause);
             }
-            let never_sent = err.kind() == ErrorKind::Unavailable
-                && cause.is_some_and(RedisError::is_connection_refusal);
+            let never_sent =
+                err.kind() == ErrorKind::Unavailable && cause.is_some_and(not_executed);
             let retry = err.is_temporary()
                 && tries < self.config.max_retries
                 && (idempotent == Idempotent::Yes || never_sent);
@@ -777,7 +825,9 @@ impl Inner {
                 })?;
             nodes.push((host, port));
         }
-        nodes.sort();
+        // Listing walks nodes in the order of their "host:port" names, and
+        // cursors compare those names: sort by the very same strings.
+        nodes.sort_by_cached_key(|(host, port)| format!("{host}:{port}"));
         Ok(nodes)
     }
 
@@ -984,7 +1034,7 @@ impl RedisBackend {
         let open = |err: Error| err.context(name, Operation::Open);
         let connect = async {
             let mut conns = Vec::with_capacity(config.pool_size);
-            let pubsub_client;
+            let pubsub_clients: Vec<redis::Client>;
             match &config.target {
                 Target::Single(url) => {
                     let client = client_for(url, &config).map_err(redis_error)?;
@@ -994,11 +1044,14 @@ impl RedisBackend {
                             .map_err(redis_error)?;
                         conns.push(Pooled::Single(Arc::new(single)));
                     }
-                    pubsub_client = client;
+                    pubsub_clients = vec![client];
                 }
                 Target::Cluster(nodes) => {
+                    // No retries inside redis-rs: it would send again a command
+                    // that may have run (a second increment, a GETDEL whose
+                    // value is lost). `Inner::run` retries what is safe.
                     let mut builder = redis::cluster::ClusterClient::builder(nodes.clone())
-                        .retries(config.max_retries)
+                        .retries(0)
                         .min_retry_wait(config.retry_base.as_millis() as u64)
                         .max_retry_wait(config.retry_max.as_millis() as u64)
                         .connection_timeout(config.connect_timeout)
@@ -1015,15 +1068,21 @@ impl RedisBackend {
                         let conn = client.get_async_connection().await.map_err(redis_error)?;
                         conns.push(Pooled::Cluster(conn));
                     }
-                    pubsub_client = client_for(&nodes[0], &config).map_err(redis_error)?;
+                    pubsub_clients = nodes
+                        .iter()
+                        .map(|node| client_for(node, &config))
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(redis_error)?;
                 }
             }
-            Ok((conns, pubsub_client))
+            Ok((conns, pubsub_clients))
         };
-        let deadline = config
-            .connect_timeout
-            .saturating_mul(config.pool_size as u32 + 1);
-        let (conns, pubsub_client) = match tokio::time::timeout(deadline, connect).await {
+        let deadline = config.connect_timeout.saturating_mul(
+            u32::try_from(config.pool_size)
+                .unwrap_or(u32::MAX)
+                .saturating_add(1),
+        );
+        let (conns, pubsub_clients) = match tokio::time::timeout(deadline, connect).await {
             Ok(result) => result.map_err(open)?,
             Err(_) => {
                 return Err(open(Error::new(
@@ -1037,7 +1096,7 @@ impl RedisBackend {
                 name,
                 conns,
                 next_conn: AtomicUsize::new(0),
-                pubsub_client,
+                pubsub_clients,
                 config,
                 stats: StatsRecorder::new(),
                 retries: AtomicU64::new(0),
@@ -1094,21 +1153,32 @@ impl RedisBackend {
         prefix: &[u8],
         path: impl AsRef<std::path::Path>,
     ) -> Result<u64> {
-        let file = std::fs::File::create(path.as_ref()).map_err(|err| {
-            Error::new(ErrorKind::Io, "creating the checkpoint file failed")
+        let io = |what: &str, err: std::io::Error| {
+            Error::new(ErrorKind::Io, format!("{what} the checkpoint file failed"))
                 .with_source(err)
                 .context(self.inner.name, Operation::Checkpoint)
-        })?;
+        };
+        // Written beside the target and renamed over it once complete, so a
+        // failed export never replaces a good checkpoint with a partial one.
+        let path = path.as_ref();
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let file = std::fs::File::create(&partial).map_err(|err| io("creating", err))?;
         let mut out = std::io::BufWriter::new(file);
-        let count = crate::checkpoint::export(self, prefix, &mut out).await?;
+        let count = match crate::checkpoint::export(self, prefix, &mut out).await {
+            Ok(count) => count,
+            Err(err) => {
+                drop(out);
+                let _ = std::fs::remove_file(&partial);
+                return Err(err);
+            }
+        };
         out.into_inner()
             .map_err(|err| err.into_error())
             .and_then(|file| file.sync_all())
-            .map_err(|err| {
-                Error::new(ErrorKind::Io, "writing the checkpoint file failed")
-                    .with_source(err)
-                    .context(self.inner.name, Operation::Checkpoint)
-            })?;
+            .map_err(|err| io("writing", err))?;
+        std::fs::rename(&partial, path).map_err(|err| io("renaming", err))?;
         Ok(count)
     }
 
@@ -1823,29 +1893,58 @@ impl PubSub for RedisBackend {
         })
     }
 
-    /// `SUBSCRIBE` on a dedicated connection that the subscription owns.
+    /// `SUBSCRIBE` on a dedicated connection that the subscription owns
+    /// (on a Cluster, to the first seed node that answers; a classic
+    /// `PUBLISH` reaches subscribers on every node). Connecting and
+    /// subscribing are bounded by the connect plus response timeouts. When
+    /// the connection is lost the subscription yields one
+    /// [`ErrorKind::Unavailable`] error and ends: subscribe again.
     fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
         let inner = &*self.inner;
         StateFuture::new(async move {
-            let client = &inner.pubsub_client;
-            inner
-                .run(
-                    Operation::Subscribe,
-                    Some(channel.as_bytes()),
-                    Idempotent::Yes,
-                    |_| async move {
-                        let mut pubsub = client.get_async_pubsub().await.map_err(redis_error)?;
-                        pubsub.subscribe(channel).await.map_err(redis_error)?;
-                        let messages = pubsub.into_on_message().map(|message| {
-                            Ok(Message {
-                                channel: message.get_channel_name().to_string(),
-                                payload: Bytes::copy_from_slice(message.get_payload_bytes()),
+            let deadline = inner.config.connect_timeout + inner.config.response_timeout;
+            let mut last_error = None;
+            for client in &inner.pubsub_clients {
+                let attempt = async {
+                    let mut pubsub = client.get_async_pubsub().await.map_err(redis_error)?;
+                    pubsub.subscribe(channel).await.map_err(redis_error)?;
+                    Ok::<_, Error>(pubsub)
+                };
+                let outcome = match tokio::time::timeout(deadline, attempt).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("subscribing took longer than {deadline:?}"),
+                    )),
+                };
+                match outcome {
+                    Ok(pubsub) => {
+                        let name = inner.name;
+                        let messages = pubsub
+                            .into_on_message()
+                            .map(|message| {
+                                Ok(Message {
+                                    channel: message.get_channel_name().to_string(),
+                                    payload: Bytes::copy_from_slice(message.get_payload_bytes()),
+                                })
                             })
-                        });
-                        Ok(Subscription::new(messages))
-                    },
-                )
-                .await
+                            .chain(futures_util::stream::once(async move {
+                                Err(Error::new(
+                                    ErrorKind::Unavailable,
+                                    "the subscription's connection was lost",
+                                )
+                                .context(name, Operation::Subscribe))
+                            }));
+                        return Ok(Subscription::new(messages));
+                    }
+                    Err(err) => last_error = Some(err),
+                }
+            }
+            let err = last_error
+                .unwrap_or_else(|| Error::new(ErrorKind::Config, "no Redis node to subscribe on"));
+            Err(err
+                .context(inner.name, Operation::Subscribe)
+                .with_key(channel.as_bytes()))
         })
     }
 }

@@ -153,6 +153,42 @@ mod postgres {
         backend.put(b"a", "2".into()).await.expect("put after drop");
     }
 
+    /// A statement that times out inside a transaction (a lock wait) makes
+    /// `commit` fail instead of reporting a write PostgreSQL discarded, and
+    /// leaves no connection stuck in the pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_statement_makes_commit_fail() {
+        let config = PostgresConfig::builder()
+            .url(PostgresServer::shared().url())
+            .table(unique_table("txfail"))
+            .pool_size(2)
+            .operation_timeout(Duration::from_millis(500))
+            .build()
+            .expect("config");
+        let backend = PostgresBackend::new(config).await.expect("connect");
+        backend.put(b"k", "0".into()).await.expect("put");
+        let holder = backend.begin().await.expect("begin");
+        holder.get_for_update(b"k").await.expect("lock");
+        let waiter = backend.begin().await.expect("begin");
+        waiter.put(b"other", "1".into(), None).await.expect("put");
+        let err = waiter
+            .get_for_update(b"k")
+            .await
+            .expect_err("the row is locked");
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+        let err = waiter.commit().await.expect_err("nothing to commit");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err:?}");
+        holder.rollback().await.expect("rollback");
+        assert_eq!(backend.get(b"other").await.expect("get"), None);
+        // Both pooled connections are usable again.
+        for i in 0..4 {
+            backend
+                .put(format!("after{i}").as_bytes(), "v".into())
+                .await
+                .expect("put");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn transactions_check_then_write_atomically() {
         let backend = backend(&PostgresServer::shared().url(), &unique_table("txn")).await;
@@ -252,6 +288,20 @@ mod postgres {
             .await
             .err();
         assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidArgument));
+        for (channel, payload) in [
+            (&channel[..], &b"nul\0byte"[..]),
+            (&"c".repeat(64)[..], b"x"),
+        ] {
+            let err = backend
+                .publish(channel, Bytes::copy_from_slice(payload))
+                .await
+                .err();
+            assert_eq!(
+                err.map(|e| e.kind()),
+                Some(ErrorKind::InvalidArgument),
+                "{channel}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
