@@ -588,6 +588,30 @@ impl Inner {
         })
     }
 
+    /// [`run`](Self::run), counted in the statistics as a write.
+    async fn write_op<T>(
+        &self,
+        op: Operation,
+        key: Option<&[u8]>,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let timer = self.stats.start();
+        let result = self.run(op, key, work).await;
+        self.stats.write(timer, result)
+    }
+
+    /// [`run`](Self::run), counted in the statistics as a hit or a miss.
+    async fn read_op<T>(
+        &self,
+        op: Operation,
+        key: Option<&[u8]>,
+        work: impl Future<Output = Result<Option<T>>>,
+    ) -> Result<Option<T>> {
+        let timer = self.stats.start();
+        let result = self.run(op, key, work).await;
+        self.stats.read(timer, result)
+    }
+
     fn ttl_or_default(&self, ttl: Option<Duration>) -> Option<i64> {
         millis(ttl.or(self.config.default_ttl))
     }
@@ -906,21 +930,15 @@ impl StateBackend for PostgresBackend {
 
     fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::Get, Some(key), async {
-                    inner.config.limits.check_key(NAME, Operation::Get, key)?;
-                    let mut client = inner.client().await?;
-                    let row = client
-                        .query_opt(&inner.sql.get, &[&key])
-                        .await
-                        .map_err(pg_error)?;
-                    row.map(|row| value_of(&row, 0)).transpose()
-                })
-                .await;
-            inner.stats.read(timer, result)
-        })
+        StateFuture::new(inner.read_op(Operation::Get, Some(key), async move {
+            inner.config.limits.check_key(NAME, Operation::Get, key)?;
+            let mut client = inner.client().await?;
+            let row = client
+                .query_opt(&inner.sql.get, &[&key])
+                .await
+                .map_err(pg_error)?;
+            row.map(|row| value_of(&row, 0)).transpose()
+        }))
     }
 
     fn put_with<'a>(
@@ -930,78 +948,60 @@ impl StateBackend for PostgresBackend {
         options: PutOptions,
     ) -> StateFuture<'a, ()> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::Put, Some(key), async {
-                    inner
-                        .config
-                        .limits
-                        .check_entry(NAME, Operation::Put, key, &value)?;
-                    let ttl = inner.ttl_or_default(options.ttl);
-                    let mut client = inner.client().await?;
-                    client
-                        .execute(&inner.sql.put, &[&key, &value.as_ref(), &ttl])
-                        .await
-                        .map_err(pg_error)?;
-                    Ok(())
-                })
-                .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.write_op(Operation::Put, Some(key), async move {
+            inner
+                .config
+                .limits
+                .check_entry(NAME, Operation::Put, key, &value)?;
+            let ttl = inner.ttl_or_default(options.ttl);
+            let mut client = inner.client().await?;
+            client
+                .execute(&inner.sql.put, &[&key, &value.as_ref(), &ttl])
+                .await
+                .map_err(pg_error)?;
+            Ok(())
+        }))
     }
 
     fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::Delete, Some(key), async {
-                    inner
-                        .config
-                        .limits
-                        .check_key(NAME, Operation::Delete, key)?;
-                    let mut client = inner.client().await?;
-                    let row = client
-                        .query_opt(&inner.sql.delete, &[&key])
-                        .await
-                        .map_err(pg_error)?;
-                    match row {
-                        Some(row) => row.try_get::<_, bool>(0).map_err(corrupt),
-                        None => Ok(false),
-                    }
-                })
-                .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.write_op(Operation::Delete, Some(key), async move {
+            inner
+                .config
+                .limits
+                .check_key(NAME, Operation::Delete, key)?;
+            let mut client = inner.client().await?;
+            let row = client
+                .query_opt(&inner.sql.delete, &[&key])
+                .await
+                .map_err(pg_error)?;
+            match row {
+                Some(row) => row.try_get::<_, bool>(0).map_err(corrupt),
+                None => Ok(false),
+            }
+        }))
     }
 
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::Ttl, Some(key), async {
-                    inner.config.limits.check_key(NAME, Operation::Ttl, key)?;
-                    let mut client = inner.client().await?;
-                    let row = client
-                        .query_opt(&inner.sql.ttl, &[&key])
-                        .await
-                        .map_err(pg_error)?;
-                    let Some(row) = row else {
-                        return Ok(KeyTtl::Missing);
-                    };
-                    let left: Option<i64> = row.try_get(0).map_err(corrupt)?;
-                    Ok(match left {
-                        None => KeyTtl::Persistent,
-                        Some(ms) => {
-                            KeyTtl::ExpiresIn(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
-                        }
-                    })
-                })
-                .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.write_op(Operation::Ttl, Some(key), async move {
+            inner.config.limits.check_key(NAME, Operation::Ttl, key)?;
+            let mut client = inner.client().await?;
+            let row = client
+                .query_opt(&inner.sql.ttl, &[&key])
+                .await
+                .map_err(pg_error)?;
+            let Some(row) = row else {
+                return Ok(KeyTtl::Missing);
+            };
+            let left: Option<i64> = row.try_get(0).map_err(corrupt)?;
+            Ok(match left {
+                None => KeyTtl::Persistent,
+                Some(ms) => {
+                    KeyTtl::ExpiresIn(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+                }
+            })
+        }))
     }
 
     fn list_keys_page<'a>(
@@ -1011,94 +1011,78 @@ impl StateBackend for PostgresBackend {
         limit: usize,
     ) -> StateFuture<'a, KeyPage> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::ListKeys, Some(prefix), async {
-                    if limit == 0 {
-                        return Err(Error::new(
-                            ErrorKind::InvalidArgument,
-                            "a page holds at least one key",
-                        ));
-                    }
-                    let end = prefix_end(prefix);
-                    let (start, sql) = match (cursor, &end) {
-                        (None, None) => (prefix, &inner.sql.list_first),
-                        (None, Some(_)) => (prefix, &inner.sql.list_first_bounded),
-                        (Some(after), None) => (after, &inner.sql.list_next),
-                        (Some(after), Some(_)) => (after, &inner.sql.list_next_bounded),
-                    };
-                    // A cursor before the prefix would list keys outside it.
-                    let (start, sql) = if cursor.is_some_and(|c| c < prefix) {
-                        let sql = if end.is_some() {
-                            &inner.sql.list_first_bounded
-                        } else {
-                            &inner.sql.list_first
-                        };
-                        (prefix, sql)
+        StateFuture::new(
+            inner.write_op(Operation::ListKeys, Some(prefix), async move {
+                if limit == 0 {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        "a page holds at least one key",
+                    ));
+                }
+                let end = prefix_end(prefix);
+                let (start, sql) = match (cursor, &end) {
+                    (None, None) => (prefix, &inner.sql.list_first),
+                    (None, Some(_)) => (prefix, &inner.sql.list_first_bounded),
+                    (Some(after), None) => (after, &inner.sql.list_next),
+                    (Some(after), Some(_)) => (after, &inner.sql.list_next_bounded),
+                };
+                // A cursor before the prefix would list keys outside it.
+                let (start, sql) = if cursor.is_some_and(|c| c < prefix) {
+                    let sql = if end.is_some() {
+                        &inner.sql.list_first_bounded
                     } else {
-                        (start, sql)
+                        &inner.sql.list_first
                     };
-                    let limit_param = i64::try_from(limit).unwrap_or(i64::MAX);
-                    let mut client = inner.client().await?;
-                    let rows = match &end {
-                        Some(end) => {
-                            client
-                                .query(sql, &[&start, &limit_param, &end.as_slice()])
-                                .await
-                        }
-                        None => client.query(sql, &[&start, &limit_param]).await,
+                    (prefix, sql)
+                } else {
+                    (start, sql)
+                };
+                let limit_param = i64::try_from(limit).unwrap_or(i64::MAX);
+                let mut client = inner.client().await?;
+                let rows = match &end {
+                    Some(end) => {
+                        client
+                            .query(sql, &[&start, &limit_param, &end.as_slice()])
+                            .await
                     }
-                    .map_err(pg_error)?;
-                    let keys = rows
-                        .iter()
-                        .map(|row| value_of(row, 0))
-                        .collect::<Result<Vec<_>>>()?;
-                    let next = (keys.len() == limit)
-                        .then(|| keys.last().cloned())
-                        .flatten();
-                    Ok(KeyPage { keys, next })
-                })
-                .await;
-            inner.stats.write(timer, result)
-        })
+                    None => client.query(sql, &[&start, &limit_param]).await,
+                }
+                .map_err(pg_error)?;
+                let keys = rows
+                    .iter()
+                    .map(|row| value_of(row, 0))
+                    .collect::<Result<Vec<_>>>()?;
+                let next = (keys.len() == limit)
+                    .then(|| keys.last().cloned())
+                    .flatten();
+                Ok(KeyPage { keys, next })
+            }),
+        )
     }
 
     fn count(&self) -> StateFuture<'_, u64> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::Count, None, async {
-                    let mut client = inner.client().await?;
-                    let row = client
-                        .query_one(&inner.sql.count, &[])
-                        .await
-                        .map_err(pg_error)?;
-                    let count: i64 = row.try_get(0).map_err(corrupt)?;
-                    Ok(u64::try_from(count).unwrap_or(0))
-                })
-                .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.write_op(Operation::Count, None, async move {
+            let mut client = inner.client().await?;
+            let row = client
+                .query_one(&inner.sql.count, &[])
+                .await
+                .map_err(pg_error)?;
+            let count: i64 = row.try_get(0).map_err(corrupt)?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        }))
     }
 
     fn clear(&self) -> StateFuture<'_, ()> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::Clear, None, async {
-                    let mut client = inner.client().await?;
-                    client
-                        .execute(&inner.sql.clear, &[])
-                        .await
-                        .map_err(pg_error)?;
-                    Ok(())
-                })
-                .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.write_op(Operation::Clear, None, async move {
+            let mut client = inner.client().await?;
+            client
+                .execute(&inner.sql.clear, &[])
+                .await
+                .map_err(pg_error)?;
+            Ok(())
+        }))
     }
 
     fn compare_and_swap<'a>(
@@ -1109,76 +1093,67 @@ impl StateBackend for PostgresBackend {
         ttl: Option<Duration>,
     ) -> StateFuture<'a, CasOutcome> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::CompareAndSwap, Some(key), async {
-                    let limits = &inner.config.limits;
-                    match &new {
-                        Some(value) => {
-                            limits.check_entry(NAME, Operation::CompareAndSwap, key, value)?
-                        }
-                        None => limits.check_key(NAME, Operation::CompareAndSwap, key)?,
+        StateFuture::new(
+            inner.write_op(Operation::CompareAndSwap, Some(key), async move {
+                let limits = &inner.config.limits;
+                match &new {
+                    Some(value) => {
+                        limits.check_entry(NAME, Operation::CompareAndSwap, key, value)?
                     }
-                    let ttl = inner.ttl_or_default(ttl);
-                    let mut client = inner.client().await?;
-                    if expected.is_none() && new.is_none() {
-                        let row = client
-                            .query_opt(&inner.sql.get, &[&key])
-                            .await
-                            .map_err(pg_error)?;
-                        return Ok(match row {
-                            None => CasOutcome::Swapped,
-                            Some(row) => CasOutcome::Conflict(Some(value_of(&row, 0)?)),
-                        });
-                    }
-                    // The reported value comes from the statement's snapshot,
-                    // while the write re-checks the newest row version. When
-                    // they disagree (a concurrent writer committed between
-                    // the two), the report would equal `expected`: run again
-                    // on a fresh snapshot rather than report a stale value.
-                    for _ in 0..16 {
-                        let row = match (expected, &new) {
-                            (None, Some(value)) => {
-                                client
-                                    .query_one(
-                                        &inner.sql.cas_insert,
-                                        &[&key, &value.as_ref(), &ttl],
-                                    )
-                                    .await
-                            }
-                            (Some(expected), None) => {
-                                client
-                                    .query_one(&inner.sql.cas_delete, &[&key, &expected])
-                                    .await
-                            }
-                            (Some(expected), Some(value)) => {
-                                client
-                                    .query_one(
-                                        &inner.sql.cas_swap,
-                                        &[&key, &expected, &ttl, &value.as_ref()],
-                                    )
-                                    .await
-                            }
-                            (None, None) => unreachable!("answered above"),
-                        }
+                    None => limits.check_key(NAME, Operation::CompareAndSwap, key)?,
+                }
+                let ttl = inner.ttl_or_default(ttl);
+                let mut client = inner.client().await?;
+                if expected.is_none() && new.is_none() {
+                    let row = client
+                        .query_opt(&inner.sql.get, &[&key])
+                        .await
                         .map_err(pg_error)?;
-                        match cas_outcome(&row)? {
-                            CasOutcome::Conflict(current) if current.as_deref() == expected => {
-                                continue
-                            }
-                            outcome => return Ok(outcome),
+                    return Ok(match row {
+                        None => CasOutcome::Swapped,
+                        Some(row) => CasOutcome::Conflict(Some(value_of(&row, 0)?)),
+                    });
+                }
+                // The reported value comes from the statement's snapshot,
+                // while the write re-checks the newest row version. When
+                // they disagree (a concurrent writer committed between
+                // the two), the report would equal `expected`: run again
+                // on a fresh snapshot rather than report a stale value.
+                for _ in 0..16 {
+                    let row = match (expected, &new) {
+                        (None, Some(value)) => {
+                            client
+                                .query_one(&inner.sql.cas_insert, &[&key, &value.as_ref(), &ttl])
+                                .await
                         }
+                        (Some(expected), None) => {
+                            client
+                                .query_one(&inner.sql.cas_delete, &[&key, &expected])
+                                .await
+                        }
+                        (Some(expected), Some(value)) => {
+                            client
+                                .query_one(
+                                    &inner.sql.cas_swap,
+                                    &[&key, &expected, &ttl, &value.as_ref()],
+                                )
+                                .await
+                        }
+                        (None, None) => unreachable!("answered above"),
                     }
-                    Err(Error::new(
-                        ErrorKind::Backend,
-                        "the value kept changing under compare_and_swap",
-                    )
-                    .temporary(true))
-                })
-                .await;
-            inner.stats.write(timer, result)
-        })
+                    .map_err(pg_error)?;
+                    match cas_outcome(&row)? {
+                        CasOutcome::Conflict(current) if current.as_deref() == expected => continue,
+                        outcome => return Ok(outcome),
+                    }
+                }
+                Err(Error::new(
+                    ErrorKind::Backend,
+                    "the value kept changing under compare_and_swap",
+                )
+                .temporary(true))
+            }),
+        )
     }
 
     fn health_check(&self) -> StateFuture<'_, HealthReport> {
@@ -1251,34 +1226,28 @@ impl StateBackend for PostgresBackend {
 
     fn batch_get<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, Vec<Option<Bytes>>> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::BatchGet, None, async {
-                    for key in keys {
-                        inner
-                            .config
-                            .limits
-                            .check_key(NAME, Operation::BatchGet, key)?;
-                    }
-                    if keys.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    let params: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-                    let mut client = inner.client().await?;
-                    let rows = client
-                        .query(&inner.sql.batch_get, &[&params])
-                        .await
-                        .map_err(pg_error)?;
-                    let mut found: HashMap<Bytes, Bytes> = HashMap::with_capacity(rows.len());
-                    for row in &rows {
-                        found.insert(value_of(row, 0)?, value_of(row, 1)?);
-                    }
-                    Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
-                })
-                .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.write_op(Operation::BatchGet, None, async move {
+            for key in keys {
+                inner
+                    .config
+                    .limits
+                    .check_key(NAME, Operation::BatchGet, key)?;
+            }
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let params: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+            let mut client = inner.client().await?;
+            let rows = client
+                .query(&inner.sql.batch_get, &[&params])
+                .await
+                .map_err(pg_error)?;
+            let mut found: HashMap<Bytes, Bytes> = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                found.insert(value_of(row, 0)?, value_of(row, 1)?);
+            }
+            Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+        }))
     }
 
     fn batch_put<'a>(
@@ -1287,65 +1256,53 @@ impl StateBackend for PostgresBackend {
         options: PutOptions,
     ) -> StateFuture<'a, ()> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::BatchPut, None, async {
-                    for (key, value) in &entries {
-                        inner
-                            .config
-                            .limits
-                            .check_entry(NAME, Operation::BatchPut, key, value)?;
-                    }
-                    if entries.is_empty() {
-                        return Ok(());
-                    }
-                    let ttl = inner.ttl_or_default(options.ttl);
-                    let (keys, values) = last_write_wins(entries);
-                    let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-                    let values: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
-                    let mut client = inner.client().await?;
-                    client
-                        .execute(&inner.sql.batch_put, &[&keys, &values, &ttl])
-                        .await
-                        .map_err(pg_error)?;
-                    Ok(())
-                })
-                .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.write_op(Operation::BatchPut, None, async move {
+            for (key, value) in &entries {
+                inner
+                    .config
+                    .limits
+                    .check_entry(NAME, Operation::BatchPut, key, value)?;
+            }
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let ttl = inner.ttl_or_default(options.ttl);
+            let (keys, values) = last_write_wins(entries);
+            let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+            let values: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
+            let mut client = inner.client().await?;
+            client
+                .execute(&inner.sql.batch_put, &[&keys, &values, &ttl])
+                .await
+                .map_err(pg_error)?;
+            Ok(())
+        }))
     }
 
     fn batch_delete<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, u64> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::BatchDelete, None, async {
-                    for key in keys {
-                        inner
-                            .config
-                            .limits
-                            .check_key(NAME, Operation::BatchDelete, key)?;
-                    }
-                    if keys.is_empty() {
-                        return Ok(0);
-                    }
-                    let params: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-                    let mut client = inner.client().await?;
-                    let rows = client
-                        .query(&inner.sql.batch_delete, &[&params])
-                        .await
-                        .map_err(pg_error)?;
-                    let mut removed = 0;
-                    for row in &rows {
-                        removed += u64::from(row.try_get::<_, bool>(0).map_err(corrupt)?);
-                    }
-                    Ok(removed)
-                })
-                .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.write_op(Operation::BatchDelete, None, async move {
+            for key in keys {
+                inner
+                    .config
+                    .limits
+                    .check_key(NAME, Operation::BatchDelete, key)?;
+            }
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            let params: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+            let mut client = inner.client().await?;
+            let rows = client
+                .query(&inner.sql.batch_delete, &[&params])
+                .await
+                .map_err(pg_error)?;
+            let mut removed = 0;
+            for row in &rows {
+                removed += u64::from(row.try_get::<_, bool>(0).map_err(corrupt)?);
+            }
+            Ok(removed)
+        }))
     }
 
     fn set_if_not_exists<'a>(
@@ -1364,30 +1321,26 @@ impl StateBackend for PostgresBackend {
 
     fn get_and_delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::GetAndDelete, Some(key), async {
-                    inner
-                        .config
-                        .limits
-                        .check_key(NAME, Operation::GetAndDelete, key)?;
-                    let mut client = inner.client().await?;
-                    let row = client
-                        .query_opt(&inner.sql.take, &[&key])
-                        .await
-                        .map_err(pg_error)?;
-                    let Some(row) = row else { return Ok(None) };
-                    let live: bool = row.try_get(1).map_err(corrupt)?;
-                    if live {
-                        Ok(Some(value_of(&row, 0)?))
-                    } else {
-                        Ok(None)
-                    }
-                })
-                .await;
-            inner.stats.read(timer, result)
-        })
+        StateFuture::new(
+            inner.read_op(Operation::GetAndDelete, Some(key), async move {
+                inner
+                    .config
+                    .limits
+                    .check_key(NAME, Operation::GetAndDelete, key)?;
+                let mut client = inner.client().await?;
+                let row = client
+                    .query_opt(&inner.sql.take, &[&key])
+                    .await
+                    .map_err(pg_error)?;
+                let Some(row) = row else { return Ok(None) };
+                let live: bool = row.try_get(1).map_err(corrupt)?;
+                if live {
+                    Ok(Some(value_of(&row, 0)?))
+                } else {
+                    Ok(None)
+                }
+            }),
+        )
     }
 
     fn increment<'a>(
@@ -1397,26 +1350,20 @@ impl StateBackend for PostgresBackend {
         ttl: Option<Duration>,
     ) -> StateFuture<'a, i64> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = inner
-                .run(Operation::Increment, Some(key), async {
-                    inner
-                        .config
-                        .limits
-                        .check_key(NAME, Operation::Increment, key)?;
-                    let ttl = inner.ttl_or_default(ttl);
-                    let mut client = inner.client().await?;
-                    let row = client
-                        .query_one(&inner.sql.increment, &[&key, &delta, &ttl])
-                        .await
-                        .map_err(increment_error)?;
-                    let value = value_of(&row, 0)?;
-                    crate::parse_counter(&value)
-                })
-                .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.write_op(Operation::Increment, Some(key), async move {
+            inner
+                .config
+                .limits
+                .check_key(NAME, Operation::Increment, key)?;
+            let ttl = inner.ttl_or_default(ttl);
+            let mut client = inner.client().await?;
+            let row = client
+                .query_one(&inner.sql.increment, &[&key, &delta, &ttl])
+                .await
+                .map_err(increment_error)?;
+            let value = value_of(&row, 0)?;
+            crate::parse_counter(&value)
+        }))
     }
 }
 

@@ -706,6 +706,23 @@ impl Inner {
         }
     }
 
+    /// Counts `work` in the statistics as a write.
+    async fn counted_write<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let timer = self.stats.start();
+        let result = work.await;
+        self.stats.write(timer, result)
+    }
+
+    /// Counts `work` in the statistics as a hit or a miss.
+    async fn counted_read<T>(
+        &self,
+        work: impl Future<Output = Result<Option<T>>>,
+    ) -> Result<Option<T>> {
+        let timer = self.stats.start();
+        let result = work.await;
+        self.stats.read(timer, result)
+    }
+
     fn full_key(&self, key: &[u8]) -> Vec<u8> {
         let mut full = Vec::with_capacity(self.config.key_prefix.len() + key.len());
         full.extend_from_slice(&self.config.key_prefix);
@@ -1303,30 +1320,25 @@ impl StateBackend for RedisBackend {
 
     fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = async {
-                let full = self.check_key(Operation::Get, key)?;
-                let full = &full;
-                inner
-                    .run(
-                        Operation::Get,
-                        Some(key),
-                        Idempotent::Yes,
-                        |mut conn| async move {
-                            redis::cmd("GET")
-                                .arg(full.as_slice())
-                                .query_async::<Option<Vec<u8>>>(&mut conn)
-                                .await
-                                .map(|value| value.map(Bytes::from))
-                                .map_err(redis_error)
-                        },
-                    )
-                    .await
-            }
-            .await;
-            inner.stats.read(timer, result)
-        })
+        StateFuture::new(inner.counted_read(async move {
+            let full = self.check_key(Operation::Get, key)?;
+            let full = &full;
+            inner
+                .run(
+                    Operation::Get,
+                    Some(key),
+                    Idempotent::Yes,
+                    |mut conn| async move {
+                        redis::cmd("GET")
+                            .arg(full.as_slice())
+                            .query_async::<Option<Vec<u8>>>(&mut conn)
+                            .await
+                            .map(|value| value.map(Bytes::from))
+                            .map_err(redis_error)
+                    },
+                )
+                .await
+        }))
     }
 
     fn put_with<'a>(
@@ -1336,93 +1348,78 @@ impl StateBackend for RedisBackend {
         options: PutOptions,
     ) -> StateFuture<'a, ()> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = async {
-                let full = self.check_entry(Operation::Put, key, &value)?;
-                let ttl = inner.ttl_or_default(options.ttl);
-                let (full, value) = (&full, &value);
-                inner
-                    .run(
-                        Operation::Put,
-                        Some(key),
-                        Idempotent::Yes,
-                        |mut conn| async move {
-                            let mut cmd = redis::cmd("SET");
-                            cmd.arg(full.as_slice()).arg(value.as_ref());
-                            if let Some(ms) = ttl {
-                                cmd.arg("PX").arg(ms);
-                            }
-                            cmd.exec_async(&mut conn).await.map_err(redis_error)
-                        },
-                    )
-                    .await
-            }
-            .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.counted_write(async move {
+            let full = self.check_entry(Operation::Put, key, &value)?;
+            let ttl = inner.ttl_or_default(options.ttl);
+            let (full, value) = (&full, &value);
+            inner
+                .run(
+                    Operation::Put,
+                    Some(key),
+                    Idempotent::Yes,
+                    |mut conn| async move {
+                        let mut cmd = redis::cmd("SET");
+                        cmd.arg(full.as_slice()).arg(value.as_ref());
+                        if let Some(ms) = ttl {
+                            cmd.arg("PX").arg(ms);
+                        }
+                        cmd.exec_async(&mut conn).await.map_err(redis_error)
+                    },
+                )
+                .await
+        }))
     }
 
     fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = async {
-                let full = self.check_key(Operation::Delete, key)?;
-                let full = &full;
-                inner
-                    .run(
-                        Operation::Delete,
-                        Some(key),
-                        Idempotent::No,
-                        |mut conn| async move {
-                            redis::cmd("DEL")
-                                .arg(full.as_slice())
-                                .query_async::<u64>(&mut conn)
-                                .await
-                                .map(|n| n > 0)
-                                .map_err(redis_error)
-                        },
-                    )
-                    .await
-            }
-            .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.counted_write(async move {
+            let full = self.check_key(Operation::Delete, key)?;
+            let full = &full;
+            inner
+                .run(
+                    Operation::Delete,
+                    Some(key),
+                    Idempotent::No,
+                    |mut conn| async move {
+                        redis::cmd("DEL")
+                            .arg(full.as_slice())
+                            .query_async::<u64>(&mut conn)
+                            .await
+                            .map(|n| n > 0)
+                            .map_err(redis_error)
+                    },
+                )
+                .await
+        }))
     }
 
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = async {
-                let full = self.check_key(Operation::Ttl, key)?;
-                let full = &full;
-                inner
-                    .run(
-                        Operation::Ttl,
-                        Some(key),
-                        Idempotent::Yes,
-                        |mut conn| async move {
-                            let ms = redis::cmd("PTTL")
-                                .arg(full.as_slice())
-                                .query_async::<i64>(&mut conn)
-                                .await
-                                .map_err(redis_error)?;
-                            Ok(match ms {
-                                -2 => KeyTtl::Missing,
-                                -1 => KeyTtl::Persistent,
-                                ms => KeyTtl::ExpiresIn(Duration::from_millis(
-                                    u64::try_from(ms).unwrap_or(0),
-                                )),
-                            })
-                        },
-                    )
-                    .await
-            }
-            .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.counted_write(async move {
+            let full = self.check_key(Operation::Ttl, key)?;
+            let full = &full;
+            inner
+                .run(
+                    Operation::Ttl,
+                    Some(key),
+                    Idempotent::Yes,
+                    |mut conn| async move {
+                        let ms = redis::cmd("PTTL")
+                            .arg(full.as_slice())
+                            .query_async::<i64>(&mut conn)
+                            .await
+                            .map_err(redis_error)?;
+                        Ok(match ms {
+                            -2 => KeyTtl::Missing,
+                            -1 => KeyTtl::Persistent,
+                            ms => KeyTtl::ExpiresIn(Duration::from_millis(
+                                u64::try_from(ms).unwrap_or(0),
+                            )),
+                        })
+                    },
+                )
+                .await
+        }))
     }
 
     fn list_keys_page<'a>(
@@ -1432,17 +1429,15 @@ impl StateBackend for RedisBackend {
         limit: usize,
     ) -> StateFuture<'a, KeyPage> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = async {
-                if limit == 0 {
-                    return Err(Error::new(
-                        ErrorKind::InvalidArgument,
-                        "a page holds at least one key",
-                    )
-                    .context(inner.name, Operation::ListKeys));
-                }
-                inner
+        StateFuture::new(inner.counted_write(async move {
+            if limit == 0 {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "a page holds at least one key",
+                )
+                .context(inner.name, Operation::ListKeys));
+            }
+            inner
                     .run(
                         Operation::ListKeys,
                         Some(prefix),
@@ -1452,10 +1447,7 @@ impl StateBackend for RedisBackend {
                         },
                     )
                     .await
-            }
-            .await;
-            inner.stats.write(timer, result)
-        })
+        }))
     }
 
     fn count(&self) -> StateFuture<'_, u64> {
@@ -1505,56 +1497,51 @@ impl StateBackend for RedisBackend {
         ttl: Option<Duration>,
     ) -> StateFuture<'a, CasOutcome> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = async {
-                let full = match &new {
-                    Some(value) => self.check_entry(Operation::CompareAndSwap, key, value)?,
-                    None => self.check_key(Operation::CompareAndSwap, key)?,
-                };
-                let ttl = inner.ttl_or_default(ttl).unwrap_or(0);
-                let mut invocation = inner.cas.prepare_invoke();
-                invocation
-                    .key(full.as_slice())
-                    .arg(if expected.is_some() { "1" } else { "0" })
-                    .arg(expected.unwrap_or_default())
-                    .arg(if new.is_some() { "1" } else { "0" })
-                    .arg(new.as_deref().unwrap_or_default())
-                    .arg(ttl);
-                let invocation = &invocation;
-                inner
-                    .run(
-                        Operation::CompareAndSwap,
-                        Some(key),
-                        Idempotent::No,
-                        |mut conn| async move {
-                            let reply: Vec<Value> = invocation
-                                .invoke_async(&mut conn)
-                                .await
-                                .map_err(redis_error)?;
-                            let mut reply = reply.into_iter();
-                            let swapped: i64 = reply
-                                .next()
-                                .map(redis::from_redis_value)
-                                .transpose()
-                                .map_err(|err| redis_error(err.into()))?
-                                .unwrap_or(0);
-                            if swapped == 1 {
-                                return Ok(CasOutcome::Swapped);
-                            }
-                            let current: Option<Vec<u8>> = reply
-                                .next()
-                                .map(redis::from_redis_value)
-                                .transpose()
-                                .map_err(|err| redis_error(err.into()))?;
-                            Ok(CasOutcome::Conflict(current.map(Bytes::from)))
-                        },
-                    )
-                    .await
-            }
-            .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.counted_write(async move {
+            let full = match &new {
+                Some(value) => self.check_entry(Operation::CompareAndSwap, key, value)?,
+                None => self.check_key(Operation::CompareAndSwap, key)?,
+            };
+            let ttl = inner.ttl_or_default(ttl).unwrap_or(0);
+            let mut invocation = inner.cas.prepare_invoke();
+            invocation
+                .key(full.as_slice())
+                .arg(if expected.is_some() { "1" } else { "0" })
+                .arg(expected.unwrap_or_default())
+                .arg(if new.is_some() { "1" } else { "0" })
+                .arg(new.as_deref().unwrap_or_default())
+                .arg(ttl);
+            let invocation = &invocation;
+            inner
+                .run(
+                    Operation::CompareAndSwap,
+                    Some(key),
+                    Idempotent::No,
+                    |mut conn| async move {
+                        let reply: Vec<Value> = invocation
+                            .invoke_async(&mut conn)
+                            .await
+                            .map_err(redis_error)?;
+                        let mut reply = reply.into_iter();
+                        let swapped: i64 = reply
+                            .next()
+                            .map(redis::from_redis_value)
+                            .transpose()
+                            .map_err(|err| redis_error(err.into()))?
+                            .unwrap_or(0);
+                        if swapped == 1 {
+                            return Ok(CasOutcome::Swapped);
+                        }
+                        let current: Option<Vec<u8>> = reply
+                            .next()
+                            .map(redis::from_redis_value)
+                            .transpose()
+                            .map_err(|err| redis_error(err.into()))?;
+                        Ok(CasOutcome::Conflict(current.map(Bytes::from)))
+                    },
+                )
+                .await
+        }))
     }
 
     fn health_check(&self) -> StateFuture<'_, HealthReport> {
@@ -1621,51 +1608,46 @@ impl StateBackend for RedisBackend {
 
     fn batch_get<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, Vec<Option<Bytes>>> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = async {
-                let full: Vec<Vec<u8>> = keys
-                    .iter()
-                    .map(|key| self.check_key(Operation::BatchGet, key))
-                    .collect::<Result<_>>()?;
-                if full.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let groups = self.groups(&full);
-                let (full, groups) = (&full, &groups);
-                let fetched = inner
-                    .run(
-                        Operation::BatchGet,
-                        None,
-                        Idempotent::Yes,
-                        |conn| async move {
-                            try_join_all(groups.iter().map(|group| {
-                                let mut conn = conn.clone();
-                                async move {
-                                    let mut cmd = redis::cmd("MGET");
-                                    for &index in group {
-                                        cmd.arg(full[index].as_slice());
-                                    }
-                                    cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
-                                        .await
-                                        .map_err(redis_error)
-                                }
-                            }))
-                            .await
-                        },
-                    )
-                    .await?;
-                let mut values = vec![None; full.len()];
-                for (group, found) in groups.iter().zip(fetched) {
-                    for (&index, value) in group.iter().zip(found) {
-                        values[index] = value.map(Bytes::from);
-                    }
-                }
-                Ok(values)
+        StateFuture::new(inner.counted_write(async move {
+            let full: Vec<Vec<u8>> = keys
+                .iter()
+                .map(|key| self.check_key(Operation::BatchGet, key))
+                .collect::<Result<_>>()?;
+            if full.is_empty() {
+                return Ok(Vec::new());
             }
-            .await;
-            inner.stats.write(timer, result)
-        })
+            let groups = self.groups(&full);
+            let (full, groups) = (&full, &groups);
+            let fetched = inner
+                .run(
+                    Operation::BatchGet,
+                    None,
+                    Idempotent::Yes,
+                    |conn| async move {
+                        try_join_all(groups.iter().map(|group| {
+                            let mut conn = conn.clone();
+                            async move {
+                                let mut cmd = redis::cmd("MGET");
+                                for &index in group {
+                                    cmd.arg(full[index].as_slice());
+                                }
+                                cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
+                                    .await
+                                    .map_err(redis_error)
+                            }
+                        }))
+                        .await
+                    },
+                )
+                .await?;
+            let mut values = vec![None; full.len()];
+            for (group, found) in groups.iter().zip(fetched) {
+                for (&index, value) in group.iter().zip(found) {
+                    values[index] = value.map(Bytes::from);
+                }
+            }
+            Ok(values)
+        }))
     }
 
     fn batch_put<'a>(
@@ -1674,98 +1656,88 @@ impl StateBackend for RedisBackend {
         options: PutOptions,
     ) -> StateFuture<'a, ()> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = async {
-                let full: Vec<Vec<u8>> = entries
-                    .iter()
-                    .map(|(key, value)| self.check_entry(Operation::BatchPut, key, value))
-                    .collect::<Result<_>>()?;
-                if full.is_empty() {
-                    return Ok(());
-                }
-                let ttl = inner.ttl_or_default(options.ttl);
-                let groups = self.groups(&full);
-                // Within a group the pipeline keeps the caller's order, so the
-                // last write of a repeated key wins, as it would one by one.
-                let pipelines: Vec<Pipeline> = groups
-                    .iter()
-                    .map(|group| {
-                        let mut pipe = redis::pipe();
-                        for &index in group {
-                            let cmd = pipe
-                                .cmd("SET")
-                                .arg(full[index].as_slice())
-                                .arg(entries[index].1.as_ref());
-                            if let Some(ms) = ttl {
-                                cmd.arg("PX").arg(ms);
-                            }
-                            cmd.ignore();
-                        }
-                        pipe
-                    })
-                    .collect();
-                let pipelines = &pipelines;
-                inner
-                    .run(
-                        Operation::BatchPut,
-                        None,
-                        Idempotent::Yes,
-                        |conn| async move {
-                            try_join_all(pipelines.iter().map(|pipe| {
-                                let mut conn = conn.clone();
-                                async move { pipe.exec_async(&mut conn).await.map_err(redis_error) }
-                            }))
-                            .await
-                            .map(drop)
-                        },
-                    )
-                    .await
+        StateFuture::new(inner.counted_write(async move {
+            let full: Vec<Vec<u8>> = entries
+                .iter()
+                .map(|(key, value)| self.check_entry(Operation::BatchPut, key, value))
+                .collect::<Result<_>>()?;
+            if full.is_empty() {
+                return Ok(());
             }
-            .await;
-            inner.stats.write(timer, result)
-        })
+            let ttl = inner.ttl_or_default(options.ttl);
+            let groups = self.groups(&full);
+            // Within a group the pipeline keeps the caller's order, so the
+            // last write of a repeated key wins, as it would one by one.
+            let pipelines: Vec<Pipeline> = groups
+                .iter()
+                .map(|group| {
+                    let mut pipe = redis::pipe();
+                    for &index in group {
+                        let cmd = pipe
+                            .cmd("SET")
+                            .arg(full[index].as_slice())
+                            .arg(entries[index].1.as_ref());
+                        if let Some(ms) = ttl {
+                            cmd.arg("PX").arg(ms);
+                        }
+                        cmd.ignore();
+                    }
+                    pipe
+                })
+                .collect();
+            let pipelines = &pipelines;
+            inner
+                .run(
+                    Operation::BatchPut,
+                    None,
+                    Idempotent::Yes,
+                    |conn| async move {
+                        try_join_all(pipelines.iter().map(|pipe| {
+                            let mut conn = conn.clone();
+                            async move { pipe.exec_async(&mut conn).await.map_err(redis_error) }
+                        }))
+                        .await
+                        .map(drop)
+                    },
+                )
+                .await
+        }))
     }
 
     fn batch_delete<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, u64> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = async {
-                let full: Vec<Vec<u8>> = keys
-                    .iter()
-                    .map(|key| self.check_key(Operation::BatchDelete, key))
-                    .collect::<Result<_>>()?;
-                if full.is_empty() {
-                    return Ok(0);
-                }
-                let groups = self.groups(&full);
-                let (full, groups) = (&full, &groups);
-                inner
-                    .run(
-                        Operation::BatchDelete,
-                        None,
-                        Idempotent::No,
-                        |conn| async move {
-                            let counts = try_join_all(groups.iter().map(|group| {
-                                let mut conn = conn.clone();
-                                async move {
-                                    let mut cmd = redis::cmd("DEL");
-                                    for &index in group {
-                                        cmd.arg(full[index].as_slice());
-                                    }
-                                    cmd.query_async::<u64>(&mut conn).await.map_err(redis_error)
-                                }
-                            }))
-                            .await?;
-                            Ok(counts.into_iter().sum())
-                        },
-                    )
-                    .await
+        StateFuture::new(inner.counted_write(async move {
+            let full: Vec<Vec<u8>> = keys
+                .iter()
+                .map(|key| self.check_key(Operation::BatchDelete, key))
+                .collect::<Result<_>>()?;
+            if full.is_empty() {
+                return Ok(0);
             }
-            .await;
-            inner.stats.write(timer, result)
-        })
+            let groups = self.groups(&full);
+            let (full, groups) = (&full, &groups);
+            inner
+                .run(
+                    Operation::BatchDelete,
+                    None,
+                    Idempotent::No,
+                    |conn| async move {
+                        let counts = try_join_all(groups.iter().map(|group| {
+                            let mut conn = conn.clone();
+                            async move {
+                                let mut cmd = redis::cmd("DEL");
+                                for &index in group {
+                                    cmd.arg(full[index].as_slice());
+                                }
+                                cmd.query_async::<u64>(&mut conn).await.map_err(redis_error)
+                            }
+                        }))
+                        .await?;
+                        Ok(counts.into_iter().sum())
+                    },
+                )
+                .await
+        }))
     }
 
     fn set_if_not_exists<'a>(
@@ -1775,62 +1747,52 @@ impl StateBackend for RedisBackend {
         ttl: Option<Duration>,
     ) -> StateFuture<'a, bool> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = async {
-                let full = self.check_entry(Operation::SetIfNotExists, key, &value)?;
-                let ttl = inner.ttl_or_default(ttl);
-                let (full, value) = (&full, &value);
-                inner
-                    .run(
-                        Operation::SetIfNotExists,
-                        Some(key),
-                        Idempotent::No,
-                        |mut conn| async move {
-                            let mut cmd = redis::cmd("SET");
-                            cmd.arg(full.as_slice()).arg(value.as_ref()).arg("NX");
-                            if let Some(ms) = ttl {
-                                cmd.arg("PX").arg(ms);
-                            }
-                            cmd.query_async::<Option<String>>(&mut conn)
-                                .await
-                                .map(|reply| reply.is_some())
-                                .map_err(redis_error)
-                        },
-                    )
-                    .await
-            }
-            .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.counted_write(async move {
+            let full = self.check_entry(Operation::SetIfNotExists, key, &value)?;
+            let ttl = inner.ttl_or_default(ttl);
+            let (full, value) = (&full, &value);
+            inner
+                .run(
+                    Operation::SetIfNotExists,
+                    Some(key),
+                    Idempotent::No,
+                    |mut conn| async move {
+                        let mut cmd = redis::cmd("SET");
+                        cmd.arg(full.as_slice()).arg(value.as_ref()).arg("NX");
+                        if let Some(ms) = ttl {
+                            cmd.arg("PX").arg(ms);
+                        }
+                        cmd.query_async::<Option<String>>(&mut conn)
+                            .await
+                            .map(|reply| reply.is_some())
+                            .map_err(redis_error)
+                    },
+                )
+                .await
+        }))
     }
 
     fn get_and_delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = async {
-                let full = self.check_key(Operation::GetAndDelete, key)?;
-                let full = &full;
-                inner
-                    .run(
-                        Operation::GetAndDelete,
-                        Some(key),
-                        Idempotent::No,
-                        |mut conn| async move {
-                            redis::cmd("GETDEL")
-                                .arg(full.as_slice())
-                                .query_async::<Option<Vec<u8>>>(&mut conn)
-                                .await
-                                .map(|value| value.map(Bytes::from))
-                                .map_err(redis_error)
-                        },
-                    )
-                    .await
-            }
-            .await;
-            inner.stats.read(timer, result)
-        })
+        StateFuture::new(inner.counted_read(async move {
+            let full = self.check_key(Operation::GetAndDelete, key)?;
+            let full = &full;
+            inner
+                .run(
+                    Operation::GetAndDelete,
+                    Some(key),
+                    Idempotent::No,
+                    |mut conn| async move {
+                        redis::cmd("GETDEL")
+                            .arg(full.as_slice())
+                            .query_async::<Option<Vec<u8>>>(&mut conn)
+                            .await
+                            .map(|value| value.map(Bytes::from))
+                            .map_err(redis_error)
+                    },
+                )
+                .await
+        }))
     }
 
     fn increment<'a>(
@@ -1840,32 +1802,27 @@ impl StateBackend for RedisBackend {
         ttl: Option<Duration>,
     ) -> StateFuture<'a, i64> {
         let inner = &*self.inner;
-        StateFuture::new(async move {
-            let timer = inner.stats.start();
-            let result = async {
-                let full = self.check_key(Operation::Increment, key)?;
-                let ttl = inner.ttl_or_default(ttl).unwrap_or(0);
-                let mut invocation = inner.increment.prepare_invoke();
-                invocation.key(full.as_slice()).arg(delta).arg(ttl);
-                let invocation = &invocation;
-                inner
-                    .run(
-                        Operation::Increment,
-                        Some(key),
-                        Idempotent::No,
-                        |mut conn| async move {
-                            let raw: Vec<u8> = invocation
-                                .invoke_async(&mut conn)
-                                .await
-                                .map_err(increment_error)?;
-                            crate::parse_counter(&raw)
-                        },
-                    )
-                    .await
-            }
-            .await;
-            inner.stats.write(timer, result)
-        })
+        StateFuture::new(inner.counted_write(async move {
+            let full = self.check_key(Operation::Increment, key)?;
+            let ttl = inner.ttl_or_default(ttl).unwrap_or(0);
+            let mut invocation = inner.increment.prepare_invoke();
+            invocation.key(full.as_slice()).arg(delta).arg(ttl);
+            let invocation = &invocation;
+            inner
+                .run(
+                    Operation::Increment,
+                    Some(key),
+                    Idempotent::No,
+                    |mut conn| async move {
+                        let raw: Vec<u8> = invocation
+                            .invoke_async(&mut conn)
+                            .await
+                            .map_err(increment_error)?;
+                        crate::parse_counter(&raw)
+                    },
+                )
+                .await
+        }))
     }
 }
 
