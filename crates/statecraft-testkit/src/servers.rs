@@ -205,30 +205,10 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0);
-        let mut child =
-            spawn_server(command).map_err(|err| format!("spawning redis-server: {err}"))?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            // Ours only if it is still running: a server that failed to bind
-            // must not pass for whatever else answers on the port.
-            if redis_ping(self.port) && matches!(child.try_wait(), Ok(None)) {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("exited with {status}: {log}"));
-            }
-            if Instant::now() > deadline {
-                signal(&child, libc::SIGKILL, true);
-                reap(&mut child);
-                return Err(format!(
-                    "not ready on port {} within {READY_TIMEOUT:?}",
-                    self.port
-                ));
-            }
-            sleep(Duration::from_millis(20));
-        }
+        let child = spawn_server(command).map_err(|err| format!("spawning redis-server: {err}"))?;
+        let port = self.port;
+        self.child = Some(wait_ready(child, &log, port, || redis_ping(port))?);
+        Ok(())
     }
 
     /// The port it listens on.
@@ -420,6 +400,34 @@ impl TlsRedisServer {
     /// The plain-TCP server underneath.
     pub fn server(&self) -> &RedisServer {
         &self.server
+    }
+}
+
+/// Waits until `probe` says the server just spawned answers, and returns it;
+/// or fails with its log if it exits, or kills it after [`READY_TIMEOUT`].
+fn wait_ready(
+    mut child: Child,
+    log: &Path,
+    port: u16,
+    probe: impl Fn() -> bool,
+) -> Result<Child, String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        // Ours only if it is still running: a server that failed to bind
+        // must not pass for whatever else answers on the port.
+        if probe() && matches!(child.try_wait(), Ok(None)) {
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("exited with {status}: {log}"));
+        }
+        if Instant::now() > deadline {
+            signal(&child, libc::SIGKILL, true);
+            reap(&mut child);
+            return Err(format!("not ready on port {port} within {READY_TIMEOUT:?}"));
+        }
+        sleep(Duration::from_millis(20));
     }
 }
 
@@ -669,33 +677,16 @@ impl PostgresServer {
             .stdout(Stdio::null())
             .stderr(log_file)
             .process_group(0);
-        let mut child = spawn_server(command).map_err(|err| format!("spawning postgres: {err}"))?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let ready = self
-                .command("pg_isready")
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+        let child = spawn_server(command).map_err(|err| format!("spawning postgres: {err}"))?;
+        let port = self.port.to_string();
+        let probe = || {
+            self.command("pg_isready")
+                .args(["-q", "-h", "127.0.0.1", "-p", &port])
                 .status()
-                .map(|status| status.success())
-                .unwrap_or(false);
-            if ready && matches!(child.try_wait(), Ok(None)) {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("exited with {status}: {log}"));
-            }
-            if Instant::now() > deadline {
-                signal(&child, libc::SIGKILL, true);
-                reap(&mut child);
-                return Err(format!(
-                    "not ready on port {} within {READY_TIMEOUT:?}",
-                    self.port
-                ));
-            }
-            sleep(Duration::from_millis(50));
-        }
+                .is_ok_and(|status| status.success())
+        };
+        self.child = Some(wait_ready(child, &log, self.port, probe)?);
+        Ok(())
     }
 
     /// The port it listens on.
