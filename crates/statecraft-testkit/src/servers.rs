@@ -719,9 +719,35 @@ impl PostgresServer {
         }
     }
 
-    /// Kills the server and all its processes with SIGKILL.
+    /// Kills the server and all its processes with SIGKILL at once.
+    ///
+    /// Every PostgreSQL backend runs in its own process group, so killing
+    /// the postmaster's group is not enough: a backend could still answer
+    /// a query on an open connection before it noticed. The backends are
+    /// found through `/proc` (children of the postmaster) and killed first.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let postmaster = child.id();
+            let children: Vec<libc::pid_t> = std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|entry| {
+                    let pid = entry.file_name().to_str()?.parse::<libc::pid_t>().ok()?;
+                    let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                    // The parent pid is the second field after the
+                    // parenthesised command name.
+                    let after_name = &stat[stat.rfind(')')? + 1..];
+                    let parent = after_name.split_whitespace().nth(1)?.parse::<u32>().ok()?;
+                    (parent == postmaster).then_some(pid)
+                })
+                .collect();
+            for pid in children {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
             signal(&child, libc::SIGKILL, true);
             reap(&mut child);
         }

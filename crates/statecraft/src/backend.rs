@@ -17,6 +17,9 @@ pub struct PutOptions {
     /// Time to live. `None` uses the backend's default TTL, if it has one,
     /// and otherwise keeps the value until it is deleted.
     pub ttl: Option<Duration>,
+    /// With no `ttl`, keep the value until it is deleted even if the backend
+    /// has a default TTL (a restored checkpoint entry that had none, say).
+    pub no_expiry: bool,
 }
 
 impl PutOptions {
@@ -29,6 +32,22 @@ impl PutOptions {
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
+    }
+
+    /// Keeps the value until it is deleted, whatever the backend's default
+    /// TTL (unless [`ttl`](Self::ttl) is also set, which wins).
+    pub fn no_expiry(mut self) -> Self {
+        self.no_expiry = true;
+        self
+    }
+
+    /// The TTL a backend whose default TTL is `default` applies.
+    pub fn resolve_ttl(&self, default: Option<Duration>) -> Option<Duration> {
+        match (self.ttl, self.no_expiry) {
+            (Some(ttl), _) => Some(ttl),
+            (None, true) => None,
+            (None, false) => default,
+        }
     }
 }
 

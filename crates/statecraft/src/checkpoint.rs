@@ -150,8 +150,8 @@ fn read_bytes<R: Read>(input: &mut R) -> Result<Bytes> {
 /// Reads a checkpoint written by [`export`] into `backend`; returns how many
 /// entries were restored. Existing keys with the same names are overwritten;
 /// other keys are left alone.
-/// Entries exported without a TTL are written without one, so a target
-/// configured with a default TTL applies it to them.
+/// Entries exported without a TTL are restored without one, even on a
+/// target with a default TTL ([`PutOptions::no_expiry`]).
 ///
 /// A file that is not a checkpoint, or is truncated, is an
 /// [`ErrorKind::Corrupt`] error; entries before the damage have been written.
@@ -185,7 +185,9 @@ where
                     persistent.push((key, value));
                     if persistent.len() == PAGE {
                         let batch = std::mem::take(&mut persistent);
-                        backend.batch_put(batch, PutOptions::new()).await?;
+                        backend
+                            .batch_put(batch, PutOptions::new().no_expiry())
+                            .await?;
                     }
                 } else {
                     backend
@@ -197,7 +199,9 @@ where
             END => {
                 let expected = read_u64(input)?;
                 if !persistent.is_empty() {
-                    backend.batch_put(persistent, PutOptions::new()).await?;
+                    backend
+                        .batch_put(persistent, PutOptions::new().no_expiry())
+                        .await?;
                 }
                 if expected != restored {
                     return Err(corrupt(format!(

@@ -229,11 +229,14 @@ impl Inner {
         self.map.remove_if(key, |_, entry| !entry.is_live(clock));
     }
 
-    fn put(&self, key: &[u8], value: Bytes, ttl: Option<Duration>) -> Result<()> {
+    fn put(&self, key: &[u8], value: Bytes, options: PutOptions) -> Result<()> {
         self.limits.check_entry(NAME, Operation::Put, key, &value)?;
         let entry = Entry {
             value,
-            expires_at: self.expiry(ttl),
+            expires_at: match options.resolve_ttl(self.default_ttl) {
+                Some(ttl) => expiry_after(self.clock.now_millis(), ttl),
+                None => 0,
+            },
         };
         match self.map.get_mut(key) {
             Some(mut slot) => *slot = entry,
@@ -423,7 +426,7 @@ impl StateBackend for MemoryBackend {
         options: PutOptions,
     ) -> StateFuture<'a, ()> {
         let timer = self.inner.stats.start();
-        let result = self.inner.put(key, value, options.ttl);
+        let result = self.inner.put(key, value, options);
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
 
@@ -497,7 +500,7 @@ impl StateBackend for MemoryBackend {
         }
         let timer = inner.stats.start();
         for (key, value) in entries {
-            if let Err(err) = inner.put(&key, value, options.ttl) {
+            if let Err(err) = inner.put(&key, value, options) {
                 return StateFuture::ready(inner.stats.write(timer, Err(err)));
             }
         }

@@ -953,7 +953,7 @@ impl StateBackend for PostgresBackend {
                 .config
                 .limits
                 .check_entry(NAME, Operation::Put, key, &value)?;
-            let ttl = inner.ttl_or_default(options.ttl);
+            let ttl = millis(options.resolve_ttl(inner.config.default_ttl));
             let mut client = inner.client().await?;
             client
                 .execute(&inner.sql.put, &[&key, &value.as_ref(), &ttl])
@@ -1266,7 +1266,7 @@ impl StateBackend for PostgresBackend {
             if entries.is_empty() {
                 return Ok(());
             }
-            let ttl = inner.ttl_or_default(options.ttl);
+            let ttl = millis(options.resolve_ttl(inner.config.default_ttl));
             let (keys, values) = last_write_wins(entries);
             let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
             let values: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();

@@ -1350,7 +1350,7 @@ impl StateBackend for RedisBackend {
         let inner = &*self.inner;
         StateFuture::new(inner.counted_write(async move {
             let full = self.check_entry(Operation::Put, key, &value)?;
-            let ttl = inner.ttl_or_default(options.ttl);
+            let ttl = ttl_millis(options.resolve_ttl(inner.config.default_ttl));
             let (full, value) = (&full, &value);
             inner
                 .run(
@@ -1664,7 +1664,7 @@ impl StateBackend for RedisBackend {
             if full.is_empty() {
                 return Ok(());
             }
-            let ttl = inner.ttl_or_default(options.ttl);
+            let ttl = ttl_millis(options.resolve_ttl(inner.config.default_ttl));
             let groups = self.groups(&full);
             // Within a group the pipeline keeps the caller's order, so the
             // last write of a repeated key wins, as it would one by one.

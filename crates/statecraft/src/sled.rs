@@ -430,9 +430,12 @@ impl Inner {
         tx_result(outcome, op)
     }
 
-    fn put(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
+    fn put(&self, key: &[u8], value: &[u8], options: PutOptions) -> Result<()> {
         self.limits.check_entry(NAME, Operation::Put, key, value)?;
-        let expires_at = self.expiry(ttl);
+        let expires_at = match options.resolve_ttl(self.default_ttl) {
+            Some(ttl) => expiry_after(self.now(), ttl),
+            None => 0,
+        };
         if expires_at != 0 {
             return self.update(key, Operation::Put, |_| {
                 Ok(Decision::Write {
@@ -584,7 +587,9 @@ impl Inner {
         })
     }
 
-    fn apply(&self, transaction: &Transaction, op: Operation) -> Result<bool> {
+    /// Applies `transaction`; with `no_expiry`, writes without a TTL skip
+    /// the default TTL (see [`PutOptions::no_expiry`]).
+    fn apply(&self, transaction: &Transaction, op: Operation, no_expiry: bool) -> Result<bool> {
         for (key, expected) in transaction.checks() {
             self.limits.check_key(NAME, op, key)?;
             if let Some(expected) = expected {
@@ -596,7 +601,10 @@ impl Inner {
             match write {
                 TransactionWrite::Put { key, value, ttl } => {
                     self.limits.check_entry(NAME, op, key, value)?;
-                    let expires_at = self.expiry(*ttl);
+                    let expires_at = match (ttl, no_expiry) {
+                        (None, true) => 0,
+                        _ => self.expiry(*ttl),
+                    };
                     writes.push((key, Some(encode_value(value, expires_at)), expires_at));
                 }
                 TransactionWrite::Delete { key } => {
@@ -782,7 +790,7 @@ impl StateBackend for SledBackend {
         options: PutOptions,
     ) -> StateFuture<'a, ()> {
         let timer = self.inner.stats.start();
-        let result = self.inner.put(key, &value, options.ttl);
+        let result = self.inner.put(key, &value, options);
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
 
@@ -853,7 +861,7 @@ impl StateBackend for SledBackend {
             });
         let result = self
             .inner
-            .apply(&transaction, Operation::BatchPut)
+            .apply(&transaction, Operation::BatchPut, options.no_expiry)
             .map(|_| ());
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
@@ -941,7 +949,9 @@ impl StateBackend for SledBackend {
 impl Transactional for SledBackend {
     fn transaction(&self, transaction: Transaction) -> StateFuture<'_, bool> {
         let timer = self.inner.stats.start();
-        let result = self.inner.apply(&transaction, Operation::Transaction);
+        let result = self
+            .inner
+            .apply(&transaction, Operation::Transaction, false);
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
 }

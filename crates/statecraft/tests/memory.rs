@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use statecraft::typed::{Json, Postcard};
-use statecraft::{ErrorKind, KeyTtl, ManualClock, MemoryBackend, StateBackend, Typed};
+use statecraft::{ErrorKind, KeyTtl, ManualClock, MemoryBackend, PutOptions, StateBackend, Typed};
 
 #[tokio::test]
 async fn default_ttl_applies_to_writes_without_one() {
@@ -20,6 +20,51 @@ async fn default_ttl_applies_to_writes_without_one() {
     ));
     clock.advance(Duration::from_secs(6));
     assert_eq!(backend.get(b"k").await.expect("get"), None);
+}
+
+/// `PutOptions::no_expiry` overrides a default TTL, for single and batch
+/// writes, on memory and on sled (a restored checkpoint relies on it).
+#[tokio::test]
+async fn no_expiry_overrides_the_default_ttl() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let memory = MemoryBackend::builder()
+        .default_ttl(Duration::from_secs(5))
+        .sweep_interval(None)
+        .build();
+    let sled = statecraft::SledBackend::builder()
+        .path(dir.path())
+        .default_ttl(Duration::from_secs(5))
+        .sweep_interval(None)
+        .open()
+        .expect("sled");
+    for backend in [&memory as &dyn StateBackend, &sled] {
+        let forever = PutOptions::new().no_expiry();
+        backend
+            .put_with(b"one", "v".into(), forever)
+            .await
+            .expect("put");
+        backend
+            .batch_put(vec![("two".into(), "v".into())], forever)
+            .await
+            .expect("batch");
+        backend.put(b"default", "v".into()).await.expect("put");
+        for key in [&b"one"[..], b"two"] {
+            assert_eq!(backend.ttl(key).await.expect("ttl"), KeyTtl::Persistent);
+        }
+        assert!(matches!(
+            backend.ttl(b"default").await.expect("ttl"),
+            KeyTtl::ExpiresIn(_)
+        ));
+        let explicit = PutOptions::new().no_expiry().ttl(Duration::from_secs(1));
+        backend
+            .put_with(b"ttl", "v".into(), explicit)
+            .await
+            .expect("put");
+        assert!(matches!(
+            backend.ttl(b"ttl").await.expect("ttl"),
+            KeyTtl::ExpiresIn(left) if left <= Duration::from_secs(1)
+        ));
+    }
 }
 
 #[tokio::test]

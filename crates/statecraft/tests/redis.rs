@@ -145,6 +145,31 @@ async fn checkpoint_moves_state(url: String) {
             other => panic!("the TTL was lost: {other:?}"),
         }
     }
+    // A target with a default TTL keeps the entries that had none persistent.
+    let expiring = RedisBackend::new(
+        RedisConfig::builder()
+            .url(&url)
+            .key_prefix(unique_prefix("default-ttl"))
+            .default_ttl(Duration::from_secs(60))
+            .build()
+            .expect("config"),
+    )
+    .await
+    .expect("connect");
+    assert_eq!(expiring.restore(&file).await.expect("restore"), 1201);
+    assert_eq!(
+        expiring.ttl(b"user:1").await.expect("ttl"),
+        KeyTtl::Persistent
+    );
+    assert!(matches!(
+        expiring.ttl(b"user:session").await.expect("ttl"),
+        KeyTtl::ExpiresIn(_)
+    ));
+    expiring.put(b"fresh", "v".into()).await.expect("put");
+    assert!(matches!(
+        expiring.ttl(b"fresh").await.expect("ttl"),
+        KeyTtl::ExpiresIn(_)
+    ));
     // A damaged file is a typed error.
     let bytes = std::fs::read(&file).expect("read");
     std::fs::write(&file, &bytes[..bytes.len() / 2]).expect("truncate");
