@@ -5,9 +5,9 @@
 //! 1,000 single upserts.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bench_compare::{keys, Picker};
+use bench_compare::{concurrent, keys, Picker};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use statecraft::{PostgresBackend, PostgresConfig, PutOptions, StateBackend};
@@ -87,28 +87,23 @@ fn postgres_ops(c: &mut Criterion) {
         b.to_async(&runtime).iter_custom(|iters| {
             let (raw, statement, keys) = (raw.clone(), get_statement.clone(), keys.clone());
             async move {
-                let started = Instant::now();
+                let mut total = Duration::ZERO;
+
                 for _ in 0..iters {
-                    let tasks: Vec<_> = (0..TASKS)
-                        .map(|t| {
-                            let (raw, statement, keys) =
-                                (raw.clone(), statement.clone(), keys.clone());
-                            tokio::spawn(async move {
-                                let mut picker = Picker::new(t as u64 + 1);
-                                for _ in 0..PER_TASK {
-                                    let key = &keys[picker.next(KEYS)];
-                                    raw.query_opt(&statement, &[&key.as_ref()])
-                                        .await
-                                        .expect("get");
-                                }
-                            })
-                        })
-                        .collect();
-                    for task in tasks {
-                        task.await.expect("task");
-                    }
+                    total += concurrent(TASKS, PER_TASK, KEYS, |i| {
+                        let (raw, statement, key) =
+                            (raw.clone(), statement.clone(), keys[i].clone());
+
+                        async move {
+                            raw.query_opt(&statement, &[&key.as_ref()])
+                                .await
+                                .expect("get");
+                        }
+                    })
+                    .await;
                 }
-                started.elapsed()
+
+                total
             }
         })
     });
@@ -116,24 +111,19 @@ fn postgres_ops(c: &mut Criterion) {
         b.to_async(&runtime).iter_custom(|iters| {
             let (ours, keys) = (ours.clone(), keys.clone());
             async move {
-                let started = Instant::now();
+                let mut total = Duration::ZERO;
+
                 for _ in 0..iters {
-                    let tasks: Vec<_> = (0..TASKS)
-                        .map(|t| {
-                            let (ours, keys) = (ours.clone(), keys.clone());
-                            tokio::spawn(async move {
-                                let mut picker = Picker::new(t as u64 + 1);
-                                for _ in 0..PER_TASK {
-                                    ours.get(&keys[picker.next(KEYS)]).await.expect("get");
-                                }
-                            })
-                        })
-                        .collect();
-                    for task in tasks {
-                        task.await.expect("task");
-                    }
+                    total += concurrent(TASKS, PER_TASK, KEYS, |i| {
+                        let (ours, key) = (ours.clone(), keys[i].clone());
+                        async move {
+                            ours.get(&key).await.expect("get");
+                        }
+                    })
+                    .await;
                 }
-                started.elapsed()
+
+                total
             }
         })
     });

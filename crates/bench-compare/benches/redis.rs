@@ -4,9 +4,9 @@
 //! against 1,000 single calls.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bench_compare::{keys, Picker};
+use bench_compare::{concurrent, keys, Picker};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use statecraft::{PutOptions, RedisBackend, RedisConfig, StateBackend};
@@ -107,29 +107,23 @@ fn redis_ops(c: &mut Criterion) {
         b.to_async(&runtime).iter_custom(|iters| {
             let (raw, keys) = (raw.clone(), keys.clone());
             async move {
-                let started = Instant::now();
+                let mut total = Duration::ZERO;
+
                 for _ in 0..iters {
-                    let tasks: Vec<_> = (0..TASKS)
-                        .map(|t| {
-                            let (mut conn, keys) = (raw.clone(), keys.clone());
-                            tokio::spawn(async move {
-                                let mut picker = Picker::new(t as u64 + 1);
-                                for _ in 0..PER_TASK {
-                                    let key = &keys[picker.next(KEYS)];
-                                    let _: Option<Vec<u8>> = redis::cmd("GET")
-                                        .arg(&key[..])
-                                        .query_async(&mut conn)
-                                        .await
-                                        .expect("get");
-                                }
-                            })
-                        })
-                        .collect();
-                    for task in tasks {
-                        task.await.expect("task");
-                    }
+                    total += concurrent(TASKS, PER_TASK, KEYS, |i| {
+                        let (mut conn, key) = (raw.clone(), keys[i].clone());
+                        async move {
+                            let _: Option<Vec<u8>> = redis::cmd("GET")
+                                .arg(&key[..])
+                                .query_async(&mut conn)
+                                .await
+                                .expect("get");
+                        }
+                    })
+                    .await;
                 }
-                started.elapsed()
+
+                total
             }
         })
     });
@@ -141,24 +135,19 @@ fn redis_ops(c: &mut Criterion) {
             b.to_async(&runtime).iter_custom(|iters| {
                 let (ours, keys) = (backend.clone(), keys.clone());
                 async move {
-                    let started = Instant::now();
+                    let mut total = Duration::ZERO;
+
                     for _ in 0..iters {
-                        let tasks: Vec<_> = (0..TASKS)
-                            .map(|t| {
-                                let (ours, keys) = (ours.clone(), keys.clone());
-                                tokio::spawn(async move {
-                                    let mut picker = Picker::new(t as u64 + 1);
-                                    for _ in 0..PER_TASK {
-                                        ours.get(&keys[picker.next(KEYS)]).await.expect("get");
-                                    }
-                                })
-                            })
-                            .collect();
-                        for task in tasks {
-                            task.await.expect("task");
-                        }
+                        total += concurrent(TASKS, PER_TASK, KEYS, |i| {
+                            let (ours, key) = (ours.clone(), keys[i].clone());
+                            async move {
+                                ours.get(&key).await.expect("get");
+                            }
+                        })
+                        .await;
                     }
-                    started.elapsed()
+
+                    total
                 }
             })
         });

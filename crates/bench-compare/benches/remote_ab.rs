@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bench_compare::{keys, Picker};
+use bench_compare::{concurrent, keys, Picker};
 use bytes::Bytes;
 use statecraft::{
     PostgresBackend, PostgresConfig, PutOptions, RedisBackend, RedisConfig, StateBackend,
@@ -60,27 +60,9 @@ where
     );
 }
 
-async fn concurrent<F, Fut>(tasks: usize, per_task: usize, op: F) -> f64
-where
-    F: Fn(usize, usize) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let started = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let mut picker = Picker::new(t as u64 + 7);
-            let ops: Vec<Fut> = (0..per_task).map(|_| op(t, picker.next(KEYS))).collect();
-            tokio::spawn(async move {
-                for op in ops {
-                    op.await;
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.await.expect("task");
-    }
-    started.elapsed().as_secs_f64()
+/// The seconds a burst took.
+async fn seconds(burst: impl Future<Output = std::time::Duration>) -> f64 {
+    burst.await.as_secs_f64()
 }
 
 #[tokio::main]
@@ -208,7 +190,7 @@ async fn main() {
         256 * 40,
         || {
             let (conn, keys) = (raw_redis.clone(), keys.clone());
-            concurrent(256, 40, move |_, i| {
+            seconds(concurrent(256, 40, KEYS, move |i| {
                 let (mut conn, key) = (conn.clone(), keys[i].clone());
                 async move {
                     let _: Option<Vec<u8>> = redis::cmd("GET")
@@ -217,16 +199,16 @@ async fn main() {
                         .await
                         .expect("get");
                 }
-            })
+            }))
         },
         || {
             let (redis, keys) = (redis.clone(), keys.clone());
-            concurrent(256, 40, move |_, i| {
+            seconds(concurrent(256, 40, KEYS, move |i| {
                 let (redis, key) = (redis.clone(), keys[i].clone());
                 async move {
                     redis.get(&key).await.expect("get");
                 }
-            })
+            }))
         },
     )
     .await;
@@ -266,23 +248,23 @@ async fn main() {
         64 * 20,
         || {
             let (raw, statement, keys) = (raw_pg.clone(), statement.clone(), keys.clone());
-            concurrent(64, 20, move |_, i| {
+            seconds(concurrent(64, 20, KEYS, move |i| {
                 let (raw, statement, key) = (raw.clone(), statement.clone(), keys[i].clone());
                 async move {
                     raw.query_opt(&statement, &[&key.as_ref()])
                         .await
                         .expect("get");
                 }
-            })
+            }))
         },
         || {
             let (pg, keys) = (pg.clone(), keys.clone());
-            concurrent(64, 20, move |_, i| {
+            seconds(concurrent(64, 20, KEYS, move |i| {
                 let (pg, key) = (pg.clone(), keys[i].clone());
                 async move {
                     pg.get(&key).await.expect("get");
                 }
-            })
+            }))
         },
     )
     .await;

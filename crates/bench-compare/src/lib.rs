@@ -1,5 +1,8 @@
 //! Shared helpers for the comparison benchmarks.
 
+use std::future::Future;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 
 /// `n` benchmark keys, `bench:00000000` upwards.
@@ -35,4 +38,30 @@ impl Picker {
         self.0 ^= self.0 << 17;
         (self.0 % n as u64) as usize
     }
+}
+
+/// Runs `tasks` Tokio tasks, each awaiting `per_task` operations made by
+/// `op(key_index)` (key indexes below `keys`, a fixed sequence per task),
+/// and returns how long the whole burst took.
+pub async fn concurrent<F, Fut>(tasks: usize, per_task: usize, keys: usize, op: F) -> Duration
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let mut picker = Picker::new(t as u64 + 1);
+            let ops: Vec<Fut> = (0..per_task).map(|_| op(picker.next(keys))).collect();
+            tokio::spawn(async move {
+                for op in ops {
+                    op.await;
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.expect("a benchmark task panicked");
+    }
+    started.elapsed()
 }
