@@ -8,7 +8,8 @@ use bench_compare::{keys, now, Picker};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use dashmap::DashMap;
-use statecraft::{MemoryBackend, MemoryHasher, StateBackend};
+use statecraft::raw::MemoryHasher;
+use statecraft::{MemoryBackend, StateBackend};
 
 const KEYS: usize = 10_000;
 

@@ -22,54 +22,49 @@
 //! turns on sled's zstd page compression; `redis` builds [`RedisBackend`]
 //! (single node and Cluster), `redis-tls` adds `rediss://`; `postgres`
 //! builds [`PostgresBackend`].
+//!
+//! ## Layout
+//!
+//! - the contract: [`StateBackend`] and its options, outcomes,
+//!   [`Capabilities`], [`Error`], statistics, [`PubSub`], [`Transaction`]s and
+//!   [`checkpoint`]s;
+//! - the stores: [`MemoryBackend`], [`SledBackend`], [`RedisBackend`],
+//!   [`PostgresBackend`];
+//! - the layers, each a backend over another: [`Namespaced`], [`Typed`];
+//! - [`raw`]: building blocks for authors of backends and layers.
+//!
+//! The coordination primitives (breakers, limiters, counters, locks) build on
+//! the contract and get a module each.
 
-#[cfg(any(feature = "redis", feature = "postgres"))]
-mod anchor;
 mod backend;
-pub mod checkpoint;
-mod clock;
-mod error;
-mod future;
-mod limits;
-mod memory;
-mod namespaced;
-#[cfg(feature = "postgres")]
-mod postgres;
-mod pubsub;
-#[cfg(feature = "redis")]
-mod redis;
-#[cfg(feature = "sled")]
-mod sled;
-mod stats;
-mod sweeper;
-mod transaction;
-pub mod typed;
+mod backends;
+mod layers;
+pub mod raw;
 
-#[cfg(feature = "redis")]
-pub use crate::redis::{RedisBackend, RedisConfig, RedisConfigBuilder};
-#[cfg(feature = "sled")]
-pub use crate::sled::{SledBackend, SledBackendBuilder};
-pub use backend::{
-    apply_increment, parse_counter, Capabilities, CasOutcome, HealthReport, KeyPage, KeyTtl,
-    PutOptions, StateBackend, StateBackendExt, LIST_PAGE,
-};
-pub use bytes::Bytes;
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{Error, ErrorKind, Operation, Result};
-pub use future::StateFuture;
-pub use limits::Limits;
-pub use memory::{
-    Entry as MemoryEntry, MemoryBackend, MemoryBackendBuilder, MemoryHasher, RawMemoryMap,
-};
-pub use namespaced::Namespaced;
+pub use backend::capabilities::Capabilities;
+pub use backend::checkpoint;
+pub use backend::clock::{Clock, ManualClock, SystemClock};
+pub use backend::error::{Error, ErrorKind, Operation, Result};
+pub use backend::future::StateFuture;
+pub use backend::limits::Limits;
+pub use backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
+pub use backend::pubsub::{Message, PubSub, Subscription};
+pub use backend::stats::{BackendStats, LatencySummary};
+pub use backend::transaction::{Transaction, TransactionWrite, Transactional};
+pub use backend::{StateBackend, StateBackendExt, LIST_PAGE};
+pub use backends::memory::{MemoryBackend, MemoryBackendBuilder};
 #[cfg(feature = "postgres")]
-pub use postgres::{
+pub use backends::postgres::{
     PgTransaction, PoolStatus, PostgresBackend, PostgresConfig, PostgresConfigBuilder,
 };
-pub use pubsub::{Message, PubSub, Subscription};
-pub use stats::{BackendStats, LatencySummary, Outcome, StatsRecorder, Timer, SAMPLE_EVERY};
-pub use transaction::{Transaction, TransactionWrite, Transactional};
-pub use typed::Typed;
+#[cfg(feature = "redis")]
+pub use backends::redis::{RedisBackend, RedisConfig, RedisConfigBuilder};
+#[cfg(feature = "sled")]
+pub use backends::sled::{SledBackend, SledBackendBuilder};
+pub use bytes::Bytes;
+pub use layers::namespaced::Namespaced;
+pub use layers::typed;
+pub use layers::typed::Typed;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

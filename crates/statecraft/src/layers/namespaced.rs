@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::stats::BackendStats;
-use crate::{
-    Capabilities, CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions, StateBackend, StateFuture,
-    LIST_PAGE,
-};
+use crate::backend::capabilities::Capabilities;
+use crate::backend::future::StateFuture;
+use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
+use crate::backend::stats::BackendStats;
+use crate::backend::{StateBackend, LIST_PAGE};
 
 /// A backend whose keys all live under `prefix` in an inner backend.
 ///

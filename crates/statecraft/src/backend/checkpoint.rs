@@ -21,9 +21,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::{
-    Error, ErrorKind, KeyTtl, Operation, PutOptions, Result, StateBackend, StateBackendExt,
-};
+use crate::backend::error::{Error, ErrorKind, Operation, Result};
+use crate::backend::options::{KeyTtl, PutOptions};
+use crate::backend::{StateBackend, StateBackendExt};
 
 const MAGIC: &[u8] = b"STATECRAFT-CHECKPOINT\n";
 const VERSION: u8 = 1;

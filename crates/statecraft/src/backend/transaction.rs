@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::{StateBackend, StateFuture};
+use crate::backend::future::StateFuture;
+use crate::backend::StateBackend;
 
 /// One write of a [`Transaction`].
 #[derive(Debug, Clone, PartialEq, Eq)]

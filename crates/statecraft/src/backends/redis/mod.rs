@@ -32,12 +32,15 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind, Value};
 
-use crate::pubsub::{Message, PubSub, Subscription};
-use crate::stats::BackendStats;
-use crate::{
-    Capabilities, CasOutcome, Error, ErrorKind, HealthReport, KeyPage, KeyTtl, Limits, Operation,
-    PutOptions, Result, StateBackend, StateFuture, StatsRecorder,
-};
+use crate::backend::capabilities::Capabilities;
+use crate::backend::error::{Error, ErrorKind, Operation, Result};
+use crate::backend::future::StateFuture;
+use crate::backend::limits::Limits;
+use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
+use crate::backend::pubsub::{Message, PubSub, Subscription};
+use crate::backend::stats::BackendStats;
+use crate::backend::StateBackend;
+use crate::raw::recorder::StatsRecorder;
 
 const NAME: &str = "redis";
 const CLUSTER_NAME: &str = "redis_cluster";
@@ -1124,7 +1127,7 @@ impl RedisBackend {
                 jitter_seq: AtomicU64::new(0),
             }),
         };
-        crate::anchor::spawn(Arc::downgrade(&backend.inner));
+        crate::backends::anchor::spawn(Arc::downgrade(&backend.inner));
         backend.health_check().await.map_err(|err| {
             Error::new(err.kind(), "Redis did not answer PING")
                 .temporary(err.is_temporary())
@@ -1183,7 +1186,7 @@ impl RedisBackend {
         let partial = std::path::PathBuf::from(partial);
         let file = std::fs::File::create(&partial).map_err(|err| io("creating", err))?;
         let mut out = std::io::BufWriter::new(file);
-        let count = match crate::checkpoint::export(self, prefix, &mut out).await {
+        let count = match crate::backend::checkpoint::export(self, prefix, &mut out).await {
             Ok(count) => count,
             Err(err) => {
                 drop(out);
@@ -1207,7 +1210,7 @@ impl RedisBackend {
                 .with_source(err)
                 .context(self.inner.name, Operation::Restore)
         })?;
-        crate::checkpoint::restore(self, &mut std::io::BufReader::new(file)).await
+        crate::backend::checkpoint::restore(self, &mut std::io::BufReader::new(file)).await
     }
 
     async fn server_figures(&self) -> Result<Vec<(String, u64)>> {
@@ -1456,7 +1459,7 @@ impl StateBackend for RedisBackend {
             let mut cursor: Option<Bytes> = None;
             loop {
                 let page = self
-                    .list_keys_page(b"", cursor.as_deref(), crate::LIST_PAGE)
+                    .list_keys_page(b"", cursor.as_deref(), crate::backend::LIST_PAGE)
                     .await
                     .map_err(|err| err.with_operation(Operation::Count))?;
                 seen.extend(page.keys);
@@ -1473,7 +1476,7 @@ impl StateBackend for RedisBackend {
             let mut cursor: Option<Bytes> = None;
             loop {
                 let page = self
-                    .list_keys_page(b"", cursor.as_deref(), crate::LIST_PAGE)
+                    .list_keys_page(b"", cursor.as_deref(), crate::backend::LIST_PAGE)
                     .await
                     .map_err(|err| err.with_operation(Operation::Clear))?;
                 if !page.keys.is_empty() {
@@ -1818,7 +1821,7 @@ impl StateBackend for RedisBackend {
                             .invoke_async(&mut conn)
                             .await
                             .map_err(increment_error)?;
-                        crate::parse_counter(&raw)
+                        crate::raw::counter::parse_counter(&raw)
                     },
                 )
                 .await

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::Result;
+use crate::backend::error::Result;
 
 /// The future returned by [`StateBackend`](crate::StateBackend) operations.
 ///

@@ -1,6 +1,6 @@
 //! Key and value size limits, checked before a backend does any work.
 
-use crate::{Error, ErrorKind, Operation, Result};
+use crate::backend::error::{Error, ErrorKind, Operation, Result};
 
 /// Size limits every backend enforces with a typed error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,13 +20,17 @@ use sled::transaction::{
 };
 use sled::{IVec, Tree};
 
-use crate::backend::apply_increment;
-use crate::clock::{expiry_after, Clock, SystemClock};
-use crate::stats::{BackendStats, StatsRecorder};
-use crate::{
-    Capabilities, CasOutcome, Error, ErrorKind, HealthReport, KeyPage, KeyTtl, Limits, Operation,
-    PutOptions, Result, StateBackend, StateFuture, Transaction, TransactionWrite, Transactional,
-};
+use crate::backend::capabilities::Capabilities;
+use crate::backend::clock::{expiry_after, Clock, SystemClock};
+use crate::backend::error::{Error, ErrorKind, Operation, Result};
+use crate::backend::future::StateFuture;
+use crate::backend::limits::Limits;
+use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
+use crate::backend::stats::BackendStats;
+use crate::backend::transaction::{Transaction, TransactionWrite, Transactional};
+use crate::backend::StateBackend;
+use crate::raw::counter::apply_increment;
+use crate::raw::recorder::StatsRecorder;
 
 const NAME: &str = "sled";
 const TAG_PLAIN: u8 = 0;
@@ -222,11 +226,16 @@ impl SledBackendBuilder {
             stats: StatsRecorder::new(),
         });
         let sweeper = self.sweep_interval.and_then(|interval| {
-            crate::sweeper::spawn(NAME, Arc::downgrade(&inner), interval, |inner: &Inner| {
-                if let Err(err) = inner.sweep() {
-                    tracing::warn!(%err, "sled backend: TTL sweep failed");
-                }
-            })
+            crate::backends::sweeper::spawn(
+                NAME,
+                Arc::downgrade(&inner),
+                interval,
+                |inner: &Inner| {
+                    if let Err(err) = inner.sweep() {
+                        tracing::warn!(%err, "sled backend: TTL sweep failed");
+                    }
+                },
+            )
         });
         Ok(SledBackend {
             inner,

@@ -7,136 +7,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 
-use crate::stats::BackendStats;
-use crate::{Error, ErrorKind, Operation, Result, StateFuture};
+pub(crate) mod capabilities;
+pub mod checkpoint;
+pub(crate) mod clock;
+pub(crate) mod error;
+pub(crate) mod future;
+pub(crate) mod limits;
+pub(crate) mod options;
+pub(crate) mod pubsub;
+pub(crate) mod stats;
+pub(crate) mod transaction;
 
-/// Options of a write.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PutOptions {
-    /// Time to live. `None` uses the backend's default TTL, if it has one,
-    /// and otherwise keeps the value until it is deleted.
-    pub ttl: Option<Duration>,
-    /// With no `ttl`, keep the value until it is deleted even if the backend
-    /// has a default TTL (a restored checkpoint entry that had none, say).
-    pub no_expiry: bool,
-}
-
-impl PutOptions {
-    /// Options with no TTL.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets the time to live.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// Keeps the value until it is deleted, whatever the backend's default
-    /// TTL (unless [`ttl`](Self::ttl) is also set, which wins).
-    pub fn no_expiry(mut self) -> Self {
-        self.no_expiry = true;
-        self
-    }
-
-    /// The TTL a backend whose default TTL is `default` applies.
-    pub fn resolve_ttl(&self, default: Option<Duration>) -> Option<Duration> {
-        match (self.ttl, self.no_expiry) {
-            (Some(ttl), _) => Some(ttl),
-            (None, true) => None,
-            (None, false) => default,
-        }
-    }
-}
-
-/// What [`StateBackend::ttl`] found for a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyTtl {
-    /// No such key (or it has expired).
-    Missing,
-    /// The key exists and does not expire.
-    Persistent,
-    /// The key exists and expires after this long.
-    ExpiresIn(Duration),
-}
-
-/// One page of a key listing; see [`StateBackend::list_keys_page`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyPage {
-    /// The keys of this page.
-    pub keys: Vec<Bytes>,
-    /// The cursor to pass to get the next page; `None` when the listing is done.
-    pub next: Option<Bytes>,
-}
-
-/// The outcome of [`StateBackend::compare_and_swap`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CasOutcome {
-    /// The stored value was the expected one and has been replaced.
-    Swapped,
-    /// The stored value differed; this is what it was (`None`: absent).
-    Conflict(Option<Bytes>),
-}
-
-impl CasOutcome {
-    /// Whether the swap happened.
-    pub fn is_swapped(&self) -> bool {
-        matches!(self, CasOutcome::Swapped)
-    }
-}
-
-/// What a backend can do, for layers and tests to branch on (never on names).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Capabilities {
-    /// Data survives a restart of the process.
-    pub persistent: bool,
-    /// Data is shared by every process that connects to the same store.
-    pub distributed: bool,
-    /// TTLs expire on their own, without a reader asking.
-    pub native_ttl: bool,
-    /// Multi-key atomic transactions (see [`Transactional`](crate::Transactional)).
-    pub transactions: bool,
-    /// Publish/subscribe messaging.
-    pub pubsub: bool,
-    /// `list_keys_page` returns keys in ascending byte order, each once.
-    pub ordered_listing: bool,
-    /// `batch_put` applies all of its writes or none.
-    pub atomic_batch: bool,
-}
-
-impl Capabilities {
-    /// No capabilities; set fields with struct update syntax inside the crate
-    /// or with the builder-style setters outside it.
-    pub const NONE: Capabilities = Capabilities {
-        persistent: false,
-        distributed: false,
-        native_ttl: false,
-        transactions: false,
-        pubsub: false,
-        ordered_listing: false,
-        atomic_batch: false,
-    };
-}
-
-/// The result of a successful [`StateBackend::health_check`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct HealthReport {
-    /// The backend that answered.
-    pub backend: &'static str,
-    /// How long the probe took (a round trip for remote stores).
-    pub latency: Duration,
-}
-
-impl HealthReport {
-    /// A report for `backend` whose probe took `latency`.
-    pub fn new(backend: &'static str, latency: Duration) -> Self {
-        HealthReport { backend, latency }
-    }
-}
+use self::capabilities::Capabilities;
+use self::error::Result;
+use self::future::StateFuture;
+use self::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
+use self::stats::BackendStats;
+use crate::raw::counter::apply_increment;
 
 /// The asynchronous key-value contract shared by every store and layer.
 ///
@@ -409,39 +296,6 @@ impl<B: StateBackend + ?Sized> StateBackendExt for B {}
 /// The page size `list_keys`, `count` and `clear` fallbacks use.
 pub const LIST_PAGE: usize = 1000;
 
-/// Parses a stored counter and adds `delta` to it, as `increment` specifies.
-pub fn apply_increment(raw: &[u8], delta: i64) -> Result<i64> {
-    let current = parse_counter(raw)?;
-    current.checked_add(delta).ok_or_else(|| {
-        Error::new(
-            ErrorKind::Overflow,
-            format!("{current} + {delta} overflows a 64-bit integer"),
-        )
-        .with_operation(Operation::Increment)
-    })
-}
-
-/// Parses a decimal ASCII signed 64-bit integer as `increment` stores it:
-/// an optional `-` and digits, without a `+`, spaces or leading zeros (so
-/// `"007"` and `"-0"` are not counters), exactly as Redis reads them.
-pub fn parse_counter(raw: &[u8]) -> Result<i64> {
-    let canonical = |text: &&str| {
-        let digits = text.strip_prefix('-').unwrap_or(text);
-        !text.starts_with('+') && (*text == "0" || !digits.starts_with('0'))
-    };
-    std::str::from_utf8(raw)
-        .ok()
-        .filter(canonical)
-        .and_then(|text| text.parse::<i64>().ok())
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotAnInteger,
-                "the stored value is not a decimal 64-bit integer",
-            )
-            .with_operation(Operation::Increment)
-        })
-}
-
 macro_rules! forward_backend {
     ($($ty:ty),+) => {$(
         // Every method is forwarded, provided ones included, so that a wrapper
@@ -497,29 +351,7 @@ forward_backend!(Arc<T>, Box<T>, &T);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counters_parse_strictly() {
-        assert_eq!(parse_counter(b"-12").ok(), Some(-12));
-        assert_eq!(parse_counter(b"0").ok(), Some(0));
-        for bad in [
-            &b""[..],
-            b"+1",
-            b" 1",
-            b"1.5",
-            b"abc",
-            b"\xff",
-            b"99999999999999999999",
-            b"007",
-            b"-0",
-            b"-",
-        ] {
-            let err = parse_counter(bad).err().map(|e| e.kind());
-            assert_eq!(err, Some(ErrorKind::NotAnInteger), "{bad:?}");
-        }
-        let err = apply_increment(i64::MAX.to_string().as_bytes(), 1).err();
-        assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::Overflow));
-    }
+    use crate::backend::error::Error;
 
     fn assert_object_safe(_: &dyn StateBackend) {}
 

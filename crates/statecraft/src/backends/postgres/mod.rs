@@ -23,13 +23,16 @@ use futures_util::stream;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
-use crate::pubsub::{Message, PubSub, Subscription};
-use crate::stats::BackendStats;
-use crate::{
-    Capabilities, CasOutcome, Error, ErrorKind, HealthReport, KeyPage, KeyTtl, Limits, Operation,
-    PutOptions, Result, StateBackend, StateFuture, StatsRecorder, Transaction, TransactionWrite,
-    Transactional,
-};
+use crate::backend::capabilities::Capabilities;
+use crate::backend::error::{Error, ErrorKind, Operation, Result};
+use crate::backend::future::StateFuture;
+use crate::backend::limits::Limits;
+use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
+use crate::backend::pubsub::{Message, PubSub, Subscription};
+use crate::backend::stats::BackendStats;
+use crate::backend::transaction::{Transaction, TransactionWrite, Transactional};
+use crate::backend::StateBackend;
+use crate::raw::recorder::StatsRecorder;
 
 const NAME: &str = "postgres";
 
@@ -709,7 +712,7 @@ impl PostgresBackend {
             config,
         });
         inner.run(Operation::Migrate, None, migrate(&inner)).await?;
-        crate::anchor::spawn(Arc::downgrade(&inner));
+        crate::backends::anchor::spawn(Arc::downgrade(&inner));
         if let Some(every) = inner.config.purge_interval {
             tokio::spawn(purge_loop(Arc::downgrade(&inner), every));
         }
@@ -1362,7 +1365,7 @@ impl StateBackend for PostgresBackend {
                 .await
                 .map_err(increment_error)?;
             let value = value_of(&row, 0)?;
-            crate::parse_counter(&value)
+            crate::raw::counter::parse_counter(&value)
         }))
     }
 }

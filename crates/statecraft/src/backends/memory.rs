@@ -8,13 +8,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use crate::backend::apply_increment;
-use crate::clock::{expiry_after, Clock, SystemClock};
-use crate::stats::{BackendStats, StatsRecorder};
-use crate::{
-    Capabilities, CasOutcome, Error, ErrorKind, HealthReport, KeyPage, KeyTtl, Limits, Operation,
-    PutOptions, Result, StateBackend, StateFuture,
-};
+use crate::backend::capabilities::Capabilities;
+use crate::backend::clock::{expiry_after, Clock, SystemClock};
+use crate::backend::error::{Error, ErrorKind, Operation, Result};
+use crate::backend::future::StateFuture;
+use crate::backend::limits::Limits;
+use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
+use crate::backend::stats::BackendStats;
+use crate::backend::StateBackend;
+use crate::raw::counter::apply_increment;
+use crate::raw::recorder::StatsRecorder;
 
 const NAME: &str = "memory";
 
@@ -152,9 +155,14 @@ impl MemoryBackendBuilder {
             stats: StatsRecorder::new(),
         });
         let sweeper = self.sweep_interval.and_then(|interval| {
-            crate::sweeper::spawn(NAME, Arc::downgrade(&inner), interval, |inner: &Inner| {
-                inner.sweep();
-            })
+            crate::backends::sweeper::spawn(
+                NAME,
+                Arc::downgrade(&inner),
+                interval,
+                |inner: &Inner| {
+                    inner.sweep();
+                },
+            )
         });
         MemoryBackend {
             inner,

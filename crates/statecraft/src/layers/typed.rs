@@ -8,7 +8,9 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{CasOutcome, Error, ErrorKind, Operation, PutOptions, Result, StateBackend};
+use crate::backend::error::{Error, ErrorKind, Operation, Result};
+use crate::backend::options::{CasOutcome, PutOptions};
+use crate::backend::StateBackend;
 
 /// Turns values into bytes and back.
 pub trait Codec: Send + Sync + fmt::Debug + Default {

@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 
-use crate::{Result, StateFuture};
+use crate::backend::error::Result;
+use crate::backend::future::StateFuture;
 
 /// A message received on a [`Subscription`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,12 @@
+//! The stores: one module per backend.
+
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) mod anchor;
+pub(crate) mod memory;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
+#[cfg(feature = "sled")]
+pub(crate) mod sled;
+pub(crate) mod sweeper;

@@ -1,0 +1,4 @@
+//! Layers: backends that wrap another backend and are backends themselves.
+
+pub(crate) mod namespaced;
+pub mod typed;
