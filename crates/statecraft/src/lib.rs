@@ -26,11 +26,13 @@
 //! ## Layout
 //!
 //! - the contract: [`StateBackend`] and its options, outcomes,
-//!   [`Capabilities`], [`Error`], statistics, [`PubSub`], [`Transaction`]s and
+//!   [`Capabilities`], [`Error`], statistics, pub/sub [`Subscription`]s,
+//!   [`Transaction`]s and
 //!   [`checkpoint`]s;
-//! - the stores: [`MemoryBackend`], [`SledBackend`], [`RedisBackend`],
-//!   [`PostgresBackend`];
-//! - the layers, each a backend over another: [`Namespaced`], [`Typed`];
+//! - the stores: [`MemoryBackend`], [`NullBackend`], [`SledBackend`],
+//!   [`RedisBackend`], [`PostgresBackend`];
+//! - the layers, each a backend over another: [`Namespaced`], [`Retry`],
+//!   [`Timeout`], [`Metrics`], and the typed view [`Typed`];
 //! - [`raw`]: building blocks for authors of backends and layers.
 //!
 //! The coordination primitives (breakers, limiters, counters, locks) build on
@@ -47,12 +49,14 @@ pub use backend::clock::{Clock, ManualClock, SystemClock};
 pub use backend::error::{Error, ErrorKind, Operation, Result};
 pub use backend::future::StateFuture;
 pub use backend::limits::Limits;
+pub use backend::maintenance::MaintenanceTask;
 pub use backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
-pub use backend::pubsub::{Message, PubSub, Subscription};
+pub use backend::pubsub::{Message, Subscription};
 pub use backend::stats::{BackendStats, LatencySummary};
-pub use backend::transaction::{Transaction, TransactionWrite, Transactional};
+pub use backend::transaction::{Transaction, TransactionWrite};
 pub use backend::{StateBackend, StateBackendExt, LIST_PAGE};
 pub use backends::memory::{MemoryBackend, MemoryBackendBuilder};
+pub use backends::null::NullBackend;
 #[cfg(feature = "postgres")]
 pub use backends::postgres::{
     PgTransaction, PoolStatus, PostgresBackend, PostgresConfig, PostgresConfigBuilder,
@@ -62,7 +66,10 @@ pub use backends::redis::{RedisBackend, RedisConfig, RedisConfigBuilder};
 #[cfg(feature = "sled")]
 pub use backends::sled::{SledBackend, SledBackendBuilder};
 pub use bytes::Bytes;
+pub use layers::metrics::Metrics;
 pub use layers::namespaced::Namespaced;
+pub use layers::retry::{Retry, RetryPolicy};
+pub use layers::timeout::Timeout;
 pub use layers::typed;
 pub use layers::typed::Typed;
 

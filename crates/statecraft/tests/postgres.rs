@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use statecraft::{
-    Bytes, ErrorKind, Limits, MemoryBackend, PostgresBackend, PostgresConfig, PubSub, StateBackend,
-    Transaction, Transactional,
+    Bytes, ErrorKind, Limits, MemoryBackend, PostgresBackend, PostgresConfig, StateBackend,
+    Transaction,
 };
 use statecraft_testkit::{
     Fixture, FixtureFuture, PostgresServer, TimeControl, FIXTURE_MAX_KEY, FIXTURE_MAX_VALUE,

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use statecraft::{
-    Bytes, ErrorKind, KeyTtl, Limits, MemoryBackend, PubSub, RedisBackend, RedisConfig,
-    StateBackend,
+    Bytes, ErrorKind, KeyTtl, Limits, MemoryBackend, RedisBackend, RedisConfig, StateBackend,
 };
 use statecraft_testkit::{
     Fixture, FixtureFuture, RedisCluster, RedisServer, TimeControl, FIXTURE_MAX_KEY,

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use statecraft::{KeyTtl, ManualClock, SledBackend, StateBackend, Transaction, Transactional};
+use statecraft::{KeyTtl, ManualClock, SledBackend, StateBackend, Transaction};
 
 const CHILD_ENV: &str = "STATECRAFT_SLED_CHILD_DB";
 const ACKED: u64 = 3_000;

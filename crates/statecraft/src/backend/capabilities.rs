@@ -1,6 +1,20 @@
 //! [`Capabilities`]: what a backend can do.
 
 /// What a backend can do, for layers and tests to branch on (never on names).
+///
+/// Every capability is reachable through [`StateBackend`](crate::StateBackend)
+/// itself: a backend without `pubsub` answers
+/// [`publish`](crate::StateBackend::publish) with an
+/// [`Unsupported`](crate::ErrorKind::Unsupported) error, and so on. Layers
+/// report what they forward, no more.
+///
+/// Built outside the crate from [`Capabilities::NONE`] and the setters:
+///
+/// ```
+/// use statecraft::Capabilities;
+/// let caps = Capabilities::NONE.with_persistent(true).with_pubsub(true);
+/// assert!(caps.persistent && caps.pubsub && !caps.transactions);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
@@ -10,9 +24,11 @@ pub struct Capabilities {
     pub distributed: bool,
     /// TTLs expire on their own, without a reader asking.
     pub native_ttl: bool,
-    /// Multi-key atomic transactions (see [`Transactional`](crate::Transactional)).
+    /// Multi-key atomic transactions
+    /// ([`transaction`](crate::StateBackend::transaction)).
     pub transactions: bool,
-    /// Publish/subscribe messaging.
+    /// Publish/subscribe messaging ([`publish`](crate::StateBackend::publish),
+    /// [`subscribe`](crate::StateBackend::subscribe)).
     pub pubsub: bool,
     /// `list_keys_page` returns keys in ascending byte order, each once.
     pub ordered_listing: bool,
@@ -20,9 +36,18 @@ pub struct Capabilities {
     pub atomic_batch: bool,
 }
 
+macro_rules! setters {
+    ($($field:ident => $setter:ident),+ $(,)?) => {$(
+        #[doc = concat!("Sets [`", stringify!($field), "`](Self::", stringify!($field), ").")]
+        pub const fn $setter(mut self, value: bool) -> Self {
+            self.$field = value;
+            self
+        }
+    )+};
+}
+
 impl Capabilities {
-    /// No capabilities; set fields with struct update syntax inside the crate
-    /// or with the builder-style setters outside it.
+    /// No capabilities; add them with the `with_…` setters.
     pub const NONE: Capabilities = Capabilities {
         persistent: false,
         distributed: false,
@@ -32,4 +57,14 @@ impl Capabilities {
         ordered_listing: false,
         atomic_batch: false,
     };
+
+    setters!(
+        persistent => with_persistent,
+        distributed => with_distributed,
+        native_ttl => with_native_ttl,
+        transactions => with_transactions,
+        pubsub => with_pubsub,
+        ordered_listing => with_ordered_listing,
+        atomic_batch => with_atomic_batch,
+    );
 }

@@ -41,6 +41,30 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order (so that `ALL[kind.index()] == kind`).
+    pub const ALL: [ErrorKind; 14] = [
+        ErrorKind::KeyTooLarge,
+        ErrorKind::ValueTooLarge,
+        ErrorKind::InvalidKey,
+        ErrorKind::NotAnInteger,
+        ErrorKind::Overflow,
+        ErrorKind::Codec,
+        ErrorKind::Config,
+        ErrorKind::InvalidArgument,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::Io,
+        ErrorKind::Corrupt,
+        ErrorKind::Unsupported,
+        ErrorKind::Backend,
+    ];
+
+    /// The position of this kind in [`ALL`](Self::ALL).
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// A short, stable, lowercase name for logs and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -146,6 +170,80 @@ impl Operation {
     }
 }
 
+impl Operation {
+    /// Every operation, in declaration order (so that `ALL[op.index()] == op`).
+    pub const ALL: [Operation; 29] = [
+        Operation::Get,
+        Operation::Put,
+        Operation::Delete,
+        Operation::Contains,
+        Operation::Ttl,
+        Operation::ListKeys,
+        Operation::Count,
+        Operation::Clear,
+        Operation::BatchGet,
+        Operation::BatchPut,
+        Operation::BatchDelete,
+        Operation::SetIfNotExists,
+        Operation::GetAndDelete,
+        Operation::CompareAndSwap,
+        Operation::Increment,
+        Operation::HealthCheck,
+        Operation::Stats,
+        Operation::Transaction,
+        Operation::Flush,
+        Operation::Open,
+        Operation::Encode,
+        Operation::Decode,
+        Operation::Checkpoint,
+        Operation::Restore,
+        Operation::Publish,
+        Operation::Subscribe,
+        Operation::Migrate,
+        Operation::Maintenance,
+        Operation::Connect,
+    ];
+
+    /// The position of this operation in [`ALL`](Self::ALL), for tables
+    /// indexed by operation.
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether running the operation twice leaves the store as running it
+    /// once and returns the same result, so that a retry after an unknown
+    /// outcome is safe. Increment, compare-and-swap, set-if-absent,
+    /// get-and-delete, transactions and publish are not.
+    pub fn is_idempotent(self) -> bool {
+        !matches!(
+            self,
+            Operation::SetIfNotExists
+                | Operation::GetAndDelete
+                | Operation::CompareAndSwap
+                | Operation::Increment
+                | Operation::Transaction
+                | Operation::Publish
+        )
+    }
+
+    /// Whether the operation only reads.
+    pub fn is_read(self) -> bool {
+        matches!(
+            self,
+            Operation::Get
+                | Operation::Contains
+                | Operation::Ttl
+                | Operation::ListKeys
+                | Operation::Count
+                | Operation::BatchGet
+                | Operation::HealthCheck
+                | Operation::Stats
+                | Operation::Subscribe
+        )
+    }
+}
+
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -170,6 +268,7 @@ pub struct Error {
 struct ErrorInner {
     kind: ErrorKind,
     temporary: bool,
+    maybe_applied: bool,
     backend: &'static str,
     operation: Option<Operation>,
     key: Option<String>,
@@ -193,6 +292,7 @@ impl Error {
             inner: Box::new(ErrorInner {
                 kind,
                 temporary: kind.default_temporary(),
+                maybe_applied: false,
                 backend: "",
                 operation: None,
                 key: None,
@@ -202,9 +302,29 @@ impl Error {
         }
     }
 
+    /// The error of an operation `backend` does not offer.
+    pub fn unsupported(backend: &'static str, operation: Operation) -> Self {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("{backend} does not support {operation}"),
+        )
+        .with_backend(backend)
+        .with_operation(operation)
+    }
+
     /// Marks whether a retry of the same operation can succeed.
     pub fn temporary(mut self, temporary: bool) -> Self {
         self.inner.temporary = temporary;
+        self
+    }
+
+    /// Marks whether the write may have been applied although it failed: its
+    /// request may have reached the store and only the reply was lost (a
+    /// timeout, a connection cut mid-request). Re-sending such a write is
+    /// safe only if the operation is idempotent
+    /// ([`Operation::is_idempotent`]).
+    pub fn maybe_applied(mut self, maybe_applied: bool) -> Self {
+        self.inner.maybe_applied = maybe_applied;
         self
     }
 
@@ -259,6 +379,22 @@ impl Error {
         self.inner.temporary
     }
 
+    /// Whether the failed operation may still have taken effect in the store
+    /// (its outcome is unknown). `false` means it certainly did not.
+    pub fn may_have_applied(&self) -> bool {
+        self.inner.maybe_applied
+    }
+
+    /// Whether re-sending the same operation can help and cannot apply it
+    /// twice: the error is temporary and either the operation certainly did
+    /// not run or running it again gives the same result. This is the rule
+    /// the retry layer follows.
+    pub fn is_retryable(&self) -> bool {
+        self.inner.temporary
+            && (!self.inner.maybe_applied
+                || self.inner.operation.is_some_and(Operation::is_idempotent))
+    }
+
     /// The backend or layer that reported the error (empty if unknown).
     pub fn backend(&self) -> &'static str {
         self.inner.backend
@@ -307,6 +443,9 @@ impl fmt::Display for Error {
         if self.inner.temporary {
             f.write_str(" [temporary]")?;
         }
+        if self.inner.maybe_applied {
+            f.write_str(" [may have been applied]")?;
+        }
         if let Some(source) = &self.inner.source {
             write!(f, ": {source}")?;
         }
@@ -319,6 +458,7 @@ impl fmt::Debug for Error {
         f.debug_struct("Error")
             .field("kind", &self.inner.kind)
             .field("temporary", &self.inner.temporary)
+            .field("maybe_applied", &self.inner.maybe_applied)
             .field("backend", &self.inner.backend)
             .field("operation", &self.inner.operation)
             .field("key", &self.inner.key)
@@ -353,5 +493,38 @@ mod tests {
             .context("memory", Operation::Get)
             .to_string();
         assert_eq!(shown, "timeout in memory get: slow [temporary]");
+    }
+
+    #[test]
+    fn every_operation_sits_at_its_index() {
+        for (position, op) in Operation::ALL.iter().enumerate() {
+            assert_eq!(op.index(), position, "{op}");
+        }
+        for (position, kind) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), position, "{kind}");
+        }
+        assert_eq!(
+            Operation::ALL.last().map(|op| op.index()),
+            Some(Operation::Connect.index())
+        );
+    }
+
+    #[test]
+    fn unknown_outcomes_are_retryable_only_for_idempotent_operations() {
+        let lost = |op| {
+            Error::new(ErrorKind::Timeout, "reply lost")
+                .maybe_applied(true)
+                .with_operation(op)
+        };
+        assert!(lost(Operation::Put).is_retryable());
+        assert!(!lost(Operation::Increment).is_retryable());
+        assert!(!lost(Operation::CompareAndSwap).is_retryable());
+        let refused =
+            Error::new(ErrorKind::Unavailable, "refused").with_operation(Operation::Increment);
+        assert!(refused.is_retryable());
+        assert!(!Error::new(ErrorKind::NotAnInteger, "n").is_retryable());
+        assert!(lost(Operation::Increment)
+            .to_string()
+            .ends_with("[may have been applied]"));
     }
 }

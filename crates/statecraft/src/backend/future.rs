@@ -42,6 +42,16 @@ impl<'a, T> StateFuture<'a, T> {
         }
     }
 
+    /// The result, if this future already holds one (no poll, no waiting);
+    /// otherwise the future itself, to be awaited.
+    #[inline]
+    pub fn into_ready(self) -> std::result::Result<Result<T>, Self> {
+        match self.inner {
+            Inner::Ready(Some(result)) => Ok(result),
+            inner => Err(StateFuture { inner }),
+        }
+    }
+
     /// Whether this future holds an already known result.
     pub fn is_ready(&self) -> bool {
         matches!(self.inner, Inner::Ready(_))

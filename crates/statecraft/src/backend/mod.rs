@@ -13,16 +13,20 @@ pub(crate) mod clock;
 pub(crate) mod error;
 pub(crate) mod future;
 pub(crate) mod limits;
+pub(crate) mod maintenance;
 pub(crate) mod options;
 pub(crate) mod pubsub;
 pub(crate) mod stats;
 pub(crate) mod transaction;
 
 use self::capabilities::Capabilities;
-use self::error::Result;
+use self::error::{Error, Operation, Result};
 use self::future::StateFuture;
+use self::maintenance::MaintenanceTask;
 use self::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
+use self::pubsub::Subscription;
 use self::stats::BackendStats;
+use self::transaction::Transaction;
 use crate::raw::counter::apply_increment;
 
 /// The asynchronous key-value contract shared by every store and layer.
@@ -246,6 +250,46 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
             }
         })
     }
+
+    /// Publishes `payload` on `channel` to the subscribers that are listening
+    /// now, in every process connected to the same store (at most once: a
+    /// subscriber that is not connected misses it).
+    ///
+    /// Backends without [`Capabilities::pubsub`] return an
+    /// [`Unsupported`](self::error::ErrorKind::Unsupported) error.
+    fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()> {
+        let _ = (channel, payload);
+        StateFuture::ready(Err(Error::unsupported(self.name(), Operation::Publish)))
+    }
+
+    /// Subscribes to `channel`; once the future resolves, every message
+    /// published on the channel is delivered, in publish order, until the
+    /// subscription ends (with an error item if its connection was lost).
+    ///
+    /// Backends without [`Capabilities::pubsub`] return an
+    /// [`Unsupported`](self::error::ErrorKind::Unsupported) error.
+    fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
+        let _ = channel;
+        StateFuture::ready(Err(Error::unsupported(self.name(), Operation::Subscribe)))
+    }
+
+    /// Applies `transaction` atomically: if every check holds, every write;
+    /// otherwise nothing, and the result is `false`.
+    ///
+    /// Backends without [`Capabilities::transactions`] return an
+    /// [`Unsupported`](self::error::ErrorKind::Unsupported) error.
+    fn transaction(&self, transaction: Transaction) -> StateFuture<'_, bool> {
+        let _ = transaction;
+        StateFuture::ready(Err(Error::unsupported(self.name(), Operation::Transaction)))
+    }
+
+    /// Runs a maintenance task now and returns how many items it affected
+    /// (see [`MaintenanceTask`]). A task the backend has no use for returns
+    /// an [`Unsupported`](self::error::ErrorKind::Unsupported) error.
+    fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> {
+        let _ = task;
+        StateFuture::ready(Err(Error::unsupported(self.name(), Operation::Maintenance)))
+    }
 }
 
 /// Conveniences over any [`StateBackend`].
@@ -342,6 +386,10 @@ macro_rules! forward_backend {
             fn increment<'a>(&'a self, key: &'a [u8], delta: i64, ttl: Option<Duration>) -> StateFuture<'a, i64> {
                 (**self).increment(key, delta, ttl)
             }
+            fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()> { (**self).publish(channel, payload) }
+            fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> { (**self).subscribe(channel) }
+            fn transaction(&self, transaction: Transaction) -> StateFuture<'_, bool> { (**self).transaction(transaction) }
+            fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> { (**self).maintain(task) }
         }
     )+};
 }
@@ -351,7 +399,6 @@ forward_backend!(Arc<T>, Box<T>, &T);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::error::Error;
 
     fn assert_object_safe(_: &dyn StateBackend) {}
 

@@ -1,5 +1,6 @@
-//! [`PubSub`]: publish/subscribe messaging, for backends whose store offers
-//! it (Redis pub/sub, PostgreSQL LISTEN/NOTIFY).
+//! The messages of publish/subscribe ([`StateBackend::publish`](crate::StateBackend::publish),
+//! [`subscribe`](crate::StateBackend::subscribe)): Redis pub/sub, PostgreSQL
+//! LISTEN/NOTIFY, in-process broadcast for memory.
 
 use std::fmt;
 use std::pin::Pin;
@@ -9,7 +10,6 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 
 use crate::backend::error::Result;
-use crate::backend::future::StateFuture;
 
 /// A message received on a [`Subscription`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +20,8 @@ pub struct Message {
     pub payload: Bytes,
 }
 
-/// The messages published on a channel after [`PubSub::subscribe`] returned.
+/// The messages published on a channel after
+/// [`subscribe`](crate::StateBackend::subscribe) returned.
 ///
 /// It is a [`Stream`]; it ends with an error item when the connection under it
 /// is lost (messages published while it was down are not delivered: pub/sub
@@ -55,14 +56,4 @@ impl Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.messages.poll_next_unpin(cx)
     }
-}
-
-/// Publish/subscribe messaging between every process connected to a store.
-pub trait PubSub: Send + Sync {
-    /// Publishes `payload` on `channel` to the current subscribers.
-    fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()>;
-
-    /// Subscribes to `channel`; once this returns, every message published on
-    /// the channel is delivered to the subscription, in publish order.
-    fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription>;
 }

@@ -1,11 +1,9 @@
-//! [`Transactional`]: multi-key writes that apply together or not at all.
+//! [`Transaction`]: multi-key writes that apply together or not at all, through
+//! [`StateBackend::transaction`](crate::StateBackend::transaction).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-
-use crate::backend::future::StateFuture;
-use crate::backend::StateBackend;
 
 /// One write of a [`Transaction`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +86,29 @@ impl Transaction {
         self
     }
 
+    /// The same transaction with every key passed through `map` (a layer
+    /// that stores keys under a prefix, say).
+    pub fn map_keys(self, mut map: impl FnMut(Bytes) -> Bytes) -> Self {
+        let checks = self
+            .checks
+            .into_iter()
+            .map(|(key, expected)| (map(key), expected))
+            .collect();
+        let writes = self
+            .writes
+            .into_iter()
+            .map(|write| match write {
+                TransactionWrite::Put { key, value, ttl } => TransactionWrite::Put {
+                    key: map(key),
+                    value,
+                    ttl,
+                },
+                TransactionWrite::Delete { key } => TransactionWrite::Delete { key: map(key) },
+            })
+            .collect();
+        Transaction { checks, writes }
+    }
+
     /// The preconditions, in order.
     pub fn checks(&self) -> &[(Bytes, Option<Bytes>)] {
         &self.checks
@@ -97,11 +118,4 @@ impl Transaction {
     pub fn writes(&self) -> &[TransactionWrite] {
         &self.writes
     }
-}
-
-/// A backend that can apply a [`Transaction`] atomically.
-pub trait Transactional: StateBackend {
-    /// Applies `transaction`; returns `false` (and writes nothing) if a check
-    /// failed.
-    fn transaction(&self, transaction: Transaction) -> StateFuture<'_, bool>;
 }

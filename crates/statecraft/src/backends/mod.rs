@@ -3,6 +3,7 @@
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) mod anchor;
 pub(crate) mod memory;
+pub(crate) mod null;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "redis")]

@@ -1,4 +1,8 @@
 //! Layers: backends that wrap another backend and are backends themselves.
 
+pub(crate) mod metrics;
 pub(crate) mod namespaced;
+pub(crate) mod operation;
+pub(crate) mod retry;
+pub(crate) mod timeout;
 pub mod typed;

@@ -3,11 +3,15 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 
 use crate::backend::capabilities::Capabilities;
 use crate::backend::future::StateFuture;
+use crate::backend::maintenance::MaintenanceTask;
 use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
+use crate::backend::pubsub::Subscription;
 use crate::backend::stats::BackendStats;
+use crate::backend::transaction::Transaction;
 use crate::backend::{StateBackend, LIST_PAGE};
 
 /// A backend whose keys all live under `prefix` in an inner backend.
@@ -15,18 +19,33 @@ use crate::backend::{StateBackend, LIST_PAGE};
 /// Keys are given and listed without the prefix; `count` and `clear` touch
 /// only the namespace. Several `Namespaced` views over one backend never see
 /// each other's keys as long as no prefix is a prefix of another.
+///
+/// Everything else the inner backend can do is forwarded: transactions have
+/// their keys prefixed, pub/sub channels are prefixed the same way (the
+/// prefix as text, or `hex:` and its hex digits when it is not UTF-8), and
+/// received messages carry the channel name without it.
 #[derive(Debug, Clone)]
 pub struct Namespaced<B> {
     inner: B,
     prefix: Bytes,
+    channel_prefix: String,
 }
 
 impl<B: StateBackend> Namespaced<B> {
     /// A view of `inner` under `prefix` (for example `"sessions:"`).
     pub fn new(inner: B, prefix: impl Into<Bytes>) -> Self {
+        let prefix: Bytes = prefix.into();
+        let channel_prefix = match std::str::from_utf8(&prefix) {
+            Ok(text) => text.to_owned(),
+            Err(_) => {
+                let hex: String = prefix.iter().map(|b| format!("{b:02x}")).collect();
+                format!("hex:{hex}:")
+            }
+        };
         Namespaced {
             inner,
-            prefix: prefix.into(),
+            prefix,
+            channel_prefix,
         }
     }
 
@@ -50,6 +69,10 @@ impl<B: StateBackend> Namespaced<B> {
         full.extend_from_slice(&self.prefix);
         full.extend_from_slice(key);
         full.freeze()
+    }
+
+    fn full_channel(&self, channel: &str) -> String {
+        format!("{}{channel}", self.channel_prefix)
     }
 
     fn strip(&self, key: Bytes) -> Bytes {
@@ -249,5 +272,35 @@ impl<B: StateBackend> StateBackend for Namespaced<B> {
 
     fn stats(&self) -> StateFuture<'_, BackendStats> {
         self.inner.stats()
+    }
+
+    fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()> {
+        StateFuture::new(async move {
+            self.inner
+                .publish(&self.full_channel(channel), payload)
+                .await
+        })
+    }
+
+    fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
+        StateFuture::new(async move {
+            let subscription = self.inner.subscribe(&self.full_channel(channel)).await?;
+            let skip = self.channel_prefix.len();
+            Ok(Subscription::new(subscription.map(move |message| {
+                message.map(|mut message| {
+                    message.channel = message.channel.get(skip..).unwrap_or_default().to_owned();
+                    message
+                })
+            })))
+        })
+    }
+
+    fn transaction(&self, transaction: Transaction) -> StateFuture<'_, bool> {
+        let transaction = transaction.map_keys(|key| self.full_key(&key));
+        self.inner.transaction(transaction)
+    }
+
+    fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> {
+        self.inner.maintain(task)
     }
 }

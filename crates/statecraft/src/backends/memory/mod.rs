@@ -13,13 +13,20 @@ use crate::backend::clock::{expiry_after, Clock, SystemClock};
 use crate::backend::error::{Error, ErrorKind, Operation, Result};
 use crate::backend::future::StateFuture;
 use crate::backend::limits::Limits;
+use crate::backend::maintenance::MaintenanceTask;
 use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
+use crate::backend::pubsub::Subscription;
 use crate::backend::stats::BackendStats;
 use crate::backend::StateBackend;
 use crate::raw::counter::apply_increment;
 use crate::raw::recorder::StatsRecorder;
 
+mod pubsub;
+
+use self::pubsub::Hub;
+
 const NAME: &str = "memory";
+const DEFAULT_PUBSUB_CAPACITY: usize = 4096;
 
 /// The hasher of the map: fast on short keys and randomly seeded per map.
 pub type MemoryHasher = foldhash::fast::RandomState;
@@ -62,10 +69,13 @@ impl Entry {
 /// assert_eq!(backend.get(b"greeting").await?.as_deref(), Some(&b"hello"[..]));
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
+///
+/// Clones share the same entries and the same in-process pub/sub: a message
+/// published through one clone reaches the subscribers of every clone.
+#[derive(Debug, Clone)]
 pub struct MemoryBackend {
     inner: Arc<Inner>,
-    _sweeper: Option<mpsc::Sender<()>>,
+    _sweeper: Option<Arc<mpsc::Sender<()>>>,
 }
 
 #[derive(Debug)]
@@ -75,6 +85,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     limits: Limits,
     stats: StatsRecorder,
+    hub: Hub,
 }
 
 /// Configures a [`MemoryBackend`].
@@ -86,6 +97,7 @@ pub struct MemoryBackendBuilder {
     sweep_interval: Option<Duration>,
     clock: Arc<dyn Clock>,
     limits: Limits,
+    pubsub_capacity: usize,
 }
 
 impl Default for MemoryBackendBuilder {
@@ -97,6 +109,7 @@ impl Default for MemoryBackendBuilder {
             sweep_interval: Some(Duration::from_secs(1)),
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
+            pubsub_capacity: DEFAULT_PUBSUB_CAPACITY,
         }
     }
 }
@@ -140,6 +153,14 @@ impl MemoryBackendBuilder {
         self
     }
 
+    /// How many published messages a subscription may hold undelivered
+    /// (default 4,096). A subscriber that falls further behind has its
+    /// subscription ended with an error item, as a lost connection would.
+    pub fn pubsub_capacity(mut self, capacity: usize) -> Self {
+        self.pubsub_capacity = capacity;
+        self
+    }
+
     /// Builds the backend and starts its sweeper thread, if any.
     pub fn build(self) -> MemoryBackend {
         let map = DashMap::with_capacity_and_hasher_and_shard_amount(
@@ -153,6 +174,7 @@ impl MemoryBackendBuilder {
             clock: self.clock,
             limits: self.limits,
             stats: StatsRecorder::new(),
+            hub: Hub::new(self.pubsub_capacity),
         });
         let sweeper = self.sweep_interval.and_then(|interval| {
             crate::backends::sweeper::spawn(
@@ -166,7 +188,7 @@ impl MemoryBackendBuilder {
         });
         MemoryBackend {
             inner,
-            _sweeper: sweeper,
+            _sweeper: sweeper.map(Arc::new),
         }
     }
 }
@@ -408,11 +430,10 @@ impl StateBackend for MemoryBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            native_ttl: true,
-            ordered_listing: true,
-            ..Capabilities::NONE
-        }
+        Capabilities::NONE
+            .with_native_ttl(true)
+            .with_ordered_listing(true)
+            .with_pubsub(true)
     }
 
     #[inline]
@@ -588,5 +609,20 @@ impl StateBackend for MemoryBackend {
             .details
             .insert("entries".into(), self.inner.map.len() as u64);
         StateFuture::ready(Ok(stats))
+    }
+
+    fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()> {
+        StateFuture::ready(self.inner.hub.publish(channel, payload).map(drop))
+    }
+
+    fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
+        StateFuture::ready(self.inner.hub.subscribe(channel))
+    }
+
+    fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> {
+        StateFuture::ready(match task {
+            MaintenanceTask::PurgeExpired => Ok(self.inner.sweep() as u64),
+            _ => Err(Error::unsupported(NAME, Operation::Maintenance)),
+        })
     }
 }

@@ -1,0 +1,174 @@
+//! The shared state behind a [`RedisBackend`](super::RedisBackend): the
+//! connection pool, statistics, and the retrying round-trip loop.
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{RedisError, Script};
+
+use crate::backend::error::{Error, ErrorKind, Operation, Result};
+use crate::raw::recorder::StatsRecorder;
+
+use super::config::RedisConfig;
+use super::connection::{Conn, Pooled, SingleConn};
+use super::errors::{not_executed, Idempotent};
+
+/// The TTL argument of a write, in whole milliseconds rounded up (never 0,
+/// which would mean "no TTL").
+pub(super) fn ttl_millis(ttl: Option<Duration>) -> Option<u64> {
+    ttl.map(|ttl| {
+        u64::try_from(ttl.as_nanos().div_ceil(1_000_000).max(1))
+            .unwrap_or(MAX_TTL_MS)
+            .min(MAX_TTL_MS)
+    })
+}
+
+/// The longest TTL written: 100 years (Redis rejects an expiry that
+/// overflows its millisecond clock); longer ones are cut to it.
+const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+pub(super) struct Inner {
+    pub(super) name: &'static str,
+    pub(super) conns: Vec<Pooled>,
+    pub(super) next_conn: AtomicUsize,
+    /// A client for dedicated pub/sub connections.
+    /// Clients for dedicated pub/sub connections: the server, or each
+    /// Cluster seed node in turn.
+    pub(super) pubsub_clients: Vec<redis::Client>,
+    pub(super) config: RedisConfig,
+    pub(super) stats: StatsRecorder,
+    pub(super) retries: AtomicU64,
+    pub(super) timeouts: AtomicU64,
+    pub(super) cas: Script,
+    pub(super) increment: Script,
+    pub(super) jitter: std::collections::hash_map::RandomState,
+    pub(super) jitter_seq: AtomicU64,
+}
+
+impl Inner {
+    fn conn(&self) -> (Conn, Option<&Arc<SingleConn>>) {
+        let at = match self.conns.len() {
+            1 => 0,
+            n => self.next_conn.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        match &self.conns[at] {
+            Pooled::Single(single) => (Conn::Single(single.get()), Some(single)),
+            Pooled::Cluster(cluster) => (Conn::Cluster(cluster.clone()), None),
+        }
+    }
+
+    /// Counts `work` in the statistics as a write.
+    pub(super) async fn counted_write<T>(
+        &self,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let timer = self.stats.start();
+        let result = work.await;
+        self.stats.write(timer, result)
+    }
+
+    /// Counts `work` in the statistics as a hit or a miss.
+    pub(super) async fn counted_read<T>(
+        &self,
+        work: impl Future<Output = Result<Option<T>>>,
+    ) -> Result<Option<T>> {
+        let timer = self.stats.start();
+        let result = work.await;
+        self.stats.read(timer, result)
+    }
+
+    pub(super) fn full_key(&self, key: &[u8]) -> Vec<u8> {
+        let mut full = Vec::with_capacity(self.config.key_prefix.len() + key.len());
+        full.extend_from_slice(&self.config.key_prefix);
+        full.extend_from_slice(key);
+        full
+    }
+
+    pub(super) fn ttl_or_default(&self, ttl: Option<Duration>) -> Option<u64> {
+        ttl_millis(ttl.or(self.config.default_ttl))
+    }
+
+    /// A random backoff for retry `attempt` (0-based): up to
+    /// `min(max, base × 2^attempt)`.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .config
+            .retry_base
+            .saturating_mul(1u32.checked_shl(attempt).unwrap_or(u32::MAX))
+            .min(self.config.retry_max);
+        let mut hasher = self.jitter.build_hasher();
+        hasher.write_u64(self.jitter_seq.fetch_add(1, Ordering::Relaxed));
+        let fraction = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
+        ceiling.mul_f64(fraction)
+    }
+
+    /// Runs `attempt` with the round-trip deadline, retrying temporary
+    /// failures as [`Idempotent`] allows, and adds the error context.
+    pub(super) async fn run<T, F, Fut>(
+        &self,
+        op: Operation,
+        key: Option<&[u8]>,
+        idempotent: Idempotent,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Error>>,
+    {
+        let mut tries = 0u32;
+        loop {
+            let (conn, single) = self.conn();
+            // A single server's connection enforces the response timeout on
+            // every request itself (and never waits for a reconnect), so a
+            // second timer is only needed for the Cluster client, whose
+            // internal retries and slot refreshes could run longer.
+            let outcome = if single.is_some() {
+                attempt(conn).await
+            } else {
+                match tokio::time::timeout(self.config.response_timeout, attempt(conn)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "no answer within the response timeout of {:?}",
+                            self.config.response_timeout
+                        ),
+                    )),
+                }
+            };
+            if outcome
+                .as_ref()
+                .is_err_and(|err| err.kind() == ErrorKind::Timeout)
+            {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            let err = match outcome {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            let cause = std::error::Error::source(&err)
+                .and_then(|source| source.downcast_ref::<RedisError>());
+            if let (Some(single), Some(cause)) = (single, cause) {
+                single.on_error(cause);
+            }
+            let never_sent =
+                err.kind() == ErrorKind::Unavailable && cause.is_some_and(not_executed);
+            let retry = err.is_temporary()
+                && tries < self.config.max_retries
+                && (idempotent == Idempotent::Yes || never_sent);
+            if !retry {
+                let err = err.context(self.name, op);
+                return Err(match key {
+                    Some(key) => err.with_key(key),
+                    None => err,
+                });
+            }
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(self.backoff(tries)).await;
+            tries += 1;
+        }
+    }
+}
