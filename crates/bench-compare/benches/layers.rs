@@ -30,9 +30,10 @@ fn get(c: &mut Criterion) {
     let bare: Arc<dyn StateBackend> = memory(&keys);
     let noop: Arc<dyn StateBackend> = Arc::new(Metrics::new(memory(&keys), "bench"));
     let recorder = PrometheusBuilder::new().build_recorder();
-    let prometheus: Arc<dyn StateBackend> = Arc::new(metrics::with_local_recorder(&recorder, || {
-        Metrics::new(memory(&keys), "bench")
-    }));
+    let prometheus: Arc<dyn StateBackend> =
+        Arc::new(metrics::with_local_recorder(&recorder, || {
+            Metrics::new(memory(&keys), "bench")
+        }));
     let resilient: Arc<dyn StateBackend> = Arc::new(Retry::new(
         Timeout::new(memory(&keys), Duration::from_millis(100)),
         RetryPolicy::new(),
@@ -54,7 +55,10 @@ fn get(c: &mut Criterion) {
     group.finish();
     // The recorder saw every operation of the Prometheus case.
     let rendered = recorder.handle().render();
-    assert!(rendered.contains("statecraft_operations_total"), "{rendered}");
+    assert!(
+        rendered.contains("statecraft_operations_total"),
+        "{rendered}"
+    );
 }
 
 criterion_group!(benches, get);
