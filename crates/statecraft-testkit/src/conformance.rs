@@ -1,5 +1,5 @@
 //! The conformance cases: each checks one part of the
-//! [`StateBackend`](statecraft::StateBackend) contract and panics with a
+//! [`StateBackend`] contract and panics with a
 //! message naming the backend when the backend breaks it.
 
 use std::collections::BTreeSet;

@@ -218,8 +218,8 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     ///
     /// Values are decimal ASCII (`b"42"`, as Redis stores them). A missing key
     /// counts as 0 and is created with `ttl`; an existing key keeps its TTL.
-    /// A value that is not an integer is an [`ErrorKind::NotAnInteger`] error
-    /// and an overflow is [`ErrorKind::Overflow`]; neither writes anything.
+    /// A value that is not an integer is an [`ErrorKind::NotAnInteger`](crate::ErrorKind::NotAnInteger) error
+    /// and an overflow is [`ErrorKind::Overflow`](crate::ErrorKind::Overflow); neither writes anything.
     fn increment<'a>(
         &'a self,
         key: &'a [u8],

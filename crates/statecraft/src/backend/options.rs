@@ -45,7 +45,7 @@ impl PutOptions {
     }
 }
 
-/// What [`StateBackend::ttl`] found for a key.
+/// What [`StateBackend::ttl`](crate::StateBackend::ttl) found for a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyTtl {
     /// No such key (or it has expired).
@@ -56,7 +56,7 @@ pub enum KeyTtl {
     ExpiresIn(Duration),
 }
 
-/// One page of a key listing; see [`StateBackend::list_keys_page`].
+/// One page of a key listing; see [`StateBackend::list_keys_page`](crate::StateBackend::list_keys_page).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyPage {
     /// The keys of this page.
@@ -65,7 +65,7 @@ pub struct KeyPage {
     pub next: Option<Bytes>,
 }
 
-/// The outcome of [`StateBackend::compare_and_swap`].
+/// The outcome of [`StateBackend::compare_and_swap`](crate::StateBackend::compare_and_swap).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CasOutcome {
     /// The stored value was the expected one and has been replaced.
@@ -81,7 +81,7 @@ impl CasOutcome {
     }
 }
 
-/// The result of a successful [`StateBackend::health_check`].
+/// The result of a successful [`StateBackend::health_check`](crate::StateBackend::health_check).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HealthReport {

@@ -17,7 +17,7 @@ pub struct BackendStats {
     pub writes: u64,
     /// Operations that returned an error.
     pub errors: u64,
-    /// Latency of a sample of the operations (one in [`SAMPLE_EVERY`]).
+    /// Latency of a sample of the operations (one in [`SAMPLE_EVERY`](crate::raw::SAMPLE_EVERY)).
     pub latency: LatencySummary,
     /// Backend-specific figures, such as `size_on_disk_bytes` or `entries`.
     pub details: BTreeMap<String, u64>,

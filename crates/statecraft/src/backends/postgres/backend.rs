@@ -28,7 +28,9 @@ use super::pool::Inner;
 use super::sql::{cas_outcome, last_write_wins, millis, prefix_end, value_of, Sql};
 use super::NAME;
 
-/// A [`StateBackend`] over a PostgreSQL table; see the [module docs](super).
+/// A [`StateBackend`] over a PostgreSQL table: TTLs in an `expires_at`
+/// column set from the server's clock, single-statement atomic operations,
+/// migrations under an advisory lock, LISTEN/NOTIFY pub/sub.
 ///
 /// ```no_run
 /// # async fn demo() -> statecraft::Result<()> {

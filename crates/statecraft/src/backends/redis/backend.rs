@@ -20,8 +20,10 @@ use super::inner::Inner;
 use super::scripts::{CAS_SCRIPT, INCREMENT_SCRIPT};
 use super::{CLUSTER_NAME, NAME};
 
-/// A [`StateBackend`] over Redis or a Redis Cluster; see the
-/// [module docs](super).
+/// A [`StateBackend`] over Redis or a Redis Cluster: every operation one
+/// round trip, scripts called by SHA, `SCAN` (never `KEYS`) under an escaped
+/// prefix, reconnecting multiplexed connections, retries only where the
+/// request certainly did not run.
 ///
 /// ```no_run
 /// # async fn demo() -> statecraft::Result<()> {
