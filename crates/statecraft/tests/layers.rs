@@ -40,11 +40,12 @@ impl Flaky {
         self.calls.load(Ordering::SeqCst)
     }
 
-    /// Fails (asynchronously, as a remote store would) while failures remain.
+    /// Fails (asynchronously, as a remote store would) while failures
+    /// remain; only a call that does not fail reaches the inner store.
     fn gate<'a, T: Send + 'a>(
         &'a self,
         op: Operation,
-        then: StateFuture<'a, T>,
+        then: impl FnOnce() -> StateFuture<'a, T> + Send + 'a,
     ) -> StateFuture<'a, T> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let fail = n < self.failures;
@@ -57,7 +58,7 @@ impl Flaky {
             if fail {
                 return Err((self.error)(op));
             }
-            then.await
+            then().await
         })
     }
 }
@@ -70,10 +71,10 @@ impl StateBackend for Flaky {
         self.inner.capabilities()
     }
     fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
-        self.gate(Operation::Get, self.inner.get(key))
+        self.gate(Operation::Get, move || self.inner.get(key))
     }
     fn put_with<'a>(&'a self, key: &'a [u8], value: Bytes, o: PutOptions) -> StateFuture<'a, ()> {
-        self.gate(Operation::Put, self.inner.put_with(key, value, o))
+        self.gate(Operation::Put, move || self.inner.put_with(key, value, o))
     }
     fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
         self.inner.delete(key)
@@ -107,7 +108,9 @@ impl StateBackend for Flaky {
         delta: i64,
         ttl: Option<Duration>,
     ) -> StateFuture<'a, i64> {
-        self.gate(Operation::Increment, self.inner.increment(key, delta, ttl))
+        self.gate(Operation::Increment, move || {
+            self.inner.increment(key, delta, ttl)
+        })
     }
     fn health_check(&self) -> StateFuture<'_, HealthReport> {
         self.inner.health_check()
@@ -171,6 +174,15 @@ async fn retry_never_resends_a_write_that_may_have_been_applied_unless_idempoten
         .await
         .expect("a put is idempotent");
     assert_eq!(store.get_ref().calls(), 2);
+
+    // Refused before it ran: retried, and applied exactly once.
+    let store = Retry::new(Flaky::new(2, refused), policy());
+    assert_eq!(store.increment(b"n", 1, None).await.ok(), Some(1));
+    assert_eq!(store.get_ref().calls(), 3);
+    assert_eq!(
+        store.get_ref().inner.get(b"n").await.ok().flatten(),
+        Some(Bytes::from("1"))
+    );
 }
 
 #[tokio::test(start_paused = true)]

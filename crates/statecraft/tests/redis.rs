@@ -454,9 +454,16 @@ mod faults {
         let started = Instant::now();
         let err = backend.get(b"k").await.expect_err("no answer while frozen");
         let took = started.elapsed();
+        // The increment reached the frozen server and runs when it resumes:
+        // its error must say so, so that no retry layer sends it again.
+        let lost = backend
+            .increment(b"n", 1, None)
+            .await
+            .expect_err("no answer while frozen");
         server.resume();
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-        assert!(err.is_temporary());
+        assert!(err.is_temporary() && !err.may_have_applied(), "{err}");
+        assert!(lost.may_have_applied() && !lost.is_retryable(), "{lost}");
         assert!(took < BOUND, "timing out took {took:?}");
         assert!(
             took >= Duration::from_millis(300),

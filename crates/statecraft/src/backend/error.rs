@@ -214,11 +214,15 @@ impl Operation {
     /// Whether running the operation twice leaves the store as running it
     /// once and returns the same result, so that a retry after an unknown
     /// outcome is safe. Increment, compare-and-swap, set-if-absent,
-    /// get-and-delete, transactions and publish are not.
+    /// get-and-delete, delete (a second delete reports that nothing was
+    /// there), transactions, publish and maintenance are not.
     pub fn is_idempotent(self) -> bool {
         !matches!(
             self,
-            Operation::SetIfNotExists
+            Operation::Delete
+                | Operation::BatchDelete
+                | Operation::Maintenance
+                | Operation::SetIfNotExists
                 | Operation::GetAndDelete
                 | Operation::CompareAndSwap
                 | Operation::Increment

@@ -16,6 +16,27 @@ use crate::backend::error::Result;
 ///
 /// Build one with [`StateFuture::ready`] when the result is known without
 /// waiting, or [`StateFuture::new`] around an `async` block otherwise.
+///
+/// # Cancellation
+///
+/// Dropping a `StateFuture` before it completes (a timeout, a `select!`) is
+/// allowed everywhere and never corrupts a store, but what it leaves behind
+/// differs:
+///
+/// - **memory, null, sled**: the operation runs when the method is called
+///   and the future is already complete ([`is_ready`](Self::is_ready)), so
+///   there is nothing left to cancel — it happened, whether or not the
+///   future is polled. (sled's `maintain(Flush)` is the exception: it is
+///   done only if the future completes.)
+/// - **Redis**: once the request is written to the connection the server
+///   runs it; dropping the future only drops the reply. A write cancelled
+///   mid-flight may have been applied.
+/// - **PostgreSQL**: the connection running the statement is closed (never
+///   returned to the pool); the server may still finish the statement.
+///   Inside a `transaction` nothing is committed unless the commit ran.
+/// - **layers** (`Namespaced`, `Retry`, `Timeout`, `Metrics`) add no state
+///   of their own: cancelling them cancels the inner call, as above. A
+///   cancelled `Retry` sends no further attempt.
 #[must_use = "futures do nothing unless awaited"]
 pub struct StateFuture<'a, T> {
     inner: Inner<'a, T>,

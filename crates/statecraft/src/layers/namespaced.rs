@@ -285,10 +285,12 @@ impl<B: StateBackend> StateBackend for Namespaced<B> {
     fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
         StateFuture::new(async move {
             let subscription = self.inner.subscribe(&self.full_channel(channel)).await?;
-            let skip = self.channel_prefix.len();
+            let prefix = self.channel_prefix.clone();
             Ok(Subscription::new(subscription.map(move |message| {
                 message.map(|mut message| {
-                    message.channel = message.channel.get(skip..).unwrap_or_default().to_owned();
+                    if let Some(bare) = message.channel.strip_prefix(&prefix) {
+                        message.channel = bare.to_owned();
+                    }
                     message
                 })
             })))

@@ -148,8 +148,14 @@ impl<B: crate::backend::StateBackend> Retry<B> {
 
     /// Whether to wait and try again after attempt `attempt` (1-based)
     /// failed with `err`, `elapsed` after the first attempt started.
-    fn next_wait(&self, err: &Error, attempt: u32, elapsed: Duration) -> Option<Duration> {
-        if !err.is_retryable() || attempt >= self.policy.max_attempts {
+    fn next_wait(
+        &self,
+        err: &Error,
+        operation: Operation,
+        attempt: u32,
+        elapsed: Duration,
+    ) -> Option<Duration> {
+        if !retryable(err, operation) || attempt >= self.policy.max_attempts {
             return None;
         }
         let wait = self.jitter.below(self.policy.backoff_cap(attempt - 1));
@@ -176,7 +182,9 @@ impl<B: crate::backend::StateBackend> OperationLayer for Retry<B> {
         // goes back without boxing a retry loop.
         let first = match call().into_ready() {
             Ok(Ok(value)) => return StateFuture::ready(Ok(value)),
-            Ok(Err(err)) if !err.is_retryable() => return StateFuture::ready(Err(err)),
+            Ok(Err(err)) if !retryable(&err, operation) => {
+                return StateFuture::ready(Err(err.context(self.inner.name(), operation)))
+            }
             Ok(Err(err)) => StateFuture::ready(Err(err)),
             Err(pending) => pending,
         };
@@ -189,7 +197,7 @@ impl<B: crate::backend::StateBackend> OperationLayer for Retry<B> {
                     Ok(value) => return Ok(value),
                     Err(err) => err.context(self.inner.name(), operation),
                 };
-                let Some(wait) = self.next_wait(&err, attempt, started.elapsed()) else {
+                let Some(wait) = self.next_wait(&err, operation, attempt, started.elapsed()) else {
                     return Err(err);
                 };
                 tracing::debug!(
@@ -209,6 +217,12 @@ impl<B: crate::backend::StateBackend> OperationLayer for Retry<B> {
 }
 
 operation_layer!(Retry);
+
+/// [`Error::is_retryable`], judged by the operation this layer would send
+/// again (not by whatever inner step the error names).
+fn retryable(err: &Error, operation: Operation) -> bool {
+    err.is_temporary() && (!err.may_have_applied() || operation.is_idempotent())
+}
 
 /// A small, lock-free source of jitter (splitmix64 over a counter).
 #[derive(Debug)]

@@ -64,7 +64,9 @@ impl Hub {
                 return false;
             };
             let mut state = lock(&queue.state);
-            if state.messages.len() < self.capacity {
+            // Once a message was dropped, nothing more is queued: the
+            // subscriber sees the messages before the gap, then the error.
+            if !state.lagged && state.messages.len() < self.capacity {
                 state.messages.push_back(Message {
                     channel: channel.to_owned(),
                     payload: payload.clone(),
@@ -186,6 +188,8 @@ mod tests {
             hub.publish("c", Bytes::from(n.to_string())).unwrap();
         }
         assert!(matches!(next_now(&mut sub), Some(Some(Ok(_)))));
+        // Room again, but after a gap nothing more is queued.
+        assert_eq!(hub.publish("c", "late".into()).unwrap(), 0);
         assert!(matches!(next_now(&mut sub), Some(Some(Ok(_)))));
         let err = next_now(&mut sub).flatten().and_then(|r| r.err());
         assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::Unavailable));

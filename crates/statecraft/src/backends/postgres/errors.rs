@@ -3,7 +3,7 @@
 use deadpool_postgres::PoolError;
 use tokio_postgres::error::SqlState;
 
-use crate::backend::error::{Error, ErrorKind};
+use crate::backend::error::{Error, ErrorKind, Operation};
 
 /// A PostgreSQL error, classified: lost connections, shutdowns and
 /// serialization failures are temporary.
@@ -39,8 +39,10 @@ pub(super) fn pg_error(err: tokio_postgres::Error) -> Error {
         .with_source(err)
 }
 
+/// A failure to get a connection: the statement was never sent, which the
+/// operation `Connect` records (so it is not marked as maybe applied).
 pub(super) fn pool_error(err: PoolError) -> Error {
-    match err {
+    let error = match err {
         PoolError::Timeout(_) => Error::new(
             ErrorKind::Timeout,
             "no pooled PostgreSQL connection became free in time",
@@ -57,7 +59,8 @@ pub(super) fn pool_error(err: PoolError) -> Error {
         other => {
             Error::new(ErrorKind::Unavailable, "the connection pool failed").with_source(other)
         }
-    }
+    };
+    error.with_operation(Operation::Connect)
 }
 
 pub(super) fn corrupt(err: tokio_postgres::Error) -> Error {

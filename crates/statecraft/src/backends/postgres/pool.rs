@@ -166,7 +166,14 @@ impl Inner {
             )),
         };
         result.map_err(|err| {
-            let err = err.context(NAME, op);
+            // A write that failed after its statement may have reached the
+            // server (a timeout, a lost connection) has an unknown outcome;
+            // one that never got a connection, or that the server rolled
+            // back (serialization failure, deadlock), certainly did not run.
+            let maybe_applied = !op.is_read()
+                && err.operation() != Some(Operation::Connect)
+                && matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable);
+            let err = err.context(NAME, op).maybe_applied(maybe_applied);
             match key {
                 Some(key) => err.with_key(key),
                 None => err,

@@ -160,7 +160,10 @@ impl Inner {
                 && tries < self.config.max_retries
                 && (idempotent == Idempotent::Yes || never_sent);
             if !retry {
-                let err = err.context(self.name, op);
+                // A write whose request may have reached the server says so,
+                // so that no layer above sends it again unless idempotent.
+                let maybe_applied = err.is_temporary() && !never_sent && !op.is_read();
+                let err = err.context(self.name, op).maybe_applied(maybe_applied);
                 return Err(match key {
                     Some(key) => err.with_key(key),
                     None => err,
