@@ -61,5 +61,64 @@ fn get(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, get);
+/// The same four cases interleaved in rounds (the order rotating each
+/// round), printing each case's median time and its median per-round ratio
+/// to the bare get: on a noisy machine this is the figure to quote.
+fn interleaved(_: &mut Criterion) {
+    const ROUNDS: usize = 21;
+    const OPS: usize = 200_000;
+    let keys = keys(KEYS);
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let cases: Vec<(&str, Arc<dyn StateBackend>)> = vec![
+        ("memory", memory(&keys)),
+        (
+            "metrics_no_recorder",
+            Arc::new(Metrics::new(memory(&keys), "bench")),
+        ),
+        (
+            "metrics_prometheus",
+            Arc::new(metrics::with_local_recorder(&recorder, || {
+                Metrics::new(memory(&keys), "bench")
+            })),
+        ),
+        (
+            "retry_timeout",
+            Arc::new(Retry::new(
+                Timeout::new(memory(&keys), Duration::from_millis(100)),
+                RetryPolicy::new(),
+            )),
+        ),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut picker = Picker::new(3);
+    for round in 0..ROUNDS {
+        for step in 0..cases.len() {
+            let index = (round + step) % cases.len();
+            let backend = &cases[index].1;
+            let started = std::time::Instant::now();
+            for _ in 0..OPS {
+                black_box(now(backend.get(&keys[picker.next(KEYS)])).ok());
+            }
+            times[index].push(started.elapsed().as_nanos() as f64 / OPS as f64);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (index, (name, _)) in cases.iter().enumerate() {
+        let ratios = times[index]
+            .iter()
+            .zip(&times[0])
+            .map(|(t, base)| t / base)
+            .collect();
+        println!(
+            "interleaved get/{name:<22} {:>7.1} ns/op   ratio to memory {:.3}",
+            median(times[index].clone()),
+            median(ratios)
+        );
+    }
+}
+
+criterion_group!(benches, get, interleaved);
 criterion_main!(benches);
