@@ -9,7 +9,7 @@ use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use dashmap::DashMap;
 use statecraft::raw::MemoryHasher;
-use statecraft::{MemoryBackend, StateBackend};
+use statecraft::{MemoryBackend, PutOptions, StateBackend};
 
 const KEYS: usize = 10_000;
 
@@ -68,7 +68,7 @@ fn point_ops(c: &mut Criterion) {
     group.bench_function("increment/statecraft_dyn", |b| {
         b.iter(|| {
             let key = &keys[picker.next(100)];
-            black_box(now(backend.increment(&key[..], 1, None)).ok())
+            black_box(now(backend.increment(&key[..], 1, PutOptions::new())).ok())
         })
     });
     group.throughput(Throughput::Elements(100));

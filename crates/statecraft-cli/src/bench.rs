@@ -339,7 +339,7 @@ async fn run_task(
                     .await
             }
             BenchOp::Increment => backend
-                .increment(&counters[picker.next(counters.len())], 1, None)
+                .increment(&counters[picker.next(counters.len())], 1, PutOptions::new())
                 .await
                 .map(drop),
             BenchOp::BatchGet => {

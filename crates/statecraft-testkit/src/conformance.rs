@@ -260,7 +260,7 @@ pub async fn ttl_expires(f: &Fixture) {
     let cas = ok(
         f,
         "cas on expired",
-        s.compare_and_swap(b"u", Some(b"v"), Some(b(b"w")), None)
+        s.compare_and_swap(b"u", Some(b"v"), Some(b(b"w")), PutOptions::new())
             .await,
     );
     assert_eq!(
@@ -309,15 +309,15 @@ pub async fn set_if_not_exists_only_once(f: &Fixture) {
     assert!(ok(
         f,
         "first",
-        s.set_if_not_exists(b"n", b(b"1"), None).await
+        s.set_if_not_exists(b"n", b(b"1"), PutOptions::new()).await
     ));
     assert!(!ok(
         f,
         "second",
-        s.set_if_not_exists(b"n", b(b"2"), None).await
+        s.set_if_not_exists(b"n", b(b"2"), PutOptions::new()).await
     ));
     assert_eq!(ok(f, "get", s.get(b"n").await), Some(b(b"1")));
-    let ttl = Some(Duration::from_millis(500));
+    let ttl = PutOptions::new().ttl(Duration::from_millis(500));
     assert!(ok(
         f,
         "with ttl",
@@ -331,7 +331,7 @@ pub async fn set_if_not_exists_only_once(f: &Fixture) {
     assert!(ok(
         f,
         "after expiry",
-        s.set_if_not_exists(b"l", b(b"b"), None).await
+        s.set_if_not_exists(b"l", b(b"b"), PutOptions::new()).await
     ));
     assert_eq!(ok(f, "get", s.get(b"l").await), Some(b(b"b")));
 }
@@ -349,7 +349,12 @@ pub async fn get_and_delete_takes_value(f: &Fixture) {
 pub async fn compare_and_swap_contract(f: &Fixture) {
     let s = &*f.backend;
     let cas = |expected: Option<&'static [u8]>, new: Option<&'static [u8]>| {
-        s.compare_and_swap(b"c", expected, new.map(Bytes::from_static), None)
+        s.compare_and_swap(
+            b"c",
+            expected,
+            new.map(Bytes::from_static),
+            PutOptions::new(),
+        )
     };
     assert_eq!(
         ok(
@@ -402,7 +407,7 @@ pub async fn compare_and_swap_contract(f: &Fixture) {
 /// A value written by compare-and-swap with a TTL expires.
 pub async fn compare_and_swap_with_ttl(f: &Fixture) {
     let s = &*f.backend;
-    let ttl = Some(Duration::from_millis(500));
+    let ttl = PutOptions::new().ttl(Duration::from_millis(500));
     let swapped = ok(
         f,
         "cas",
@@ -418,7 +423,8 @@ pub async fn compare_and_swap_with_ttl(f: &Fixture) {
     let again = ok(
         f,
         "cas after expiry",
-        s.compare_and_swap(b"c", None, Some(b(b"w")), None).await,
+        s.compare_and_swap(b"c", None, Some(b(b"w")), PutOptions::new())
+            .await,
     );
     assert_eq!(again, CasOutcome::Swapped);
 }
@@ -426,27 +432,50 @@ pub async fn compare_and_swap_with_ttl(f: &Fixture) {
 /// Increment counts from zero, stores decimal ASCII, and accepts negatives.
 pub async fn increment_contract(f: &Fixture) {
     let s = &*f.backend;
-    assert_eq!(ok(f, "first", s.increment(b"i", 5, None).await), 5);
-    assert_eq!(ok(f, "second", s.increment(b"i", 3, None).await), 8);
-    assert_eq!(ok(f, "negative", s.increment(b"i", -10, None).await), -2);
-    assert_eq!(ok(f, "zero", s.increment(b"i", 0, None).await), -2);
+    assert_eq!(
+        ok(f, "first", s.increment(b"i", 5, PutOptions::new()).await),
+        5
+    );
+    assert_eq!(
+        ok(f, "second", s.increment(b"i", 3, PutOptions::new()).await),
+        8
+    );
+    assert_eq!(
+        ok(
+            f,
+            "negative",
+            s.increment(b"i", -10, PutOptions::new()).await
+        ),
+        -2
+    );
+    assert_eq!(
+        ok(f, "zero", s.increment(b"i", 0, PutOptions::new()).await),
+        -2
+    );
     assert_eq!(ok(f, "get", s.get(b"i").await), Some(b(b"-2")));
     ok(f, "put", s.put(b"j", b(b"41")).await);
-    assert_eq!(ok(f, "on stored", s.increment(b"j", 1, None).await), 42);
+    assert_eq!(
+        ok(
+            f,
+            "on stored",
+            s.increment(b"j", 1, PutOptions::new()).await
+        ),
+        42
+    );
 }
 
 /// The TTL given to increment applies when it creates the key, and an
 /// existing counter keeps its own TTL.
 pub async fn increment_ttl_on_create_only(f: &Fixture) {
     let s = &*f.backend;
-    let ttl = Some(Duration::from_millis(1_000));
+    let ttl = PutOptions::new().ttl(Duration::from_millis(1_000));
     assert_eq!(ok(f, "create", s.increment(b"w", 1, ttl).await), 1);
     assert!(matches!(
         ok(f, "ttl", s.ttl(b"w").await),
         KeyTtl::ExpiresIn(_)
     ));
     f.advance(Duration::from_millis(600)).await;
-    let longer = Some(Duration::from_secs(3_600));
+    let longer = PutOptions::new().ttl(Duration::from_secs(3_600));
     assert_eq!(ok(f, "again", s.increment(b"w", 1, longer).await), 2);
     match ok(f, "ttl kept", s.ttl(b"w").await) {
         KeyTtl::ExpiresIn(left) => assert!(
@@ -456,7 +485,14 @@ pub async fn increment_ttl_on_create_only(f: &Fixture) {
         other => panic!("expected a ttl, got {other:?}"),
     }
     f.advance(Duration::from_millis(500)).await;
-    assert_eq!(ok(f, "after expiry", s.increment(b"w", 1, None).await), 1);
+    assert_eq!(
+        ok(
+            f,
+            "after expiry",
+            s.increment(b"w", 1, PutOptions::new()).await
+        ),
+        1
+    );
     assert_eq!(ok(f, "ttl none", s.ttl(b"w").await), KeyTtl::Persistent);
     ok(f, "persistent", s.put(b"p", b(b"1")).await);
     assert_eq!(ok(f, "incr persistent", s.increment(b"p", 1, ttl).await), 2);
@@ -481,7 +517,7 @@ pub async fn increment_rejects_non_integer(f: &Fixture) {
     ] {
         ok(f, "put", s.put(b"n", b(bad)).await);
         assert_eq!(
-            kind_of(s.increment(b"n", 1, None).await),
+            kind_of(s.increment(b"n", 1, PutOptions::new()).await),
             Some(ErrorKind::NotAnInteger),
             "{bad:?}"
         );
@@ -495,7 +531,7 @@ pub async fn increment_rejects_overflow(f: &Fixture) {
     let max = i64::MAX.to_string();
     ok(f, "put", s.put(b"o", Bytes::from(max.clone())).await);
     assert_eq!(
-        kind_of(s.increment(b"o", 1, None).await),
+        kind_of(s.increment(b"o", 1, PutOptions::new()).await),
         Some(ErrorKind::Overflow)
     );
     assert_eq!(
@@ -503,11 +539,15 @@ pub async fn increment_rejects_overflow(f: &Fixture) {
         Some(Bytes::from(max))
     );
     assert_eq!(
-        ok(f, "min", s.increment(b"m", i64::MIN, None).await),
+        ok(
+            f,
+            "min",
+            s.increment(b"m", i64::MIN, PutOptions::new()).await
+        ),
         i64::MIN
     );
     assert_eq!(
-        kind_of(s.increment(b"m", -1, None).await),
+        kind_of(s.increment(b"m", -1, PutOptions::new()).await),
         Some(ErrorKind::Overflow)
     );
 }
@@ -586,7 +626,7 @@ pub async fn size_limits_are_typed_errors(f: &Fixture) {
         Some(ErrorKind::KeyTooLarge)
     );
     assert_eq!(
-        kind_of(s.increment(&long_key, 1, None).await),
+        kind_of(s.increment(&long_key, 1, PutOptions::new()).await),
         Some(ErrorKind::KeyTooLarge)
     );
     assert_eq!(
@@ -594,12 +634,15 @@ pub async fn size_limits_are_typed_errors(f: &Fixture) {
         Some(ErrorKind::ValueTooLarge)
     );
     assert_eq!(
-        kind_of(s.set_if_not_exists(b"v", big.clone(), None).await),
+        kind_of(
+            s.set_if_not_exists(b"v", big.clone(), PutOptions::new())
+                .await
+        ),
         Some(ErrorKind::ValueTooLarge)
     );
     assert_eq!(
         kind_of(
-            s.compare_and_swap(b"v", None, Some(big.clone()), None)
+            s.compare_and_swap(b"v", None, Some(big.clone()), PutOptions::new())
                 .await
         ),
         Some(ErrorKind::ValueTooLarge)
@@ -609,7 +652,13 @@ pub async fn size_limits_are_typed_errors(f: &Fixture) {
         kind_of(s.batch_put(batch, PutOptions::default()).await),
         Some(ErrorKind::ValueTooLarge)
     );
-    assert_eq!(ok(f, "nothing written", s.get(b"ok1").await), None);
+    // Nothing after the bad entry is written; with an atomic batch,
+    // nothing at all (the trait's default writes one by one).
+    assert_eq!(ok(f, "nothing after", s.get(b"ok2").await), None);
+    if s.capabilities().atomic_batch {
+        assert_eq!(ok(f, "nothing written", s.get(b"ok1").await), None);
+    }
+    s.delete(b"ok1").await.ok();
     let err = s.put(&long_key, b(b"v")).await.err();
     let err = err.unwrap_or_else(|| panic!("{}: long key accepted", s.name()));
     assert!(!err.is_temporary(), "a size error is not temporary");
@@ -624,7 +673,7 @@ pub async fn concurrent_increments_are_exact(f: &Fixture) {
             let backend = Arc::clone(&f.backend);
             tokio::spawn(async move {
                 for _ in 0..1_000 {
-                    backend.increment(b"hits", 1, None).await?;
+                    backend.increment(b"hits", 1, PutOptions::new()).await?;
                 }
                 Ok::<_, statecraft::Error>(())
             })
@@ -662,7 +711,12 @@ pub async fn concurrent_cas_increments_lose_nothing(f: &Fixture) {
                         assert_ne!(n, u64::MAX, "counter corrupted: {current:?}");
                         let next = Bytes::from((n + 1).to_string());
                         match backend
-                            .compare_and_swap(b"cas", current.as_deref(), Some(next), None)
+                            .compare_and_swap(
+                                b"cas",
+                                current.as_deref(),
+                                Some(next),
+                                PutOptions::new(),
+                            )
                             .await?
                         {
                             CasOutcome::Swapped => break,
@@ -710,4 +764,228 @@ pub async fn health_and_stats(f: &Fixture) {
         "writes {before:?} -> {after:?}"
     );
     assert!(after.operations() >= before.operations() + 21);
+}
+
+/// Statistics count the same operations the same way on every backend: a
+/// fixed sequence moves hits, misses, writes and scans by the same amounts
+/// (see [`statecraft::BackendStats`]).
+pub async fn stats_count_alike(f: &Fixture) {
+    let s = &*f.backend;
+    let before = ok(f, "stats", s.stats().await);
+    ok(f, "put", s.put(b"s1", b(b"v")).await);
+    ok(
+        f,
+        "put_with_ttl",
+        s.put_with_ttl(b"s2", b(b"v"), Duration::from_secs(60))
+            .await,
+    );
+    ok(f, "get hit", s.get(b"s1").await);
+    ok(f, "get miss", s.get(b"nope").await);
+    ok(f, "contains hit", s.contains(b"s1").await);
+    ok(f, "contains miss", s.contains(b"nope").await);
+    ok(f, "ttl hit", s.ttl(b"s2").await);
+    ok(f, "ttl miss", s.ttl(b"nope").await);
+    let keys = [b(b"s1"), b(b"nope"), b(b"s2")];
+    ok(f, "batch_get", s.batch_get(&keys).await);
+    let entries = vec![(b(b"s3"), b(b"v")), (b(b"s4"), b(b"v"))];
+    ok(
+        f,
+        "batch_put",
+        s.batch_put(entries, PutOptions::new()).await,
+    );
+    ok(
+        f,
+        "batch_delete",
+        s.batch_delete(&[b(b"s3"), b(b"nope")]).await,
+    );
+    ok(
+        f,
+        "set_if_not_exists",
+        s.set_if_not_exists(b"s5", b(b"1"), PutOptions::new()).await,
+    );
+    ok(
+        f,
+        "set_if_not_exists again",
+        s.set_if_not_exists(b"s5", b(b"2"), PutOptions::new()).await,
+    );
+    ok(
+        f,
+        "cas conflict",
+        s.compare_and_swap(b"s5", Some(b"0"), Some(b(b"2")), PutOptions::new())
+            .await,
+    );
+    ok(
+        f,
+        "cas swap",
+        s.compare_and_swap(b"s5", Some(b"1"), Some(b(b"2")), PutOptions::new())
+            .await,
+    );
+    ok(
+        f,
+        "increment",
+        s.increment(b"s6", 1, PutOptions::new()).await,
+    );
+    ok(f, "get_and_delete hit", s.get_and_delete(b"s5").await);
+    ok(f, "get_and_delete miss", s.get_and_delete(b"nope").await);
+    ok(f, "delete", s.delete(b"s2").await);
+    ok(f, "list page", s.list_keys_page(b"s", None, 100).await);
+    ok(f, "count", s.count().await);
+    let after = ok(f, "stats", s.stats().await);
+    let delta = |name: &str, a: u64, b: u64| (name.to_owned(), b.saturating_sub(a));
+    let got = [
+        delta("hits", before.hits, after.hits),
+        delta("misses", before.misses, after.misses),
+        delta("writes", before.writes, after.writes),
+        delta("scans", before.scans, after.scans),
+        delta("errors", before.errors, after.errors),
+    ];
+    let want = [
+        ("hits", 6),
+        ("misses", 5),
+        ("writes", 10),
+        ("scans", 2),
+        ("errors", 0),
+    ]
+    .map(|(name, n)| (name.to_owned(), n));
+    assert_eq!(got, want, "{}: statistics deltas", s.name());
+}
+
+/// What the capabilities promise is what the backend does: with `pubsub`
+/// a published message reaches a subscriber, with `transactions` a
+/// transaction applies atomically; without them both are `Unsupported`.
+pub async fn capabilities_match_behaviour(f: &Fixture) {
+    let s = &*f.backend;
+    let caps = s.capabilities();
+    let channel = format!(
+        "conformance-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    );
+    if caps.pubsub {
+        let mut sub = ok(f, "subscribe", s.subscribe(&channel).await);
+        ok(f, "publish", s.publish(&channel, b(b"hello")).await);
+        let got = tokio::time::timeout(Duration::from_secs(10), sub.next()).await;
+        match got {
+            Ok(Some(Ok(message))) => {
+                assert_eq!(message.payload, b(b"hello"));
+                assert_eq!(message.channel, channel);
+            }
+            other => panic!("{}: no message after publish: {other:?}", s.name()),
+        }
+    } else {
+        assert_eq!(
+            kind_of(s.publish(&channel, b(b"x")).await),
+            Some(ErrorKind::Unsupported)
+        );
+        assert_eq!(
+            s.subscribe(&channel).await.err().map(|e| e.kind()),
+            Some(ErrorKind::Unsupported)
+        );
+    }
+    let applied = statecraft::Transaction::new()
+        .check("t1", None::<Bytes>)
+        .put("t1", "a")
+        .put("t2", "b");
+    if caps.transactions {
+        assert!(ok(f, "transaction", s.transaction(applied).await));
+        assert_eq!(ok(f, "get", s.get(b"t2").await), Some(b(b"b")));
+        let refused = statecraft::Transaction::new()
+            .check("t1", Some("other"))
+            .put("t3", "c");
+        assert!(!ok(f, "failed check", s.transaction(refused).await));
+        assert_eq!(ok(f, "nothing applied", s.get(b"t3").await), None);
+    } else {
+        assert_eq!(
+            kind_of(s.transaction(applied).await),
+            Some(ErrorKind::Unsupported)
+        );
+        assert_eq!(ok(f, "nothing applied", s.get(b"t1").await), None);
+    }
+}
+
+/// On `backend`, which must have a default TTL, every write takes the same
+/// options: without a TTL a write gets the default, with
+/// [`PutOptions::no_expiry`] it stays persistent, and an increment of an
+/// existing persistent counter keeps it persistent.
+pub async fn write_options_on_default_ttl(backend: &dyn StateBackend) {
+    let name = backend.name();
+    let check = |what: &str, result: Result<KeyTtl>, persistent: bool| match result {
+        Ok(KeyTtl::Persistent) if persistent => {}
+        Ok(KeyTtl::ExpiresIn(_)) if !persistent => {}
+        other => panic!("{name}: {what}: persistent={persistent}, got {other:?}"),
+    };
+    let forever = PutOptions::new().no_expiry();
+    let plain = PutOptions::new();
+    let expect = |what: &str, result: Result<bool>| match result {
+        Ok(true) => {}
+        other => panic!("{name}: {what}: {other:?}"),
+    };
+    expect(
+        "put",
+        backend
+            .put_with(b"o:put", b(b"v"), forever)
+            .await
+            .map(|()| true),
+    );
+    check("put no_expiry", backend.ttl(b"o:put").await, true);
+    let swapped = |r: Result<CasOutcome>| r.map(|o| o.is_swapped());
+    expect(
+        "cas",
+        swapped(
+            backend
+                .compare_and_swap(b"o:cas", None, Some(b(b"1")), forever)
+                .await,
+        ),
+    );
+    check("cas no_expiry", backend.ttl(b"o:cas").await, true);
+    expect(
+        "cas again",
+        swapped(
+            backend
+                .compare_and_swap(b"o:cas", Some(b"1"), Some(b(b"2")), plain)
+                .await,
+        ),
+    );
+    check("cas default", backend.ttl(b"o:cas").await, false);
+    expect(
+        "sin",
+        backend.set_if_not_exists(b"o:sin", b(b"v"), forever).await,
+    );
+    check("sin no_expiry", backend.ttl(b"o:sin").await, true);
+    expect(
+        "sin default",
+        backend.set_if_not_exists(b"o:sin2", b(b"v"), plain).await,
+    );
+    check("sin default", backend.ttl(b"o:sin2").await, false);
+    expect(
+        "increment",
+        backend.increment(b"o:n", 1, forever).await.map(|n| n == 1),
+    );
+    check("increment no_expiry", backend.ttl(b"o:n").await, true);
+    expect(
+        "increment existing",
+        backend.increment(b"o:n", 1, plain).await.map(|n| n == 2),
+    );
+    check(
+        "increment keeps persistent",
+        backend.ttl(b"o:n").await,
+        true,
+    );
+    expect(
+        "increment default",
+        backend.increment(b"o:m", 1, plain).await.map(|n| n == 1),
+    );
+    check("increment default", backend.ttl(b"o:m").await, false);
+    expect(
+        "increment expiring",
+        backend.increment(b"o:m", 1, forever).await.map(|n| n == 2),
+    );
+    check("increment keeps its TTL", backend.ttl(b"o:m").await, false);
+    let txn = statecraft::Transaction::new().put_with("o:t", "v", forever);
+    if backend.capabilities().transactions {
+        expect("transaction", backend.transaction(txn).await);
+        check("transaction no_expiry", backend.ttl(b"o:t").await, true);
+    }
 }

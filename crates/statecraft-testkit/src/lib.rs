@@ -16,8 +16,10 @@ use std::time::Duration;
 use statecraft::{ManualClock, StateBackend};
 
 pub mod conformance;
+pub mod defaults;
 pub mod servers;
 
+pub use defaults::ProvidedDefaults;
 pub use servers::{PostgresServer, RedisCluster, RedisServer, TlsRedisServer};
 
 /// How a fixture's time moves forward.
@@ -99,6 +101,15 @@ pub type FixtureFuture = Pin<Box<dyn Future<Output = Fixture> + Send>>;
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr) => {
+        $crate::conformance_tests!(@all $factory; stats_count_alike);
+    };
+    // For a wrapper that leaves every provided method to the trait's
+    // defaults: those compose the required methods, so the statistics it
+    // reports (its inner backend's) count the composed operations.
+    ($factory:expr, provided_defaults) => {
+        $crate::conformance_tests!(@all $factory;);
+    };
+    (@all $factory:expr; $($extra:ident),*) => {
         $crate::conformance_tests!(@cases $factory;
             get_missing_key, put_then_get, overwrite_replaces_value_and_ttl, empty_value_is_not_missing,
             binary_keys_round_trip, large_value_round_trip, delete_removes,
@@ -108,7 +119,8 @@ macro_rules! conformance_tests {
             increment_contract, increment_ttl_on_create_only, increment_rejects_non_integer,
             increment_rejects_overflow, batch_operations, batch_put_with_ttl,
             size_limits_are_typed_errors, concurrent_increments_are_exact,
-            concurrent_cas_increments_lose_nothing, health_and_stats
+            concurrent_cas_increments_lose_nothing, health_and_stats,
+            capabilities_match_behaviour, $($extra),*
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

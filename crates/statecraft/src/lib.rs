@@ -8,13 +8,13 @@
 //! # async fn demo() -> statecraft::Result<()> {
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use statecraft::{MemoryBackend, Namespaced, StateBackend};
+//! use statecraft::{MemoryBackend, Namespaced, PutOptions, StateBackend};
 //!
 //! let shared: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
 //! let sessions = Namespaced::new(shared.clone(), "sessions:");
 //! sessions.put_with_ttl(b"alice", "token".into(), Duration::from_secs(60)).await?;
 //! assert_eq!(shared.get(b"sessions:alice").await?.as_deref(), Some(&b"token"[..]));
-//! assert_eq!(sessions.increment(b"logins", 1, None).await?, 1);
+//! assert_eq!(sessions.increment(b"logins", 1, PutOptions::new()).await?, 1);
 //! # Ok(()) }
 //! ```
 //!

@@ -1,10 +1,18 @@
-//! The conformance suite run against the memory and sled backends, directly
-//! and through `Namespaced`. Select it with `cargo test conformance`.
+//! The conformance suite run against the memory and sled backends, directly,
+//! through `Namespaced`, through the operation layers, and through a wrapper
+//! that leaves every provided method to the trait's defaults. Select it with
+//! `cargo test conformance`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use statecraft::{Limits, ManualClock, MemoryBackend, Namespaced, SledBackend, StateBackend};
-use statecraft_testkit::{Fixture, FixtureFuture, TimeControl, FIXTURE_MAX_KEY, FIXTURE_MAX_VALUE};
+use statecraft::{
+    Limits, ManualClock, MemoryBackend, Metrics, Namespaced, Retry, RetryPolicy, SledBackend,
+    StateBackend, Timeout,
+};
+use statecraft_testkit::{
+    Fixture, FixtureFuture, ProvidedDefaults, TimeControl, FIXTURE_MAX_KEY, FIXTURE_MAX_VALUE,
+};
 
 const NAMESPACE: &[u8] = b"tenant-7:";
 
@@ -89,6 +97,22 @@ fn namespaced_sled_fixture() -> FixtureFuture {
     })
 }
 
+fn provided_defaults_memory_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        fixture(Arc::new(ProvidedDefaults(memory(&clock))), clock, false)
+    })
+}
+
+fn layered_memory_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        let timed = Timeout::new(memory(&clock), Duration::from_secs(5));
+        let retried = Retry::new(timed, RetryPolicy::new());
+        fixture(Arc::new(Metrics::new(retried, "conformance")), clock, false)
+    })
+}
+
 mod conformance {
     mod memory {
         statecraft_testkit::conformance_tests!(super::super::memory_fixture);
@@ -101,5 +125,14 @@ mod conformance {
     }
     mod namespaced_sled {
         statecraft_testkit::conformance_tests!(super::super::namespaced_sled_fixture);
+    }
+    mod provided_defaults_memory {
+        statecraft_testkit::conformance_tests!(
+            super::super::provided_defaults_memory_fixture,
+            provided_defaults
+        );
+    }
+    mod metrics_retry_timeout_memory {
+        statecraft_testkit::conformance_tests!(super::super::layered_memory_fixture);
     }
 }

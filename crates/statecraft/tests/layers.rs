@@ -98,16 +98,11 @@ impl StateBackend for Flaky {
         key: &'a [u8],
         expected: Option<&'a [u8]>,
         new: Option<Bytes>,
-        ttl: Option<Duration>,
+        ttl: PutOptions,
     ) -> StateFuture<'a, CasOutcome> {
         self.inner.compare_and_swap(key, expected, new, ttl)
     }
-    fn increment<'a>(
-        &'a self,
-        key: &'a [u8],
-        delta: i64,
-        ttl: Option<Duration>,
-    ) -> StateFuture<'a, i64> {
+    fn increment<'a>(&'a self, key: &'a [u8], delta: i64, ttl: PutOptions) -> StateFuture<'a, i64> {
         self.gate(Operation::Increment, move || {
             self.inner.increment(key, delta, ttl)
         })
@@ -164,7 +159,7 @@ async fn retry_gives_up_after_max_attempts_with_the_last_error() {
 #[tokio::test(start_paused = true)]
 async fn retry_never_resends_a_write_that_may_have_been_applied_unless_idempotent() {
     let store = Retry::new(Flaky::new(1, reply_lost), policy());
-    let err = store.increment(b"n", 1, None).await.err();
+    let err = store.increment(b"n", 1, PutOptions::new()).await.err();
     assert!(err.as_ref().is_some_and(Error::may_have_applied), "{err:?}");
     assert_eq!(store.get_ref().calls(), 1, "an increment is not sent twice");
 
@@ -177,7 +172,10 @@ async fn retry_never_resends_a_write_that_may_have_been_applied_unless_idempoten
 
     // Refused before it ran: retried, and applied exactly once.
     let store = Retry::new(Flaky::new(2, refused), policy());
-    assert_eq!(store.increment(b"n", 1, None).await.ok(), Some(1));
+    assert_eq!(
+        store.increment(b"n", 1, PutOptions::new()).await.ok(),
+        Some(1)
+    );
     assert_eq!(store.get_ref().calls(), 3);
     assert_eq!(
         store.get_ref().inner.get(b"n").await.ok().flatten(),
@@ -224,7 +222,10 @@ async fn timeout_fails_a_hung_operation_and_says_writes_may_have_applied() {
     assert_eq!(started.elapsed(), Duration::from_millis(50));
 
     let started = tokio::time::Instant::now();
-    let err = store.increment(b"n", 1, None).await.expect_err("a timeout");
+    let err = store
+        .increment(b"n", 1, PutOptions::new())
+        .await
+        .expect_err("a timeout");
     assert_eq!(started.elapsed(), Duration::from_millis(80));
     assert!(err.may_have_applied() && !err.is_retryable(), "{err}");
     assert_eq!(err.operation(), Some(Operation::Increment));
@@ -241,7 +242,7 @@ async fn retry_over_timeout_gives_each_attempt_a_deadline() {
         4,
         "reads are retried after a timeout"
     );
-    let err = store.increment(b"n", 1, None).await.err();
+    let err = store.increment(b"n", 1, PutOptions::new()).await.err();
     assert!(err.is_some_and(|e| e.may_have_applied()));
     assert_eq!(store.get_ref().get_ref().calls(), 5, "increments are not");
 }
@@ -384,18 +385,21 @@ async fn null_stores_nothing_and_always_succeeds() {
     assert_eq!(null.get(b"k").await.ok(), Some(None));
     assert_eq!(null.ttl(b"k").await.ok(), Some(KeyTtl::Missing));
     assert!(null
-        .set_if_not_exists(b"k", "v".into(), None)
+        .set_if_not_exists(b"k", "v".into(), PutOptions::new())
         .await
         .unwrap_or(false));
-    assert_eq!(null.increment(b"n", 5, None).await.ok(), Some(5));
     assert_eq!(
-        null.increment(b"n", 5, None).await.ok(),
+        null.increment(b"n", 5, PutOptions::new()).await.ok(),
+        Some(5)
+    );
+    assert_eq!(
+        null.increment(b"n", 5, PutOptions::new()).await.ok(),
         Some(5),
         "nothing was kept"
     );
     assert_eq!(null.count().await.ok(), Some(0));
     let cas = null
-        .compare_and_swap(b"k", Some(b"v"), None, None)
+        .compare_and_swap(b"k", Some(b"v"), None, PutOptions::new())
         .await
         .ok();
     assert_eq!(cas, Some(CasOutcome::Conflict(None)));

@@ -67,6 +67,30 @@ async fn no_expiry_overrides_the_default_ttl() {
     }
 }
 
+/// Compare-and-swap, set-if-absent, increment and transactions take the
+/// same write options as a put, on memory, on sled, and through the
+/// trait's provided implementations.
+#[tokio::test]
+async fn write_options_on_a_default_ttl_backend() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let memory = || {
+        MemoryBackend::builder()
+            .default_ttl(Duration::from_secs(60))
+            .sweep_interval(None)
+            .build()
+    };
+    let sled = statecraft::SledBackend::builder()
+        .path(dir.path())
+        .default_ttl(Duration::from_secs(60))
+        .sweep_interval(None)
+        .open()
+        .expect("sled");
+    statecraft_testkit::conformance::write_options_on_default_ttl(&memory()).await;
+    statecraft_testkit::conformance::write_options_on_default_ttl(&sled).await;
+    let defaults = statecraft_testkit::ProvidedDefaults(memory());
+    statecraft_testkit::conformance::write_options_on_default_ttl(&defaults).await;
+}
+
 #[tokio::test]
 async fn sweeper_thread_removes_expired_entries() {
     let clock = ManualClock::starting_now();
@@ -137,7 +161,7 @@ async fn typed_views_round_trip_with_both_codecs() {
     assert!(raw.len() < 20, "postcard is compact: {} bytes", raw.len());
 
     let bumped = compact
-        .update(b"s", Some(Duration::from_secs(60)), |s| {
+        .update(b"s", PutOptions::new().ttl(Duration::from_secs(60)), |s| {
             s.map(|s| Session {
                 visits: s.visits + 1,
                 ..s

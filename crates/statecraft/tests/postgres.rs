@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use statecraft::{
-    Bytes, ErrorKind, Limits, MemoryBackend, PostgresBackend, PostgresConfig, StateBackend,
-    Transaction,
+    Bytes, ErrorKind, Limits, MemoryBackend, PostgresBackend, PostgresConfig, PutOptions,
+    StateBackend, Transaction,
 };
 use statecraft_testkit::{
     Fixture, FixtureFuture, PostgresServer, TimeControl, FIXTURE_MAX_KEY, FIXTURE_MAX_VALUE,
@@ -52,6 +52,20 @@ fn postgres_fixture() -> FixtureFuture {
             FIXTURE_MAX_VALUE,
         )
     })
+}
+
+/// Every write takes the same options on a PostgreSQL backend with a
+/// default TTL, transactions included.
+#[tokio::test]
+async fn write_options_on_a_default_ttl_backend() {
+    let config = PostgresConfig::builder()
+        .url(PostgresServer::shared().url())
+        .table(unique_table("options"))
+        .default_ttl(Duration::from_secs(60))
+        .build()
+        .expect("config");
+    let backend = PostgresBackend::new(config).await.expect("connect");
+    statecraft_testkit::conformance::write_options_on_default_ttl(&backend).await;
 }
 
 mod conformance {
@@ -118,7 +132,9 @@ mod postgres {
     async fn interactive_transactions_commit_roll_back_and_drop() {
         let backend = backend(&PostgresServer::shared().url(), &unique_table("tx")).await;
         let tx = backend.begin().await.expect("begin");
-        tx.put(b"a", "1".into(), None).await.expect("put");
+        tx.put(b"a", "1".into(), PutOptions::new())
+            .await
+            .expect("put");
         assert_eq!(
             tx.get(b"a").await.expect("own write").as_deref(),
             Some(&b"1"[..])
@@ -140,7 +156,9 @@ mod postgres {
         assert!(backend.contains(b"a").await.expect("contains"));
 
         let tx = backend.begin().await.expect("begin");
-        tx.put(b"b", "dropped".into(), None).await.expect("put");
+        tx.put(b"b", "dropped".into(), PutOptions::new())
+            .await
+            .expect("put");
         let locked = tx.get_for_update(b"a").await.expect("lock");
         assert_eq!(locked.as_deref(), Some(&b"1"[..]));
         drop(tx);
@@ -170,7 +188,10 @@ mod postgres {
         let holder = backend.begin().await.expect("begin");
         holder.get_for_update(b"k").await.expect("lock");
         let waiter = backend.begin().await.expect("begin");
-        waiter.put(b"other", "1".into(), None).await.expect("put");
+        waiter
+            .put(b"other", "1".into(), PutOptions::new())
+            .await
+            .expect("put");
         let err = waiter
             .get_for_update(b"k")
             .await

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use statecraft::{
-    Bytes, ErrorKind, KeyTtl, Limits, MemoryBackend, RedisBackend, RedisConfig, StateBackend,
+    Bytes, ErrorKind, KeyTtl, Limits, MemoryBackend, PutOptions, RedisBackend, RedisConfig,
+    StateBackend,
 };
 use statecraft_testkit::{
     Fixture, FixtureFuture, RedisCluster, RedisServer, TimeControl, FIXTURE_MAX_KEY,
@@ -61,6 +62,19 @@ fn redis_fixture() -> FixtureFuture {
 
 fn redis_cluster_fixture() -> FixtureFuture {
     Box::pin(async { fixture_on(RedisCluster::shared().url()).await })
+}
+
+/// Every write takes the same options on a Redis backend with a default TTL.
+#[tokio::test]
+async fn write_options_on_a_default_ttl_backend() {
+    let config = RedisConfig::builder()
+        .url(RedisServer::shared().url())
+        .key_prefix(unique_prefix("options"))
+        .default_ttl(Duration::from_secs(60))
+        .build()
+        .expect("config");
+    let backend = RedisBackend::new(config).await.expect("connect");
+    statecraft_testkit::conformance::write_options_on_default_ttl(&backend).await;
 }
 
 mod conformance {
@@ -244,11 +258,23 @@ mod redis {
         let server = RedisServer::start();
         let backend = backend(&server.url(), "own:").await;
         server.cli(&["SET", "foreign", "x"]);
-        assert_eq!(backend.increment(b"n", 1, None).await.expect("incr"), 1);
+        assert_eq!(
+            backend
+                .increment(b"n", 1, PutOptions::new())
+                .await
+                .expect("incr"),
+            1
+        );
         assert!(server.cli(&["SCRIPT", "FLUSH"]).contains("OK"));
-        assert_eq!(backend.increment(b"n", 1, None).await.expect("incr"), 2);
+        assert_eq!(
+            backend
+                .increment(b"n", 1, PutOptions::new())
+                .await
+                .expect("incr"),
+            2
+        );
         let cas = backend
-            .compare_and_swap(b"n", Some(b"2"), Some("10".into()), None)
+            .compare_and_swap(b"n", Some(b"2"), Some("10".into()), PutOptions::new())
             .await
             .expect("cas");
         assert!(cas.is_swapped());
@@ -288,7 +314,13 @@ mod redis {
             backend.get(b"k").await.expect("get").as_deref(),
             Some(&b"secret"[..])
         );
-        assert_eq!(backend.increment(b"n", 2, None).await.expect("incr"), 2);
+        assert_eq!(
+            backend
+                .increment(b"n", 2, PutOptions::new())
+                .await
+                .expect("incr"),
+            2
+        );
         let untrusted = RedisConfig::builder()
             .url(server.tls_url())
             .max_retries(0)
@@ -457,7 +489,7 @@ mod faults {
         // The increment reached the frozen server and runs when it resumes:
         // its error must say so, so that no retry layer sends it again.
         let lost = backend
-            .increment(b"n", 1, None)
+            .increment(b"n", 1, PutOptions::new())
             .await
             .expect_err("no answer while frozen");
         server.resume();

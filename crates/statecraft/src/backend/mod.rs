@@ -82,14 +82,14 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     fn clear(&self) -> StateFuture<'_, ()>;
 
     /// Atomically replaces the value of `key` if it is `expected`
-    /// (`None`: the key is absent). `new = None` deletes the key. `ttl`
-    /// applies to the new value as in [`PutOptions::ttl`].
+    /// (`None`: the key is absent). `new = None` deletes the key. `options`
+    /// apply to the new value as they do to [`put_with`](Self::put_with).
     fn compare_and_swap<'a>(
         &'a self,
         key: &'a [u8],
         expected: Option<&'a [u8]>,
         new: Option<Bytes>,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, CasOutcome>;
 
     /// Checks that the backend answers; the error says why when it does not.
@@ -159,6 +159,11 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     }
 
     /// Stores every `(key, value)` pair with the same options.
+    ///
+    /// With [`Capabilities::atomic_batch`] the pairs are written all or none.
+    /// Otherwise an error stops the batch and the pairs before it may stay
+    /// written (the default writes them one by one; the built-in backends
+    /// check every pair's size before writing any).
     fn batch_put<'a>(
         &'a self,
         entries: Vec<(Bytes, Bytes)>,
@@ -183,16 +188,17 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
         })
     }
 
-    /// Stores `value` only if `key` is absent; returns whether it did.
+    /// Stores `value` only if `key` is absent, with `options` as
+    /// [`put_with`](Self::put_with) applies them; returns whether it did.
     fn set_if_not_exists<'a>(
         &'a self,
         key: &'a [u8],
         value: Bytes,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, bool> {
         StateFuture::new(async move {
             Ok(self
-                .compare_and_swap(key, None, Some(value), ttl)
+                .compare_and_swap(key, None, Some(value), options)
                 .await?
                 .is_swapped())
         })
@@ -206,7 +212,10 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
                 let Some(value) = current else {
                     return Ok(None);
                 };
-                match self.compare_and_swap(key, Some(&value), None, None).await? {
+                match self
+                    .compare_and_swap(key, Some(&value), None, PutOptions::new())
+                    .await?
+                {
                     CasOutcome::Swapped => return Ok(Some(value)),
                     CasOutcome::Conflict(now) => current = now,
                 }
@@ -217,31 +226,35 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     /// Adds `delta` to the integer stored under `key` and returns the result.
     ///
     /// Values are decimal ASCII (`b"42"`, as Redis stores them). A missing key
-    /// counts as 0 and is created with `ttl`; an existing key keeps its TTL.
+    /// counts as 0 and is created with `options` (as
+    /// [`put_with`](Self::put_with) applies them); an existing key keeps its
+    /// TTL, or stays persistent.
     /// A value that is not an integer is an [`ErrorKind::NotAnInteger`](crate::ErrorKind::NotAnInteger) error
     /// and an overflow is [`ErrorKind::Overflow`](crate::ErrorKind::Overflow); neither writes anything.
     fn increment<'a>(
         &'a self,
         key: &'a [u8],
         delta: i64,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, i64> {
         StateFuture::new(async move {
             let mut current = self.get(key).await?;
             loop {
-                let (next, ttl_for_write) = match &current {
-                    None => (delta, ttl),
+                let (next, write_options) = match &current {
+                    None => (delta, options),
                     Some(raw) => {
-                        let ttl_left = match self.ttl(key).await? {
-                            KeyTtl::ExpiresIn(left) => Some(left),
-                            KeyTtl::Persistent | KeyTtl::Missing => None,
+                        let kept = match self.ttl(key).await? {
+                            KeyTtl::ExpiresIn(left) => PutOptions::new().ttl(left),
+                            KeyTtl::Persistent => PutOptions::new().no_expiry(),
+                            // Gone since the read: the swap below conflicts.
+                            KeyTtl::Missing => options,
                         };
-                        (apply_increment(raw, delta)?, ttl_left)
+                        (apply_increment(raw, delta)?, kept)
                     }
                 };
                 let encoded = Bytes::from(next.to_string());
                 match self
-                    .compare_and_swap(key, current.as_deref(), Some(encoded), ttl_for_write)
+                    .compare_and_swap(key, current.as_deref(), Some(encoded), write_options)
                     .await?
                 {
                     CasOutcome::Swapped => return Ok(next),
@@ -361,8 +374,8 @@ macro_rules! forward_backend {
                 (**self).list_keys_page(prefix, cursor, limit)
             }
             fn clear(&self) -> StateFuture<'_, ()> { (**self).clear() }
-            fn compare_and_swap<'a>(&'a self, key: &'a [u8], expected: Option<&'a [u8]>, new: Option<Bytes>, ttl: Option<Duration>) -> StateFuture<'a, CasOutcome> {
-                (**self).compare_and_swap(key, expected, new, ttl)
+            fn compare_and_swap<'a>(&'a self, key: &'a [u8], expected: Option<&'a [u8]>, new: Option<Bytes>, options: PutOptions) -> StateFuture<'a, CasOutcome> {
+                (**self).compare_and_swap(key, expected, new, options)
             }
             fn health_check(&self) -> StateFuture<'_, HealthReport> { (**self).health_check() }
             fn stats(&self) -> StateFuture<'_, BackendStats> { (**self).stats() }
@@ -379,12 +392,12 @@ macro_rules! forward_backend {
                 (**self).batch_put(entries, options)
             }
             fn batch_delete<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, u64> { (**self).batch_delete(keys) }
-            fn set_if_not_exists<'a>(&'a self, key: &'a [u8], value: Bytes, ttl: Option<Duration>) -> StateFuture<'a, bool> {
-                (**self).set_if_not_exists(key, value, ttl)
+            fn set_if_not_exists<'a>(&'a self, key: &'a [u8], value: Bytes, options: PutOptions) -> StateFuture<'a, bool> {
+                (**self).set_if_not_exists(key, value, options)
             }
             fn get_and_delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> { (**self).get_and_delete(key) }
-            fn increment<'a>(&'a self, key: &'a [u8], delta: i64, ttl: Option<Duration>) -> StateFuture<'a, i64> {
-                (**self).increment(key, delta, ttl)
+            fn increment<'a>(&'a self, key: &'a [u8], delta: i64, options: PutOptions) -> StateFuture<'a, i64> {
+                (**self).increment(key, delta, options)
             }
             fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()> { (**self).publish(channel, payload) }
             fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> { (**self).subscribe(channel) }

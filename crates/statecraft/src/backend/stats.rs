@@ -9,13 +9,18 @@ use std::time::Duration;
 pub struct BackendStats {
     /// The backend these figures are for.
     pub backend: &'static str,
-    /// Reads that found a value.
+    /// Keys read that were found: one per key of `get`, `contains`, `ttl`,
+    /// `get_and_delete` and `batch_get`.
     pub hits: u64,
-    /// Reads that found nothing.
+    /// Keys read that were not found, counted as `hits` are.
     pub misses: u64,
-    /// Writes, deletes and other operations that are not plain reads.
+    /// Writes: `put`, `delete`, `clear`, `set_if_not_exists`,
+    /// `compare_and_swap` (whatever its outcome), `increment`, and one per
+    /// `batch_put`, `batch_delete` and `transaction`.
     pub writes: u64,
-    /// Operations that returned an error.
+    /// Listings (one per page) and counts.
+    pub scans: u64,
+    /// Operations that returned an error (each counted here only).
     pub errors: u64,
     /// Latency of a sample of the operations (one in [`SAMPLE_EVERY`](crate::raw::SAMPLE_EVERY)).
     pub latency: LatencySummary,
@@ -24,9 +29,9 @@ pub struct BackendStats {
 }
 
 impl BackendStats {
-    /// All operations counted.
+    /// All operations counted (a batch read counts once per key).
     pub fn operations(&self) -> u64 {
-        self.hits + self.misses + self.writes + self.errors
+        self.hits + self.misses + self.writes + self.scans + self.errors
     }
 
     /// Hits over reads, or `None` before the first read.

@@ -5,18 +5,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::backend::options::PutOptions;
+
 /// One write of a [`Transaction`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TransactionWrite {
-    /// Store `value` under `key` (with `ttl`, or the backend default).
+    /// Store `value` under `key`, with `options` as
+    /// [`put_with`](crate::StateBackend::put_with) applies them.
     Put {
         /// The key.
         key: Bytes,
         /// The value.
         value: Bytes,
-        /// The time to live.
-        ttl: Option<Duration>,
+        /// The TTL options.
+        options: PutOptions,
     },
     /// Remove `key`.
     Delete {
@@ -55,26 +58,31 @@ impl Transaction {
     }
 
     /// Stores `value` under `key`.
-    pub fn put(mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
-        self.writes.push(TransactionWrite::Put {
-            key: key.into(),
-            value: value.into(),
-            ttl: None,
-        });
-        self
+    pub fn put(self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
+        self.put_with(key, value, PutOptions::new())
     }
 
     /// Stores `value` under `key` for `ttl`.
     pub fn put_with_ttl(
-        mut self,
+        self,
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
         ttl: Duration,
     ) -> Self {
+        self.put_with(key, value, PutOptions::new().ttl(ttl))
+    }
+
+    /// Stores `value` under `key` with `options`.
+    pub fn put_with(
+        mut self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        options: PutOptions,
+    ) -> Self {
         self.writes.push(TransactionWrite::Put {
             key: key.into(),
             value: value.into(),
-            ttl: Some(ttl),
+            options,
         });
         self
     }
@@ -98,10 +106,14 @@ impl Transaction {
             .writes
             .into_iter()
             .map(|write| match write {
-                TransactionWrite::Put { key, value, ttl } => TransactionWrite::Put {
+                TransactionWrite::Put {
+                    key,
+                    value,
+                    options,
+                } => TransactionWrite::Put {
                     key: map(key),
                     value,
-                    ttl,
+                    options,
                 },
                 TransactionWrite::Delete { key } => TransactionWrite::Delete { key: map(key) },
             })

@@ -1,6 +1,6 @@
 //! [`NullBackend`]: stores nothing. Every write succeeds, every read misses.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -106,7 +106,7 @@ impl StateBackend for NullBackend {
         _key: &'a [u8],
         expected: Option<&'a [u8]>,
         _new: Option<Bytes>,
-        _ttl: Option<Duration>,
+        _options: PutOptions,
     ) -> StateFuture<'a, CasOutcome> {
         self.write(match expected {
             None => CasOutcome::Swapped,
@@ -118,7 +118,7 @@ impl StateBackend for NullBackend {
         &'a self,
         _key: &'a [u8],
         _value: Bytes,
-        _ttl: Option<Duration>,
+        _options: PutOptions,
     ) -> StateFuture<'a, bool> {
         self.write(true)
     }
@@ -131,7 +131,7 @@ impl StateBackend for NullBackend {
         &'a self,
         _key: &'a [u8],
         delta: i64,
-        _ttl: Option<Duration>,
+        _options: PutOptions,
     ) -> StateFuture<'a, i64> {
         self.write(delta)
     }

@@ -1,7 +1,5 @@
 //! [`Namespaced`]: a backend seen through a key prefix.
 
-use std::time::Duration;
-
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
@@ -230,11 +228,11 @@ impl<B: StateBackend> StateBackend for Namespaced<B> {
         &'a self,
         key: &'a [u8],
         value: Bytes,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, bool> {
         StateFuture::new(async move {
             self.inner
-                .set_if_not_exists(&self.full_key(key), value, ttl)
+                .set_if_not_exists(&self.full_key(key), value, options)
                 .await
         })
     }
@@ -248,11 +246,11 @@ impl<B: StateBackend> StateBackend for Namespaced<B> {
         key: &'a [u8],
         expected: Option<&'a [u8]>,
         new: Option<Bytes>,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, CasOutcome> {
         StateFuture::new(async move {
             self.inner
-                .compare_and_swap(&self.full_key(key), expected, new, ttl)
+                .compare_and_swap(&self.full_key(key), expected, new, options)
                 .await
         })
     }
@@ -261,9 +259,13 @@ impl<B: StateBackend> StateBackend for Namespaced<B> {
         &'a self,
         key: &'a [u8],
         delta: i64,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, i64> {
-        StateFuture::new(async move { self.inner.increment(&self.full_key(key), delta, ttl).await })
+        StateFuture::new(async move {
+            self.inner
+                .increment(&self.full_key(key), delta, options)
+                .await
+        })
     }
 
     fn health_check(&self) -> StateFuture<'_, HealthReport> {

@@ -74,11 +74,11 @@ macro_rules! operation_layer {
                 key: &'a [u8],
                 expected: Option<&'a [u8]>,
                 new: Option<Bytes>,
-                ttl: Option<Duration>,
+                options: PutOptions,
             ) -> StateFuture<'a, CasOutcome> {
                 self.run(Operation::CompareAndSwap, move || {
                     self.inner()
-                        .compare_and_swap(key, expected, new.clone(), ttl)
+                        .compare_and_swap(key, expected, new.clone(), options)
                 })
             }
             fn health_check(&self) -> StateFuture<'_, HealthReport> {
@@ -130,10 +130,10 @@ macro_rules! operation_layer {
                 &'a self,
                 key: &'a [u8],
                 value: Bytes,
-                ttl: Option<Duration>,
+                options: PutOptions,
             ) -> StateFuture<'a, bool> {
                 self.run(Operation::SetIfNotExists, move || {
-                    self.inner().set_if_not_exists(key, value.clone(), ttl)
+                    self.inner().set_if_not_exists(key, value.clone(), options)
                 })
             }
             fn get_and_delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
@@ -145,10 +145,10 @@ macro_rules! operation_layer {
                 &'a self,
                 key: &'a [u8],
                 delta: i64,
-                ttl: Option<Duration>,
+                options: PutOptions,
             ) -> StateFuture<'a, i64> {
                 self.run(Operation::Increment, move || {
-                    self.inner().increment(key, delta, ttl)
+                    self.inner().increment(key, delta, options)
                 })
             }
             fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()> {

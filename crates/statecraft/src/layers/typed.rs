@@ -70,13 +70,13 @@ impl Codec for Postcard {
 ///
 /// ```
 /// # async fn demo() -> statecraft::Result<()> {
-/// use statecraft::{typed::Json, MemoryBackend, Typed};
+/// use statecraft::{typed::Json, MemoryBackend, PutOptions, Typed};
 /// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
 /// struct Session { user: String, visits: u32 }
 ///
 /// let sessions: Typed<Session, _, Json> = Typed::new(MemoryBackend::new());
 /// sessions.put(b"s1", &Session { user: "ada".into(), visits: 1 }).await?;
-/// let visits = sessions.update(b"s1", None, |s| s.map(|s| Session { visits: s.visits + 1, ..s })).await?;
+/// let visits = sessions.update(b"s1", PutOptions::new(), |s| s.map(|s| Session { visits: s.visits + 1, ..s })).await?;
 /// assert_eq!(visits.map(|s| s.visits), Some(2));
 /// # Ok(()) }
 /// ```
@@ -144,13 +144,13 @@ where
     }
 
     /// Atomically applies `f` to the current value (`None`: absent) and
-    /// stores its result (`None`: delete) with `ttl` (as in
-    /// [`PutOptions::ttl`]: `None` does not keep an earlier TTL), retrying on
-    /// concurrent change. Returns what was stored.
+    /// stores its result (`None`: delete) with `options` (as
+    /// [`put_with`](StateBackend::put_with) applies them: an earlier TTL is
+    /// not kept), retrying on concurrent change. Returns what was stored.
     pub async fn update(
         &self,
         key: &[u8],
-        ttl: Option<Duration>,
+        options: PutOptions,
         mut f: impl FnMut(Option<T>) -> Option<T>,
     ) -> Result<Option<T>> {
         let mut current = self.backend.get(key).await?;
@@ -166,7 +166,7 @@ where
             };
             match self
                 .backend
-                .compare_and_swap(key, current.as_deref(), encoded, ttl)
+                .compare_and_swap(key, current.as_deref(), encoded, options)
                 .await?
             {
                 CasOutcome::Swapped => return Ok(next),

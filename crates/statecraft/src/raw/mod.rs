@@ -11,4 +11,4 @@ pub(crate) mod recorder;
 
 pub use crate::backends::memory::{Entry as MemoryEntry, MemoryHasher, RawMemoryMap};
 pub use counter::{apply_increment, parse_counter};
-pub use recorder::{Outcome, StatsRecorder, Timer, SAMPLE_EVERY};
+pub use recorder::{Found, Outcome, StatsRecorder, Timer, SAMPLE_EVERY};

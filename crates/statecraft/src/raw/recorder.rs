@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::backend::options::KeyTtl;
 use crate::backend::stats::{BackendStats, LatencySummary};
 
 /// One operation in this many (per thread) is timed.
@@ -24,6 +25,7 @@ struct Stripe {
     hits: AtomicU64,
     misses: AtomicU64,
     writes: AtomicU64,
+    scans: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -34,8 +36,10 @@ pub enum Outcome {
     Hit,
     /// A read that found nothing.
     Miss,
-    /// Any other successful operation.
+    /// A write (or delete, or other change).
     Write,
+    /// A listing or a count.
+    Scan,
     /// A failed operation.
     Error,
 }
@@ -97,39 +101,56 @@ impl StatsRecorder {
             Outcome::Hit => &stripe.hits,
             Outcome::Miss => &stripe.misses,
             Outcome::Write => &stripe.writes,
+            Outcome::Scan => &stripe.scans,
             Outcome::Error => &stripe.errors,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.time(timer);
+    }
+
+    #[inline]
+    fn time(&self, timer: Timer) {
         if let Some(started) = timer.started {
             self.record_latency(started.elapsed());
         }
     }
 
-    /// Records the outcome of a read result and passes it through.
+    /// Records a read's result (its hits and misses, see [`Found`]) and
+    /// passes it through.
     #[inline]
-    pub fn read<T>(
-        &self,
-        timer: Timer,
-        result: crate::Result<Option<T>>,
-    ) -> crate::Result<Option<T>> {
-        let outcome = match &result {
-            Ok(Some(_)) => Outcome::Hit,
-            Ok(None) => Outcome::Miss,
-            Err(_) => Outcome::Error,
-        };
-        self.finish(timer, outcome);
+    pub fn read<T: Found>(&self, timer: Timer, result: crate::Result<T>) -> crate::Result<T> {
+        match &result {
+            Ok(found) => {
+                let (hits, misses) = found.tally();
+                let stripe = &self.stripes[timer.stripe % STRIPES];
+                if hits > 0 {
+                    stripe.hits.fetch_add(hits, Ordering::Relaxed);
+                }
+                if misses > 0 {
+                    stripe.misses.fetch_add(misses, Ordering::Relaxed);
+                }
+                self.time(timer);
+            }
+            Err(_) => self.finish(timer, Outcome::Error),
+        }
         result
     }
 
-    /// Records the outcome of a non-read result and passes it through.
+    /// Records a write's result and passes it through.
     #[inline]
     pub fn write<T>(&self, timer: Timer, result: crate::Result<T>) -> crate::Result<T> {
-        let outcome = if result.is_ok() {
-            Outcome::Write
-        } else {
-            Outcome::Error
-        };
-        self.finish(timer, outcome);
+        self.settle(timer, Outcome::Write, result)
+    }
+
+    /// Records a listing's or a count's result and passes it through.
+    #[inline]
+    pub fn scan<T>(&self, timer: Timer, result: crate::Result<T>) -> crate::Result<T> {
+        self.settle(timer, Outcome::Scan, result)
+    }
+
+    #[inline]
+    fn settle<T>(&self, timer: Timer, ok: Outcome, result: crate::Result<T>) -> crate::Result<T> {
+        self.finish(timer, if result.is_ok() { ok } else { Outcome::Error });
         result
     }
 
@@ -149,6 +170,7 @@ impl StatsRecorder {
             stats.hits += stripe.hits.load(Ordering::Relaxed);
             stats.misses += stripe.misses.load(Ordering::Relaxed);
             stats.writes += stripe.writes.load(Ordering::Relaxed);
+            stats.scans += stripe.scans.load(Ordering::Relaxed);
             stats.errors += stripe.errors.load(Ordering::Relaxed);
         }
         let counts: Vec<u64> = self
@@ -210,6 +232,50 @@ fn bucket_upper(bucket: usize) -> u64 {
     let width = 1u64 << (exponent - SUB_BUCKET_BITS);
     let lower = (1u64 << exponent) + sub * width;
     lower.saturating_add(width - 1)
+}
+
+/// What a read found, as hits and misses for [`StatsRecorder::read`]: one
+/// per key read (`Option` and `bool`: found or not; a [`KeyTtl`]: the key
+/// exists or not; a batch: one per key).
+pub trait Found {
+    /// `(hits, misses)`.
+    fn tally(&self) -> (u64, u64);
+}
+
+impl<T> Found for Option<T> {
+    #[inline]
+    fn tally(&self) -> (u64, u64) {
+        if self.is_some() {
+            (1, 0)
+        } else {
+            (0, 1)
+        }
+    }
+}
+
+impl Found for bool {
+    #[inline]
+    fn tally(&self) -> (u64, u64) {
+        if *self {
+            (1, 0)
+        } else {
+            (0, 1)
+        }
+    }
+}
+
+impl Found for KeyTtl {
+    #[inline]
+    fn tally(&self) -> (u64, u64) {
+        (*self != KeyTtl::Missing).tally()
+    }
+}
+
+impl<T> Found for Vec<Option<T>> {
+    fn tally(&self) -> (u64, u64) {
+        let hits = self.iter().filter(|value| value.is_some()).count() as u64;
+        (hits, self.len() as u64 - hits)
+    }
 }
 
 #[cfg(test)]

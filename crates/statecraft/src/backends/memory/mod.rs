@@ -236,8 +236,8 @@ impl Inner {
     }
 
     #[inline]
-    fn expiry(&self, ttl: Option<Duration>) -> u64 {
-        match ttl.or(self.default_ttl) {
+    fn expiry(&self, options: PutOptions) -> u64 {
+        match options.resolve_ttl(self.default_ttl) {
             Some(ttl) => expiry_after(self.clock.now_millis(), ttl),
             None => 0,
         }
@@ -263,10 +263,7 @@ impl Inner {
         self.limits.check_entry(NAME, Operation::Put, key, &value)?;
         let entry = Entry {
             value,
-            expires_at: match options.resolve_ttl(self.default_ttl) {
-                Some(ttl) => expiry_after(self.clock.now_millis(), ttl),
-                None => 0,
-            },
+            expires_at: self.expiry(options),
         };
         match self.map.get_mut(key) {
             Some(mut slot) => *slot = entry,
@@ -353,7 +350,7 @@ impl Inner {
         key: &[u8],
         expected: Option<&[u8]>,
         new: Option<Bytes>,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> Result<CasOutcome> {
         match &new {
             Some(value) => self
@@ -364,7 +361,7 @@ impl Inner {
                 .check_key(NAME, Operation::CompareAndSwap, key)?,
         }
         let clock = &*self.clock;
-        let expires_at = self.expiry(ttl);
+        let expires_at = self.expiry(options);
         match self.map.entry(key.into()) {
             dashmap::Entry::Occupied(mut slot) => {
                 let current = slot.get().is_live(clock).then(|| slot.get().value.clone());
@@ -396,7 +393,7 @@ impl Inner {
         }
     }
 
-    fn increment(&self, key: &[u8], delta: i64, ttl: Option<Duration>) -> Result<i64> {
+    fn increment(&self, key: &[u8], delta: i64, options: PutOptions) -> Result<i64> {
         self.limits.check_key(NAME, Operation::Increment, key)?;
         let clock = &*self.clock;
         let context = |err: Error| err.with_key(key).context(NAME, Operation::Increment);
@@ -407,7 +404,7 @@ impl Inner {
                 return Ok(next);
             }
         }
-        let expires_at = self.expiry(ttl);
+        let expires_at = self.expiry(options);
         let mut slot = self.map.entry(key.into()).or_insert_with(|| Entry {
             value: Bytes::from_static(b"0"),
             expires_at,
@@ -465,7 +462,8 @@ impl StateBackend for MemoryBackend {
     }
 
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
-        StateFuture::ready(self.inner.ttl(key))
+        let timer = self.inner.stats.start();
+        StateFuture::ready(self.inner.stats.read(timer, self.inner.ttl(key)))
     }
 
     fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
@@ -484,16 +482,20 @@ impl StateBackend for MemoryBackend {
         cursor: Option<&'a [u8]>,
         limit: usize,
     ) -> StateFuture<'a, KeyPage> {
-        StateFuture::ready(self.inner.list_page(prefix, cursor, limit))
+        let timer = self.inner.stats.start();
+        let result = self.inner.list_page(prefix, cursor, limit);
+        StateFuture::ready(self.inner.stats.scan(timer, result))
     }
 
     fn count(&self) -> StateFuture<'_, u64> {
-        StateFuture::ready(Ok(self.inner.count()))
+        let timer = self.inner.stats.start();
+        StateFuture::ready(self.inner.stats.scan(timer, Ok(self.inner.count())))
     }
 
     fn clear(&self) -> StateFuture<'_, ()> {
+        let timer = self.inner.stats.start();
         self.inner.map.clear();
-        StateFuture::ready(Ok(()))
+        StateFuture::ready(self.inner.stats.write(timer, Ok(())))
     }
 
     fn batch_get<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, Vec<Option<Bytes>>> {
@@ -548,12 +550,12 @@ impl StateBackend for MemoryBackend {
         &'a self,
         key: &'a [u8],
         value: Bytes,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, bool> {
         let timer = self.inner.stats.start();
         let result = self
             .inner
-            .compare_and_swap(key, None, Some(value), ttl)
+            .compare_and_swap(key, None, Some(value), options)
             .map(|outcome| outcome.is_swapped());
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
@@ -579,10 +581,10 @@ impl StateBackend for MemoryBackend {
         key: &'a [u8],
         expected: Option<&'a [u8]>,
         new: Option<Bytes>,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, CasOutcome> {
         let timer = self.inner.stats.start();
-        let result = self.inner.compare_and_swap(key, expected, new, ttl);
+        let result = self.inner.compare_and_swap(key, expected, new, options);
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
 
@@ -590,10 +592,10 @@ impl StateBackend for MemoryBackend {
         &'a self,
         key: &'a [u8],
         delta: i64,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, i64> {
         let timer = self.inner.stats.start();
-        let result = self.inner.increment(key, delta, ttl);
+        let result = self.inner.increment(key, delta, options);
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
 

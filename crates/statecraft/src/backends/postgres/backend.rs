@@ -25,7 +25,7 @@ use super::errors::{corrupt, increment_error, pg_error};
 use super::maintenance::purge_loop;
 use super::migrations::migrate;
 use super::pool::Inner;
-use super::sql::{cas_outcome, last_write_wins, millis, prefix_end, value_of, Sql};
+use super::sql::{cas_outcome, last_write_wins, prefix_end, value_of, Sql};
 use super::NAME;
 
 /// A [`StateBackend`] over a PostgreSQL table: TTLs in an `expires_at`
@@ -162,7 +162,7 @@ impl StateBackend for PostgresBackend {
                 .config
                 .limits
                 .check_entry(NAME, Operation::Put, key, &value)?;
-            let ttl = millis(options.resolve_ttl(inner.config.default_ttl));
+            let ttl = inner.ttl_of(options);
             let mut client = inner.client().await?;
             client
                 .execute(&inner.sql.put, &[&key, &value.as_ref(), &ttl])
@@ -193,7 +193,7 @@ impl StateBackend for PostgresBackend {
 
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
         let inner = &*self.inner;
-        StateFuture::new(inner.write_op(Operation::Ttl, Some(key), async move {
+        StateFuture::new(inner.read_op(Operation::Ttl, Some(key), async move {
             inner.config.limits.check_key(NAME, Operation::Ttl, key)?;
             let mut client = inner.client().await?;
             let row = client
@@ -221,7 +221,7 @@ impl StateBackend for PostgresBackend {
     ) -> StateFuture<'a, KeyPage> {
         let inner = &*self.inner;
         StateFuture::new(
-            inner.write_op(Operation::ListKeys, Some(prefix), async move {
+            inner.scan_op(Operation::ListKeys, Some(prefix), async move {
                 if limit == 0 {
                     return Err(Error::new(
                         ErrorKind::InvalidArgument,
@@ -271,7 +271,7 @@ impl StateBackend for PostgresBackend {
 
     fn count(&self) -> StateFuture<'_, u64> {
         let inner = &*self.inner;
-        StateFuture::new(inner.write_op(Operation::Count, None, async move {
+        StateFuture::new(inner.scan_op(Operation::Count, None, async move {
             let mut client = inner.client().await?;
             let row = client
                 .query_one(&inner.sql.count, &[])
@@ -299,7 +299,7 @@ impl StateBackend for PostgresBackend {
         key: &'a [u8],
         expected: Option<&'a [u8]>,
         new: Option<Bytes>,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, CasOutcome> {
         let inner = &*self.inner;
         StateFuture::new(
@@ -311,7 +311,7 @@ impl StateBackend for PostgresBackend {
                     }
                     None => limits.check_key(NAME, Operation::CompareAndSwap, key)?,
                 }
-                let ttl = inner.ttl_or_default(ttl);
+                let ttl = inner.ttl_of(options);
                 let mut client = inner.client().await?;
                 if expected.is_none() && new.is_none() {
                     let row = client
@@ -458,7 +458,7 @@ impl StateBackend for PostgresBackend {
 
     fn batch_get<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, Vec<Option<Bytes>>> {
         let inner = &*self.inner;
-        StateFuture::new(inner.write_op(Operation::BatchGet, None, async move {
+        StateFuture::new(inner.read_op(Operation::BatchGet, None, async move {
             for key in keys {
                 inner
                     .config
@@ -498,7 +498,7 @@ impl StateBackend for PostgresBackend {
             if entries.is_empty() {
                 return Ok(());
             }
-            let ttl = millis(options.resolve_ttl(inner.config.default_ttl));
+            let ttl = inner.ttl_of(options);
             let (keys, values) = last_write_wins(entries);
             let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
             let values: Vec<&[u8]> = values.iter().map(|v| v.as_ref()).collect();
@@ -541,10 +541,10 @@ impl StateBackend for PostgresBackend {
         &'a self,
         key: &'a [u8],
         value: Bytes,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, bool> {
         StateFuture::new(async move {
-            let outcome = self.compare_and_swap(key, None, Some(value), ttl).await;
+            let outcome = self.compare_and_swap(key, None, Some(value), options).await;
             outcome
                 .map(|outcome| outcome.is_swapped())
                 .map_err(|err| err.with_operation(Operation::SetIfNotExists))
@@ -579,7 +579,7 @@ impl StateBackend for PostgresBackend {
         &'a self,
         key: &'a [u8],
         delta: i64,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, i64> {
         let inner = &*self.inner;
         StateFuture::new(inner.write_op(Operation::Increment, Some(key), async move {
@@ -587,7 +587,7 @@ impl StateBackend for PostgresBackend {
                 .config
                 .limits
                 .check_key(NAME, Operation::Increment, key)?;
-            let ttl = inner.ttl_or_default(ttl);
+            let ttl = inner.ttl_of(options);
             let mut client = inner.client().await?;
             let row = client
                 .query_one(&inner.sql.increment, &[&key, &delta, &ttl])

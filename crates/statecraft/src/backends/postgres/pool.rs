@@ -2,13 +2,13 @@
 //! shared state behind every handle, and [`PoolStatus`].
 
 use std::future::Future;
-use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::Row;
 
 use crate::backend::error::{Error, ErrorKind, Operation, Result};
-use crate::raw::recorder::StatsRecorder;
+use crate::backend::options::PutOptions;
+use crate::raw::recorder::{Found, StatsRecorder};
 
 use super::backend::PostgresBackend;
 use super::config::PostgresConfig;
@@ -193,20 +193,33 @@ impl Inner {
         self.stats.write(timer, result)
     }
 
-    /// [`run`](Self::run), counted in the statistics as a hit or a miss.
-    pub(super) async fn read_op<T>(
+    /// [`run`](Self::run), counted in the statistics as hits and misses.
+    pub(super) async fn read_op<T: Found>(
         &self,
         op: Operation,
         key: Option<&[u8]>,
-        work: impl Future<Output = Result<Option<T>>>,
-    ) -> Result<Option<T>> {
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         let timer = self.stats.start();
         let result = self.run(op, key, work).await;
         self.stats.read(timer, result)
     }
 
-    pub(super) fn ttl_or_default(&self, ttl: Option<Duration>) -> Option<i64> {
-        millis(ttl.or(self.config.default_ttl))
+    /// [`run`](Self::run), counted in the statistics as a scan.
+    pub(super) async fn scan_op<T>(
+        &self,
+        op: Operation,
+        key: Option<&[u8]>,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let timer = self.stats.start();
+        let result = self.run(op, key, work).await;
+        self.stats.scan(timer, result)
+    }
+
+    /// The TTL in milliseconds `options` give a value written now (`None`: never expires).
+    pub(super) fn ttl_of(&self, options: PutOptions) -> Option<i64> {
+        millis(options.resolve_ttl(self.config.default_ttl))
     }
 }
 

@@ -3,13 +3,13 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_postgres::Object;
 
 use crate::backend::error::{Error, ErrorKind, Operation, Result};
 use crate::backend::future::StateFuture;
+use crate::backend::options::PutOptions;
 use crate::backend::transaction::{Transaction, TransactionWrite};
 
 use super::backend::PostgresBackend;
@@ -115,8 +115,8 @@ impl PgTransaction {
         self.note(result)
     }
 
-    /// Stores `value` under `key` (with `ttl`, or the backend default).
-    pub async fn put(&self, key: &[u8], value: Bytes, ttl: Option<Duration>) -> Result<()> {
+    /// Stores `value` under `key` with `options`.
+    pub async fn put(&self, key: &[u8], value: Bytes, options: PutOptions) -> Result<()> {
         let inner = &self.inner;
         let result = inner
             .run(Operation::Put, Some(key), async {
@@ -124,7 +124,7 @@ impl PgTransaction {
                     .config
                     .limits
                     .check_entry(NAME, Operation::Put, key, &value)?;
-                let ttl = inner.ttl_or_default(ttl);
+                let ttl = inner.ttl_of(options);
                 let client = self.client()?;
                 let statement = client
                     .prepare_cached(&inner.sql.put)
@@ -226,110 +226,115 @@ impl Drop for PgTransaction {
 impl PostgresBackend {
     pub(super) fn apply_transaction(&self, transaction: Transaction) -> StateFuture<'_, bool> {
         StateFuture::new(async move {
-            let inner = &self.inner;
-            for write in transaction.writes() {
-                match write {
-                    TransactionWrite::Put { key, value, .. } => {
-                        inner
-                            .config
-                            .limits
-                            .check_entry(NAME, Operation::Transaction, key, value)?
-                    }
-                    TransactionWrite::Delete { key } => {
-                        inner
-                            .config
-                            .limits
-                            .check_key(NAME, Operation::Transaction, key)?
-                    }
-                }
-            }
-            let tx = self.begin().await?;
-            let client = tx.client()?;
-            let holds = inner
-                .run(Operation::Transaction, None, async {
-                    for (key, expected) in transaction.checks() {
-                        let current = match expected {
-                            // Insert an already-expired placeholder: it locks
-                            // the key against a concurrent insert until commit.
-                            None => {
-                                let insert = client
-                                    .prepare_cached(&inner.sql.lock_absent)
-                                    .await
-                                    .map_err(pg_error)?;
-                                let lock = client
-                                    .prepare_cached(&inner.sql.lock_row)
-                                    .await
-                                    .map_err(pg_error)?;
-                                // A row deleted between the INSERT and the
-                                // locking read is neither inserted nor
-                                // locked: try again until one of the two holds.
-                                let mut found = None;
-                                for _ in 0..100 {
-                                    let inserted = client
-                                        .query_opt(&insert, &[&key.as_ref()])
-                                        .await
-                                        .map_err(pg_error)?;
-                                    if inserted.is_some() {
-                                        found = Some(None);
-                                        break;
-                                    }
-                                    let row = client
-                                        .query_opt(&lock, &[&key.as_ref()])
-                                        .await
-                                        .map_err(pg_error)?;
-                                    if let Some(row) = row {
-                                        let live: bool = row.try_get(1).map_err(corrupt)?;
-                                        found = Some(if live {
-                                            Some(value_of(&row, 0)?)
-                                        } else {
-                                            None
-                                        });
-                                        break;
-                                    }
-                                }
-                                found.ok_or_else(|| {
-                                    Error::new(
-                                        ErrorKind::Backend,
-                                        "the key kept changing under the transaction's check",
-                                    )
-                                    .temporary(true)
-                                })?
-                            }
-                            Some(_) => {
-                                let statement = client
-                                    .prepare_cached(&inner.sql.lock_present)
-                                    .await
-                                    .map_err(pg_error)?;
-                                let row = client
-                                    .query_opt(&statement, &[&key.as_ref()])
-                                    .await
-                                    .map_err(pg_error)?;
-                                row.map(|row| value_of(&row, 0)).transpose()?
-                            }
-                        };
-                        if current.as_ref() != expected.as_ref() {
-                            return Ok(false);
-                        }
-                    }
-                    Ok(true)
-                })
-                .await?;
-            if !holds {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            for write in transaction.writes() {
-                match write {
-                    TransactionWrite::Put { key, value, ttl } => {
-                        tx.put(key, value.clone(), *ttl).await?
-                    }
-                    TransactionWrite::Delete { key } => {
-                        tx.delete(key).await?;
-                    }
-                }
-            }
-            tx.commit().await?;
-            Ok(true)
+            let timer = self.inner.stats.start();
+            let result = self.transact(transaction).await;
+            self.inner.stats.write(timer, result)
         })
+    }
+
+    async fn transact(&self, transaction: Transaction) -> Result<bool> {
+        let inner = &self.inner;
+        for write in transaction.writes() {
+            match write {
+                TransactionWrite::Put { key, value, .. } => {
+                    inner
+                        .config
+                        .limits
+                        .check_entry(NAME, Operation::Transaction, key, value)?
+                }
+                TransactionWrite::Delete { key } => {
+                    inner
+                        .config
+                        .limits
+                        .check_key(NAME, Operation::Transaction, key)?
+                }
+            }
+        }
+        let tx = self.begin().await?;
+        let client = tx.client()?;
+        let holds = inner
+            .run(Operation::Transaction, None, async {
+                for (key, expected) in transaction.checks() {
+                    let current = match expected {
+                        // Insert an already-expired placeholder: it locks
+                        // the key against a concurrent insert until commit.
+                        None => {
+                            let insert = client
+                                .prepare_cached(&inner.sql.lock_absent)
+                                .await
+                                .map_err(pg_error)?;
+                            let lock = client
+                                .prepare_cached(&inner.sql.lock_row)
+                                .await
+                                .map_err(pg_error)?;
+                            // A row deleted between the INSERT and the
+                            // locking read is neither inserted nor
+                            // locked: try again until one of the two holds.
+                            let mut found = None;
+                            for _ in 0..100 {
+                                let inserted = client
+                                    .query_opt(&insert, &[&key.as_ref()])
+                                    .await
+                                    .map_err(pg_error)?;
+                                if inserted.is_some() {
+                                    found = Some(None);
+                                    break;
+                                }
+                                let row = client
+                                    .query_opt(&lock, &[&key.as_ref()])
+                                    .await
+                                    .map_err(pg_error)?;
+                                if let Some(row) = row {
+                                    let live: bool = row.try_get(1).map_err(corrupt)?;
+                                    found =
+                                        Some(if live { Some(value_of(&row, 0)?) } else { None });
+                                    break;
+                                }
+                            }
+                            found.ok_or_else(|| {
+                                Error::new(
+                                    ErrorKind::Backend,
+                                    "the key kept changing under the transaction's check",
+                                )
+                                .temporary(true)
+                            })?
+                        }
+                        Some(_) => {
+                            let statement = client
+                                .prepare_cached(&inner.sql.lock_present)
+                                .await
+                                .map_err(pg_error)?;
+                            let row = client
+                                .query_opt(&statement, &[&key.as_ref()])
+                                .await
+                                .map_err(pg_error)?;
+                            row.map(|row| value_of(&row, 0)).transpose()?
+                        }
+                    };
+                    if current.as_ref() != expected.as_ref() {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })
+            .await?;
+        if !holds {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for write in transaction.writes() {
+            match write {
+                TransactionWrite::Put {
+                    key,
+                    value,
+                    options,
+                } => tx.put(key, value.clone(), *options).await?,
+                TransactionWrite::Delete { key } => {
+                    tx.delete(key).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }

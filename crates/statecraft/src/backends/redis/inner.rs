@@ -10,7 +10,8 @@ use std::time::Duration;
 use redis::{RedisError, Script};
 
 use crate::backend::error::{Error, ErrorKind, Operation, Result};
-use crate::raw::recorder::StatsRecorder;
+use crate::backend::options::PutOptions;
+use crate::raw::recorder::{Found, StatsRecorder};
 
 use super::config::RedisConfig;
 use super::connection::{Conn, Pooled, SingleConn};
@@ -70,14 +71,21 @@ impl Inner {
         self.stats.write(timer, result)
     }
 
-    /// Counts `work` in the statistics as a hit or a miss.
-    pub(super) async fn counted_read<T>(
+    /// Counts `work` in the statistics as hits and misses.
+    pub(super) async fn counted_read<T: Found>(
         &self,
-        work: impl Future<Output = Result<Option<T>>>,
-    ) -> Result<Option<T>> {
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         let timer = self.stats.start();
         let result = work.await;
         self.stats.read(timer, result)
+    }
+
+    /// Counts `work` in the statistics as a scan.
+    pub(super) async fn counted_scan<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let timer = self.stats.start();
+        let result = work.await;
+        self.stats.scan(timer, result)
     }
 
     pub(super) fn full_key(&self, key: &[u8]) -> Vec<u8> {
@@ -87,8 +95,9 @@ impl Inner {
         full
     }
 
-    pub(super) fn ttl_or_default(&self, ttl: Option<Duration>) -> Option<u64> {
-        ttl_millis(ttl.or(self.config.default_ttl))
+    /// The TTL in milliseconds `options` give a value written now (`None`: never expires).
+    pub(super) fn ttl_of(&self, options: PutOptions) -> Option<u64> {
+        ttl_millis(options.resolve_ttl(self.config.default_ttl))
     }
 
     /// A random backoff for retry `attempt` (0-based): up to

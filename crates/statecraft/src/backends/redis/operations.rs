@@ -19,7 +19,6 @@ use crate::backend::StateBackend;
 use super::backend::RedisBackend;
 use super::connection::Conn;
 use super::errors::{increment_error, redis_error, Idempotent};
-use super::inner::ttl_millis;
 
 impl StateBackend for RedisBackend {
     fn name(&self) -> &'static str {
@@ -70,7 +69,7 @@ impl StateBackend for RedisBackend {
         let inner = &*self.inner;
         StateFuture::new(inner.counted_write(async move {
             let full = self.check_entry(Operation::Put, key, &value)?;
-            let ttl = ttl_millis(options.resolve_ttl(inner.config.default_ttl));
+            let ttl = inner.ttl_of(options);
             let (full, value) = (&full, &value);
             inner
                 .run(
@@ -115,7 +114,7 @@ impl StateBackend for RedisBackend {
 
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
         let inner = &*self.inner;
-        StateFuture::new(inner.counted_write(async move {
+        StateFuture::new(inner.counted_read(async move {
             let full = self.check_key(Operation::Ttl, key)?;
             let full = &full;
             inner
@@ -149,34 +148,17 @@ impl StateBackend for RedisBackend {
         limit: usize,
     ) -> StateFuture<'a, KeyPage> {
         let inner = &*self.inner;
-        StateFuture::new(inner.counted_write(async move {
-            if limit == 0 {
-                return Err(Error::new(
-                    ErrorKind::InvalidArgument,
-                    "a page holds at least one key",
-                )
-                .context(inner.name, Operation::ListKeys));
-            }
-            inner
-                    .run(
-                        Operation::ListKeys,
-                        Some(prefix),
-                        Idempotent::Yes,
-                        |mut conn| async move {
-                            inner.list_page(&mut conn, prefix, cursor, limit).await
-                        },
-                    )
-                    .await
-        }))
+        StateFuture::new(inner.counted_scan(self.page(prefix, cursor, limit)))
     }
 
     fn count(&self) -> StateFuture<'_, u64> {
-        StateFuture::new(async move {
+        let inner = &*self.inner;
+        StateFuture::new(inner.counted_scan(async move {
             let mut seen = std::collections::HashSet::new();
             let mut cursor: Option<Bytes> = None;
             loop {
                 let page = self
-                    .list_keys_page(b"", cursor.as_deref(), crate::backend::LIST_PAGE)
+                    .page(b"", cursor.as_deref(), crate::backend::LIST_PAGE)
                     .await
                     .map_err(|err| err.with_operation(Operation::Count))?;
                 seen.extend(page.keys);
@@ -185,19 +167,20 @@ impl StateBackend for RedisBackend {
                     None => return Ok(seen.len() as u64),
                 }
             }
-        })
+        }))
     }
 
     fn clear(&self) -> StateFuture<'_, ()> {
-        StateFuture::new(async move {
+        let inner = &*self.inner;
+        StateFuture::new(inner.counted_write(async move {
             let mut cursor: Option<Bytes> = None;
             loop {
                 let page = self
-                    .list_keys_page(b"", cursor.as_deref(), crate::backend::LIST_PAGE)
+                    .page(b"", cursor.as_deref(), crate::backend::LIST_PAGE)
                     .await
                     .map_err(|err| err.with_operation(Operation::Clear))?;
                 if !page.keys.is_empty() {
-                    self.batch_delete(&page.keys)
+                    self.remove_keys(&page.keys)
                         .await
                         .map_err(|err| err.with_operation(Operation::Clear))?;
                 }
@@ -206,7 +189,7 @@ impl StateBackend for RedisBackend {
                     None => return Ok(()),
                 }
             }
-        })
+        }))
     }
 
     fn compare_and_swap<'a>(
@@ -214,7 +197,7 @@ impl StateBackend for RedisBackend {
         key: &'a [u8],
         expected: Option<&'a [u8]>,
         new: Option<Bytes>,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, CasOutcome> {
         let inner = &*self.inner;
         StateFuture::new(inner.counted_write(async move {
@@ -222,7 +205,7 @@ impl StateBackend for RedisBackend {
                 Some(value) => self.check_entry(Operation::CompareAndSwap, key, value)?,
                 None => self.check_key(Operation::CompareAndSwap, key)?,
             };
-            let ttl = inner.ttl_or_default(ttl).unwrap_or(0);
+            let ttl = inner.ttl_of(options).unwrap_or(0);
             let mut invocation = inner.cas.prepare_invoke();
             invocation
                 .key(full.as_slice())
@@ -336,7 +319,7 @@ impl StateBackend for RedisBackend {
 
     fn batch_get<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, Vec<Option<Bytes>>> {
         let inner = &*self.inner;
-        StateFuture::new(inner.counted_write(async move {
+        StateFuture::new(inner.counted_read(async move {
             let full: Vec<Vec<u8>> = keys
                 .iter()
                 .map(|key| self.check_key(Operation::BatchGet, key))
@@ -392,7 +375,7 @@ impl StateBackend for RedisBackend {
             if full.is_empty() {
                 return Ok(());
             }
-            let ttl = ttl_millis(options.resolve_ttl(inner.config.default_ttl));
+            let ttl = inner.ttl_of(options);
             let groups = self.groups(&full);
             // Within a group the pipeline keeps the caller's order, so the
             // last write of a repeated key wins, as it would one by one.
@@ -434,50 +417,19 @@ impl StateBackend for RedisBackend {
 
     fn batch_delete<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, u64> {
         let inner = &*self.inner;
-        StateFuture::new(inner.counted_write(async move {
-            let full: Vec<Vec<u8>> = keys
-                .iter()
-                .map(|key| self.check_key(Operation::BatchDelete, key))
-                .collect::<Result<_>>()?;
-            if full.is_empty() {
-                return Ok(0);
-            }
-            let groups = self.groups(&full);
-            let (full, groups) = (&full, &groups);
-            inner
-                .run(
-                    Operation::BatchDelete,
-                    None,
-                    Idempotent::No,
-                    |conn| async move {
-                        let counts = try_join_all(groups.iter().map(|group| {
-                            let mut conn = conn.clone();
-                            async move {
-                                let mut cmd = redis::cmd("DEL");
-                                for &index in group {
-                                    cmd.arg(full[index].as_slice());
-                                }
-                                cmd.query_async::<u64>(&mut conn).await.map_err(redis_error)
-                            }
-                        }))
-                        .await?;
-                        Ok(counts.into_iter().sum())
-                    },
-                )
-                .await
-        }))
+        StateFuture::new(inner.counted_write(self.remove_keys(keys)))
     }
 
     fn set_if_not_exists<'a>(
         &'a self,
         key: &'a [u8],
         value: Bytes,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, bool> {
         let inner = &*self.inner;
         StateFuture::new(inner.counted_write(async move {
             let full = self.check_entry(Operation::SetIfNotExists, key, &value)?;
-            let ttl = inner.ttl_or_default(ttl);
+            let ttl = inner.ttl_of(options);
             let (full, value) = (&full, &value);
             inner
                 .run(
@@ -527,12 +479,12 @@ impl StateBackend for RedisBackend {
         &'a self,
         key: &'a [u8],
         delta: i64,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, i64> {
         let inner = &*self.inner;
         StateFuture::new(inner.counted_write(async move {
             let full = self.check_key(Operation::Increment, key)?;
-            let ttl = inner.ttl_or_default(ttl).unwrap_or(0);
+            let ttl = inner.ttl_of(options).unwrap_or(0);
             let mut invocation = inner.increment.prepare_invoke();
             invocation.key(full.as_slice()).arg(delta).arg(ttl);
             let invocation = &invocation;
@@ -551,5 +503,62 @@ impl StateBackend for RedisBackend {
                 )
                 .await
         }))
+    }
+}
+
+impl RedisBackend {
+    /// One page of a listing, not counted in the statistics (so that
+    /// `count` and `clear` count once).
+    async fn page(&self, prefix: &[u8], cursor: Option<&[u8]>, limit: usize) -> Result<KeyPage> {
+        let inner = &*self.inner;
+        if limit == 0 {
+            return Err(
+                Error::new(ErrorKind::InvalidArgument, "a page holds at least one key")
+                    .context(inner.name, Operation::ListKeys),
+            );
+        }
+        inner
+            .run(
+                Operation::ListKeys,
+                Some(prefix),
+                Idempotent::Yes,
+                |mut conn| async move { inner.list_page(&mut conn, prefix, cursor, limit).await },
+            )
+            .await
+    }
+
+    /// Deletes `keys`, not counted in the statistics.
+    async fn remove_keys(&self, keys: &[Bytes]) -> Result<u64> {
+        let inner = &*self.inner;
+        let full: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|key| self.check_key(Operation::BatchDelete, key))
+            .collect::<Result<_>>()?;
+        if full.is_empty() {
+            return Ok(0);
+        }
+        let groups = self.groups(&full);
+        let (full, groups) = (&full, &groups);
+        inner
+            .run(
+                Operation::BatchDelete,
+                None,
+                Idempotent::No,
+                |conn| async move {
+                    let counts = try_join_all(groups.iter().map(|group| {
+                        let mut conn = conn.clone();
+                        async move {
+                            let mut cmd = redis::cmd("DEL");
+                            for &index in group {
+                                cmd.arg(full[index].as_slice());
+                            }
+                            cmd.query_async::<u64>(&mut conn).await.map_err(redis_error)
+                        }
+                    }))
+                    .await?;
+                    Ok(counts.into_iter().sum())
+                },
+            )
+            .await
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -140,7 +140,8 @@ impl StateBackend for SledBackend {
     }
 
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
-        StateFuture::ready(self.inner.ttl(key))
+        let timer = self.inner.stats.start();
+        StateFuture::ready(self.inner.stats.read(timer, self.inner.ttl(key)))
     }
 
     fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
@@ -160,15 +161,19 @@ impl StateBackend for SledBackend {
         cursor: Option<&'a [u8]>,
         limit: usize,
     ) -> StateFuture<'a, KeyPage> {
-        StateFuture::ready(self.inner.list_page(prefix, cursor, limit))
+        let timer = self.inner.stats.start();
+        let result = self.inner.list_page(prefix, cursor, limit);
+        StateFuture::ready(self.inner.stats.scan(timer, result))
     }
 
     fn count(&self) -> StateFuture<'_, u64> {
-        StateFuture::ready(self.inner.count())
+        let timer = self.inner.stats.start();
+        StateFuture::ready(self.inner.stats.scan(timer, self.inner.count()))
     }
 
     fn clear(&self) -> StateFuture<'_, ()> {
-        StateFuture::ready(self.inner.clear())
+        let timer = self.inner.stats.start();
+        StateFuture::ready(self.inner.stats.write(timer, self.inner.clear()))
     }
 
     fn batch_get<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, Vec<Option<Bytes>>> {
@@ -191,13 +196,12 @@ impl StateBackend for SledBackend {
         let timer = self.inner.stats.start();
         let transaction = entries
             .into_iter()
-            .fold(Transaction::new(), |txn, (key, value)| match options.ttl {
-                Some(ttl) => txn.put_with_ttl(key, value, ttl),
-                None => txn.put(key, value),
+            .fold(Transaction::new(), |txn, (key, value)| {
+                txn.put_with(key, value, options)
             });
         let result = self
             .inner
-            .apply(&transaction, Operation::BatchPut, options.no_expiry)
+            .apply(&transaction, Operation::BatchPut)
             .map(|_| ());
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
@@ -214,12 +218,12 @@ impl StateBackend for SledBackend {
         &'a self,
         key: &'a [u8],
         value: Bytes,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, bool> {
         let timer = self.inner.stats.start();
         let result = self
             .inner
-            .compare_and_swap(key, None, Some(&value), ttl, Operation::SetIfNotExists)
+            .compare_and_swap(key, None, Some(&value), options, Operation::SetIfNotExists)
             .map(|outcome| outcome.is_swapped());
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
@@ -235,14 +239,14 @@ impl StateBackend for SledBackend {
         key: &'a [u8],
         expected: Option<&'a [u8]>,
         new: Option<Bytes>,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, CasOutcome> {
         let timer = self.inner.stats.start();
         let result = self.inner.compare_and_swap(
             key,
             expected,
             new.as_deref(),
-            ttl,
+            options,
             Operation::CompareAndSwap,
         );
         StateFuture::ready(self.inner.stats.write(timer, result))
@@ -252,10 +256,10 @@ impl StateBackend for SledBackend {
         &'a self,
         key: &'a [u8],
         delta: i64,
-        ttl: Option<Duration>,
+        options: PutOptions,
     ) -> StateFuture<'a, i64> {
         let timer = self.inner.stats.start();
-        let result = self.inner.increment(key, delta, ttl);
+        let result = self.inner.increment(key, delta, options);
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
 

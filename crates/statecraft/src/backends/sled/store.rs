@@ -37,8 +37,9 @@ impl Inner {
         self.clock.now_millis()
     }
 
-    pub(super) fn expiry(&self, ttl: Option<Duration>) -> u64 {
-        match ttl.or(self.default_ttl) {
+    /// The expiry time `options` give a value written now (0: never).
+    pub(super) fn expiry(&self, options: PutOptions) -> u64 {
+        match options.resolve_ttl(self.default_ttl) {
             Some(ttl) => expiry_after(self.now(), ttl),
             None => 0,
         }
@@ -125,10 +126,7 @@ impl Inner {
 
     pub(super) fn put(&self, key: &[u8], value: &[u8], options: PutOptions) -> Result<()> {
         self.limits.check_entry(NAME, Operation::Put, key, value)?;
-        let expires_at = match options.resolve_ttl(self.default_ttl) {
-            Some(ttl) => expiry_after(self.now(), ttl),
-            None => 0,
-        };
+        let expires_at = self.expiry(options);
         if expires_at != 0 {
             return self.update(key, Operation::Put, |_| {
                 Ok(Decision::Write {
@@ -243,14 +241,18 @@ impl Inner {
         key: &[u8],
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
-        ttl: Option<Duration>,
+        options: PutOptions,
         op: Operation,
     ) -> Result<CasOutcome> {
         match new {
             Some(value) => self.limits.check_entry(NAME, op, key, value)?,
             None => self.limits.check_key(NAME, op, key)?,
         }
-        let expires_at = if new.is_some() { self.expiry(ttl) } else { 0 };
+        let expires_at = if new.is_some() {
+            self.expiry(options)
+        } else {
+            0
+        };
         self.update(key, op, |live| {
             let current = live.map(|(value, _)| value);
             Ok(if current == expected {
@@ -265,10 +267,10 @@ impl Inner {
         })
     }
 
-    pub(super) fn increment(&self, key: &[u8], delta: i64, ttl: Option<Duration>) -> Result<i64> {
+    pub(super) fn increment(&self, key: &[u8], delta: i64, options: PutOptions) -> Result<i64> {
         let op = Operation::Increment;
         self.limits.check_key(NAME, op, key)?;
-        let created_expiry = self.expiry(ttl);
+        let created_expiry = self.expiry(options);
         self.update(key, op, |live| {
             let (next, expires_at) = match live {
                 Some((value, expires_at)) => (

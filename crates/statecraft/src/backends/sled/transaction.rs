@@ -6,8 +6,6 @@ use sled::transaction::{
 
 use crate::backend::error::{Error, Operation, Result};
 use crate::backend::future::StateFuture;
-#[cfg(doc)]
-use crate::backend::options::PutOptions;
 use crate::backend::transaction::{Transaction, TransactionWrite};
 
 use super::backend::SledBackend;
@@ -18,14 +16,8 @@ use super::store::Inner;
 use super::NAME;
 
 impl Inner {
-    /// Applies `transaction`; with `no_expiry`, writes without a TTL skip
-    /// the default TTL (see [`PutOptions::no_expiry`]).
-    pub(super) fn apply(
-        &self,
-        transaction: &Transaction,
-        op: Operation,
-        no_expiry: bool,
-    ) -> Result<bool> {
+    /// Applies `transaction`.
+    pub(super) fn apply(&self, transaction: &Transaction, op: Operation) -> Result<bool> {
         for (key, expected) in transaction.checks() {
             self.limits.check_key(NAME, op, key)?;
             if let Some(expected) = expected {
@@ -35,12 +27,13 @@ impl Inner {
         let mut writes = Vec::with_capacity(transaction.writes().len());
         for write in transaction.writes() {
             match write {
-                TransactionWrite::Put { key, value, ttl } => {
+                TransactionWrite::Put {
+                    key,
+                    value,
+                    options,
+                } => {
                     self.limits.check_entry(NAME, op, key, value)?;
-                    let expires_at = match (ttl, no_expiry) {
-                        (None, true) => 0,
-                        _ => self.expiry(*ttl),
-                    };
+                    let expires_at = self.expiry(*options);
                     writes.push((key, Some(encode_value(value, expires_at)), expires_at));
                 }
                 TransactionWrite::Delete { key } => {
@@ -94,9 +87,7 @@ impl Inner {
 impl SledBackend {
     pub(super) fn apply_transaction(&self, transaction: Transaction) -> StateFuture<'_, bool> {
         let timer = self.inner.stats.start();
-        let result = self
-            .inner
-            .apply(&transaction, Operation::Transaction, false);
+        let result = self.inner.apply(&transaction, Operation::Transaction);
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
 }
