@@ -766,6 +766,29 @@ pub async fn health_and_stats(f: &Fixture) {
     assert!(after.operations() >= before.operations() + 21);
 }
 
+/// `get_with_ttl` returns the value with the time it has left, and nothing
+/// for an absent or expired key.
+pub async fn get_with_ttl_reads_both(f: &Fixture) {
+    let s = &*f.backend;
+    assert_eq!(ok(f, "missing", s.get_with_ttl(b"g").await), None);
+    ok(f, "put", s.put(b"g", b(b"v")).await);
+    assert_eq!(
+        ok(f, "persistent", s.get_with_ttl(b"g").await),
+        Some((b(b"v"), KeyTtl::Persistent))
+    );
+    let ttl = Duration::from_millis(800);
+    ok(f, "put_with_ttl", s.put_with_ttl(b"e", b(b"w"), ttl).await);
+    match ok(f, "expiring", s.get_with_ttl(b"e").await) {
+        Some((value, KeyTtl::ExpiresIn(left))) => {
+            assert_eq!(value, b(b"w"));
+            assert!(left <= ttl && left > Duration::ZERO, "{left:?}");
+        }
+        other => panic!("{}: expected a value with a TTL, got {other:?}", s.name()),
+    }
+    f.advance(Duration::from_millis(1_000)).await;
+    assert_eq!(ok(f, "expired", s.get_with_ttl(b"e").await), None);
+}
+
 /// Statistics count the same operations the same way on every backend: a
 /// fixed sequence moves hits, misses, writes and scans by the same amounts
 /// (see [`statecraft::BackendStats`]).
@@ -785,6 +808,8 @@ pub async fn stats_count_alike(f: &Fixture) {
     ok(f, "contains miss", s.contains(b"nope").await);
     ok(f, "ttl hit", s.ttl(b"s2").await);
     ok(f, "ttl miss", s.ttl(b"nope").await);
+    ok(f, "get_with_ttl hit", s.get_with_ttl(b"s1").await);
+    ok(f, "get_with_ttl miss", s.get_with_ttl(b"nope").await);
     let keys = [b(b"s1"), b(b"nope"), b(b"s2")];
     ok(f, "batch_get", s.batch_get(&keys).await);
     let entries = vec![(b(b"s3"), b(b"v")), (b(b"s4"), b(b"v"))];
@@ -840,8 +865,8 @@ pub async fn stats_count_alike(f: &Fixture) {
         delta("errors", before.errors, after.errors),
     ];
     let want = [
-        ("hits", 6),
-        ("misses", 5),
+        ("hits", 7),
+        ("misses", 6),
         ("writes", 10),
         ("scans", 2),
         ("errors", 0),

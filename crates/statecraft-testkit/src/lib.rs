@@ -120,7 +120,7 @@ macro_rules! conformance_tests {
             increment_rejects_overflow, batch_operations, batch_put_with_ttl,
             size_limits_are_typed_errors, concurrent_increments_are_exact,
             concurrent_cas_increments_lose_nothing, health_and_stats,
-            capabilities_match_behaviour, $($extra),*
+            capabilities_match_behaviour, get_with_ttl_reads_both, $($extra),*
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

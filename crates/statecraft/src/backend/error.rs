@@ -131,6 +131,7 @@ pub enum Operation {
     Migrate,
     Maintenance,
     Connect,
+    GetWithTtl,
 }
 
 impl Operation {
@@ -166,13 +167,14 @@ impl Operation {
             Operation::Migrate => "migrate",
             Operation::Maintenance => "maintenance",
             Operation::Connect => "connect",
+            Operation::GetWithTtl => "get_with_ttl",
         }
     }
 }
 
 impl Operation {
     /// Every operation, in declaration order (so that `ALL[op.index()] == op`).
-    pub const ALL: [Operation; 29] = [
+    pub const ALL: [Operation; 30] = [
         Operation::Get,
         Operation::Put,
         Operation::Delete,
@@ -202,6 +204,7 @@ impl Operation {
         Operation::Migrate,
         Operation::Maintenance,
         Operation::Connect,
+        Operation::GetWithTtl,
     ];
 
     /// The position of this operation in [`ALL`](Self::ALL), for tables
@@ -236,6 +239,7 @@ impl Operation {
         matches!(
             self,
             Operation::Get
+                | Operation::GetWithTtl
                 | Operation::Contains
                 | Operation::Ttl
                 | Operation::ListKeys

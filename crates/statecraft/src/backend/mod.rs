@@ -104,6 +104,24 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
         self.put_with(key, value, PutOptions::default())
     }
 
+    /// Reads `key` with the time it has left: `None` when it is absent,
+    /// otherwise its value and [`KeyTtl::Persistent`] or
+    /// [`KeyTtl::ExpiresIn`] (never `Missing`). The built-in backends answer
+    /// in one atomic step (a cache uses it to never outlive the store's TTL);
+    /// the default reads the value, then its TTL, and a concurrent write can
+    /// fall between the two.
+    fn get_with_ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
+        StateFuture::new(async move {
+            let Some(value) = self.get(key).await? else {
+                return Ok(None);
+            };
+            Ok(match self.ttl(key).await? {
+                KeyTtl::Missing => None,
+                ttl => Some((value, ttl)),
+            })
+        })
+    }
+
     /// Stores `value` under `key` for `ttl`.
     fn put_with_ttl<'a>(
         &'a self,
@@ -379,6 +397,9 @@ macro_rules! forward_backend {
             }
             fn health_check(&self) -> StateFuture<'_, HealthReport> { (**self).health_check() }
             fn stats(&self) -> StateFuture<'_, BackendStats> { (**self).stats() }
+            fn get_with_ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
+                (**self).get_with_ttl(key)
+            }
             #[inline]
             fn put<'a>(&'a self, key: &'a [u8], value: Bytes) -> StateFuture<'a, ()> { (**self).put(key, value) }
             fn put_with_ttl<'a>(&'a self, key: &'a [u8], value: Bytes, ttl: Duration) -> StateFuture<'a, ()> {

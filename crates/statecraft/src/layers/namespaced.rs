@@ -237,6 +237,10 @@ impl<B: StateBackend> StateBackend for Namespaced<B> {
         })
     }
 
+    fn get_with_ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
+        StateFuture::new(async move { self.inner.get_with_ttl(&self.full_key(key)).await })
+    }
+
     fn get_and_delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
         StateFuture::new(async move { self.inner.get_and_delete(&self.full_key(key)).await })
     }

@@ -87,6 +87,14 @@ macro_rules! operation_layer {
             fn stats(&self) -> StateFuture<'_, BackendStats> {
                 self.run(Operation::Stats, move || self.inner().stats())
             }
+            fn get_with_ttl<'a>(
+                &'a self,
+                key: &'a [u8],
+            ) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
+                self.run(Operation::GetWithTtl, move || {
+                    self.inner().get_with_ttl(key)
+                })
+            }
             fn put<'a>(&'a self, key: &'a [u8], value: Bytes) -> StateFuture<'a, ()> {
                 self.run(Operation::Put, move || self.inner().put(key, value.clone()))
             }

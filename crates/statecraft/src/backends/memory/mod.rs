@@ -284,18 +284,34 @@ impl Inner {
 
     fn ttl(&self, key: &[u8]) -> Result<KeyTtl> {
         self.limits.check_key(NAME, Operation::Ttl, key)?;
+        Ok(match self.map.get(key) {
+            Some(entry) => self.left(&entry),
+            None => KeyTtl::Missing,
+        })
+    }
+
+    fn get_with_ttl(&self, key: &[u8]) -> Result<Option<(Bytes, KeyTtl)>> {
+        self.limits.check_key(NAME, Operation::GetWithTtl, key)?;
         let Some(entry) = self.map.get(key) else {
-            return Ok(KeyTtl::Missing);
+            return Ok(None);
         };
+        Ok(match self.left(&entry) {
+            KeyTtl::Missing => None,
+            ttl => Some((entry.value.clone(), ttl)),
+        })
+    }
+
+    /// The time `entry` has left.
+    fn left(&self, entry: &Entry) -> KeyTtl {
         if entry.expires_at == 0 {
-            return Ok(KeyTtl::Persistent);
+            return KeyTtl::Persistent;
         }
         let now = self.clock.now_millis();
-        Ok(if now < entry.expires_at {
+        if now < entry.expires_at {
             KeyTtl::ExpiresIn(Duration::from_millis(entry.expires_at - now))
         } else {
             KeyTtl::Missing
-        })
+        }
     }
 
     fn list_page(&self, prefix: &[u8], cursor: Option<&[u8]>, limit: usize) -> Result<KeyPage> {
@@ -459,6 +475,11 @@ impl StateBackend for MemoryBackend {
     fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
         let timer = self.inner.stats.start();
         StateFuture::ready(self.inner.stats.write(timer, self.inner.delete(key)))
+    }
+
+    fn get_with_ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
+        let timer = self.inner.stats.start();
+        StateFuture::ready(self.inner.stats.read(timer, self.inner.get_with_ttl(key)))
     }
 
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {

@@ -191,6 +191,30 @@ impl StateBackend for PostgresBackend {
         }))
     }
 
+    fn get_with_ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
+        let inner = &*self.inner;
+        StateFuture::new(inner.read_op(Operation::GetWithTtl, Some(key), async move {
+            inner
+                .config
+                .limits
+                .check_key(NAME, Operation::GetWithTtl, key)?;
+            let mut client = inner.client().await?;
+            let row = client
+                .query_opt(&inner.sql.get_with_ttl, &[&key])
+                .await
+                .map_err(pg_error)?;
+            let Some(row) = row else { return Ok(None) };
+            let left: Option<i64> = row.try_get(1).map_err(corrupt)?;
+            let ttl = match left {
+                None => KeyTtl::Persistent,
+                Some(ms) => {
+                    KeyTtl::ExpiresIn(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+                }
+            };
+            Ok(Some((value_of(&row, 0)?, ttl)))
+        }))
+    }
+
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
         let inner = &*self.inner;
         StateFuture::new(inner.read_op(Operation::Ttl, Some(key), async move {

@@ -23,6 +23,7 @@ pub(super) struct Sql {
     pub(super) put: String,
     pub(super) delete: String,
     pub(super) ttl: String,
+    pub(super) get_with_ttl: String,
     pub(super) list_first: String,
     pub(super) list_first_bounded: String,
     pub(super) list_next: String,
@@ -69,6 +70,10 @@ impl Sql {
             delete: format!("DELETE FROM {t} WHERE key = $1 RETURNING {LIVE}"),
             ttl: format!(
                 "SELECT (extract(epoch FROM expires_at - now()) * 1000)::int8 \
+                 FROM {t} WHERE key = $1 AND {LIVE}"
+            ),
+            get_with_ttl: format!(
+                "SELECT value, (extract(epoch FROM expires_at - now()) * 1000)::int8 \
                  FROM {t} WHERE key = $1 AND {LIVE}"
             ),
             list_first: list(">=", false),

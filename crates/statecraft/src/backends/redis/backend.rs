@@ -17,7 +17,7 @@ use super::config::{RedisConfig, Target};
 use super::connection::{client_for, install_crypto_provider, Pooled, SingleConn};
 use super::errors::redis_error;
 use super::inner::Inner;
-use super::scripts::{CAS_SCRIPT, INCREMENT_SCRIPT};
+use super::scripts::{CAS_SCRIPT, GET_WITH_TTL_SCRIPT, INCREMENT_SCRIPT};
 use super::{CLUSTER_NAME, NAME};
 
 /// A [`StateBackend`] over Redis or a Redis Cluster: every operation one
@@ -140,6 +140,7 @@ impl RedisBackend {
                 timeouts: AtomicU64::new(0),
                 cas: Script::new(CAS_SCRIPT),
                 increment: Script::new(INCREMENT_SCRIPT),
+                get_with_ttl: Script::new(GET_WITH_TTL_SCRIPT),
                 jitter: std::collections::hash_map::RandomState::new(),
                 jitter_seq: AtomicU64::new(0),
             }),

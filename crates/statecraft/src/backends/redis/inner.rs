@@ -45,6 +45,7 @@ pub(super) struct Inner {
     pub(super) timeouts: AtomicU64,
     pub(super) cas: Script,
     pub(super) increment: Script,
+    pub(super) get_with_ttl: Script,
     pub(super) jitter: std::collections::hash_map::RandomState,
     pub(super) jitter_seq: AtomicU64,
 }

@@ -112,6 +112,39 @@ impl StateBackend for RedisBackend {
         }))
     }
 
+    fn get_with_ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
+        let inner = &*self.inner;
+        StateFuture::new(inner.counted_read(async move {
+            let full = self.check_key(Operation::GetWithTtl, key)?;
+            let mut invocation = inner.get_with_ttl.prepare_invoke();
+            invocation.key(full.as_slice());
+            let invocation = &invocation;
+            inner
+                .run(
+                    Operation::GetWithTtl,
+                    Some(key),
+                    Idempotent::Yes,
+                    |mut conn| async move {
+                        let reply: Option<(Vec<u8>, i64)> = invocation
+                            .invoke_async(&mut conn)
+                            .await
+                            .map_err(redis_error)?;
+                        Ok(reply.and_then(|(value, ms)| {
+                            let ttl = match ms {
+                                -2 => return None,
+                                -1 => KeyTtl::Persistent,
+                                ms => KeyTtl::ExpiresIn(Duration::from_millis(
+                                    u64::try_from(ms).unwrap_or(0),
+                                )),
+                            };
+                            Some((Bytes::from(value), ttl))
+                        }))
+                    },
+                )
+                .await
+        }))
+    }
+
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
         let inner = &*self.inner;
         StateFuture::new(inner.counted_read(async move {

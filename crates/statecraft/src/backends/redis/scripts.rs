@@ -25,6 +25,14 @@ end
 return {1}
 ";
 
+/// The value of a key with its PTTL, atomically: `false` (nil) when
+/// absent, `{value, pttl}` otherwise.
+pub(super) const GET_WITH_TTL_SCRIPT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+return {v, redis.call('PTTL', KEYS[1])}
+";
+
 /// Increment with a TTL set only when the key is created. The result is
 /// read back as a string: Lua numbers are doubles and would round it.
 pub(super) const INCREMENT_SCRIPT: &str = r"

@@ -139,6 +139,11 @@ impl StateBackend for SledBackend {
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
 
+    fn get_with_ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
+        let timer = self.inner.stats.start();
+        StateFuture::ready(self.inner.stats.read(timer, self.inner.get_with_ttl(key)))
+    }
+
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
         let timer = self.inner.stats.start();
         StateFuture::ready(self.inner.stats.read(timer, self.inner.ttl(key)))

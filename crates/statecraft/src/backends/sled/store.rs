@@ -161,11 +161,25 @@ impl Inner {
         self.limits.check_key(NAME, Operation::Ttl, key)?;
         Ok(match self.live_raw(key, Operation::Ttl)? {
             None => KeyTtl::Missing,
-            Some((_, header)) if header.expires_at == 0 => KeyTtl::Persistent,
-            Some((_, header)) => KeyTtl::ExpiresIn(Duration::from_millis(
-                header.expires_at.saturating_sub(self.now()),
-            )),
+            Some((_, header)) => self.left(header.expires_at),
         })
+    }
+
+    pub(super) fn get_with_ttl(&self, key: &[u8]) -> Result<Option<(Bytes, KeyTtl)>> {
+        let op = Operation::GetWithTtl;
+        self.limits.check_key(NAME, op, key)?;
+        Ok(self.live_raw(key, op)?.map(|(raw, header)| {
+            let left = self.left(header.expires_at);
+            (payload(raw, header), left)
+        }))
+    }
+
+    /// The time a live value expiring at `expires_at` (0: never) has left.
+    fn left(&self, expires_at: u64) -> KeyTtl {
+        match expires_at {
+            0 => KeyTtl::Persistent,
+            at => KeyTtl::ExpiresIn(Duration::from_millis(at.saturating_sub(self.now()))),
+        }
     }
 
     pub(super) fn list_page(
