@@ -45,7 +45,7 @@ pub mod raw;
 
 pub use backend::capabilities::Capabilities;
 pub use backend::checkpoint;
-pub use backend::clock::{Clock, ManualClock, SystemClock};
+pub use backend::clock::{Clock, ManualClock, MonotonicClock, SystemClock};
 pub use backend::error::{Error, ErrorKind, Operation, Result};
 pub use backend::future::StateFuture;
 pub use backend::limits::Limits;
@@ -66,6 +66,7 @@ pub use backends::redis::{RedisBackend, RedisConfig, RedisConfigBuilder};
 #[cfg(feature = "sled")]
 pub use backends::sled::{SledBackend, SledBackendBuilder};
 pub use bytes::Bytes;
+pub use layers::cached::{Cached, CachedBuilder, Heartbeat, Invalidation};
 pub use layers::metrics::Metrics;
 pub use layers::namespaced::Namespaced;
 pub use layers::retry::{Retry, RetryPolicy};

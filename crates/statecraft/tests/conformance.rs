@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use statecraft::{
-    Limits, ManualClock, MemoryBackend, Metrics, Namespaced, Retry, RetryPolicy, SledBackend,
-    StateBackend, Timeout,
+    Cached, Limits, ManualClock, MemoryBackend, Metrics, Namespaced, Retry, RetryPolicy,
+    SledBackend, StateBackend, Timeout,
 };
 use statecraft_testkit::{
     Fixture, FixtureFuture, ProvidedDefaults, TimeControl, FIXTURE_MAX_KEY, FIXTURE_MAX_VALUE,
@@ -113,6 +113,33 @@ fn layered_memory_fixture() -> FixtureFuture {
     })
 }
 
+fn cached_memory_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        let cached = Cached::builder(memory(&clock))
+            .clock(clock.clone())
+            .build()
+            .await
+            .expect("cached");
+        fixture(Arc::new(cached), clock, false)
+    })
+}
+
+fn cached_namespaced_sled_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        let (backend, dir) = sled(&clock);
+        let view = Namespaced::new(backend, NAMESPACE);
+        let cached = Cached::builder(view)
+            .clock(clock.clone())
+            .max_bytes(8 << 20)
+            .build()
+            .await
+            .expect("cached");
+        fixture(Arc::new(cached), clock, true).with_guard(dir)
+    })
+}
+
 mod conformance {
     mod memory {
         statecraft_testkit::conformance_tests!(super::super::memory_fixture);
@@ -131,6 +158,12 @@ mod conformance {
             super::super::provided_defaults_memory_fixture,
             provided_defaults
         );
+    }
+    mod cached_memory {
+        statecraft_testkit::conformance_tests!(super::super::cached_memory_fixture);
+    }
+    mod cached_namespaced_sled {
+        statecraft_testkit::conformance_tests!(super::super::cached_namespaced_sled_fixture);
     }
     mod metrics_retry_timeout_memory {
         statecraft_testkit::conformance_tests!(super::super::layered_memory_fixture);

@@ -68,9 +68,30 @@ async fn write_options_on_a_default_ttl_backend() {
     statecraft_testkit::conformance::write_options_on_default_ttl(&backend).await;
 }
 
+fn cached_postgres_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let table = unique_table("cached");
+        let backend = backend(&PostgresServer::shared().url(), &table).await;
+        let cached = statecraft::Cached::builder(backend)
+            .channel(format!("cached_{table}"))
+            .build()
+            .await
+            .expect("cached");
+        Fixture::new(
+            Arc::new(cached),
+            TimeControl::Real,
+            FIXTURE_MAX_KEY,
+            FIXTURE_MAX_VALUE,
+        )
+    })
+}
+
 mod conformance {
     mod postgres {
         statecraft_testkit::conformance_tests!(super::super::postgres_fixture);
+    }
+    mod cached_postgres {
+        statecraft_testkit::conformance_tests!(super::super::cached_postgres_fixture);
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use statecraft::{
-    Bytes, ErrorKind, KeyTtl, Limits, MemoryBackend, PutOptions, RedisBackend, RedisConfig,
+    Bytes, Cached, ErrorKind, KeyTtl, Limits, MemoryBackend, PutOptions, RedisBackend, RedisConfig,
     StateBackend,
 };
 use statecraft_testkit::{
@@ -60,6 +60,30 @@ fn redis_fixture() -> FixtureFuture {
     Box::pin(async { fixture_on(RedisServer::shared().url()).await })
 }
 
+/// `Cached` over Redis, on a channel of its own.
+async fn cached_fixture_on(url: String) -> Fixture {
+    let prefix = unique_prefix("cached");
+    let cached = Cached::builder(backend(&url, &prefix).await)
+        .channel(format!("cached-conformance:{prefix}"))
+        .build()
+        .await
+        .expect("cached");
+    Fixture::new(
+        Arc::new(cached),
+        TimeControl::Real,
+        FIXTURE_MAX_KEY,
+        FIXTURE_MAX_VALUE,
+    )
+}
+
+fn cached_redis_fixture() -> FixtureFuture {
+    Box::pin(async { cached_fixture_on(RedisServer::shared().url()).await })
+}
+
+fn cached_redis_cluster_fixture() -> FixtureFuture {
+    Box::pin(async { cached_fixture_on(RedisCluster::shared().url()).await })
+}
+
 fn redis_cluster_fixture() -> FixtureFuture {
     Box::pin(async { fixture_on(RedisCluster::shared().url()).await })
 }
@@ -83,6 +107,12 @@ mod conformance {
     }
     mod redis_cluster {
         statecraft_testkit::conformance_tests!(super::super::redis_cluster_fixture);
+    }
+    mod cached_redis {
+        statecraft_testkit::conformance_tests!(super::super::cached_redis_fixture);
+    }
+    mod cached_redis_cluster {
+        statecraft_testkit::conformance_tests!(super::super::cached_redis_cluster_fixture);
     }
 }
 

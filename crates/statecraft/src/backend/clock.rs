@@ -14,6 +14,45 @@ pub trait Clock: Send + Sync + fmt::Debug {
     fn now_millis(&self) -> u64;
 }
 
+/// A cheap monotonic clock: the wall clock read once, when it is created,
+/// advanced by the CPU's timestamp counter (through `quanta`, which falls
+/// back to the OS's monotonic clock where the counter is unreliable). It
+/// costs a few nanoseconds per read, does not follow later changes to the
+/// wall clock, and never goes backwards: what a cache's expiry checks need.
+#[derive(Debug, Clone)]
+pub struct MonotonicClock {
+    clock: quanta::Clock,
+    start: quanta::Instant,
+    start_millis: u64,
+}
+
+impl MonotonicClock {
+    /// A clock reading the wall clock's time now.
+    pub fn new() -> Self {
+        let clock = quanta::Clock::new();
+        MonotonicClock {
+            start: clock.now(),
+            start_millis: SystemClock.now_millis(),
+            clock,
+        }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    #[inline]
+    fn now_millis(&self) -> u64 {
+        let elapsed = self.clock.now().saturating_duration_since(self.start);
+        self.start_millis
+            .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 /// The system's wall clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;

@@ -1,5 +1,6 @@
 //! Layers: backends that wrap another backend and are backends themselves.
 
+pub(crate) mod cached;
 pub(crate) mod metrics;
 pub(crate) mod namespaced;
 pub(crate) mod operation;

@@ -1,0 +1,507 @@
+//! `Cached` beyond the conformance suite: two instances over one store
+//! never serve a value older than the invalidation bound allows (over
+//! memory, Redis and PostgreSQL), a lost or silent subscription suspends
+//! L1, entries never outlive the store's TTL, and the size bound holds.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+use statecraft::{
+    BackendStats, Bytes, Cached, Capabilities, CasOutcome, ErrorKind, HealthReport, Heartbeat,
+    Invalidation, KeyPage, KeyTtl, ManualClock, MemoryBackend, PostgresBackend, PostgresConfig,
+    PutOptions, RedisBackend, RedisConfig, StateBackend, StateFuture, Subscription,
+};
+use statecraft_testkit::{PostgresServer, RedisServer};
+use tokio::sync::Mutex;
+
+const KEYS: usize = 20;
+const WRITES_PER_INSTANCE: usize = 5_000;
+/// How long after a write's acknowledgement another instance may still
+/// serve the value it replaced. Invalidation takes well under a
+/// millisecond on loopback; the margin is for a loaded CI machine.
+const BOUND: Duration = Duration::from_millis(100);
+
+/// Every write of one key, in store order (writes to a key are serialized
+/// by its lock), with the time each was acknowledged.
+#[derive(Default)]
+struct History {
+    writes: Vec<(Bytes, Option<Instant>)>,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Two instances write random keys (10,000 writes in all) while both read
+/// random keys; every read must return the last value acknowledged more
+/// than [`BOUND`] before the read started, or a later one.
+async fn never_stale(
+    a: Arc<Cached<impl StateBackend + 'static>>,
+    b: Arc<Cached<impl StateBackend + 'static>>,
+) {
+    let histories: Arc<Vec<Mutex<History>>> =
+        Arc::new((0..KEYS).map(|_| Mutex::new(History::default())).collect());
+    let key = |i: usize| format!("k{i:02}").into_bytes();
+    let done = Arc::new(AtomicBool::new(false));
+    let stale_within_bound = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
+    let instances: [Arc<dyn StateBackend>; 2] = [a.clone(), b.clone()];
+    let mut writers = Vec::new();
+    for (n, instance) in instances.iter().enumerate() {
+        let (instance, histories) = (instance.clone(), histories.clone());
+        writers.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9 + n as u64);
+            for seq in 0..WRITES_PER_INSTANCE {
+                let i = (rng.next() % KEYS as u64) as usize;
+                let value = Bytes::from(format!("w{n}-{seq}"));
+                let mut history = histories[i].lock().await;
+                history.writes.push((value.clone(), None));
+                let slot = history.writes.len() - 1;
+                instance.put(&key(i), value).await.expect("put");
+                history.writes[slot].1 = Some(Instant::now());
+            }
+        }));
+    }
+    let mut readers = Vec::new();
+    for (n, instance) in instances.iter().enumerate() {
+        let (instance, histories, done) = (instance.clone(), histories.clone(), done.clone());
+        let (stale_within_bound, reads) = (stale_within_bound.clone(), reads.clone());
+        readers.push(tokio::spawn(async move {
+            let mut rng = Rng(0x51ed_2701 + n as u64);
+            while !done.load(Ordering::Relaxed) {
+                let i = (rng.next() % KEYS as u64) as usize;
+                let started = Instant::now();
+                let got = instance.get(&key(i)).await.expect("get");
+                reads.fetch_add(1, Ordering::Relaxed);
+                let history = histories[i].lock().await;
+                let position = match &got {
+                    None => -1,
+                    Some(value) => history
+                        .writes
+                        .iter()
+                        .position(|(v, _)| v == value)
+                        .map(|p| p as isize)
+                        .unwrap_or_else(|| panic!("read a value never written: {value:?}")),
+                };
+                let acked_before = |limit: Instant| {
+                    history
+                        .writes
+                        .iter()
+                        .rposition(|(_, ack)| ack.is_some_and(|at| at < limit))
+                        .map_or(-1, |p| p as isize)
+                };
+                let required = started.checked_sub(BOUND).map_or(-1, acked_before);
+                assert!(
+                    position >= required,
+                    "instance {n} read {got:?} (write #{position}) of key {i}, but write #{required} \
+                     was acknowledged more than {BOUND:?} before the read"
+                );
+                if position < acked_before(started) {
+                    stale_within_bound.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    done.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.await.expect("reader");
+    }
+    let hits = |stats: BackendStats| stats.details.get("l1_hits").copied().unwrap_or(0);
+    let (hits_a, hits_b) = (
+        hits(a.stats().await.expect("stats")),
+        hits(b.stats().await.expect("stats")),
+    );
+    println!(
+        "{} reads, L1 hits {hits_a} + {hits_b}, {} reads older than the latest acknowledged write (within the bound)",
+        reads.load(Ordering::Relaxed),
+        stale_within_bound.load(Ordering::Relaxed)
+    );
+    assert!(hits_a > 0 && hits_b > 0, "the reads went through L1");
+}
+
+async fn pair<B: StateBackend + 'static>(
+    a: B,
+    b: B,
+    channel: &str,
+) -> (Arc<Cached<B>>, Arc<Cached<B>>) {
+    let build = |inner: B| {
+        Cached::builder(inner)
+            .channel(channel.to_string())
+            .invalidation(Invalidation::PubSub)
+            .build()
+    };
+    let a = Arc::new(build(a).await.expect("cached a"));
+    let b = Arc::new(build(b).await.expect("cached b"));
+    (a, b)
+}
+
+fn unique(tag: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{tag}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn redis(prefix: &str) -> RedisBackend {
+    let config = RedisConfig::builder()
+        .url(RedisServer::shared().url())
+        .key_prefix(prefix.to_string())
+        .build()
+        .expect("config");
+    RedisBackend::new(config).await.expect("redis")
+}
+
+async fn postgres(table: &str) -> PostgresBackend {
+    let config = PostgresConfig::builder()
+        .url(PostgresServer::shared().url())
+        .table(table)
+        .build()
+        .expect("config");
+    PostgresBackend::new(config).await.expect("postgres")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_over_memory_never_serve_stale() {
+    let store = MemoryBackend::new();
+    let (a, b) = pair(store.clone(), store, "stale-memory").await;
+    never_stale(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_over_redis_never_serve_stale() {
+    let prefix = unique("stale") + ":";
+    let (a, b) = pair(redis(&prefix).await, redis(&prefix).await, &prefix).await;
+    never_stale(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_over_postgres_never_serve_stale() {
+    let table = unique("stale");
+    let (a, b) = pair(postgres(&table).await, postgres(&table).await, &table).await;
+    never_stale(a, b).await;
+}
+
+/// Waits (up to 10 s) until `cached` serves or not, as asked.
+async fn until_serving(cached: &Cached<impl StateBackend + 'static>, serving: bool) -> Duration {
+    let started = Instant::now();
+    while cached.is_serving() != serving {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "L1 still serving={} after 10 s",
+            !serving
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+/// A killed subscription connection clears L1 and suspends it; once
+/// resubscribed, a write made during the outage is not served stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_subscription_suspends_l1_until_resubscribed() {
+    let prefix = unique("killed") + ":";
+    let (a, b) = pair(redis(&prefix).await, redis(&prefix).await, &prefix).await;
+    a.put(b"k", "v1".into()).await.expect("put");
+    assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v1"[..]));
+    let before = b.get_ref().stats().await.expect("stats");
+    assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v1"[..]));
+    let after = b.get_ref().stats().await.expect("stats");
+    assert_eq!(after.hits, before.hits, "the second read was an L1 hit");
+
+    let killed = RedisServer::shared().cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(!killed.trim().starts_with('0'), "killed: {killed}");
+    until_serving(&b, false).await;
+    // Written by a plain client while b cannot hear about it.
+    redis(&prefix)
+        .await
+        .put(b"k", "v2".into())
+        .await
+        .expect("put");
+    until_serving(&b, true).await;
+    assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v2"[..]));
+    let stats = b.stats().await.expect("stats");
+    assert!(
+        stats.details.get("l1_suspensions").is_some_and(|&n| n >= 1),
+        "{stats:?}"
+    );
+}
+
+/// A memory backend whose subscriptions can be silenced: they stay open
+/// and deliver nothing, as over a blackholed connection.
+#[derive(Debug, Clone)]
+struct Muted {
+    inner: MemoryBackend,
+    muted: Arc<AtomicBool>,
+}
+
+struct MutedStream {
+    inner: Subscription,
+    muted: Arc<AtomicBool>,
+}
+
+impl Stream for MutedStream {
+    type Item = statecraft::Result<statecraft::Message>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(_)) if self.muted.load(Ordering::SeqCst) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl StateBackend for Muted {
+    fn name(&self) -> &'static str {
+        "muted"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        self.inner.get(key)
+    }
+    fn get_with_ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
+        self.inner.get_with_ttl(key)
+    }
+    fn put_with<'a>(
+        &'a self,
+        key: &'a [u8],
+        value: Bytes,
+        options: PutOptions,
+    ) -> StateFuture<'a, ()> {
+        self.inner.put_with(key, value, options)
+    }
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        self.inner.delete(key)
+    }
+    fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
+        self.inner.ttl(key)
+    }
+    fn list_keys_page<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        cursor: Option<&'a [u8]>,
+        limit: usize,
+    ) -> StateFuture<'a, KeyPage> {
+        self.inner.list_keys_page(prefix, cursor, limit)
+    }
+    fn clear(&self) -> StateFuture<'_, ()> {
+        self.inner.clear()
+    }
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        new: Option<Bytes>,
+        options: PutOptions,
+    ) -> StateFuture<'a, CasOutcome> {
+        self.inner.compare_and_swap(key, expected, new, options)
+    }
+    fn health_check(&self) -> StateFuture<'_, HealthReport> {
+        self.inner.health_check()
+    }
+    fn stats(&self) -> StateFuture<'_, BackendStats> {
+        self.inner.stats()
+    }
+    fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()> {
+        self.inner.publish(channel, payload)
+    }
+    fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
+        StateFuture::new(async move {
+            let inner = self.inner.subscribe(channel).await?;
+            let muted = self.muted.clone();
+            Ok(Subscription::new(MutedStream { inner, muted }))
+        })
+    }
+}
+
+/// A subscription that stays open but delivers nothing (a blackholed
+/// connection) is noticed by the heartbeat: L1 stops serving within the
+/// heartbeat timeout and serves again once a new subscription delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_subscription_is_noticed_by_the_heartbeat() {
+    let muted = Arc::new(AtomicBool::new(false));
+    let store = Muted {
+        inner: MemoryBackend::new(),
+        muted: muted.clone(),
+    };
+    let heartbeat = Heartbeat {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(200),
+    };
+    let cached = Cached::builder(store)
+        .heartbeat(Some(heartbeat))
+        .resubscribe_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .build()
+        .await
+        .expect("cached");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(cached.is_serving(), "heartbeats come back while not muted");
+    muted.store(true, Ordering::SeqCst);
+    let noticed = until_serving(&cached, false).await;
+    assert!(
+        noticed <= Duration::from_secs(2),
+        "noticed after {noticed:?}"
+    );
+    muted.store(false, Ordering::SeqCst);
+    until_serving(&cached, true).await;
+}
+
+/// An entry never outlives the store's TTL, nor the L1 TTL, and an idle
+/// entry is dropped after the time-to-idle.
+#[tokio::test]
+async fn entries_expire_with_the_store_ttl_the_l1_ttl_and_idleness() {
+    let clock = ManualClock::starting_now();
+    let store = MemoryBackend::builder()
+        .clock(clock.clone())
+        .sweep_interval(None)
+        .build();
+    let cached = Cached::builder(store.clone())
+        .clock(clock.clone())
+        .ttl(Duration::from_secs(10))
+        .time_to_idle(Duration::from_secs(4))
+        .build()
+        .await
+        .expect("cached");
+    let l1_hits = |stats: BackendStats| stats.details["l1_hits"];
+    store
+        .put_with_ttl(b"short", "v".into(), Duration::from_millis(500))
+        .await
+        .expect("put");
+    assert!(cached.get(b"short").await.expect("get").is_some());
+    assert!(cached.get(b"short").await.expect("get").is_some());
+    assert_eq!(l1_hits(cached.stats().await.expect("stats")), 1);
+    match cached.get_with_ttl(b"short").await.expect("get_with_ttl") {
+        Some((_, KeyTtl::ExpiresIn(left))) => assert!(left <= Duration::from_millis(500)),
+        other => panic!("{other:?}"),
+    }
+    clock.advance(Duration::from_millis(600));
+    assert_eq!(
+        cached.get(b"short").await.expect("get"),
+        None,
+        "the store's TTL"
+    );
+
+    store.put(b"long", "v1".into()).await.expect("put");
+    assert!(cached.get(b"long").await.expect("get").is_some());
+    // Written behind the cache's back: served until the L1 TTL.
+    store.put(b"long", "v2".into()).await.expect("put");
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(3));
+        assert_eq!(
+            cached.get(b"long").await.expect("get").as_deref(),
+            Some(&b"v1"[..])
+        );
+    }
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        cached.get(b"long").await.expect("get").as_deref(),
+        Some(&b"v2"[..]),
+        "the L1 TTL"
+    );
+    clock.advance(Duration::from_secs(5));
+    store.put(b"long", "v3".into()).await.expect("put");
+    assert_eq!(
+        cached.get(b"long").await.expect("get").as_deref(),
+        Some(&b"v3"[..]),
+        "idle for longer than the time-to-idle"
+    );
+}
+
+/// L1 holds at most about `max_entries`, evicting the rest; a hit does not
+/// reach the store.
+#[tokio::test]
+async fn size_bound_holds_and_hits_skip_the_store() {
+    let store = MemoryBackend::new();
+    let cached = Cached::builder(store.clone())
+        .max_entries(100)
+        .build()
+        .await
+        .expect("cached");
+    for i in 0..1_000 {
+        let key = format!("k{i}");
+        store.put(key.as_bytes(), "v".into()).await.expect("put");
+        cached.get(key.as_bytes()).await.expect("get");
+    }
+    let stats = cached.stats().await.expect("stats");
+    let entries = stats.details["l1_entries"];
+    assert!((1..=130).contains(&entries), "{entries} entries");
+    assert!(stats.details["l1_evictions"] >= 800, "{stats:?}");
+    // S3-FIFO keeps what is read again (a one-pass scan does not stay):
+    // read a few keys twice, then once more.
+    let keys: Vec<String> = (0..20).map(|i| format!("hot{i}")).collect();
+    for key in keys.iter().chain(&keys) {
+        store.put(key.as_bytes(), "v".into()).await.expect("put");
+        cached.get(key.as_bytes()).await.expect("get");
+    }
+    let store_reads = store.stats().await.expect("stats").hits;
+    for key in &keys {
+        assert!(cached.get(key.as_bytes()).await.expect("get").is_some());
+    }
+    let reached = store.stats().await.expect("stats").hits - store_reads;
+    assert_eq!(
+        reached,
+        0,
+        "{reached} of {} hits reached the store",
+        keys.len()
+    );
+}
+
+#[tokio::test]
+async fn bad_configurations_are_typed_errors() {
+    let err = Cached::builder(MemoryBackend::new())
+        .max_entries(0)
+        .build()
+        .await;
+    assert_eq!(
+        err.err().map(|e| e.kind()),
+        Some(ErrorKind::InvalidArgument)
+    );
+    let err = Cached::builder(MemoryBackend::new())
+        .ttl(Duration::ZERO)
+        .build()
+        .await;
+    assert_eq!(
+        err.err().map(|e| e.kind()),
+        Some(ErrorKind::InvalidArgument)
+    );
+    let err = Cached::builder(MemoryBackend::new())
+        .heartbeat(Some(Heartbeat {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+        }))
+        .build()
+        .await;
+    assert_eq!(
+        err.err().map(|e| e.kind()),
+        Some(ErrorKind::InvalidArgument)
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let sled = statecraft::SledBackend::builder()
+        .path(dir.path())
+        .open()
+        .expect("sled");
+    let err = Cached::builder(sled)
+        .invalidation(Invalidation::PubSub)
+        .build()
+        .await;
+    assert_eq!(err.err().map(|e| e.kind()), Some(ErrorKind::Unsupported));
+}
