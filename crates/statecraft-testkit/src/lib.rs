@@ -17,9 +17,11 @@ use statecraft::{ManualClock, StateBackend};
 
 pub mod conformance;
 pub mod defaults;
+pub mod proxy;
 pub mod servers;
 
 pub use defaults::ProvidedDefaults;
+pub use proxy::{Fault, FaultProxy};
 pub use servers::{PostgresServer, RedisCluster, RedisServer, TlsRedisServer};
 
 /// How a fixture's time moves forward.

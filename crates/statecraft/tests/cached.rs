@@ -15,7 +15,7 @@ use statecraft::{
     Invalidation, KeyPage, KeyTtl, ManualClock, MemoryBackend, PostgresBackend, PostgresConfig,
     PutOptions, RedisBackend, RedisConfig, StateBackend, StateFuture, Subscription,
 };
-use statecraft_testkit::{PostgresServer, RedisServer};
+use statecraft_testkit::{Fault, FaultProxy, PostgresServer, RedisServer};
 use tokio::sync::Mutex;
 
 const KEYS: usize = 20;
@@ -43,46 +43,67 @@ impl Rng {
     }
 }
 
+/// What [`never_stale`] saw.
+#[derive(Debug, Default)]
+struct Report {
+    reads: u64,
+    failed_reads: u64,
+    failed_writes: u64,
+    stale_within_bound: u64,
+}
+
 /// Two instances write random keys (10,000 writes in all) while both read
 /// random keys; every read must return the last value acknowledged more
-/// than [`BOUND`] before the read started, or a later one.
+/// than [`BOUND`] before the read started, or a later one. A write that
+/// fails may or may not have applied: it stays in the history without an
+/// acknowledgement (a read may return it, none has to).
 async fn never_stale(
     a: Arc<Cached<impl StateBackend + 'static>>,
     b: Arc<Cached<impl StateBackend + 'static>>,
-) {
+) -> Report {
     let histories: Arc<Vec<Mutex<History>>> =
         Arc::new((0..KEYS).map(|_| Mutex::new(History::default())).collect());
     let key = |i: usize| format!("k{i:02}").into_bytes();
     let done = Arc::new(AtomicBool::new(false));
     let stale_within_bound = Arc::new(AtomicU64::new(0));
     let reads = Arc::new(AtomicU64::new(0));
+    let failed_reads = Arc::new(AtomicU64::new(0));
     let instances: [Arc<dyn StateBackend>; 2] = [a.clone(), b.clone()];
     let mut writers = Vec::new();
     for (n, instance) in instances.iter().enumerate() {
         let (instance, histories) = (instance.clone(), histories.clone());
         writers.push(tokio::spawn(async move {
             let mut rng = Rng(0x9e37_79b9 + n as u64);
+            let mut failed = 0u64;
             for seq in 0..WRITES_PER_INSTANCE {
                 let i = (rng.next() % KEYS as u64) as usize;
                 let value = Bytes::from(format!("w{n}-{seq}"));
                 let mut history = histories[i].lock().await;
                 history.writes.push((value.clone(), None));
                 let slot = history.writes.len() - 1;
-                instance.put(&key(i), value).await.expect("put");
-                history.writes[slot].1 = Some(Instant::now());
+                match instance.put(&key(i), value).await {
+                    Ok(()) => history.writes[slot].1 = Some(Instant::now()),
+                    Err(_) => failed += 1,
+                }
             }
+            failed
         }));
     }
     let mut readers = Vec::new();
     for (n, instance) in instances.iter().enumerate() {
         let (instance, histories, done) = (instance.clone(), histories.clone(), done.clone());
         let (stale_within_bound, reads) = (stale_within_bound.clone(), reads.clone());
+        let failed_reads = failed_reads.clone();
         readers.push(tokio::spawn(async move {
             let mut rng = Rng(0x51ed_2701 + n as u64);
             while !done.load(Ordering::Relaxed) {
                 let i = (rng.next() % KEYS as u64) as usize;
                 let started = Instant::now();
-                let got = instance.get(&key(i)).await.expect("get");
+                let Ok(got) = instance.get(&key(i)).await else {
+                    failed_reads.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                };
                 reads.fetch_add(1, Ordering::Relaxed);
                 let history = histories[i].lock().await;
                 let position = match &got {
@@ -113,8 +134,9 @@ async fn never_stale(
             }
         }));
     }
+    let mut failed_writes = 0;
     for writer in writers {
-        writer.await.expect("writer");
+        failed_writes += writer.await.expect("writer");
     }
     done.store(true, Ordering::Relaxed);
     for reader in readers {
@@ -125,12 +147,28 @@ async fn never_stale(
         hits(a.stats().await.expect("stats")),
         hits(b.stats().await.expect("stats")),
     );
+    let report = Report {
+        reads: reads.load(Ordering::Relaxed),
+        failed_reads: failed_reads.load(Ordering::Relaxed),
+        failed_writes,
+        stale_within_bound: stale_within_bound.load(Ordering::Relaxed),
+    };
     println!(
-        "{} reads, L1 hits {hits_a} + {hits_b}, {} reads older than the latest acknowledged write (within the bound)",
-        reads.load(Ordering::Relaxed),
-        stale_within_bound.load(Ordering::Relaxed)
+        "{} reads ({} failed), {} writes failed, {} reads older than the latest acknowledged \
+         write but within the bound, L1 hits {hits_a} + {hits_b}",
+        report.reads, report.failed_reads, report.failed_writes, report.stale_within_bound
     );
+    assert!(report.reads > 1_000, "the readers kept up: {report:?}");
     assert!(hits_a > 0 && hits_b > 0, "the reads went through L1");
+    report
+}
+
+fn fault_free(report: Report) {
+    assert_eq!(
+        (report.failed_reads, report.failed_writes),
+        (0, 0),
+        "{report:?}"
+    );
 }
 
 async fn pair<B: StateBackend + 'static>(
@@ -180,21 +218,81 @@ async fn postgres(table: &str) -> PostgresBackend {
 async fn two_instances_over_memory_never_serve_stale() {
     let store = MemoryBackend::new();
     let (a, b) = pair(store.clone(), store, "stale-memory").await;
-    never_stale(a, b).await;
+    fault_free(never_stale(a, b).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_over_redis_never_serve_stale() {
     let prefix = unique("stale") + ":";
     let (a, b) = pair(redis(&prefix).await, redis(&prefix).await, &prefix).await;
-    never_stale(a, b).await;
+    fault_free(never_stale(a, b).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_over_postgres_never_serve_stale() {
     let table = unique("stale");
     let (a, b) = pair(postgres(&table).await, postgres(&table).await, &table).await;
-    never_stale(a, b).await;
+    fault_free(never_stale(a, b).await);
+}
+
+fn socket_of(url: &str) -> std::net::SocketAddr {
+    let rest = url.split("://").nth(1).expect("a URL with a scheme");
+    let host_port = rest
+        .rsplit('@')
+        .next()
+        .expect("host")
+        .split('/')
+        .next()
+        .expect("host");
+    host_port.parse().expect("a loopback host:port")
+}
+
+async fn redis_at(url: &str, prefix: &str) -> RedisBackend {
+    let config = RedisConfig::builder()
+        .url(url)
+        .key_prefix(prefix.to_string())
+        .response_timeout(Duration::from_millis(500))
+        .build()
+        .expect("config");
+    RedisBackend::new(config).await.expect("redis")
+}
+
+/// The same 10,000 writes with instance B's connections (its subscription
+/// included) going through a proxy that cuts them (reset) for 50 ms every
+/// 300 ms: B's failed reads and writes are allowed, stale reads are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_over_redis_with_cut_connections_never_serve_stale() {
+    let server = RedisServer::shared();
+    let proxy = Arc::new(FaultProxy::start(socket_of(&server.url())));
+    let prefix = unique("cut") + ":";
+    let through_proxy = format!("redis://{}", proxy.addr());
+    let (a, b) = pair(
+        redis_at(&server.url(), &prefix).await,
+        redis_at(&through_proxy, &prefix).await,
+        &prefix,
+    )
+    .await;
+    let done = Arc::new(AtomicBool::new(false));
+    let cutter = {
+        let (done, proxy) = (done.clone(), proxy.clone());
+        tokio::spawn(async move {
+            let mut cuts = 0u32;
+            while !done.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                proxy.set(Fault::Reset);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                proxy.heal();
+                cuts += 1;
+            }
+            cuts
+        })
+    };
+    let report = never_stale(a, b.clone()).await;
+    done.store(true, Ordering::Relaxed);
+    let cuts = cutter.await.expect("cutter");
+    let suspensions = b.stats().await.expect("stats").details["l1_suspensions"];
+    println!("{cuts} cuts, {suspensions} suspensions, {report:?}");
+    assert!(cuts >= 1 && suspensions >= 1, "the connections were cut");
 }
 
 /// Waits (up to 10 s) until `cached` serves or not, as asked.
@@ -211,10 +309,10 @@ async fn until_serving(cached: &Cached<impl StateBackend + 'static>, serving: bo
     started.elapsed()
 }
 
-/// A killed subscription connection clears L1 and suspends it; once
-/// resubscribed, a write made during the outage is not served stale.
+/// A killed subscription connection is noticed: L1 is suspended (and
+/// cleared), resubscribes, and serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn killed_subscription_suspends_l1_until_resubscribed() {
+async fn killed_subscription_is_noticed_and_resubscribed() {
     let prefix = unique("killed") + ":";
     let (a, b) = pair(redis(&prefix).await, redis(&prefix).await, &prefix).await;
     a.put(b"k", "v1".into()).await.expect("put");
@@ -223,23 +321,54 @@ async fn killed_subscription_suspends_l1_until_resubscribed() {
     assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v1"[..]));
     let after = b.get_ref().stats().await.expect("stats");
     assert_eq!(after.hits, before.hits, "the second read was an L1 hit");
+    let suspensions = |stats: BackendStats| stats.details["l1_suspensions"];
+    assert_eq!(suspensions(b.stats().await.expect("stats")), 0);
 
     let killed = RedisServer::shared().cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert!(!killed.trim().starts_with('0'), "killed: {killed}");
+    let started = Instant::now();
+    while suspensions(b.stats().await.expect("stats")) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    until_serving(&b, true).await;
+    a.put(b"k", "v2".into()).await.expect("put");
+    let started = Instant::now();
+    while b.get(b"k").await.expect("get").as_deref() != Some(&b"v2"[..]) {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "v2 not seen after resubscribing"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// With its connections reset (through the proxy), an instance stops
+/// serving L1 and stays stopped while it cannot resubscribe; a write made
+/// meanwhile is not served stale once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cut_subscription_suspends_l1_until_resubscribed() {
+    let server = RedisServer::shared();
+    let proxy = FaultProxy::start(socket_of(&server.url()));
+    let prefix = unique("cut-one") + ":";
+    let (a, b) = pair(
+        redis_at(&server.url(), &prefix).await,
+        redis_at(&format!("redis://{}", proxy.addr()), &prefix).await,
+        &prefix,
+    )
+    .await;
+    a.put(b"k", "v1".into()).await.expect("put");
+    assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v1"[..]));
+    proxy.set(Fault::Reset);
     until_serving(&b, false).await;
-    // Written by a plain client while b cannot hear about it.
-    redis(&prefix)
+    a.put(b"k", "v2".into())
         .await
-        .put(b"k", "v2".into())
-        .await
-        .expect("put");
+        .expect("put while b is cut off");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b.is_serving(), "no L1 while it cannot resubscribe");
+    proxy.heal();
     until_serving(&b, true).await;
     assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v2"[..]));
-    let stats = b.stats().await.expect("stats");
-    assert!(
-        stats.details.get("l1_suspensions").is_some_and(|&n| n >= 1),
-        "{stats:?}"
-    );
 }
 
 /// A memory backend whose subscriptions can be silenced: they stay open

@@ -73,30 +73,34 @@ struct Shared<B> {
 
 impl<B: StateBackend> Shared<B> {
     /// After a write to `keys`: drop them here and, unless the write is
-    /// known to have changed nothing, tell the other instances.
-    async fn written<K: AsRef<[u8]> + Sync>(&self, keys: &[K], changed: bool) {
+    /// known to have changed nothing, tell the other instances. An error
+    /// says the invalidation may not have reached them.
+    async fn written<K: AsRef<[u8]> + Sync>(&self, keys: &[K], changed: bool) -> Result<()> {
         for key in keys {
             self.l1.invalidate(key.as_ref());
         }
         if self.announce && changed && !keys.is_empty() {
             for message in encode_keys(self.instance, keys.iter().map(AsRef::as_ref)) {
-                self.send(message).await;
+                self.send(message).await?;
             }
         }
+        Ok(())
     }
 
     /// After a clear: drop everything here and everywhere.
-    async fn cleared(&self) {
+    async fn cleared(&self) -> Result<()> {
         self.l1.invalidate_all();
         if self.announce {
-            self.send(encode_all(self.instance)).await;
+            self.send(encode_all(self.instance)).await?;
         }
+        Ok(())
     }
 
-    async fn send(&self, message: bytes::Bytes) {
+    async fn send(&self, message: bytes::Bytes) -> Result<()> {
         match self.inner.publish(&self.channel, message).await {
             Ok(()) => {
                 self.counters.published.fetch_add(1, Ordering::Relaxed);
+                Ok(())
             }
             Err(err) => {
                 self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
@@ -106,6 +110,15 @@ impl<B: StateBackend> Shared<B> {
                     error = %err,
                     "cache invalidation not published; other instances may serve the old value until their L1 TTL"
                 );
+                Err(Error::new(
+                    err.kind(),
+                    format!(
+                        "the write reached the store, but its cache invalidation was not published \
+                         (other instances may serve the old value until their L1 TTL): {err}"
+                    ),
+                )
+                .with_backend(self.inner.name())
+                .maybe_applied(true))
             }
         }
     }
@@ -146,9 +159,12 @@ impl<B: StateBackend> Shared<B> {
 /// - Writes that bypass `Cached` (another client, a script, expiry in the
 ///   store) are seen only when the L1 entry expires: the L1 TTL bounds
 ///   their staleness.
-/// - Pub/sub is at most once: if publishing an invalidation fails, the
-///   write still stands (it is counted in `l1_publish_errors` and logged)
-///   and other instances may serve the old value until their L1 TTL.
+/// - Pub/sub is at most once. A write whose invalidation could not be
+///   published returns an error that says it may have applied (it did:
+///   the store has it); other instances may serve the old value until
+///   their L1 TTL. Such writes are counted in `l1_publish_errors`.
+///   `get_and_delete` is the exception: it returns the value it took
+///   (which would otherwise be lost) and only counts and logs.
 /// - `batch_get` serves what L1 holds and reads the rest without filling
 ///   L1 (a batch read does not return TTLs).
 ///

@@ -55,7 +55,8 @@ impl<B: StateBackend + 'static> Cached<B> {
             let result = work.await;
             // An error may hide an applied write: invalidate as if it did.
             let changed = result.as_ref().map_or(true, changed);
-            shared.written(&keys, changed).await;
+            let announced = shared.written(&keys, changed).await;
+            let result = result.and_then(|done| announced.map(|()| done));
             shared.stats.write(timer, result)
         })
     }
@@ -186,7 +187,9 @@ impl<B: StateBackend + 'static> StateBackend for Cached<B> {
         StateFuture::new(async move {
             let result = shared.inner.get_and_delete(key).await;
             let changed = result.as_ref().map_or(true, Option::is_some);
-            shared.written(&[key], changed).await;
+            // The value is gone from the store: hand it over even if the
+            // invalidation failed (counted and logged), rather than lose it.
+            let _ = shared.written(&[key], changed).await;
             shared.stats.read(timer, result)
         })
     }
@@ -238,7 +241,8 @@ impl<B: StateBackend + 'static> StateBackend for Cached<B> {
         let timer = shared.stats.start();
         StateFuture::new(async move {
             let result = shared.inner.clear().await;
-            shared.cleared().await;
+            let announced = shared.cleared().await;
+            let result = result.and(announced);
             shared.stats.write(timer, result)
         })
     }
