@@ -29,7 +29,33 @@ const BOUND: Duration = Duration::from_millis(100);
 /// by its lock), with the time each was acknowledged.
 #[derive(Default)]
 struct History {
-    writes: Vec<(Bytes, Option<Instant>)>,
+    /// Value, acknowledgement, writing instance.
+    writes: Vec<(Bytes, Option<Instant>, usize)>,
+}
+
+impl History {
+    /// The position of `value` (-1: absent, never written yet).
+    fn position(&self, value: Option<&Bytes>) -> isize {
+        match value {
+            None => -1,
+            Some(value) => self
+                .writes
+                .iter()
+                .position(|(v, _, _)| v == value)
+                .map(|p| p as isize)
+                .unwrap_or_else(|| panic!("read a value never written: {value:?}")),
+        }
+    }
+
+    /// The last write (by `writer`, or by anyone) acknowledged before `limit`.
+    fn acked_before(&self, limit: Instant, writer: Option<usize>) -> isize {
+        self.writes
+            .iter()
+            .rposition(|(_, ack, by)| {
+                ack.is_some_and(|at| at < limit) && writer.is_none_or(|w| w == *by)
+            })
+            .map_or(-1, |p| p as isize)
+    }
 }
 
 struct Rng(u64);
@@ -50,6 +76,7 @@ struct Report {
     failed_reads: u64,
     failed_writes: u64,
     stale_within_bound: u64,
+    checked_reads: u64,
 }
 
 /// Two instances write random keys (10,000 writes in all) while both read
@@ -68,6 +95,7 @@ async fn never_stale(
     let stale_within_bound = Arc::new(AtomicU64::new(0));
     let reads = Arc::new(AtomicU64::new(0));
     let failed_reads = Arc::new(AtomicU64::new(0));
+    let checked_reads = Arc::new(AtomicU64::new(0));
     let instances: [Arc<dyn StateBackend>; 2] = [a.clone(), b.clone()];
     let mut writers = Vec::new();
     for (n, instance) in instances.iter().enumerate() {
@@ -76,10 +104,15 @@ async fn never_stale(
             let mut rng = Rng(0x9e37_79b9 + n as u64);
             let mut failed = 0u64;
             for seq in 0..WRITES_PER_INSTANCE {
+                if seq % 1_000 == 999 {
+                    // Quiet spells, so that an entry left stale would be
+                    // read past the bound before another write fixes it.
+                    tokio::time::sleep(BOUND * 5 / 2).await;
+                }
                 let i = (rng.next() % KEYS as u64) as usize;
                 let value = Bytes::from(format!("w{n}-{seq}"));
                 let mut history = histories[i].lock().await;
-                history.writes.push((value.clone(), None));
+                history.writes.push((value.clone(), None, n));
                 let slot = history.writes.len() - 1;
                 match instance.put(&key(i), value).await {
                     Ok(()) => history.writes[slot].1 = Some(Instant::now()),
@@ -93,7 +126,7 @@ async fn never_stale(
     for (n, instance) in instances.iter().enumerate() {
         let (instance, histories, done) = (instance.clone(), histories.clone(), done.clone());
         let (stale_within_bound, reads) = (stale_within_bound.clone(), reads.clone());
-        let failed_reads = failed_reads.clone();
+        let (failed_reads, checked_reads) = (failed_reads.clone(), checked_reads.clone());
         readers.push(tokio::spawn(async move {
             let mut rng = Rng(0x51ed_2701 + n as u64);
             while !done.load(Ordering::Relaxed) {
@@ -106,29 +139,25 @@ async fn never_stale(
                 };
                 reads.fetch_add(1, Ordering::Relaxed);
                 let history = histories[i].lock().await;
-                let position = match &got {
-                    None => -1,
-                    Some(value) => history
-                        .writes
-                        .iter()
-                        .position(|(v, _)| v == value)
-                        .map(|p| p as isize)
-                        .unwrap_or_else(|| panic!("read a value never written: {value:?}")),
-                };
-                let acked_before = |limit: Instant| {
-                    history
-                        .writes
-                        .iter()
-                        .rposition(|(_, ack)| ack.is_some_and(|at| at < limit))
-                        .map_or(-1, |p| p as isize)
-                };
-                let required = started.checked_sub(BOUND).map_or(-1, acked_before);
+                let position = history.position(got.as_ref());
+                let required = started
+                    .checked_sub(BOUND)
+                    .map_or(-1, |limit| history.acked_before(limit, None));
                 assert!(
                     position >= required,
                     "instance {n} read {got:?} (write #{position}) of key {i}, but write #{required} \
                      was acknowledged more than {BOUND:?} before the read"
                 );
-                if position < acked_before(started) {
+                // Its own writes, this instance never serves stale at all.
+                let own = history.acked_before(started, Some(n));
+                assert!(
+                    position >= own,
+                    "instance {n} read {got:?} (write #{position}) of key {i} after its own write #{own}"
+                );
+                if required >= 0 {
+                    checked_reads.fetch_add(1, Ordering::Relaxed);
+                }
+                if position < history.acked_before(started, None) {
                     stale_within_bound.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -142,6 +171,20 @@ async fn never_stale(
     for reader in readers {
         reader.await.expect("reader");
     }
+    // Quiet now: once the bound has passed, both serve the last write.
+    tokio::time::sleep(BOUND).await;
+    for i in 0..KEYS {
+        let history = histories[i].lock().await;
+        let last = history.acked_before(Instant::now(), None);
+        for (n, instance) in instances.iter().enumerate() {
+            let got = instance.get(&key(i)).await.expect("final read");
+            let position = history.position(got.as_ref());
+            assert!(
+                position >= last,
+                "instance {n} ends with write #{position} of key {i}, not #{last}"
+            );
+        }
+    }
     let hits = |stats: BackendStats| stats.details.get("l1_hits").copied().unwrap_or(0);
     let (hits_a, hits_b) = (
         hits(a.stats().await.expect("stats")),
@@ -152,13 +195,17 @@ async fn never_stale(
         failed_reads: failed_reads.load(Ordering::Relaxed),
         failed_writes,
         stale_within_bound: stale_within_bound.load(Ordering::Relaxed),
+        checked_reads: checked_reads.load(Ordering::Relaxed),
     };
     println!(
         "{} reads ({} failed), {} writes failed, {} reads older than the latest acknowledged \
          write but within the bound, L1 hits {hits_a} + {hits_b}",
         report.reads, report.failed_reads, report.failed_writes, report.stale_within_bound
     );
-    assert!(report.reads > 1_000, "the readers kept up: {report:?}");
+    assert!(
+        report.reads > 1_000 && report.checked_reads > 1_000,
+        "the readers kept up, and past the bound: {report:?}"
+    );
     assert!(hits_a > 0 && hits_b > 0, "the reads went through L1");
     report
 }
@@ -377,6 +424,8 @@ async fn cut_subscription_suspends_l1_until_resubscribed() {
 struct Muted {
     inner: MemoryBackend,
     muted: Arc<AtomicBool>,
+    /// Puts apply, then never return.
+    hang_puts: Arc<AtomicBool>,
 }
 
 struct MutedStream {
@@ -416,7 +465,13 @@ impl StateBackend for Muted {
         value: Bytes,
         options: PutOptions,
     ) -> StateFuture<'a, ()> {
-        self.inner.put_with(key, value, options)
+        StateFuture::new(async move {
+            self.inner.put_with(key, value, options).await?;
+            if self.hang_puts.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
     }
     fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
         self.inner.delete(key)
@@ -471,6 +526,7 @@ async fn silent_subscription_is_noticed_by_the_heartbeat() {
     let store = Muted {
         inner: MemoryBackend::new(),
         muted: muted.clone(),
+        hang_puts: Arc::default(),
     };
     let heartbeat = Heartbeat {
         interval: Duration::from_millis(50),
@@ -492,6 +548,38 @@ async fn silent_subscription_is_noticed_by_the_heartbeat() {
     );
     muted.store(false, Ordering::SeqCst);
     until_serving(&cached, true).await;
+}
+
+/// A write whose future is dropped after the store applied it (a timeout)
+/// still invalidates: here at once, elsewhere from a task of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_write_still_invalidates() {
+    let hang_puts = Arc::new(AtomicBool::new(false));
+    let store = Muted {
+        inner: MemoryBackend::new(),
+        muted: Arc::default(),
+        hang_puts: hang_puts.clone(),
+    };
+    let (a, b) = pair(store.clone(), store, "cancelled").await;
+    a.put(b"k", "v1".into()).await.expect("put");
+    for cached in [&a, &b] {
+        assert_eq!(
+            cached.get(b"k").await.expect("get").as_deref(),
+            Some(&b"v1"[..])
+        );
+    }
+    hang_puts.store(true, Ordering::SeqCst);
+    let put = tokio::time::timeout(Duration::from_millis(50), a.put(b"k", "v2".into())).await;
+    assert!(put.is_err(), "the put was cut short");
+    assert_eq!(a.get(b"k").await.expect("get").as_deref(), Some(&b"v2"[..]));
+    let started = Instant::now();
+    while b.get(b"k").await.expect("get").as_deref() != Some(&b"v2"[..]) {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "b never heard of v2"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// An entry never outlives the store's TTL, nor the L1 TTL, and an idle

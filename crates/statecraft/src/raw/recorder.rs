@@ -115,6 +115,22 @@ impl StatsRecorder {
         }
     }
 
+    /// Counts one `outcome` without timing it (a figure a layer keeps of
+    /// its own, such as its cache's hits).
+    #[inline]
+    pub fn count(&self, outcome: Outcome) {
+        let stripe = THREAD_SLOT.with(|(stripe, _)| *stripe);
+        let stripe = &self.stripes[stripe % STRIPES];
+        let counter = match outcome {
+            Outcome::Hit => &stripe.hits,
+            Outcome::Miss => &stripe.misses,
+            Outcome::Write => &stripe.writes,
+            Outcome::Scan => &stripe.scans,
+            Outcome::Error => &stripe.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records a read's result (its hits and misses, see [`Found`]) and
     /// passes it through.
     #[inline]

@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 use crate::backend::pubsub::Subscription;
 use crate::backend::StateBackend;
 
+use super::l1::L1;
 use super::Shared;
 
 /// The longest message payload (PostgreSQL's NOTIFY limit, with room).
@@ -42,7 +43,7 @@ fn hex(out: &mut String, bytes: &[u8]) {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
@@ -128,12 +129,27 @@ impl std::fmt::Display for Lost {
     }
 }
 
+/// Suspends L1 when the invalidation task stops for any reason (aborted
+/// with its `Cached`, a panic, its runtime shutting down): an L1 nobody
+/// invalidates must not serve.
+struct SuspendOnExit<'a>(&'a L1);
+
+impl Drop for SuspendOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.suspend();
+    }
+}
+
 /// Applies messages from `sub` to L1 until the subscription fails, ends or
 /// goes silent; then suspends L1, subscribes again with back-off, and
-/// resumes. Runs until the `Cached` that spawned it aborts it.
-pub(super) async fn run<B: StateBackend + 'static>(shared: Arc<Shared<B>>, mut sub: Subscription) {
+/// resumes once the new subscription delivers. Runs until the `Cached`
+/// that spawned it aborts it.
+pub(super) async fn run<B: StateBackend + 'static>(shared: Arc<Shared<B>>, sub: Subscription) {
+    let _guard = SuspendOnExit(&shared.l1);
+    let mut sub = sub;
     loop {
         let lost = watch(&shared, &mut sub).await;
+        drop(sub);
         shared.l1.suspend();
         shared.counters.suspensions.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
@@ -144,17 +160,27 @@ pub(super) async fn run<B: StateBackend + 'static>(shared: Arc<Shared<B>>, mut s
         );
         let mut backoff = shared.config.resubscribe_backoff;
         sub = loop {
-            match shared.inner.subscribe(&shared.channel).await {
-                Ok(mut sub) => {
+            let attempt = tokio::time::timeout(
+                shared.config.subscribe_timeout,
+                shared.inner.subscribe(&shared.channel),
+            );
+            match attempt.await {
+                Ok(Ok(mut sub)) => {
                     if delivers(&shared, &mut sub).await {
                         break sub;
                     }
                     tracing::debug!("new cache invalidation subscription is silent");
                 }
-                Err(err) => tracing::debug!(error = %err, "resubscribing to cache invalidations"),
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "resubscribing to cache invalidations")
+                }
+                Err(_) => tracing::debug!("resubscribing to cache invalidations timed out"),
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(shared.config.max_resubscribe_backoff);
+            backoff = backoff
+                .checked_mul(2)
+                .unwrap_or(Duration::MAX)
+                .min(shared.config.max_resubscribe_backoff);
         };
         shared.l1.resume();
         tracing::info!(channel = %shared.channel, "cache invalidation subscription back; L1 serving");
@@ -169,15 +195,11 @@ async fn delivers<B: StateBackend>(shared: &Shared<B>, sub: &mut Subscription) -
         return true;
     };
     let seq = shared.counters.suspensions.load(Ordering::Relaxed) | (1 << 63);
-    if shared
-        .inner
-        .publish(&shared.channel, encode_ping(shared.instance, seq))
-        .await
-        .is_err()
-    {
-        return false;
-    }
-    let echo = async {
+    let round_trip = async {
+        let ping = encode_ping(shared.instance, seq);
+        if shared.inner.publish(&shared.channel, ping).await.is_err() {
+            return false;
+        }
         while let Some(Ok(message)) = sub.next().await {
             if decode(&message.payload) == Some((shared.instance, Notice::Ping(seq))) {
                 return true;
@@ -185,19 +207,21 @@ async fn delivers<B: StateBackend>(shared: &Shared<B>, sub: &mut Subscription) -
         }
         false
     };
-    tokio::time::timeout(heartbeat.timeout, echo)
+    tokio::time::timeout(heartbeat.timeout, round_trip)
         .await
         .unwrap_or(false)
 }
 
-async fn watch<B: StateBackend>(shared: &Shared<B>, sub: &mut Subscription) -> Lost {
+async fn watch<B: StateBackend + 'static>(shared: &Arc<Shared<B>>, sub: &mut Subscription) -> Lost {
     let heartbeat = shared.config.heartbeat;
-    let mut ticker =
-        tokio::time::interval(heartbeat.map_or(Duration::from_secs(3600), |h| h.interval));
+    let far = Duration::from_secs(3600);
+    let mut ticker = tokio::time::interval(heartbeat.map_or(far, |h| h.interval));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
+    // The heartbeat in flight and when it must be back by.
     let mut awaiting: Option<(u64, tokio::time::Instant)> = None;
     loop {
+        let deadline = awaiting.map_or_else(|| tokio::time::Instant::now() + far, |(_, at)| at);
         tokio::select! {
             message = sub.next() => match message {
                 None => return Lost::Ended,
@@ -221,20 +245,21 @@ async fn watch<B: StateBackend>(shared: &Shared<B>, sub: &mut Subscription) -> L
                     }
                 },
             },
-            _ = ticker.tick(), if heartbeat.is_some() => {
+            () = tokio::time::sleep_until(deadline), if awaiting.is_some() => return Lost::Silent,
+            _ = ticker.tick(), if heartbeat.is_some() && awaiting.is_none() => {
                 let Some(heartbeat) = heartbeat else { continue };
-                if let Some((_, sent)) = awaiting {
-                    if sent.elapsed() >= heartbeat.timeout {
-                        return Lost::Silent;
-                    }
-                    continue;
-                }
                 seq += 1;
-                awaiting = Some((seq, tokio::time::Instant::now()));
-                let ping = encode_ping(shared.instance, seq);
-                if let Err(err) = shared.inner.publish(&shared.channel, ping).await {
-                    tracing::debug!(error = %err, "cache heartbeat not published");
-                }
+                awaiting = Some((seq, tokio::time::Instant::now() + heartbeat.timeout));
+                // Sent from a task of its own: a publish that hangs must not
+                // stop this loop from reading messages or noticing silence.
+                let sender = shared.clone();
+                tokio::spawn(async move {
+                    let ping = encode_ping(sender.instance, seq);
+                    let publish = sender.inner.publish(&sender.channel, ping);
+                    if let Ok(Err(err)) = tokio::time::timeout(heartbeat.timeout, publish).await {
+                        tracing::debug!(error = %err, "cache heartbeat not published");
+                    }
+                });
             }
         }
     }
@@ -259,6 +284,7 @@ mod tests {
         assert_eq!(decode(b"sc1 zz K 00"), None);
         assert_eq!(decode(b"sc1 0000000000000001 K 0"), None);
         assert_eq!(decode(b"other"), None);
+        assert_eq!(decode(b"sc1 0000000000000001 K +f"), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use crate::backend::clock::Clock;
 use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::KeyTtl;
+use crate::raw::recorder::{Outcome, StatsRecorder};
 use crate::raw::MemoryHasher;
 
 /// Per-key invalidation counters; keys that share a stripe only cost each
@@ -101,6 +102,8 @@ pub(super) struct Token {
     generation: u64,
     stripe: usize,
     count: u64,
+    /// The clock before the read: a store TTL counts from here.
+    started: u64,
 }
 
 /// The L1 store.
@@ -115,8 +118,8 @@ pub(super) struct L1 {
     stripes: Box<[AtomicU64]>,
     stripe_hasher: MemoryHasher,
     evictions: Evictions,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    /// Hits and misses, striped per thread (the hit path is shared).
+    counts: StatsRecorder,
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -141,7 +144,8 @@ impl L1 {
         if bounds.ttl.is_zero() {
             return Err(invalid("the L1 TTL (in milliseconds)"));
         }
-        let items = usize::try_from(bounds.max_entries).unwrap_or(usize::MAX);
+        // quick_cache sizes its table for the estimate up front.
+        let items = usize::try_from(bounds.max_entries.min(1 << 20)).unwrap_or(1 << 20);
         let options = OptionsBuilder::new()
             .estimated_items_capacity(items)
             .weight_capacity(bounds.max_bytes.unwrap_or(bounds.max_entries))
@@ -171,8 +175,7 @@ impl L1 {
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             stripe_hasher: MemoryHasher::default(),
             evictions,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            counts: StatsRecorder::new(),
         })
     }
 
@@ -189,7 +192,7 @@ impl L1 {
             return None;
         }
         let Some(slot) = self.cache.get(key) else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
+            self.counts.count(Outcome::Miss);
             return None;
         };
         let now = self.now();
@@ -203,10 +206,10 @@ impl L1 {
         });
         if now >= slot.expires_at || idle {
             self.cache.remove(key);
-            self.misses.fetch_add(1, Ordering::Relaxed);
+            self.counts.count(Outcome::Miss);
             return None;
         }
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.counts.count(Outcome::Hit);
         Some(slot)
     }
 
@@ -221,6 +224,7 @@ impl L1 {
             generation: self.generation.load(Ordering::SeqCst),
             stripe,
             count: self.stripes[stripe].load(Ordering::SeqCst),
+            started: self.now(),
         }
     }
 
@@ -243,7 +247,8 @@ impl L1 {
             Some((_, KeyTtl::Missing)) => return,
             Some((value, KeyTtl::Persistent)) => (Some(value), 0),
             Some((value, KeyTtl::ExpiresIn(left))) => {
-                let at = now.saturating_add(millis(left));
+                // From before the read: never later than the store's expiry.
+                let at = token.started.saturating_add(millis(left));
                 expires_at = expires_at.min(at);
                 (Some(value), at)
             }
@@ -298,9 +303,10 @@ impl L1 {
 
     /// `(name, value)` figures for the statistics' details.
     pub(super) fn figures(&self) -> [(&'static str, u64); 5] {
+        let counts = self.counts.snapshot("l1");
         [
-            ("l1_hits", self.hits.load(Ordering::Relaxed)),
-            ("l1_misses", self.misses.load(Ordering::Relaxed)),
+            ("l1_hits", counts.hits),
+            ("l1_misses", counts.misses),
             ("l1_evictions", self.evictions.0.load(Ordering::Relaxed)),
             ("l1_entries", self.cache.len() as u64),
             ("l1_weight", self.cache.weight()),

@@ -49,6 +49,7 @@ struct Config {
     heartbeat: Option<Heartbeat>,
     resubscribe_backoff: Duration,
     max_resubscribe_backoff: Duration,
+    subscribe_timeout: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -148,9 +149,15 @@ impl<B: StateBackend> Shared<B> {
 ///   reached it (on loopback Redis, well under a millisecond), and never by
 ///   this instance after the write returned. A fill racing an invalidation
 ///   never keeps the older value.
-/// - An instance whose subscription fails, ends, or goes silent (no
-///   heartbeat back within its timeout) clears L1 and serves nothing from
-///   it until it has subscribed again: nothing stale after a reconnect.
+/// - An instance whose subscription fails, ends, or goes silent (a
+///   heartbeat not back within its timeout; heartbeats go out every
+///   interval, so silence is noticed within interval + timeout) clears L1
+///   and serves nothing from it until a new subscription has delivered a
+///   heartbeat: nothing stale after a reconnect. The same holds when the
+///   task applying invalidations stops (its runtime shut down, say).
+/// - A write whose future is dropped before it finished (a timeout, say)
+///   is treated as applied: the key is dropped here at once and the
+///   invalidation is published from a task of its own.
 /// - An entry never outlives the store's TTL (give or take the read's round
 ///   trip) nor the L1 TTL, whichever is sooner.
 ///
@@ -229,6 +236,7 @@ impl<B: StateBackend + 'static> Cached<B> {
                 }),
                 resubscribe_backoff: Duration::from_millis(50),
                 max_resubscribe_backoff: Duration::from_secs(2),
+                subscribe_timeout: Duration::from_secs(5),
             },
         }
     }
@@ -332,7 +340,8 @@ impl<B: StateBackend + 'static> CachedBuilder<B> {
     }
 
     /// The clock entries expire by (default [`MonotonicClock`]); tests pass
-    /// the [`ManualClock`](crate::ManualClock) their store uses.
+    /// the [`ManualClock`](crate::ManualClock) their store uses. It must not
+    /// go backwards (a wall clock stepped back would keep entries longer).
     pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Arc::new(clock);
         self
@@ -355,6 +364,12 @@ impl<B: StateBackend + 'static> CachedBuilder<B> {
                 .context(self.inner.name(), crate::Operation::Subscribe))
             }
         };
+        if self.config.resubscribe_backoff.is_zero() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "Cached: the first resubscribe back-off must be positive",
+            ));
+        }
         if let Some(heartbeat) = self.config.heartbeat {
             if heartbeat.interval.is_zero() || heartbeat.timeout < heartbeat.interval {
                 return Err(Error::new(

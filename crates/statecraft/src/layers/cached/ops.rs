@@ -1,6 +1,7 @@
 //! The [`StateBackend`] implementation of [`Cached`].
 
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -15,7 +16,7 @@ use crate::backend::transaction::{Transaction, TransactionWrite};
 use crate::backend::StateBackend;
 use crate::raw::recorder::Found;
 
-use super::Cached;
+use super::{Cached, Shared};
 
 impl<B: StateBackend + 'static> Cached<B> {
     /// A read through the store that fills L1 with what it finds.
@@ -52,10 +53,12 @@ impl<B: StateBackend + 'static> Cached<B> {
         let shared = &*self.shared;
         let timer = shared.stats.start();
         StateFuture::new(async move {
+            let unfinished = Unfinished::new(&self.shared, Some(keys));
             let result = work.await;
             // An error may hide an applied write: invalidate as if it did.
             let changed = result.as_ref().map_or(true, changed);
-            let announced = shared.written(&keys, changed).await;
+            let announced = shared.written(unfinished.keys(), changed).await;
+            unfinished.finish();
             let result = result.and_then(|done| announced.map(|()| done));
             shared.stats.write(timer, result)
         })
@@ -68,6 +71,58 @@ impl<B: StateBackend + 'static> Cached<B> {
         changed: impl FnOnce(&T) -> bool + Send + 'a,
     ) -> StateFuture<'a, T> {
         self.write_keys(vec![key], work, changed)
+    }
+}
+
+/// A write in flight: if its future is dropped before it finished, the
+/// write may have applied, so its keys (`None`: every key) are dropped here
+/// at once and the invalidation is published from a task of its own.
+struct Unfinished<'a, B: StateBackend + 'static, K: AsRef<[u8]>> {
+    shared: &'a Arc<Shared<B>>,
+    keys: Option<Vec<K>>,
+    armed: bool,
+}
+
+impl<'a, B: StateBackend + 'static, K: AsRef<[u8]>> Unfinished<'a, B, K> {
+    fn new(shared: &'a Arc<Shared<B>>, keys: Option<Vec<K>>) -> Self {
+        Unfinished {
+            shared,
+            keys,
+            armed: true,
+        }
+    }
+
+    fn keys(&self) -> &[K] {
+        self.keys.as_deref().unwrap_or_default()
+    }
+
+    fn finish(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<B: StateBackend + 'static, K: AsRef<[u8]>> Drop for Unfinished<'_, B, K> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let keys: Option<Vec<Vec<u8>>> = self
+            .keys
+            .as_ref()
+            .map(|keys| keys.iter().map(|key| key.as_ref().to_vec()).collect());
+        match &keys {
+            Some(keys) => keys.iter().for_each(|key| self.shared.l1.invalidate(key)),
+            None => self.shared.l1.invalidate_all(),
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            runtime.spawn(async move {
+                let _ = match keys {
+                    Some(keys) => shared.written(&keys, true).await,
+                    None => shared.cleared().await,
+                };
+            });
+        }
     }
 }
 
@@ -185,7 +240,9 @@ impl<B: StateBackend + 'static> StateBackend for Cached<B> {
         let shared = &*self.shared;
         let timer = shared.stats.start();
         StateFuture::new(async move {
+            let unfinished = Unfinished::new(&self.shared, Some(vec![key]));
             let result = shared.inner.get_and_delete(key).await;
+            unfinished.finish();
             let changed = result.as_ref().map_or(true, Option::is_some);
             // The value is gone from the store: hand it over even if the
             // invalidation failed (counted and logged), rather than lose it.
@@ -240,8 +297,10 @@ impl<B: StateBackend + 'static> StateBackend for Cached<B> {
         let shared = &*self.shared;
         let timer = shared.stats.start();
         StateFuture::new(async move {
+            let unfinished = Unfinished::<B, &[u8]>::new(&self.shared, None);
             let result = shared.inner.clear().await;
             let announced = shared.cleared().await;
+            unfinished.finish();
             let result = result.and(announced);
             shared.stats.write(timer, result)
         })
