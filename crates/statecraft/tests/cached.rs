@@ -52,7 +52,7 @@ impl History {
         self.writes
             .iter()
             .rposition(|(_, ack, by)| {
-                ack.is_some_and(|at| at < limit) && writer.is_none_or(|w| w == *by)
+                ack.is_some_and(|at| at < limit) && writer.map_or(true, |w| w == *by)
             })
             .map_or(-1, |p| p as isize)
     }
