@@ -67,6 +67,9 @@ pub use backends::redis::{RedisBackend, RedisConfig, RedisConfigBuilder};
 pub use backends::sled::{SledBackend, SledBackendBuilder};
 pub use bytes::Bytes;
 pub use layers::cached::{Cached, CachedBuilder, Heartbeat, Invalidation};
+pub use layers::fallback::{
+    Fallback, FallbackBuilder, FallbackEvent, Health, HealthPolicy, Recovery,
+};
 pub use layers::metrics::Metrics;
 pub use layers::namespaced::Namespaced;
 pub use layers::retry::{Retry, RetryPolicy};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use statecraft::{
-    Cached, Limits, ManualClock, MemoryBackend, Metrics, Namespaced, Retry, RetryPolicy,
+    Cached, Fallback, Limits, ManualClock, MemoryBackend, Metrics, Namespaced, Retry, RetryPolicy,
     SledBackend, StateBackend, Timeout,
 };
 use statecraft_testkit::{
@@ -140,6 +140,18 @@ fn cached_namespaced_sled_fixture() -> FixtureFuture {
     })
 }
 
+fn fallback_memory_null_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        let chain = Fallback::builder()
+            .member(memory(&clock), Duration::from_secs(5))
+            .member(statecraft::NullBackend::new(), Duration::from_secs(1))
+            .build()
+            .expect("chain");
+        fixture(Arc::new(chain), clock, false)
+    })
+}
+
 mod conformance {
     mod memory {
         statecraft_testkit::conformance_tests!(super::super::memory_fixture);
@@ -164,6 +176,9 @@ mod conformance {
     }
     mod cached_namespaced_sled {
         statecraft_testkit::conformance_tests!(super::super::cached_namespaced_sled_fixture);
+    }
+    mod fallback_memory_null {
+        statecraft_testkit::conformance_tests!(super::super::fallback_memory_null_fixture);
     }
     mod metrics_retry_timeout_memory {
         statecraft_testkit::conformance_tests!(super::super::layered_memory_fixture);

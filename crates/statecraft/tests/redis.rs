@@ -84,6 +84,32 @@ fn cached_redis_cluster_fixture() -> FixtureFuture {
     Box::pin(async { cached_fixture_on(RedisCluster::shared().url()).await })
 }
 
+/// Redis first, memory behind it.
+fn fallback_redis_memory_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let prefix = unique_prefix("fallback");
+        let chain = statecraft::Fallback::builder()
+            .member(
+                backend(&RedisServer::shared().url(), &prefix).await,
+                Duration::from_secs(5),
+            )
+            .member(
+                MemoryBackend::builder()
+                    .limits(Limits::new(FIXTURE_MAX_KEY, FIXTURE_MAX_VALUE))
+                    .build(),
+                Duration::from_secs(1),
+            )
+            .build()
+            .expect("chain");
+        Fixture::new(
+            Arc::new(chain),
+            TimeControl::Real,
+            FIXTURE_MAX_KEY,
+            FIXTURE_MAX_VALUE,
+        )
+    })
+}
+
 fn redis_cluster_fixture() -> FixtureFuture {
     Box::pin(async { fixture_on(RedisCluster::shared().url()).await })
 }
@@ -107,6 +133,9 @@ mod conformance {
     }
     mod redis_cluster {
         statecraft_testkit::conformance_tests!(super::super::redis_cluster_fixture);
+    }
+    mod fallback_redis_memory {
+        statecraft_testkit::conformance_tests!(super::super::fallback_redis_memory_fixture);
     }
     mod cached_redis {
         statecraft_testkit::conformance_tests!(super::super::cached_redis_fixture);

@@ -1,6 +1,7 @@
 //! Layers: backends that wrap another backend and are backends themselves.
 
 pub(crate) mod cached;
+pub(crate) mod fallback;
 pub(crate) mod metrics;
 pub(crate) mod namespaced;
 pub(crate) mod operation;

@@ -1,0 +1,250 @@
+//! The [`StateBackend`] implementation of [`Fallback`]: every operation is
+//! routed down the chain, counted in the chain's own statistics.
+
+use bytes::Bytes;
+
+use crate::backend::capabilities::Capabilities;
+use crate::backend::error::Operation;
+use crate::backend::future::StateFuture;
+use crate::backend::maintenance::MaintenanceTask;
+use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
+use crate::backend::pubsub::Subscription;
+use crate::backend::stats::BackendStats;
+use crate::backend::transaction::{Transaction, TransactionWrite};
+use crate::backend::StateBackend;
+use crate::raw::recorder::Found;
+
+use super::{Fallback, Health};
+
+impl Fallback {
+    fn read<'a, T: Found + Send + 'a>(&'a self, work: StateFuture<'a, T>) -> StateFuture<'a, T> {
+        let timer = self.stats.start();
+        StateFuture::new(async move { self.stats.read(timer, work.await) })
+    }
+
+    fn write<'a, T: Send + 'a>(&'a self, work: StateFuture<'a, T>) -> StateFuture<'a, T> {
+        let timer = self.stats.start();
+        StateFuture::new(async move { self.stats.write(timer, work.await) })
+    }
+
+    fn scan<'a, T: Send + 'a>(&'a self, work: StateFuture<'a, T>) -> StateFuture<'a, T> {
+        let timer = self.stats.start();
+        StateFuture::new(async move { self.stats.scan(timer, work.await) })
+    }
+
+    /// Routes a write of the keys in `written` (`true`: deleted).
+    fn write_owned<'a, T: Send + 'a>(
+        &'a self,
+        operation: Operation,
+        written: Vec<(Bytes, bool)>,
+        call: impl FnMut(&'a dyn StateBackend) -> StateFuture<'a, T> + Send + 'a,
+    ) -> StateFuture<'a, T> {
+        let timer = self.stats.start();
+        StateFuture::new(async move {
+            let keys: Vec<(&[u8], bool)> = written.iter().map(|(k, d)| (&k[..], *d)).collect();
+            let result = self.dispatch(operation, &keys, call).await;
+            self.stats.write(timer, result)
+        })
+    }
+}
+
+const NONE: &[(&[u8], bool)] = &[];
+
+impl StateBackend for Fallback {
+    fn name(&self) -> &'static str {
+        "fallback"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.members[0].backend.capabilities()
+    }
+
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        self.read(self.route(Operation::Get, NONE, move |b| b.get(key)))
+    }
+
+    fn get_with_ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
+        self.read(self.route(Operation::GetWithTtl, NONE, move |b| b.get_with_ttl(key)))
+    }
+
+    fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        self.read(self.route(Operation::Contains, NONE, move |b| b.contains(key)))
+    }
+
+    fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
+        self.read(self.route(Operation::Ttl, NONE, move |b| b.ttl(key)))
+    }
+
+    fn batch_get<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, Vec<Option<Bytes>>> {
+        self.read(self.route(Operation::BatchGet, NONE, move |b| b.batch_get(keys)))
+    }
+
+    fn list_keys_page<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        cursor: Option<&'a [u8]>,
+        limit: usize,
+    ) -> StateFuture<'a, KeyPage> {
+        self.scan(self.route(Operation::ListKeys, NONE, move |b| {
+            b.list_keys_page(prefix, cursor, limit)
+        }))
+    }
+
+    fn count(&self) -> StateFuture<'_, u64> {
+        self.scan(self.route(Operation::Count, NONE, |b| b.count()))
+    }
+
+    fn put_with<'a>(
+        &'a self,
+        key: &'a [u8],
+        value: Bytes,
+        options: PutOptions,
+    ) -> StateFuture<'a, ()> {
+        self.write_owned(
+            Operation::Put,
+            vec![(Bytes::copy_from_slice(key), false)],
+            move |b| b.put_with(key, value.clone(), options),
+        )
+    }
+
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        self.write_owned(
+            Operation::Delete,
+            vec![(Bytes::copy_from_slice(key), true)],
+            move |b| b.delete(key),
+        )
+    }
+
+    fn batch_put<'a>(
+        &'a self,
+        entries: Vec<(Bytes, Bytes)>,
+        options: PutOptions,
+    ) -> StateFuture<'a, ()> {
+        let written = entries.iter().map(|(k, _)| (k.clone(), false)).collect();
+        self.write_owned(Operation::BatchPut, written, move |b| {
+            b.batch_put(entries.clone(), options)
+        })
+    }
+
+    fn batch_delete<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, u64> {
+        let written = keys.iter().map(|k| (k.clone(), true)).collect();
+        self.write_owned(Operation::BatchDelete, written, move |b| {
+            b.batch_delete(keys)
+        })
+    }
+
+    fn set_if_not_exists<'a>(
+        &'a self,
+        key: &'a [u8],
+        value: Bytes,
+        options: PutOptions,
+    ) -> StateFuture<'a, bool> {
+        self.write_owned(
+            Operation::SetIfNotExists,
+            vec![(Bytes::copy_from_slice(key), false)],
+            move |b| b.set_if_not_exists(key, value.clone(), options),
+        )
+    }
+
+    fn get_and_delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        let timer = self.stats.start();
+        StateFuture::new(async move {
+            let written: &[(&[u8], bool)] = &[(key, true)];
+            let result = self
+                .dispatch(Operation::GetAndDelete, written, move |b| {
+                    b.get_and_delete(key)
+                })
+                .await;
+            self.stats.read(timer, result)
+        })
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        new: Option<Bytes>,
+        options: PutOptions,
+    ) -> StateFuture<'a, CasOutcome> {
+        let deletes = new.is_none();
+        self.write_owned(
+            Operation::CompareAndSwap,
+            vec![(Bytes::copy_from_slice(key), deletes)],
+            move |b| b.compare_and_swap(key, expected, new.clone(), options),
+        )
+    }
+
+    fn increment<'a>(
+        &'a self,
+        key: &'a [u8],
+        delta: i64,
+        options: PutOptions,
+    ) -> StateFuture<'a, i64> {
+        self.write_owned(
+            Operation::Increment,
+            vec![(Bytes::copy_from_slice(key), false)],
+            move |b| b.increment(key, delta, options),
+        )
+    }
+
+    fn transaction(&self, transaction: Transaction) -> StateFuture<'_, bool> {
+        let written = transaction
+            .writes()
+            .iter()
+            .map(|write| match write {
+                TransactionWrite::Put { key, .. } => (key.clone(), false),
+                TransactionWrite::Delete { key } => (key.clone(), true),
+            })
+            .collect();
+        self.write_owned(Operation::Transaction, written, move |b| {
+            b.transaction(transaction.clone())
+        })
+    }
+
+    fn clear(&self) -> StateFuture<'_, ()> {
+        self.write(self.route(Operation::Clear, NONE, |b| b.clear()))
+    }
+
+    fn health_check(&self) -> StateFuture<'_, HealthReport> {
+        self.route(Operation::HealthCheck, NONE, |b| b.health_check())
+    }
+
+    fn stats(&self) -> StateFuture<'_, BackendStats> {
+        StateFuture::new(async move {
+            let mut stats = self.stats.snapshot("fallback");
+            for (index, member) in self.members.iter().enumerate() {
+                let health = match member.breaker.health() {
+                    Health::Healthy => 0,
+                    Health::Unhealthy { .. } => 1,
+                    Health::Probing => 2,
+                };
+                let load =
+                    |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .details
+                    .insert(format!("member{index}_health"), health);
+                stats
+                    .details
+                    .insert(format!("member{index}_served"), load(&member.served));
+                stats
+                    .details
+                    .insert(format!("member{index}_failures"), load(&member.failures));
+            }
+            Ok(stats)
+        })
+    }
+
+    fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()> {
+        self.route(Operation::Publish, NONE, move |b| {
+            b.publish(channel, payload.clone())
+        })
+    }
+
+    fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
+        self.route(Operation::Subscribe, NONE, move |b| b.subscribe(channel))
+    }
+
+    fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> {
+        self.route(Operation::Maintenance, NONE, move |b| b.maintain(task))
+    }
+}

@@ -1,0 +1,408 @@
+//! `Fallback` beyond the conformance suite: a blackholed Redis (through
+//! the fault proxy) is answered for within its timeout, skipped once its
+//! breaker opens and used again soon after healing; an outage's deletes
+//! stick and its writes do not resurface; events tell all of it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use statecraft::{
+    BackendStats, Bytes, Capabilities, CasOutcome, Error, ErrorKind, Fallback, FallbackEvent,
+    Health, HealthPolicy, HealthReport, KeyPage, KeyTtl, MemoryBackend, NullBackend, PutOptions,
+    Recovery, RedisBackend, RedisConfig, StateBackend, StateFuture,
+};
+use statecraft_testkit::{Fault, FaultProxy, RedisServer};
+use tokio::sync::broadcast::error::TryRecvError;
+
+fn policy() -> HealthPolicy {
+    HealthPolicy {
+        failures: 3,
+        window: Duration::from_secs(10),
+        open_for: Duration::from_millis(250),
+        max_open_for: Duration::from_secs(1),
+    }
+}
+
+fn drain(events: &mut tokio::sync::broadcast::Receiver<FallbackEvent>) -> Vec<FallbackEvent> {
+    let mut seen = Vec::new();
+    loop {
+        match events.try_recv() {
+            Ok(event) => seen.push(event),
+            Err(TryRecvError::Lagged(_)) => continue,
+            Err(_) => return seen,
+        }
+    }
+}
+
+fn served_by(stats: &BackendStats, member: usize) -> u64 {
+    stats.details[&format!("member{member}_served")]
+}
+
+fn socket_of(url: &str) -> std::net::SocketAddr {
+    let rest = url.split("://").nth(1).expect("scheme");
+    rest.split('/')
+        .next()
+        .expect("host")
+        .parse()
+        .expect("host:port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blackholed_redis_falls_back_skips_and_recovers_without_resurrection() {
+    let server = RedisServer::shared();
+    let proxy = FaultProxy::start(socket_of(&server.url()));
+    let prefix = format!("fallback-{}:", std::process::id());
+    let config = |url: String| {
+        RedisConfig::builder()
+            .url(url)
+            .key_prefix(prefix.clone())
+            .response_timeout(Duration::from_secs(5))
+            .build()
+            .expect("config")
+    };
+    let redis = RedisBackend::new(config(format!("redis://{}", proxy.addr())))
+        .await
+        .expect("redis through the proxy");
+    let direct = RedisBackend::new(config(server.url()))
+        .await
+        .expect("redis");
+    let memory = MemoryBackend::new();
+    let timeout = Duration::from_millis(100);
+    let chain = Fallback::builder()
+        .member(redis, timeout)
+        .member(memory.clone(), Duration::from_millis(50))
+        .health(policy())
+        .build()
+        .expect("chain");
+    let mut events = chain.events();
+    chain.put(b"kept", "v1".into()).await.expect("put");
+    chain.put(b"doomed", "x".into()).await.expect("put");
+    assert!(drain(&mut events).is_empty(), "no event while healthy");
+
+    proxy.set(Fault::Blackhole);
+    let started = Instant::now();
+    let first = chain.get(b"kept").await.expect("answered by the fallback");
+    let took = started.elapsed();
+    assert_eq!(first, None, "the fallback has no copy");
+    assert!(
+        took <= timeout + Duration::from_millis(50),
+        "answered after {took:?}"
+    );
+    for _ in 0..2 {
+        chain.get(b"kept").await.expect("get");
+    }
+    let seen = drain(&mut events);
+    assert!(
+        seen.iter()
+            .filter(|e| matches!(e, FallbackEvent::FellBack { member: 0, .. }))
+            .count()
+            == 3,
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|e| matches!(
+            e,
+            FallbackEvent::HealthChanged {
+                member: 0,
+                health: Health::Unhealthy { .. },
+                ..
+            }
+        )),
+        "{seen:?}"
+    );
+    // Open: calls skip Redis (no more failures of member 0 until a probe).
+    let before = chain.stats().await.expect("stats");
+    for _ in 0..100 {
+        chain.get(b"kept").await.expect("get");
+    }
+    let after = chain.stats().await.expect("stats");
+    assert_eq!(served_by(&after, 1) - served_by(&before, 1), 100);
+    assert_eq!(
+        after.details["member0_failures"], before.details["member0_failures"],
+        "no call waited for Redis while its breaker was open"
+    );
+    // Writes during the outage.
+    assert!(!chain
+        .delete(b"doomed")
+        .await
+        .expect("delete on the fallback"));
+    chain
+        .put(b"new", "outage".into())
+        .await
+        .expect("put on the fallback");
+    assert_eq!(
+        memory.get(b"new").await.expect("get").as_deref(),
+        Some(&b"outage"[..])
+    );
+
+    proxy.heal();
+    let healed = Instant::now();
+    loop {
+        let stats = chain.stats().await.expect("stats");
+        if served_by(&stats, 0) > served_by(&after, 0) {
+            break;
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(2),
+            "calls did not return to Redis within 2 s of healing"
+        );
+        let _ = chain.get(b"kept").await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = drain(&mut events);
+    let recovered = seen
+        .iter()
+        .find(|e| matches!(e, FallbackEvent::Recovered { member: 0, .. }));
+    match recovered {
+        Some(FallbackEvent::Recovered {
+            deletes_applied,
+            cleared,
+            failed,
+            overflowed,
+            ..
+        }) => {
+            assert_eq!(
+                (*deletes_applied, *cleared, *failed, *overflowed),
+                (1, 2, 0, false)
+            );
+        }
+        other => panic!("no recovery event: {other:?} in {seen:?}"),
+    }
+    assert_eq!(
+        chain.get(b"kept").await.expect("get").as_deref(),
+        Some(&b"v1"[..])
+    );
+    assert_eq!(
+        direct.get(b"doomed").await.expect("get"),
+        None,
+        "deleted during the outage, so deleted in Redis too"
+    );
+    assert_eq!(
+        direct.get(b"new").await.expect("get"),
+        None,
+        "outage writes are dropped"
+    );
+    assert_eq!(
+        memory.get(b"new").await.expect("get"),
+        None,
+        "and leave the fallback"
+    );
+
+    // A second outage does not bring back anything from the first.
+    proxy.set(Fault::Blackhole);
+    for _ in 0..3 {
+        chain.get(b"new").await.expect("get");
+    }
+    assert_eq!(chain.get(b"new").await.expect("get"), None);
+    assert_eq!(chain.get(b"doomed").await.expect("get"), None);
+    proxy.heal();
+}
+
+/// A memory backend that can be switched off: every call then fails as an
+/// unreachable store does.
+#[derive(Debug, Clone)]
+struct Switch {
+    inner: MemoryBackend,
+    down: Arc<AtomicBool>,
+}
+
+impl Switch {
+    fn new() -> Self {
+        Switch {
+            inner: MemoryBackend::new(),
+            down: Arc::default(),
+        }
+    }
+
+    fn check<'a, T: Send + 'a>(&self, up: StateFuture<'a, T>) -> StateFuture<'a, T> {
+        if self.down.load(Ordering::SeqCst) {
+            let err = Error::new(ErrorKind::Unavailable, "switched off").temporary(true);
+            return StateFuture::ready(Err(err));
+        }
+        up
+    }
+}
+
+impl StateBackend for Switch {
+    fn name(&self) -> &'static str {
+        "switch"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        self.check(self.inner.get(key))
+    }
+    fn put_with<'a>(
+        &'a self,
+        key: &'a [u8],
+        value: Bytes,
+        options: PutOptions,
+    ) -> StateFuture<'a, ()> {
+        self.check(self.inner.put_with(key, value, options))
+    }
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        self.check(self.inner.delete(key))
+    }
+    fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
+        self.check(self.inner.ttl(key))
+    }
+    fn list_keys_page<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        cursor: Option<&'a [u8]>,
+        limit: usize,
+    ) -> StateFuture<'a, KeyPage> {
+        self.check(self.inner.list_keys_page(prefix, cursor, limit))
+    }
+    fn clear(&self) -> StateFuture<'_, ()> {
+        self.check(self.inner.clear())
+    }
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        new: Option<Bytes>,
+        options: PutOptions,
+    ) -> StateFuture<'a, CasOutcome> {
+        self.check(self.inner.compare_and_swap(key, expected, new, options))
+    }
+    fn health_check(&self) -> StateFuture<'_, HealthReport> {
+        self.check(self.inner.health_check())
+    }
+    fn stats(&self) -> StateFuture<'_, BackendStats> {
+        self.inner.stats()
+    }
+}
+
+/// With [`Recovery::CopyWrites`] the outage's writes (with their TTLs) and
+/// deletes reach the recovered member; a chain ending in `NullBackend`
+/// fails open when every store is down.
+#[tokio::test(start_paused = true)]
+async fn copy_writes_on_recovery_and_fail_open_at_the_end() {
+    let primary = Switch::new();
+    let second = Switch::new();
+    let chain = Fallback::builder()
+        .member(primary.clone(), Duration::from_millis(100))
+        .member(second.clone(), Duration::from_millis(100))
+        .member(NullBackend::new(), Duration::from_millis(100))
+        .health(policy())
+        .recovery(Recovery::CopyWrites)
+        .build()
+        .expect("chain");
+    chain.put(b"gone", "x".into()).await.expect("put");
+    primary.down.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        assert_eq!(chain.get(b"gone").await.expect("fallback"), None);
+    }
+    assert!(matches!(chain.health()[0], Health::Unhealthy { .. }));
+    chain
+        .put_with_ttl(b"session", "s".into(), Duration::from_secs(60))
+        .await
+        .expect("put");
+    assert_eq!(
+        chain
+            .increment(b"n", 5, PutOptions::new())
+            .await
+            .expect("incr"),
+        5
+    );
+    chain.delete(b"gone").await.expect("delete");
+
+    // Both stores down: the null member answers (fail open).
+    second.down.store(true, Ordering::SeqCst);
+    chain
+        .put(b"dropped", "d".into())
+        .await
+        .expect("null accepts");
+    assert_eq!(chain.get(b"session").await.expect("null answers"), None);
+    second.down.store(false, Ordering::SeqCst);
+
+    primary.down.store(false, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let mut events = chain.events();
+    assert_eq!(
+        chain
+            .get(b"session")
+            .await
+            .expect("after the probe")
+            .as_deref(),
+        Some(&b"s"[..]),
+        "settled before the first call reached the recovered member"
+    );
+    let seen = drain(&mut events);
+    assert!(
+        seen.iter().any(|e| matches!(
+            e,
+            FallbackEvent::Recovered {
+                member: 0,
+                copied: 4,
+                deletes_applied: 1,
+                failed: 0,
+                ..
+            }
+        )),
+        "{seen:?}"
+    );
+    assert!(matches!(
+        primary.inner.ttl(b"session").await.expect("ttl"),
+        KeyTtl::ExpiresIn(left) if left <= Duration::from_secs(60)
+    ));
+    assert_eq!(
+        primary.inner.get(b"n").await.expect("get").as_deref(),
+        Some(&b"5"[..])
+    );
+    assert_eq!(primary.inner.get(b"gone").await.expect("get"), None);
+    // `dropped` (written when only the null member answered) is absent in
+    // every store, so it is settled as absent.
+    assert_eq!(primary.inner.get(b"dropped").await.expect("get"), None);
+    assert_eq!(
+        second.inner.count().await.expect("count"),
+        0,
+        "the fallback was emptied"
+    );
+}
+
+/// Errors that say the call was wrong (not the store) do not fall back and
+/// do not count against the member's health.
+#[tokio::test]
+async fn caller_errors_do_not_fall_back() {
+    let limited = MemoryBackend::builder()
+        .limits(statecraft::Limits::new(8, 1024))
+        .build();
+    let chain = Fallback::builder()
+        .member(limited, Duration::from_millis(100))
+        .member(MemoryBackend::new(), Duration::from_millis(100))
+        .health(HealthPolicy {
+            failures: 1,
+            ..policy()
+        })
+        .build()
+        .expect("chain");
+    let mut events = chain.events();
+    let err = chain.put(b"a key far too long", "v".into()).await.err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::KeyTooLarge));
+    assert_eq!(chain.health()[0], Health::Healthy);
+    assert!(drain(&mut events).is_empty());
+}
+
+#[tokio::test]
+async fn bad_chains_are_typed_errors() {
+    let err = Fallback::builder().build().err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidArgument));
+    let err = Fallback::builder()
+        .member(MemoryBackend::new(), Duration::ZERO)
+        .build()
+        .err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidArgument));
+    let err = Fallback::builder()
+        .member(MemoryBackend::new(), Duration::from_secs(1))
+        .health(HealthPolicy {
+            failures: 0,
+            ..policy()
+        })
+        .build()
+        .err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidArgument));
+}
