@@ -513,7 +513,7 @@ mod tests {
         }
         assert_eq!(
             Operation::ALL.last().map(|op| op.index()),
-            Some(Operation::Connect.index())
+            Some(Operation::GetWithTtl.index())
         );
     }
 
