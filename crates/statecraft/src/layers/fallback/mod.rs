@@ -409,15 +409,18 @@ impl Fallback {
                     }
                     Admit::Call => {}
                 }
-                let answer =
-                    match tokio::time::timeout(member.timeout, call(&*member.backend)).await {
+                // An in-process member answers at once: no timer for it.
+                let answer = match call(&*member.backend).into_ready() {
+                    Ok(answer) => answer,
+                    Err(pending) => match tokio::time::timeout(member.timeout, pending).await {
                         Ok(answer) => answer,
                         Err(_) => Err(timeout_error(
                             member.backend.name(),
                             operation,
                             member.timeout,
                         )),
-                    };
+                    },
+                };
                 match answer {
                     // Answered, but cannot do it: try the next one.
                     Err(err) if err.kind() == ErrorKind::Unsupported => last = Some(err),
