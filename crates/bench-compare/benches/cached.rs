@@ -18,8 +18,16 @@ use statecraft::{
 use statecraft_testkit::{PostgresServer, RedisServer};
 
 const KEYS: usize = 10_000;
-const ROUNDS: usize = 15;
-const WRITES: usize = 10_000;
+
+/// Under `cargo test` (no `--bench` argument) the bench runs as a quick
+/// smoke test: a hundredth of the work.
+fn scale(n: usize) -> usize {
+    if std::env::args().any(|arg| arg == "--bench") {
+        n
+    } else {
+        (n / 100).max(1)
+    }
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -89,26 +97,25 @@ fn hits(runtime: &tokio::runtime::Runtime, redis_url: &str) {
         ("cached(memory) hit", &cached_memory),
         ("cached(redis) hit", &cached_redis),
     ];
-    const OPS: usize = 200_000;
-    const REMOTE_OPS: usize = 2_000;
+    let (ops, remote_ops) = (scale(200_000), scale(2_000));
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); in_process.len() + 1];
     let mut picker = Picker::new(5);
-    for round in 0..ROUNDS {
+    for round in 0..scale(300).clamp(3, 15) {
         for step in 0..=in_process.len() {
             let index = (round + step) % (in_process.len() + 1);
             let started = Instant::now();
             if let Some((_, backend)) = in_process.get(index) {
-                for _ in 0..OPS {
+                for _ in 0..ops {
                     black_box(now(backend.get(&keys[picker.next(KEYS)])).ok());
                 }
-                times[index].push(started.elapsed().as_nanos() as f64 / OPS as f64);
+                times[index].push(started.elapsed().as_nanos() as f64 / ops as f64);
             } else {
                 runtime.block_on(async {
-                    for _ in 0..REMOTE_OPS {
+                    for _ in 0..remote_ops {
                         black_box(plain_redis.get(&keys[picker.next(KEYS)]).await.ok());
                     }
                 });
-                times[index].push(started.elapsed().as_nanos() as f64 / REMOTE_OPS as f64);
+                times[index].push(started.elapsed().as_nanos() as f64 / remote_ops as f64);
             }
         }
     }
@@ -153,10 +160,11 @@ async fn invalidation_delay<B: StateBackend + 'static>(what: &str, a: B, b: B, c
             .build()
     };
     let (a, b) = (build(a).await.expect("a"), build(b).await.expect("b"));
-    let mut after_ack = Vec::with_capacity(WRITES);
-    let mut after_start = Vec::with_capacity(WRITES);
+    let writes = scale(10_000);
+    let mut after_ack = Vec::with_capacity(writes);
+    let mut after_start = Vec::with_capacity(writes);
     let key = b"invalidation-delay";
-    for i in 0..WRITES {
+    for i in 0..writes {
         let old = Bytes::from(format!("old-{i}"));
         let new = Bytes::from(format!("new-{i}"));
         a.put(key, old.clone()).await.expect("put");
@@ -184,7 +192,7 @@ async fn invalidation_delay<B: StateBackend + 'static>(what: &str, a: B, b: B, c
         ("write started", &after_start),
     ] {
         println!(
-            "{what:<10} invalidation, from {from:<14}: p50 {:>8.1?}  p99 {:>8.1?}  max {:>8.1?}  ({WRITES} writes)",
+            "{what:<10} invalidation, from {from:<14}: p50 {:>8.1?}  p99 {:>8.1?}  max {:>8.1?}  ({writes} writes)",
             percentile(sorted, 0.50),
             percentile(sorted, 0.99),
             percentile(sorted, 1.0),

@@ -15,8 +15,15 @@ use statecraft::{
 };
 use statecraft_testkit::{Fault, FaultProxy, RedisServer};
 
-const CALLS: usize = 100_000;
-const ROUNDS: usize = 11;
+/// Under `cargo test` (no `--bench` argument) the bench runs as a quick
+/// smoke test: a hundredth of the work.
+fn scale(n: usize) -> usize {
+    if std::env::args().any(|arg| arg == "--bench") {
+        n
+    } else {
+        (n / 100).max(1)
+    }
+}
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
@@ -79,19 +86,20 @@ fn main() {
         let cases: [(&str, &dyn StateBackend); 2] = [("memory get (peer)", &peer), ("fallback, primary open", &chain)];
         let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); 2];
         let mut medians: Vec<Vec<f64>> = vec![Vec::new(); 2];
-        for round in 0..ROUNDS {
+        let (calls, rounds) = (scale(100_000), scale(300).clamp(3, 11));
+        for round in 0..rounds {
             for step in 0..2 {
                 let index = (round + step) % 2;
                 let backend = cases[index].1;
                 let started = Instant::now();
-                for i in 0..CALLS {
+                for i in 0..calls {
                     let call = Instant::now();
                     backend.get(&keys[i % keys.len()]).await.expect("get");
                     if i % 10 == 0 {
                         samples[index].push(call.elapsed());
                     }
                 }
-                medians[index].push(started.elapsed().as_nanos() as f64 / CALLS as f64);
+                medians[index].push(started.elapsed().as_nanos() as f64 / calls as f64);
             }
         }
         let median = |mut v: Vec<f64>| {

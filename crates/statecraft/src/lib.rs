@@ -73,6 +73,7 @@ pub use layers::fallback::{
 pub use layers::metrics::Metrics;
 pub use layers::namespaced::Namespaced;
 pub use layers::retry::{Retry, RetryPolicy};
+pub use layers::tiered::{Tiered, TieredBuilder};
 pub use layers::timeout::Timeout;
 pub use layers::typed;
 pub use layers::typed::Typed;

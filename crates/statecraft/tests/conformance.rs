@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use statecraft::{
     Cached, Fallback, Limits, ManualClock, MemoryBackend, Metrics, Namespaced, Retry, RetryPolicy,
-    SledBackend, StateBackend, Timeout,
+    SledBackend, StateBackend, Tiered, Timeout,
 };
 use statecraft_testkit::{
     Fixture, FixtureFuture, ProvidedDefaults, TimeControl, FIXTURE_MAX_KEY, FIXTURE_MAX_VALUE,
@@ -152,6 +152,18 @@ fn fallback_memory_null_fixture() -> FixtureFuture {
     })
 }
 
+fn tiered_memory_memory_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        let tiers = Tiered::builder()
+            .tier(memory(&clock), Duration::from_secs(30))
+            .last(memory(&clock))
+            .build()
+            .expect("tiers");
+        fixture(Arc::new(tiers), clock, false)
+    })
+}
+
 mod conformance {
     mod memory {
         statecraft_testkit::conformance_tests!(super::super::memory_fixture);
@@ -179,6 +191,9 @@ mod conformance {
     }
     mod fallback_memory_null {
         statecraft_testkit::conformance_tests!(super::super::fallback_memory_null_fixture);
+    }
+    mod tiered_memory_memory {
+        statecraft_testkit::conformance_tests!(super::super::tiered_memory_memory_fixture);
     }
     mod metrics_retry_timeout_memory {
         statecraft_testkit::conformance_tests!(super::super::layered_memory_fixture);

@@ -215,12 +215,15 @@ impl Switch {
         }
     }
 
-    fn check<'a, T: Send + 'a>(&self, up: StateFuture<'a, T>) -> StateFuture<'a, T> {
+    fn check<'a, T: Send + 'a>(
+        &self,
+        up: impl FnOnce() -> StateFuture<'a, T>,
+    ) -> StateFuture<'a, T> {
         if self.down.load(Ordering::SeqCst) {
             let err = Error::new(ErrorKind::Unavailable, "switched off").temporary(true);
             return StateFuture::ready(Err(err));
         }
-        up
+        up()
     }
 }
 
@@ -232,7 +235,7 @@ impl StateBackend for Switch {
         self.inner.capabilities()
     }
     fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
-        self.check(self.inner.get(key))
+        self.check(|| self.inner.get(key))
     }
     fn put_with<'a>(
         &'a self,
@@ -240,13 +243,13 @@ impl StateBackend for Switch {
         value: Bytes,
         options: PutOptions,
     ) -> StateFuture<'a, ()> {
-        self.check(self.inner.put_with(key, value, options))
+        self.check(|| self.inner.put_with(key, value, options))
     }
     fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
-        self.check(self.inner.delete(key))
+        self.check(|| self.inner.delete(key))
     }
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
-        self.check(self.inner.ttl(key))
+        self.check(|| self.inner.ttl(key))
     }
     fn list_keys_page<'a>(
         &'a self,
@@ -254,10 +257,10 @@ impl StateBackend for Switch {
         cursor: Option<&'a [u8]>,
         limit: usize,
     ) -> StateFuture<'a, KeyPage> {
-        self.check(self.inner.list_keys_page(prefix, cursor, limit))
+        self.check(|| self.inner.list_keys_page(prefix, cursor, limit))
     }
     fn clear(&self) -> StateFuture<'_, ()> {
-        self.check(self.inner.clear())
+        self.check(|| self.inner.clear())
     }
     fn compare_and_swap<'a>(
         &'a self,
@@ -266,10 +269,10 @@ impl StateBackend for Switch {
         new: Option<Bytes>,
         options: PutOptions,
     ) -> StateFuture<'a, CasOutcome> {
-        self.check(self.inner.compare_and_swap(key, expected, new, options))
+        self.check(|| self.inner.compare_and_swap(key, expected, new, options))
     }
     fn health_check(&self) -> StateFuture<'_, HealthReport> {
-        self.check(self.inner.health_check())
+        self.check(|| self.inner.health_check())
     }
     fn stats(&self) -> StateFuture<'_, BackendStats> {
         self.inner.stats()

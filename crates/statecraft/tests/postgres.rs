@@ -86,7 +86,44 @@ fn cached_postgres_fixture() -> FixtureFuture {
     })
 }
 
+/// Memory over Redis over PostgreSQL, the last one authoritative.
+fn tiered_memory_redis_postgres_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let table = unique_table("tiered");
+        let redis = statecraft::RedisBackend::new(
+            statecraft::RedisConfig::builder()
+                .url(statecraft_testkit::RedisServer::shared().url())
+                .key_prefix(format!("{table}:"))
+                .limits(Limits::new(FIXTURE_MAX_KEY, FIXTURE_MAX_VALUE))
+                .build()
+                .expect("config"),
+        )
+        .await
+        .expect("redis");
+        let tiers = statecraft::Tiered::builder()
+            .tier(
+                MemoryBackend::builder()
+                    .limits(Limits::new(FIXTURE_MAX_KEY, FIXTURE_MAX_VALUE))
+                    .build(),
+                Duration::from_secs(10),
+            )
+            .tier(redis, Duration::from_secs(60))
+            .last(backend(&PostgresServer::shared().url(), &table).await)
+            .build()
+            .expect("tiers");
+        Fixture::new(
+            Arc::new(tiers),
+            TimeControl::Real,
+            FIXTURE_MAX_KEY,
+            FIXTURE_MAX_VALUE,
+        )
+    })
+}
+
 mod conformance {
+    mod tiered_memory_redis_postgres {
+        statecraft_testkit::conformance_tests!(super::super::tiered_memory_redis_postgres_fixture);
+    }
     mod postgres {
         statecraft_testkit::conformance_tests!(super::super::postgres_fixture);
     }

@@ -6,5 +6,7 @@ pub(crate) mod metrics;
 pub(crate) mod namespaced;
 pub(crate) mod operation;
 pub(crate) mod retry;
+pub(crate) mod stripes;
+pub(crate) mod tiered;
 pub(crate) mod timeout;
 pub mod typed;

@@ -9,7 +9,6 @@
 //! the global generation for "everything"), then removes. Whichever order
 //! the two interleave in, no entry read before an invalidation survives it.
 
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +19,9 @@ use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use crate::backend::clock::Clock;
 use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::KeyTtl;
+use crate::layers::stripes::{Mark, Stripes};
 use crate::raw::recorder::{Outcome, StatsRecorder};
-use crate::raw::MemoryHasher;
 
-/// Per-key invalidation counters; keys that share a stripe only cost each
-/// other a skipped fill.
-const STRIPES: usize = 4096;
 /// What an entry weighs on top of its key and value bytes when the cache is
 /// bounded by bytes (the slot, the index and the allocator's rounding).
 const ENTRY_OVERHEAD: u64 = 64;
@@ -100,8 +96,7 @@ pub(super) struct Bounds {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Token {
     generation: u64,
-    stripe: usize,
-    count: u64,
+    mark: Mark,
     /// The clock before the read: a store TTL counts from here.
     started: u64,
 }
@@ -115,8 +110,7 @@ pub(super) struct L1 {
     cache_misses: bool,
     /// Odd while L1 is not serving (its subscription is down).
     generation: AtomicU64,
-    stripes: Box<[AtomicU64]>,
-    stripe_hasher: MemoryHasher,
+    stripes: Stripes,
     evictions: Evictions,
     /// Hits and misses, striped per thread (the hit path is shared).
     counts: StatsRecorder,
@@ -172,8 +166,7 @@ impl L1 {
             tti_ms: bounds.time_to_idle.map(|tti| millis(tti).max(1)),
             cache_misses: bounds.cache_misses,
             generation: AtomicU64::new(if serving { 0 } else { 1 }),
-            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
-            stripe_hasher: MemoryHasher::default(),
+            stripes: Stripes::new(),
             evictions,
             counts: StatsRecorder::new(),
         })
@@ -213,24 +206,18 @@ impl L1 {
         Some(slot)
     }
 
-    fn stripe_of(&self, key: &[u8]) -> usize {
-        (self.stripe_hasher.hash_one(key) as usize) % STRIPES
-    }
-
     /// Takes the token a fill of `key` checks before it keeps what it read.
     pub(super) fn token(&self, key: &[u8]) -> Token {
-        let stripe = self.stripe_of(key);
         Token {
             generation: self.generation.load(Ordering::SeqCst),
-            stripe,
-            count: self.stripes[stripe].load(Ordering::SeqCst),
+            mark: self.stripes.mark(key),
             started: self.now(),
         }
     }
 
     fn still(&self, token: Token) -> bool {
         self.generation.load(Ordering::SeqCst) == token.generation
-            && self.stripes[token.stripe].load(Ordering::SeqCst) == token.count
+            && self.stripes.unchanged(token.mark)
     }
 
     /// Keeps what a read that took `token` found for `key`: `found` is the
@@ -270,7 +257,7 @@ impl L1 {
 
     /// Drops `key`, and any fill of it that started before now.
     pub(super) fn invalidate(&self, key: &[u8]) {
-        self.stripes[self.stripe_of(key)].fetch_add(1, Ordering::SeqCst);
+        self.stripes.bump(key);
         self.cache.remove(key);
     }
 
