@@ -9,18 +9,19 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use statecraft::{
-    MemoryBackend, PostgresBackend, PostgresConfig, PutOptions, RedisBackend, RedisConfig,
-    SledBackend, StateBackend,
-};
+use statecraft::{ConnectOptions, PutOptions, SledBackend, StateBackend};
 
 /// Options of `statecraft bench`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// A backend to measure: `memory`, `sled` (a temporary database),
+    /// A backend to measure: `memory`, `null`, `sled` (a temporary database),
     /// `sled:PATH`, `redis://HOST:PORT`, `rediss://…` (TLS),
     /// `redis+cluster://HOST:PORT[,HOST:PORT…]` (a Redis Cluster, from seed
-    /// nodes) or `postgres://USER@HOST:PORT/DB`. Repeat to compare several.
+    /// nodes) or `postgres://USER@HOST:PORT/DB`; or a stack of layers over
+    /// them: `cached(SPEC[, ttl=30s][, entries=N][, bytes=N])`,
+    /// `tiered(SPEC, SPEC, …[, ttl=60s])` (the last decides),
+    /// `fallback(SPEC, SPEC, …[, timeout=500ms])`, nested as needed (the
+    /// spelling `statecraft::connect` takes). Repeat to compare several.
     /// Redis keys go under `statecraft-bench:`, PostgreSQL rows into table
     /// `statecraft_bench`; both are cleared at the end. Default: memory and a
     /// temporary sled.
@@ -105,6 +106,21 @@ pub(crate) struct BenchRow {
     calls: u64,
     persistent: bool,
     distributed: bool,
+    /// For a stack with a `Cached` on top: reads its L1 answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l1_hits: Option<u64>,
+    /// For a stack with a `Cached` on top: reads that went to the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l1_misses: Option<u64>,
+}
+
+/// The L1 figures of a `Cached` on top, if there is one.
+async fn l1_figures(backend: &dyn StateBackend) -> Option<(u64, u64)> {
+    let stats = backend.stats().await.ok()?;
+    Some((
+        *stats.details.get("l1_hits")?,
+        *stats.details.get("l1_misses")?,
+    ))
 }
 
 /// A backend opened for benchmarking, with whatever must outlive it.
@@ -125,44 +141,27 @@ async fn open_target(spec: &str, concurrency: usize) -> Result<Target, String> {
         backend,
         _dir: dir,
     };
-    let fail = |err: statecraft::Error| format!("backend {spec:?}: {err}");
-    match spec.split_once(':') {
-        None if spec == "memory" => Ok(target("memory", Arc::new(MemoryBackend::new()), None)),
-        None if spec == "sled" => {
-            let dir = tempfile::tempdir()
-                .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-            let backend = SledBackend::open(dir.path()).map_err(fail)?;
-            Ok(target("sled", Arc::new(backend), Some(dir)))
-        }
-        Some(("sled", path)) if !path.is_empty() => {
-            let backend = SledBackend::open(path).map_err(fail)?;
-            Ok(target(&format!("sled:{path}"), Arc::new(backend), None))
-        }
-        Some(("redis" | "rediss" | "redis+cluster" | "rediss+cluster", _)) => {
-            let config = RedisConfig::builder()
-                .url(spec)
-                .key_prefix(REDIS_PREFIX)
-                .build()
-                .map_err(fail)?;
-            let backend = RedisBackend::new(config).await.map_err(fail)?;
-            let label = backend.name();
-            Ok(target(label, Arc::new(backend), None))
-        }
-        Some(("postgres" | "postgresql", _)) => {
-            let config = PostgresConfig::builder()
-                .url(spec)
-                .table(POSTGRES_TABLE)
-                .pool_size(concurrency.clamp(4, 64))
-                .build()
-                .map_err(fail)?;
-            let backend = PostgresBackend::new(config).await.map_err(fail)?;
-            Ok(target("postgres", Arc::new(backend), None))
-        }
-        _ => Err(format!(
-            "unknown backend {spec:?}; expected memory, sled, sled:PATH, redis://HOST:PORT, \
-             rediss://…, redis+cluster://HOST:PORT[,HOST:PORT…] or postgres://…"
-        )),
+    if spec == "sled" {
+        let dir =
+            tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        let backend =
+            SledBackend::open(dir.path()).map_err(|e| format!("backend \"sled\": {e}"))?;
+        return Ok(target("sled", Arc::new(backend), Some(dir)));
     }
+    let options = ConnectOptions::new()
+        .redis_key_prefix(REDIS_PREFIX)
+        .postgres_table(POSTGRES_TABLE)
+        .postgres_pool_size(concurrency.clamp(4, 64));
+    let backend = statecraft::connect_with(spec, &options)
+        .await
+        .map_err(|err| format!("backend {spec:?}: {err}"))?;
+    // A plain store is labelled by its kind, a stack by its spec.
+    let label = if spec.contains('(') || spec.starts_with("sled:") {
+        spec.to_string()
+    } else {
+        backend.name().to_string()
+    };
+    Ok(target(&label, backend, None))
 }
 
 /// Runs the benchmark and prints the table or JSON.
@@ -243,6 +242,7 @@ async fn measure(
     keys: &Arc<[Bytes]>,
     value: &Bytes,
 ) -> Result<BenchRow, String> {
+    let l1_before = l1_figures(&*target.backend).await;
     let started = Instant::now();
     let deadline = started + Duration::from_millis(args.duration_ms);
     let tasks: Vec<_> = (0..concurrency)
@@ -279,6 +279,13 @@ async fn measure(
     let elapsed = started.elapsed().as_secs_f64();
     let batch_size = if op.is_batch() { args.batch_size } else { 1 };
     let caps = target.backend.capabilities();
+    let l1 = match (l1_before, l1_figures(&*target.backend).await) {
+        (Some((hits, misses)), Some((hits_after, misses_after))) => Some((
+            hits_after.saturating_sub(hits),
+            misses_after.saturating_sub(misses),
+        )),
+        _ => None,
+    };
     Ok(BenchRow {
         backend: target.label.clone(),
         operation: op.name(),
@@ -290,6 +297,8 @@ async fn measure(
         calls,
         persistent: caps.persistent,
         distributed: caps.distributed,
+        l1_hits: l1.map(|(hits, _)| hits),
+        l1_misses: l1.map(|(_, misses)| misses),
     })
 }
 
@@ -401,8 +410,9 @@ fn render_table(rows: &[BenchRow]) -> String {
         "Throughput",
         "Persistence",
         "Distribution",
+        "L1 hits",
     ];
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
             let op = if r.batch_size > 1 {
@@ -419,6 +429,12 @@ fn render_table(rows: &[BenchRow]) -> String {
                 human_rate(r.ops_per_sec),
                 if r.persistent { "Yes" } else { "No" }.to_string(),
                 if r.distributed { "Yes" } else { "No" }.to_string(),
+                match (r.l1_hits, r.l1_misses) {
+                    (Some(hits), Some(misses)) if hits + misses > 0 => {
+                        format!("{:.1}%", 100.0 * hits as f64 / (hits + misses) as f64)
+                    }
+                    _ => "-".to_string(),
+                },
             ]
         })
         .collect();
@@ -470,7 +486,20 @@ mod tests {
             .map(|a| a.port())
             .expect("a free port");
         let unreachable = format!("redis://127.0.0.1:{closed}");
-        for bad in ["mem", "sled:", "ftp://x", "redis+cluster://", &unreachable] {
+        let stack = "cached(tiered(memory, memory, ttl=5s))";
+        assert_eq!(
+            open_target(stack, 4).await.map(|t| t.label).ok().as_deref(),
+            Some(stack)
+        );
+        for bad in [
+            "mem",
+            "sled:",
+            "ftp://x",
+            "redis+cluster://",
+            &unreachable,
+            "cached(memroy)",
+            "tiered(memory)",
+        ] {
             let err = open_target(bad, 4).await.err().unwrap_or_default();
             assert!(err.contains(bad), "{bad}: {err}");
         }
@@ -489,6 +518,8 @@ mod tests {
             calls: 10,
             persistent: false,
             distributed: false,
+            l1_hits: Some(99),
+            l1_misses: Some(1),
         };
         let table = render_table(&[
             row.clone(),
@@ -500,6 +531,7 @@ mod tests {
         assert!(table.contains("| memory  | get       | 16 "), "{table}");
         assert!(table.contains("2.50M ops/s"));
         assert!(table.contains("300ns"));
+        assert!(table.contains("99.0%"), "{table}");
         assert_eq!(
             table.lines().filter(|l| l.starts_with("| memory")).count(),
             2

@@ -108,3 +108,34 @@ fn bench_json_prints_rows_for_redis_cluster_and_postgres() {
         }
     }
 }
+
+/// A stack from its spec: `cached(redis://…)` measured next to the same
+/// Redis uncached, with the L1's hits and misses in its rows.
+#[test]
+fn bench_measures_a_cached_stack_with_its_l1_figures() {
+    let redis = statecraft_testkit::RedisServer::start();
+    let cached = format!("cached({}, ttl=30s, entries=1000)", redis.url());
+    let output = Command::new(env!("CARGO_BIN_EXE_statecraft"))
+        .args(["bench", "--json", "--duration-ms", "100", "--keys", "200"])
+        .args(["--concurrency", "4", "--op", "get"])
+        .args(["--backend", &redis.url(), "--backend", &cached])
+        .output()
+        .expect("run statecraft bench");
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    let rows = rows.as_array().expect("a JSON array");
+    assert_eq!(rows.len(), 4, "2 backends × get × 2 levels: {rows:?}");
+    for row in rows {
+        let stacked = row["backend"] == cached.as_str();
+        assert_eq!(row["l1_hits"].is_u64(), stacked, "{row}");
+        if stacked {
+            let hits = row["l1_hits"].as_u64().unwrap_or(0);
+            let misses = row["l1_misses"].as_u64().unwrap_or(u64::MAX);
+            assert!(hits > misses, "a warm L1 answers most reads: {row}");
+        }
+    }
+}

@@ -40,6 +40,7 @@
 
 mod backend;
 mod backends;
+pub mod connect;
 mod layers;
 pub mod raw;
 
@@ -66,6 +67,7 @@ pub use backends::redis::{RedisBackend, RedisConfig, RedisConfigBuilder};
 #[cfg(feature = "sled")]
 pub use backends::sled::{SledBackend, SledBackendBuilder};
 pub use bytes::Bytes;
+pub use connect::{connect, connect_with, ConnectOptions};
 pub use layers::cached::{Cached, CachedBuilder, Heartbeat, Invalidation};
 pub use layers::fallback::{
     Fallback, FallbackBuilder, FallbackEvent, Health, HealthPolicy, Recovery,
