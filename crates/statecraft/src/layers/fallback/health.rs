@@ -1,7 +1,8 @@
 //! The health breaker of one fallback member: it opens after `failures`
-//! failures within `window`, lets one probe through after a back-off that
-//! doubles with every consecutive opening (up to a maximum), and closes
-//! when the probe succeeds.
+//! failures within `window` (successes in between do not reset the count),
+//! lets one probe through after a back-off that doubles with every
+//! consecutive opening (up to a maximum), and closes only when the probe
+//! succeeded and the outage's writes are settled.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -103,26 +104,17 @@ impl Breaker {
         }
     }
 
-    /// The member answered; returns the new health if it changed.
-    pub(super) fn success(&self) -> Option<Health> {
+    /// The probe succeeded and the outage is settled: close; returns the
+    /// new health if it changed. (A plain call's success changes nothing: a
+    /// call admitted before the breaker opened must not close it.)
+    pub(super) fn close(&self) -> Option<Health> {
         let mut state = self.lock();
-        match *state {
-            State::Closed {
-                failures: 0,
-                since: _,
-            } => None,
-            State::Closed { since, .. } => {
-                *state = State::Closed { failures: 0, since };
-                None
-            }
-            State::HalfOpen { .. } | State::Open { .. } => {
-                *state = State::Closed {
-                    failures: 0,
-                    since: Instant::now(),
-                };
-                Some(Health::Healthy)
-            }
-        }
+        let was_closed = matches!(*state, State::Closed { .. });
+        *state = State::Closed {
+            failures: 0,
+            since: Instant::now(),
+        };
+        (!was_closed).then_some(Health::Healthy)
     }
 
     /// The member failed; returns the new health if it changed.
@@ -139,7 +131,9 @@ impl Breaker {
                 .min(self.policy.max_open_for);
             (
                 State::Open {
-                    until: now + wait,
+                    until: now
+                        .checked_add(wait)
+                        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365)),
                     openings,
                 },
                 Health::Unhealthy { retry_in: wait },
@@ -238,8 +232,9 @@ mod tests {
         );
         tokio::time::advance(Duration::from_millis(250)).await;
         assert_eq!(breaker.admit().0, Admit::Probe);
-        assert_eq!(breaker.success(), Some(Health::Healthy));
+        assert_eq!(breaker.close(), Some(Health::Healthy));
         assert_eq!(breaker.admit().0, Admit::Call);
+        assert_eq!(breaker.close(), None, "already closed");
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,24 +3,24 @@
 
 mod health;
 mod ops;
+mod recovery;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{broadcast, RwLock};
 
 use crate::backend::error::{Error, ErrorKind, Operation, Result};
 use crate::backend::future::StateFuture;
-use crate::backend::options::KeyTtl;
 use crate::backend::StateBackend;
 use crate::layers::timeout::timeout_error;
 use crate::raw::recorder::StatsRecorder;
 
 use self::health::{Admit, Breaker};
 pub use self::health::{Health, HealthPolicy};
+pub(super) use self::recovery::Mark;
+use self::recovery::Outage;
 
 /// What happens, when a member is healthy again, to the writes the members
 /// after it took while it was not.
@@ -80,7 +80,8 @@ pub enum FallbackEvent {
         copied: u64,
         /// Keys removed from the members after it.
         cleared: u64,
-        /// Keys that could not be settled (their errors were logged).
+        /// Keys that could not be settled now (their errors were logged);
+        /// they stay tracked and are settled at the next try.
         failed: u64,
         /// More keys were written during the outage than are tracked: the
         /// members after it were cleared entirely, and deletes beyond the
@@ -89,19 +90,13 @@ pub enum FallbackEvent {
     },
 }
 
-/// Keys written to a member while members before it were unhealthy
-/// (`true`: the last write deleted the key).
-#[derive(Debug, Default)]
-struct Outage {
-    keys: HashMap<Bytes, bool>,
-    overflowed: bool,
-}
-
 struct Member {
     backend: Arc<dyn StateBackend>,
     timeout: Duration,
     breaker: Breaker,
     outage: Mutex<Outage>,
+    /// Whether `outage` holds anything (read without the lock).
+    pending: std::sync::atomic::AtomicBool,
     served: AtomicU64,
     failures: AtomicU64,
 }
@@ -117,11 +112,22 @@ struct Member {
 /// Writes that land on a member while a member before it is unhealthy live
 /// only there, and their keys are tracked (up to
 /// [`max_tracked_keys`](FallbackBuilder::max_tracked_keys)). When the
-/// earlier member is healthy again, the next call waits while the outage's
-/// writes are settled as [`Recovery`] says: by default deleted keys are
-/// deleted from it too and the rest is dropped; the keys are removed from
-/// the later members either way. Nothing deleted during an outage comes
-/// back when it ends, and nothing from one outage resurfaces in the next.
+/// earlier member answers its probe (a health check), the outage's writes
+/// are settled as [`Recovery`] says, with every other call waiting and the
+/// member taking no calls until they are: a clear or a delete made during
+/// the outage (a compare-and-swap or transaction counts only if it
+/// applied) is applied to it, values are dropped (or copied), and the keys
+/// are removed from the later members. Only then is the member closed;
+/// what could not be settled stays tracked and the member is probed again
+/// later. A write that failed or was dropped on a fallback may have
+/// applied: it is removed from the fallback but not applied to the
+/// recovered member. A write that lands on a fallback while the first
+/// member's breaker is still closed (one failed call) is settled as soon
+/// as that member answers again. Nothing deleted during an outage comes
+/// back when it ends, and nothing from one outage resurfaces in the next
+/// (beyond [`max_tracked_keys`](FallbackBuilder::max_tracked_keys), the
+/// fallback is cleared at recovery and deletes past the bound are not
+/// applied).
 ///
 /// Reads during an outage see only what the fallback holds. Operations that
 /// need a capability (pub/sub, transactions) go to the first healthy member
@@ -245,6 +251,7 @@ impl FallbackBuilder {
                     ..policy
                 }),
                 outage: Mutex::default(),
+                pending: std::sync::atomic::AtomicBool::new(false),
                 served: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
             })
@@ -261,7 +268,7 @@ impl FallbackBuilder {
 }
 
 /// How a call's keys are written, for outage tracking.
-pub(super) type Written<'w> = &'w [(&'w [u8], bool)];
+pub(super) type Written<'w> = &'w [(&'w [u8], Mark)];
 
 /// Whether an error says the member is unhealthy (rather than that the
 /// call was wrong).
@@ -338,44 +345,30 @@ impl Fallback {
         }
     }
 
-    fn track(&self, index: usize, written: Written<'_>) {
-        if index == 0 || written.is_empty() {
-            return;
-        }
-        let member = &self.members[index];
-        let mut outage = member.outage.lock().unwrap_or_else(|p| p.into_inner());
-        for &(key, deleted) in written {
-            if let Some(slot) = outage.keys.get_mut(key) {
-                *slot = deleted;
-            } else if outage.keys.len() < self.max_tracked {
-                outage.keys.insert(Bytes::copy_from_slice(key), deleted);
-            } else {
-                outage.overflowed = true;
-            }
-        }
-    }
-
     /// Sends one operation down the chain: `call` runs it on a member;
-    /// `written` names the keys it writes (for outage tracking).
+    /// `written` names the keys it writes (for outage tracking), and
+    /// `applied` says whether an answer changed anything.
     pub(super) fn route<'a, T: Send + 'a>(
         &'a self,
         operation: Operation,
         written: Written<'a>,
+        applied: fn(&T) -> bool,
         call: impl FnMut(&'a dyn StateBackend) -> StateFuture<'a, T> + Send + 'a,
     ) -> StateFuture<'a, T> {
-        StateFuture::new(self.dispatch(operation, written, call))
+        StateFuture::new(self.dispatch(operation, written, applied, call))
     }
 
     /// [`route`](Self::route), with keys borrowed for less than the call.
     ///
     /// A member whose opening has elapsed is probed with a health check
     /// first; if it answers, the outage's writes are settled (with every
-    /// other call waiting) before any call reaches it, and the call starts
-    /// down the chain again.
+    /// other call waiting) while it still takes no calls, and only then is
+    /// it closed; the call starts down the chain again.
     pub(super) async fn dispatch<'a, T>(
         &'a self,
         operation: Operation,
         written: Written<'_>,
+        applied: fn(&T) -> bool,
         mut call: impl FnMut(&'a dyn StateBackend) -> StateFuture<'a, T> + Send,
     ) -> Result<T> {
         'chain: loop {
@@ -387,28 +380,19 @@ impl Fallback {
                 match admit {
                     Admit::Skip => continue,
                     Admit::Probe => {
-                        let mut probe = ProbeGuard {
-                            breaker: &member.breaker,
-                            armed: true,
-                        };
-                        let check =
-                            tokio::time::timeout(member.timeout, member.backend.health_check());
-                        let answered = matches!(check.await, Ok(Ok(_)));
-                        probe.armed = false;
-                        if !answered {
-                            member.failures.fetch_add(1, Ordering::Relaxed);
-                            let health = member.breaker.failure();
-                            self.health_changed(index, health);
-                            continue;
-                        }
-                        let health = member.breaker.success();
-                        self.health_changed(index, health);
                         drop(shared);
-                        self.settle(index).await;
+                        self.probe(index).await;
                         continue 'chain;
                     }
                     Admit::Call => {}
                 }
+                // Tracked as touched until the answer says more: a call
+                // dropped while a later member runs it may have applied.
+                let mut unfinished = Unfinished {
+                    chain: self,
+                    index,
+                    written: (!operation.is_read() && index > 0).then_some(written),
+                };
                 // An in-process member answers at once: no timer for it.
                 let answer = match call(&*member.backend).into_ready() {
                     Ok(answer) => answer,
@@ -421,6 +405,13 @@ impl Fallback {
                         )),
                     },
                 };
+                let tracked = unfinished.written.take();
+                if operation == Operation::Clear
+                    && index > 0
+                    && !matches!(&answer, Err(e) if e.kind() == ErrorKind::Unsupported)
+                {
+                    self.track_clear(index);
+                }
                 match answer {
                     // Answered, but cannot do it: try the next one.
                     Err(err) if err.kind() == ErrorKind::Unsupported => last = Some(err),
@@ -434,17 +425,27 @@ impl Fallback {
                             error: err.to_string(),
                         });
                         self.health_changed(index, health);
-                        if !operation.is_read() {
-                            // It may have applied here: count it as written.
-                            self.track(index, written);
+                        if let Some(written) = tracked {
+                            self.track(index, written, true);
                         }
                         last = Some(err);
                     }
                     answer => {
                         member.served.fetch_add(1, Ordering::Relaxed);
-                        let _ = member.breaker.success();
-                        if !operation.is_read() {
-                            self.track(index, written);
+                        if let Some(written) = tracked {
+                            let changed = answer.as_ref().map_or(true, applied);
+                            if changed {
+                                self.track(index, written, answer.is_err());
+                            }
+                        }
+                        if self.members[index + 1..]
+                            .iter()
+                            .any(|m| m.pending.load(Ordering::SeqCst))
+                        {
+                            // A later member took writes (while this one
+                            // failed a call, say): settle them here now.
+                            drop(shared);
+                            self.settle(index).await;
                         }
                         return answer;
                     }
@@ -462,75 +463,40 @@ impl Fallback {
         }
     }
 
-    /// Member `index` is healthy again: settle the writes the members after
-    /// it took meanwhile, with every other call waiting.
-    async fn settle(&self, index: usize) {
-        let _alone = self.gate.write().await;
-        let target = &*self.members[index].backend;
-        let limit = self.members[index].timeout;
-        let (mut deletes_applied, mut copied, mut cleared, mut failed) = (0u64, 0u64, 0u64, 0u64);
-        let mut overflowed = false;
-        for later in &self.members[index + 1..] {
-            let outage =
-                std::mem::take(&mut *later.outage.lock().unwrap_or_else(|p| p.into_inner()));
-            overflowed |= outage.overflowed;
-            let mut moved = Vec::new();
-            for (key, deleted) in outage.keys {
-                let settle_one = async {
-                    if deleted {
-                        target.delete(&key).await?;
-                        deletes_applied += 1;
-                    } else if self.recovery == Recovery::CopyWrites {
-                        match later.backend.get_with_ttl(&key).await? {
-                            Some((value, KeyTtl::ExpiresIn(left))) => {
-                                target.put_with_ttl(&key, value, left).await?
-                            }
-                            Some((value, _)) => target.put(&key, value).await?,
-                            None => {
-                                target.delete(&key).await?;
-                            }
-                        }
-                        copied += 1;
-                    }
-                    Ok::<(), Error>(())
-                };
-                let settled = match tokio::time::timeout(limit, settle_one).await {
-                    Ok(settled) => settled,
-                    Err(_) => Err(timeout_error(target.name(), Operation::Put, limit)),
-                };
-                match settled {
-                    Ok(()) => moved.push(key),
-                    Err(err) => {
-                        failed += 1;
-                        tracing::warn!(key_len = key.len(), error = %err, "fallback recovery left a key unsettled");
-                    }
-                }
-            }
-            if outage.overflowed {
-                if later.backend.clear().await.is_err() {
-                    failed += 1;
-                }
-            } else if !moved.is_empty() {
-                match later.backend.batch_delete(&moved).await {
-                    Ok(_) => cleared += moved.len() as u64,
-                    Err(_) => failed += moved.len() as u64,
-                }
-            }
-            // What the recovered member now holds from the outage is its
-            // own tracking, if it is itself a fallback for an earlier one.
-            if index > 0 && self.recovery == Recovery::CopyWrites {
-                let written: Vec<(&[u8], bool)> = moved.iter().map(|k| (&k[..], false)).collect();
-                self.track(index, &written);
-            }
+    /// Probes member `index` (admitted as the probe): if it answers a
+    /// health check, settles the outage and closes it; otherwise reopens.
+    async fn probe(&self, index: usize) {
+        let member = &self.members[index];
+        let mut guard = ProbeGuard {
+            breaker: &member.breaker,
+            armed: true,
+        };
+        let check = tokio::time::timeout(member.timeout, member.backend.health_check());
+        let settled = matches!(check.await, Ok(Ok(_))) && self.settle(index).await;
+        guard.armed = false;
+        if settled {
+            let health = member.breaker.close();
+            self.health_changed(index, health);
+        } else {
+            member.failures.fetch_add(1, Ordering::Relaxed);
+            let health = member.breaker.failure();
+            self.health_changed(index, health);
         }
-        self.emit(FallbackEvent::Recovered {
-            member: index,
-            backend: target.name(),
-            deletes_applied,
-            copied,
-            cleared,
-            failed,
-            overflowed,
-        });
+    }
+}
+
+/// Tracks a call's keys as touched if it is dropped while a member after
+/// the first runs it.
+struct Unfinished<'c, 'w> {
+    chain: &'c Fallback,
+    index: usize,
+    written: Option<Written<'w>>,
+}
+
+impl Drop for Unfinished<'_, '_> {
+    fn drop(&mut self) {
+        if let Some(written) = self.written.take() {
+            self.chain.track(self.index, written, true);
+        }
     }
 }

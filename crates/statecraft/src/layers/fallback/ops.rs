@@ -14,7 +14,7 @@ use crate::backend::transaction::{Transaction, TransactionWrite};
 use crate::backend::StateBackend;
 use crate::raw::recorder::Found;
 
-use super::{Fallback, Health};
+use super::{Fallback, Health, Mark, Written};
 
 impl Fallback {
     fn read<'a, T: Found + Send + 'a>(&'a self, work: StateFuture<'a, T>) -> StateFuture<'a, T> {
@@ -32,23 +32,39 @@ impl Fallback {
         StateFuture::new(async move { self.stats.scan(timer, work.await) })
     }
 
-    /// Routes a write of the keys in `written` (`true`: deleted).
+    /// Routes an operation that writes nothing.
+    fn route_read<'a, T: Send + 'a>(
+        &'a self,
+        operation: Operation,
+        written: Written<'a>,
+        call: impl FnMut(&'a dyn StateBackend) -> StateFuture<'a, T> + Send + 'a,
+    ) -> StateFuture<'a, T> {
+        self.route(operation, written, always, call)
+    }
+
+    /// Routes a write of the keys in `written`; `applied` says whether an
+    /// answer changed anything (a compare-and-swap that conflicted did not).
     fn write_owned<'a, T: Send + 'a>(
         &'a self,
         operation: Operation,
-        written: Vec<(Bytes, bool)>,
+        written: Vec<(Bytes, Mark)>,
+        applied: fn(&T) -> bool,
         call: impl FnMut(&'a dyn StateBackend) -> StateFuture<'a, T> + Send + 'a,
     ) -> StateFuture<'a, T> {
         let timer = self.stats.start();
         StateFuture::new(async move {
-            let keys: Vec<(&[u8], bool)> = written.iter().map(|(k, d)| (&k[..], *d)).collect();
-            let result = self.dispatch(operation, &keys, call).await;
+            let keys: Vec<(&[u8], Mark)> = written.iter().map(|(k, m)| (&k[..], *m)).collect();
+            let result = self.dispatch(operation, &keys, applied, call).await;
             self.stats.write(timer, result)
         })
     }
 }
 
-const NONE: &[(&[u8], bool)] = &[];
+const NONE: &[(&[u8], Mark)] = &[];
+
+fn always<T>(_: &T) -> bool {
+    true
+}
 
 impl StateBackend for Fallback {
     fn name(&self) -> &'static str {
@@ -60,23 +76,23 @@ impl StateBackend for Fallback {
     }
 
     fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
-        self.read(self.route(Operation::Get, NONE, move |b| b.get(key)))
+        self.read(self.route_read(Operation::Get, NONE, move |b| b.get(key)))
     }
 
     fn get_with_ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
-        self.read(self.route(Operation::GetWithTtl, NONE, move |b| b.get_with_ttl(key)))
+        self.read(self.route_read(Operation::GetWithTtl, NONE, move |b| b.get_with_ttl(key)))
     }
 
     fn contains<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
-        self.read(self.route(Operation::Contains, NONE, move |b| b.contains(key)))
+        self.read(self.route_read(Operation::Contains, NONE, move |b| b.contains(key)))
     }
 
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
-        self.read(self.route(Operation::Ttl, NONE, move |b| b.ttl(key)))
+        self.read(self.route_read(Operation::Ttl, NONE, move |b| b.ttl(key)))
     }
 
     fn batch_get<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, Vec<Option<Bytes>>> {
-        self.read(self.route(Operation::BatchGet, NONE, move |b| b.batch_get(keys)))
+        self.read(self.route_read(Operation::BatchGet, NONE, move |b| b.batch_get(keys)))
     }
 
     fn list_keys_page<'a>(
@@ -85,13 +101,13 @@ impl StateBackend for Fallback {
         cursor: Option<&'a [u8]>,
         limit: usize,
     ) -> StateFuture<'a, KeyPage> {
-        self.scan(self.route(Operation::ListKeys, NONE, move |b| {
+        self.scan(self.route_read(Operation::ListKeys, NONE, move |b| {
             b.list_keys_page(prefix, cursor, limit)
         }))
     }
 
     fn count(&self) -> StateFuture<'_, u64> {
-        self.scan(self.route(Operation::Count, NONE, |b| b.count()))
+        self.scan(self.route_read(Operation::Count, NONE, |b| b.count()))
     }
 
     fn put_with<'a>(
@@ -102,7 +118,8 @@ impl StateBackend for Fallback {
     ) -> StateFuture<'a, ()> {
         self.write_owned(
             Operation::Put,
-            vec![(Bytes::copy_from_slice(key), false)],
+            vec![(Bytes::copy_from_slice(key), Mark::Put)],
+            always,
             move |b| b.put_with(key, value.clone(), options),
         )
     }
@@ -110,7 +127,8 @@ impl StateBackend for Fallback {
     fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
         self.write_owned(
             Operation::Delete,
-            vec![(Bytes::copy_from_slice(key), true)],
+            vec![(Bytes::copy_from_slice(key), Mark::Delete)],
+            always,
             move |b| b.delete(key),
         )
     }
@@ -120,15 +138,18 @@ impl StateBackend for Fallback {
         entries: Vec<(Bytes, Bytes)>,
         options: PutOptions,
     ) -> StateFuture<'a, ()> {
-        let written = entries.iter().map(|(k, _)| (k.clone(), false)).collect();
-        self.write_owned(Operation::BatchPut, written, move |b| {
+        let written = entries
+            .iter()
+            .map(|(k, _)| (k.clone(), Mark::Put))
+            .collect();
+        self.write_owned(Operation::BatchPut, written, always, move |b| {
             b.batch_put(entries.clone(), options)
         })
     }
 
     fn batch_delete<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, u64> {
-        let written = keys.iter().map(|k| (k.clone(), true)).collect();
-        self.write_owned(Operation::BatchDelete, written, move |b| {
+        let written = keys.iter().map(|k| (k.clone(), Mark::Delete)).collect();
+        self.write_owned(Operation::BatchDelete, written, always, move |b| {
             b.batch_delete(keys)
         })
     }
@@ -141,7 +162,8 @@ impl StateBackend for Fallback {
     ) -> StateFuture<'a, bool> {
         self.write_owned(
             Operation::SetIfNotExists,
-            vec![(Bytes::copy_from_slice(key), false)],
+            vec![(Bytes::copy_from_slice(key), Mark::Put)],
+            |set: &bool| *set,
             move |b| b.set_if_not_exists(key, value.clone(), options),
         )
     }
@@ -149,9 +171,10 @@ impl StateBackend for Fallback {
     fn get_and_delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
         let timer = self.stats.start();
         StateFuture::new(async move {
-            let written: &[(&[u8], bool)] = &[(key, true)];
+            let written: &[(&[u8], Mark)] = &[(key, Mark::Delete)];
+            let taken: fn(&Option<Bytes>) -> bool = Option::is_some;
             let result = self
-                .dispatch(Operation::GetAndDelete, written, move |b| {
+                .dispatch(Operation::GetAndDelete, written, taken, move |b| {
                     b.get_and_delete(key)
                 })
                 .await;
@@ -166,10 +189,15 @@ impl StateBackend for Fallback {
         new: Option<Bytes>,
         options: PutOptions,
     ) -> StateFuture<'a, CasOutcome> {
-        let deletes = new.is_none();
+        let mark = if new.is_none() {
+            Mark::Delete
+        } else {
+            Mark::Put
+        };
         self.write_owned(
             Operation::CompareAndSwap,
-            vec![(Bytes::copy_from_slice(key), deletes)],
+            vec![(Bytes::copy_from_slice(key), mark)],
+            CasOutcome::is_swapped,
             move |b| b.compare_and_swap(key, expected, new.clone(), options),
         )
     }
@@ -182,7 +210,8 @@ impl StateBackend for Fallback {
     ) -> StateFuture<'a, i64> {
         self.write_owned(
             Operation::Increment,
-            vec![(Bytes::copy_from_slice(key), false)],
+            vec![(Bytes::copy_from_slice(key), Mark::Put)],
+            always,
             move |b| b.increment(key, delta, options),
         )
     }
@@ -192,21 +221,24 @@ impl StateBackend for Fallback {
             .writes()
             .iter()
             .map(|write| match write {
-                TransactionWrite::Put { key, .. } => (key.clone(), false),
-                TransactionWrite::Delete { key } => (key.clone(), true),
+                TransactionWrite::Put { key, .. } => (key.clone(), Mark::Put),
+                TransactionWrite::Delete { key } => (key.clone(), Mark::Delete),
             })
             .collect();
-        self.write_owned(Operation::Transaction, written, move |b| {
-            b.transaction(transaction.clone())
-        })
+        self.write_owned(
+            Operation::Transaction,
+            written,
+            |applied: &bool| *applied,
+            move |b| b.transaction(transaction.clone()),
+        )
     }
 
     fn clear(&self) -> StateFuture<'_, ()> {
-        self.write(self.route(Operation::Clear, NONE, |b| b.clear()))
+        self.write(self.route_read(Operation::Clear, NONE, |b| b.clear()))
     }
 
     fn health_check(&self) -> StateFuture<'_, HealthReport> {
-        self.route(Operation::HealthCheck, NONE, |b| b.health_check())
+        self.route_read(Operation::HealthCheck, NONE, |b| b.health_check())
     }
 
     fn stats(&self) -> StateFuture<'_, BackendStats> {
@@ -235,16 +267,16 @@ impl StateBackend for Fallback {
     }
 
     fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()> {
-        self.route(Operation::Publish, NONE, move |b| {
+        self.route_read(Operation::Publish, NONE, move |b| {
             b.publish(channel, payload.clone())
         })
     }
 
     fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
-        self.route(Operation::Subscribe, NONE, move |b| b.subscribe(channel))
+        self.route_read(Operation::Subscribe, NONE, move |b| b.subscribe(channel))
     }
 
     fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> {
-        self.route(Operation::Maintenance, NONE, move |b| b.maintain(task))
+        self.route_read(Operation::Maintenance, NONE, move |b| b.maintain(task))
     }
 }

@@ -1,0 +1,308 @@
+//! What a [`Fallback`] remembers of an outage, and how it settles it when
+//! an earlier member is healthy again.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::backend::error::{Error, ErrorKind, Operation, Result};
+use crate::backend::options::KeyTtl;
+use crate::backend::StateBackend;
+use crate::layers::timeout::timeout_error;
+
+use super::{Fallback, FallbackEvent, Recovery};
+
+/// Keys per batch call while settling.
+const SETTLE_BATCH: usize = 500;
+
+/// How a call wrote a key, for outage tracking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mark {
+    /// Stored a value.
+    Put,
+    /// Removed it.
+    Delete,
+    /// Maybe changed it (the call failed or was dropped): removed from the
+    /// fallback when settling, not applied to the recovered member.
+    Touched,
+}
+
+impl Mark {
+    /// The mark after `self` when a later call wrote `next`. A key deleted
+    /// and then maybe written stays deleted: either outcome of the uncertain
+    /// write is then kept.
+    fn then(self, next: Mark) -> Mark {
+        match (self, next) {
+            (Mark::Delete, Mark::Touched) => Mark::Delete,
+            (_, next) => next,
+        }
+    }
+}
+
+/// Keys written to a member while members before it were unhealthy.
+#[derive(Debug, Default)]
+pub(super) struct Outage {
+    keys: HashMap<Bytes, Mark>,
+    /// More keys than tracked were written: settling clears the member.
+    overflowed: bool,
+    /// The chain was cleared during the outage.
+    cleared: bool,
+}
+
+impl Outage {
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && !self.overflowed && !self.cleared
+    }
+}
+
+/// Whether a settling error should leave the key tracked for the next try
+/// (the member is unwell) rather than drop it (it will never take it).
+fn retry_later(err: &Error) -> bool {
+    !matches!(
+        err.kind(),
+        ErrorKind::KeyTooLarge
+            | ErrorKind::ValueTooLarge
+            | ErrorKind::InvalidKey
+            | ErrorKind::InvalidArgument
+    )
+}
+
+async fn within<T>(
+    backend: &dyn StateBackend,
+    limit: Duration,
+    operation: Operation,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result,
+        Err(_) => Err(timeout_error(backend.name(), operation, limit)),
+    }
+}
+
+impl Fallback {
+    /// Records that a call wrote `written` on member `index` (nothing for
+    /// the first member: it is no one's fallback). With `uncertain`, puts
+    /// count as [`Mark::Touched`].
+    pub(super) fn track(&self, index: usize, written: &[(&[u8], Mark)], uncertain: bool) {
+        if index == 0 || written.is_empty() {
+            return;
+        }
+        let member = &self.members[index];
+        let mut outage = member.outage.lock().unwrap_or_else(|p| p.into_inner());
+        for &(key, mark) in written {
+            let mark = match (uncertain, mark) {
+                (true, Mark::Put) => Mark::Touched,
+                (_, mark) => mark,
+            };
+            if let Some(slot) = outage.keys.get_mut(key) {
+                *slot = slot.then(mark);
+            } else if outage.keys.len() < self.max_tracked {
+                outage.keys.insert(Bytes::copy_from_slice(key), mark);
+            } else {
+                outage.overflowed = true;
+            }
+        }
+        member.pending.store(true, Ordering::SeqCst);
+    }
+
+    /// Records that the chain was cleared while member `index` served.
+    pub(super) fn track_clear(&self, index: usize) {
+        if index == 0 {
+            return;
+        }
+        let member = &self.members[index];
+        let mut outage = member.outage.lock().unwrap_or_else(|p| p.into_inner());
+        outage.keys.clear();
+        outage.overflowed = false;
+        outage.cleared = true;
+        member.pending.store(true, Ordering::SeqCst);
+    }
+
+    fn take_outage(&self, index: usize) -> Outage {
+        let member = &self.members[index];
+        let mut outage = member.outage.lock().unwrap_or_else(|p| p.into_inner());
+        member.pending.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *outage)
+    }
+
+    /// Puts what could not be settled back, for the next try.
+    fn restore(&self, index: usize, keys: Vec<(Bytes, Mark)>, overflowed: bool, cleared: bool) {
+        if keys.is_empty() && !overflowed && !cleared {
+            return;
+        }
+        let member = &self.members[index];
+        let mut outage = member.outage.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, mark) in keys {
+            let slot = outage.keys.entry(key).or_insert(mark);
+            *slot = mark.then(*slot);
+        }
+        outage.overflowed |= overflowed;
+        outage.cleared |= cleared;
+        member.pending.store(true, Ordering::SeqCst);
+    }
+
+    /// Settles the writes the members after `index` took while it (or a
+    /// member before it) was unhealthy, with every other call waiting:
+    /// a clear or a delete made during the outage is applied to member
+    /// `index`, values are dropped or copied as [`Recovery`] says, and the
+    /// keys are removed from the later members. What fails stays tracked
+    /// for the next try. Returns whether everything was settled.
+    pub(super) async fn settle(&self, index: usize) -> bool {
+        let _alone = self.gate.write().await;
+        let target = &*self.members[index].backend;
+        let limit = self.members[index].timeout;
+        let (mut deletes_applied, mut copied, mut cleared_keys, mut failed) =
+            (0u64, 0u64, 0u64, 0u64);
+        let mut overflowed_any = false;
+        let mut complete = true;
+        for later_index in index + 1..self.members.len() {
+            let later = &self.members[later_index];
+            let outage = self.take_outage(later_index);
+            if outage.is_empty() {
+                continue;
+            }
+            overflowed_any |= outage.overflowed;
+            let mut left: Vec<(Bytes, Mark)> = Vec::new();
+            let mut settled: Vec<(Bytes, Mark)> = Vec::new();
+            let mut cleared = outage.cleared;
+            if cleared {
+                match within(target, limit, Operation::Clear, target.clear()).await {
+                    Ok(()) => cleared = false,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "fallback recovery: clear not applied")
+                    }
+                }
+            }
+            if cleared {
+                // Nothing else makes sense before the clear: try it all again.
+                self.restore(
+                    later_index,
+                    outage.keys.into_iter().collect(),
+                    outage.overflowed,
+                    true,
+                );
+                complete = false;
+                continue;
+            }
+            let (deleted, written): (Vec<_>, Vec<_>) = outage
+                .keys
+                .into_iter()
+                .partition(|(_, mark)| *mark == Mark::Delete);
+            for chunk in deleted.chunks(SETTLE_BATCH) {
+                let keys: Vec<Bytes> = chunk.iter().map(|(key, _)| key.clone()).collect();
+                match within(
+                    target,
+                    limit,
+                    Operation::BatchDelete,
+                    target.batch_delete(&keys),
+                )
+                .await
+                {
+                    Ok(_) => {
+                        deletes_applied += keys.len() as u64;
+                        settled.extend_from_slice(chunk);
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "fallback recovery: deletes not applied");
+                        failed += keys.len() as u64;
+                        left.extend_from_slice(chunk);
+                    }
+                }
+            }
+            for (key, mark) in written {
+                if mark != Mark::Put || self.recovery != Recovery::CopyWrites {
+                    settled.push((key, mark));
+                    continue;
+                }
+                let copy = async {
+                    match later.backend.get_with_ttl(&key).await? {
+                        Some((value, KeyTtl::ExpiresIn(left))) => {
+                            target.put_with_ttl(&key, value, left).await.map(|()| true)
+                        }
+                        Some((value, _)) => target.put(&key, value).await.map(|()| true),
+                        // Expired there: leave the recovered member as it is.
+                        None => Ok(false),
+                    }
+                };
+                match within(target, limit, Operation::Put, copy).await {
+                    Ok(done) => {
+                        copied += u64::from(done);
+                        settled.push((key, mark));
+                    }
+                    Err(err) if retry_later(&err) => {
+                        tracing::warn!(key_len = key.len(), error = %err, "fallback recovery: not copied");
+                        failed += 1;
+                        left.push((key, mark));
+                    }
+                    Err(err) => {
+                        tracing::warn!(key_len = key.len(), error = %err, "fallback recovery: dropped");
+                        failed += 1;
+                        settled.push((key, mark));
+                    }
+                }
+            }
+            // Out of the later member, so that nothing resurfaces in a
+            // later outage.
+            if outage.overflowed {
+                if let Err(err) = within(
+                    &*later.backend,
+                    later.timeout,
+                    Operation::Clear,
+                    later.backend.clear(),
+                )
+                .await
+                {
+                    tracing::warn!(error = %err, "fallback recovery: fallback not cleared");
+                    self.restore(later_index, Vec::new(), true, false);
+                    complete = false;
+                }
+            }
+            for chunk in settled.chunks(SETTLE_BATCH) {
+                let keys: Vec<Bytes> = chunk.iter().map(|(key, _)| key.clone()).collect();
+                let removal = later.backend.batch_delete(&keys);
+                match within(
+                    &*later.backend,
+                    later.timeout,
+                    Operation::BatchDelete,
+                    removal,
+                )
+                .await
+                {
+                    Ok(_) => cleared_keys += keys.len() as u64,
+                    Err(_) => left.extend(
+                        chunk
+                            .iter()
+                            .map(|(key, mark)| (key.clone(), mark.then(Mark::Touched))),
+                    ),
+                }
+            }
+            // A recovered member that is itself a fallback now holds what
+            // was settled into it: it answers for it at the next recovery.
+            if index > 0 {
+                let marks: Vec<(&[u8], Mark)> = settled
+                    .iter()
+                    .filter(|(_, mark)| *mark != Mark::Touched)
+                    .map(|(key, mark)| (&key[..], *mark))
+                    .collect();
+                self.track(index, &marks, false);
+                if outage.overflowed {
+                    self.restore(index, Vec::new(), true, false);
+                }
+            }
+            complete &= left.is_empty();
+            self.restore(later_index, left, false, false);
+        }
+        self.emit(FallbackEvent::Recovered {
+            member: index,
+            backend: target.name(),
+            deletes_applied,
+            copied,
+            cleared: cleared_keys,
+            failed,
+            overflowed: overflowed_any,
+        });
+        complete
+    }
+}
