@@ -145,10 +145,10 @@ fn split_args(inner: &str, offset: usize) -> Vec<(&str, usize)> {
     let mut merged: Vec<(usize, usize)> = Vec::new();
     for (from, to) in parts {
         let part = inner[from..to].trim();
-        let joins_cluster = merged
-            .last()
-            .is_some_and(|&(prev_from, _)| inner[prev_from..].trim_start().contains("+cluster://"))
-            && is_host_port(part);
+        let joins_cluster = merged.last().is_some_and(|&(prev_from, prev_to)| {
+            let previous = inner[prev_from..prev_to].trim_start();
+            previous.starts_with("redis+cluster://") || previous.starts_with("rediss+cluster://")
+        }) && is_host_port(part);
         match merged.last_mut() {
             Some(last) if joins_cluster => last.1 = to,
             _ => merged.push((from, to)),
@@ -164,20 +164,27 @@ fn split_args(inner: &str, offset: usize) -> Vec<(&str, usize)> {
         .collect()
 }
 
+/// How deep stacks may nest.
+const MAX_DEPTH: usize = 16;
+
 fn parse(text: &str, at: usize) -> Result<Spec<'_>> {
-    let whole = text;
-    parse_part(
-        whole,
-        text.trim(),
-        at + (text.len() - text.trim_start().len()),
-    )
+    let lead = text.len() - text.trim_start().len();
+    parse_part(text, text.trim(), at + lead, 0)
 }
 
-fn parse_part<'a>(whole: &str, text: &'a str, at: usize) -> Result<Spec<'a>> {
+fn parse_part<'a>(whole: &str, text: &'a str, at: usize, depth: usize) -> Result<Spec<'a>> {
     if text.is_empty() {
         return Err(bad(whole, at, text, "an empty backend"));
     }
-    let Some(open) = text.find('(') else {
+    if depth > MAX_DEPTH {
+        return Err(bad(whole, at, text, "stacks nest at most 16 deep"));
+    }
+    // A layer is a bare word then `(`; a `(` inside a URL is the URL's.
+    let open = text.find('(').filter(|&open| {
+        let name = text[..open].trim();
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphabetic())
+    });
+    let Some(open) = open else {
         return Ok(Spec::Store { text, at });
     };
     let name = text[..open].trim();
@@ -197,15 +204,35 @@ fn parse_part<'a>(whole: &str, text: &'a str, at: usize) -> Result<Spec<'a>> {
     for (part, part_at) in split_args(inner, at + open + 1) {
         match part.split_once('=') {
             Some((key, value))
-                if !key.is_empty() && key.chars().all(|c| c.is_ascii_alphabetic() || c == '_') =>
+                if !key.trim().is_empty()
+                    && key
+                        .trim()
+                        .chars()
+                        .all(|c| c.is_ascii_alphabetic() || c == '_') =>
             {
                 params.push((key.trim(), value.trim(), part_at));
             }
-            _ => args.push(parse_part(whole, part, part_at)?),
+            _ => args.push(parse_part(whole, part, part_at, depth + 1)?),
         }
     }
-    if args.is_empty() {
-        return Err(bad(whole, at, text, "a layer needs at least one backend"));
+    let known: &[&str] = match name {
+        "cached" => &["ttl", "entries", "bytes", "channel"],
+        "tiered" => &["ttl"],
+        _ => &["timeout"],
+    };
+    if let Some((key, _, key_at)) = params.iter().find(|(k, _, _)| !known.contains(k)) {
+        return Err(bad(
+            whole,
+            *key_at,
+            key,
+            &format!("unknown setting of {name}"),
+        ));
+    }
+    match (name, args.len()) {
+        (_, 0) => return Err(bad(whole, at, text, "a layer needs at least one backend")),
+        ("cached", n) if n != 1 => return Err(bad(whole, at, name, "cached takes one backend")),
+        ("tiered", 1) => return Err(bad(whole, at, name, "tiered takes at least two backends")),
+        _ => {}
     }
     Ok(Spec::Layer {
         name,
@@ -262,16 +289,6 @@ fn open<'s>(whole: &'s str, spec: &'s Spec<'s>, options: &'s ConnectOptions) -> 
                         .find(|(k, _, _)| *k == key)
                         .map(|&(_, v, at)| (v, at))
                 };
-                if let Some((key, _, at)) = params.iter().find(|(k, _, _)| {
-                    let known: &[&str] = match *name {
-                        "cached" => &["ttl", "entries", "bytes", "channel"],
-                        "tiered" => &["ttl"],
-                        _ => &["timeout"],
-                    };
-                    !known.contains(k)
-                }) {
-                    return Err(bad(whole, *at, key, &format!("unknown setting of {name}")));
-                }
                 match *name {
                     "cached" => {
                         let [only] = <[_; 1]>::try_from(inner)
@@ -458,6 +475,26 @@ mod tests {
         assert!(message("cached(memory").contains("end with ')'"));
         assert!(message("tiered(memory, )").contains("position 15"));
         assert!(message("cached()").contains("an empty backend"));
+        assert!(message("cached(memory, tll=5s)").contains("unknown setting of cached"));
+        assert!(message("tiered(memory)").contains("at least two"));
+        let deep = format!("{}memory{}", "cached(".repeat(40), ")".repeat(40));
+        assert!(message(&deep).contains("nest at most"));
+        let spaced = parse("cached(memory, ttl = 10s)", 0);
+        assert!(matches!(spaced, Ok(Spec::Layer { ref params, .. }) if params[0].0 == "ttl"));
+        let url = parse("fallback(memory, postgres://u:p(w@h/db?sslmode=disable)", 0);
+        let expected = Spec::Store {
+            text: "postgres://u:p(w@h/db?sslmode=disable",
+            at: 17,
+        };
+        assert!(
+            matches!(&url, Ok(Spec::Layer { args, .. }) if args[1] == expected),
+            "{url:?}"
+        );
+        let later_cluster = parse("fallback(memory, sled:7000, redis+cluster://a:1,b:2)", 0);
+        assert!(
+            matches!(&later_cluster, Ok(Spec::Layer { args, .. }) if args.len() == 3),
+            "{later_cluster:?}"
+        );
         assert_eq!(
             duration("x", "250ms", 0).ok(),
             Some(Duration::from_millis(250))

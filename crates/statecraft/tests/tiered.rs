@@ -114,15 +114,38 @@ async fn promotion_cascades_ttls_and_writes_go_through() {
     assert_eq!(l1.get(b"persistent").await.expect("get"), None, "L1's TTL");
 }
 
-/// A memory backend that can be switched off.
+/// A memory backend that can be switched off, and made to yield before
+/// every call as a remote store would.
 #[derive(Debug, Clone)]
 struct Switch {
     inner: MemoryBackend,
     down: Arc<AtomicBool>,
+    yielding: bool,
 }
 
 impl Switch {
+    fn new(yielding: bool) -> Self {
+        Switch {
+            inner: MemoryBackend::new(),
+            down: Arc::default(),
+            yielding,
+        }
+    }
+
     fn check<'a, T: Send + 'a>(
+        &'a self,
+        up: impl FnOnce() -> StateFuture<'a, T> + Send + 'a,
+    ) -> StateFuture<'a, T> {
+        if self.yielding {
+            return StateFuture::new(async move {
+                tokio::task::yield_now().await;
+                self.check_now(up).await
+            });
+        }
+        self.check_now(up)
+    }
+
+    fn check_now<'a, T: Send + 'a>(
         &self,
         up: impl FnOnce() -> StateFuture<'a, T>,
     ) -> StateFuture<'a, T> {
@@ -143,10 +166,10 @@ impl StateBackend for Switch {
         self.inner.capabilities()
     }
     fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
-        self.check(|| self.inner.get(key))
+        self.check(move || self.inner.get(key))
     }
     fn get_with_ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
-        self.check(|| self.inner.get_with_ttl(key))
+        self.check(move || self.inner.get_with_ttl(key))
     }
     fn put_with<'a>(
         &'a self,
@@ -154,13 +177,13 @@ impl StateBackend for Switch {
         value: Bytes,
         options: PutOptions,
     ) -> StateFuture<'a, ()> {
-        self.check(|| self.inner.put_with(key, value, options))
+        self.check(move || self.inner.put_with(key, value, options))
     }
     fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
-        self.check(|| self.inner.delete(key))
+        self.check(move || self.inner.delete(key))
     }
     fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
-        self.check(|| self.inner.ttl(key))
+        self.check(move || self.inner.ttl(key))
     }
     fn list_keys_page<'a>(
         &'a self,
@@ -168,10 +191,10 @@ impl StateBackend for Switch {
         cursor: Option<&'a [u8]>,
         limit: usize,
     ) -> StateFuture<'a, KeyPage> {
-        self.check(|| self.inner.list_keys_page(prefix, cursor, limit))
+        self.check(move || self.inner.list_keys_page(prefix, cursor, limit))
     }
     fn clear(&self) -> StateFuture<'_, ()> {
-        self.check(|| self.inner.clear())
+        self.check(move || self.inner.clear())
     }
     fn compare_and_swap<'a>(
         &'a self,
@@ -180,10 +203,10 @@ impl StateBackend for Switch {
         new: Option<Bytes>,
         options: PutOptions,
     ) -> StateFuture<'a, CasOutcome> {
-        self.check(|| self.inner.compare_and_swap(key, expected, new, options))
+        self.check(move || self.inner.compare_and_swap(key, expected, new, options))
     }
     fn health_check(&self) -> StateFuture<'_, HealthReport> {
-        self.check(|| self.inner.health_check())
+        self.check(move || self.inner.health_check())
     }
     fn stats(&self) -> StateFuture<'_, BackendStats> {
         self.inner.stats()
@@ -196,38 +219,41 @@ impl StateBackend for Switch {
 #[tokio::test]
 async fn a_failing_middle_tier_is_skipped_and_never_answers_stale() {
     let l1 = MemoryBackend::new();
-    let middle = Switch {
-        inner: MemoryBackend::new(),
-        down: Arc::default(),
+    let (middle, l3) = (Switch::new(false), Switch::new(false));
+    let build = || {
+        Tiered::builder()
+            .tier(l1.clone(), Duration::from_millis(200))
+            .tier(middle.clone(), Duration::from_millis(300))
+            .last(l3.clone())
+            .build()
+            .expect("tiers")
     };
-    let l3 = Switch {
-        inner: MemoryBackend::new(),
-        down: Arc::default(),
-    };
-    let tiers = Tiered::builder()
-        .tier(l1.clone(), Duration::from_millis(200))
-        .tier(middle.clone(), Duration::from_millis(300))
-        .last(l3.clone())
-        .build()
-        .expect("tiers");
-    tiers.put(b"k", "v1".into()).await.expect("put");
+    let minute = Duration::from_secs(60);
+    let tiers = build();
+    tiers
+        .put_with_ttl(b"k", "v1".into(), minute)
+        .await
+        .expect("put");
     assert_eq!(
         middle.inner.get(b"k").await.expect("get").as_deref(),
         Some(&b"v1"[..])
     );
-
     middle.down.store(true, Ordering::SeqCst);
     l1.delete(b"k").await.expect("evict from L1");
+    let read = tiers.get(b"k").await.expect("read past the failing tier");
+    assert_eq!(read.as_deref(), Some(&b"v1"[..]));
+
+    // A fresh instance: only the failed write-through below makes the
+    // middle tier suspect.
+    middle.down.store(false, Ordering::SeqCst);
+    let tiers = build();
     assert_eq!(
-        tiers
-            .get(b"k")
-            .await
-            .expect("read past the failing tier")
-            .as_deref(),
-        Some(&b"v1"[..])
+        tiers.stats().await.expect("stats").details["tier1_skipped"],
+        0
     );
+    middle.down.store(true, Ordering::SeqCst);
     tiers
-        .put(b"k", "v2".into())
+        .put_with_ttl(b"k", "v2".into(), minute)
         .await
         .expect("the last tier took it");
     middle.down.store(false, Ordering::SeqCst);
@@ -251,6 +277,10 @@ async fn a_failing_middle_tier_is_skipped_and_never_answers_stale() {
         0
     );
 
+    // A put that leaves the TTL to the last tier drops the upper copies.
+    tiers.put(b"d", "x".into()).await.expect("put");
+    assert_eq!(l1.get(b"d").await.expect("get"), None);
+
     l3.down.store(true, Ordering::SeqCst);
     let err = tiers.put(b"k", "v3".into()).await.err();
     assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::Unavailable));
@@ -264,14 +294,15 @@ async fn a_failing_middle_tier_is_skipped_and_never_answers_stale() {
     );
 }
 
-/// Concurrent writers and readers of a few keys: the upper tier ends as
-/// the last tier did, for every key.
+/// Concurrent writers and readers of a few keys over tiers that yield on
+/// every call: both upper tiers end as the last tier did, for every key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_leave_the_tiers_agreeing() {
-    let (l1, l3) = (MemoryBackend::new(), MemoryBackend::new());
+    let (l1, l2, l3) = (Switch::new(true), Switch::new(true), Switch::new(true));
     let tiers = Arc::new(
         Tiered::builder()
             .tier(l1.clone(), Duration::from_secs(60))
+            .tier(l2.clone(), Duration::from_secs(60))
             .last(l3.clone())
             .build()
             .expect("tiers"),
@@ -282,17 +313,19 @@ async fn concurrent_writers_leave_the_tiers_agreeing() {
         tasks.push(tokio::spawn(async move {
             for i in 0..2_000u64 {
                 let key = format!("k{}", (i * 7 + t) % 5);
-                match (i + t) % 4 {
+                let counter = format!("n{}", i % 3);
+                match (i + t) % 5 {
                     0 => tiers.delete(key.as_bytes()).await.map(drop),
                     1 => tiers.get(key.as_bytes()).await.map(drop),
-                    2 => tiers
-                        .increment(format!("n{}", i % 3).as_bytes(), 1, PutOptions::new())
+                    2 => tiers.get(counter.as_bytes()).await.map(drop),
+                    3 => tiers
+                        .increment(counter.as_bytes(), 1, PutOptions::new())
                         .await
                         .map(drop),
                     _ => {
-                        tiers
-                            .put(key.as_bytes(), Bytes::from(format!("{t}-{i}")))
-                            .await
+                        let value = Bytes::from(format!("{t}-{i}"));
+                        let minute = Duration::from_secs(60);
+                        tiers.put_with_ttl(key.as_bytes(), value, minute).await
                     }
                 }
                 .expect("operation");
@@ -303,12 +336,14 @@ async fn concurrent_writers_leave_the_tiers_agreeing() {
         task.await.expect("task");
     }
     for key in ["k0", "k1", "k2", "k3", "k4", "n0", "n1", "n2"] {
-        let below = l3.get(key.as_bytes()).await.expect("get");
-        let above = l1.get(key.as_bytes()).await.expect("get");
-        assert!(
-            above.is_none() || above == below,
-            "{key}: upper {above:?}, last {below:?}"
-        );
+        let below = l3.inner.get(key.as_bytes()).await.expect("get");
+        for (name, tier) in [("L1", &l1), ("L2", &l2)] {
+            let above = tier.inner.get(key.as_bytes()).await.expect("get");
+            assert!(
+                above.is_none() || above == below,
+                "{key}: {name} {above:?}, last {below:?}"
+            );
+        }
         assert_eq!(tiers.get(key.as_bytes()).await.expect("get"), below);
     }
 }

@@ -172,6 +172,44 @@ impl TieredBuilder {
     }
 }
 
+/// A write whose future was dropped after it may have reached the last
+/// tier: its keys' fills are invalidated and every upper tier, which may
+/// now hold an older copy, is skipped for its TTL.
+struct Unsettled<'t, 'k> {
+    tiers: &'t Tiered,
+    keys: &'k [&'k [u8]],
+    armed: bool,
+}
+
+impl Drop for Unsettled<'_, '_> {
+    fn drop(&mut self) {
+        if self.armed {
+            for key in self.keys {
+                self.tiers.stripes.bump(key);
+            }
+            for tier in self.tiers.upper() {
+                self.tiers.suspect(tier);
+            }
+        }
+    }
+}
+
+/// A promotion dropped while storing its copy: the copy was never checked
+/// against invalidations, so the tier is skipped for its TTL.
+struct UncheckedCopy<'t> {
+    tiers: &'t Tiered,
+    tier: &'t Tier,
+    armed: bool,
+}
+
+impl Drop for UncheckedCopy<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.tiers.suspect(self.tier);
+        }
+    }
+}
+
 /// Where a fill stood when it started.
 #[derive(Clone, Copy)]
 struct Token {
@@ -211,16 +249,29 @@ impl Tiered {
 
     /// Runs `work` on the last tier with the write turns of `keys`, then
     /// drops the keys from the upper tiers (or, with `copy`, writes the
-    /// value through when `work` succeeded).
-    async fn written<T>(
+    /// value through when `work` succeeded and its TTL is known here: a
+    /// put that leaves the TTL to the last tier's default is dropped from
+    /// the upper tiers instead).
+    async fn written<T, F>(
         &self,
         keys: &[&[u8]],
         copy: Option<(&Bytes, PutOptions)>,
-        work: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
+        work: impl FnOnce() -> F,
+    ) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
         let _turns = self.turns(keys).await;
-        let result = work.await;
-        self.through(keys, copy.filter(|_| result.is_ok())).await;
+        let mut unsettled = Unsettled {
+            tiers: self,
+            keys,
+            armed: true,
+        };
+        let result = work().await;
+        let copy = copy
+            .filter(|(_, options)| result.is_ok() && (options.ttl.is_some() || options.no_expiry));
+        self.through(keys, copy).await;
+        unsettled.armed = false;
         result
     }
 
@@ -275,12 +326,14 @@ impl Tiered {
             let Some(options) = Self::copy_options(tier, left) else {
                 continue;
             };
-            if tier
-                .backend
-                .put_with(key, value.clone(), options)
-                .await
-                .is_err()
-            {
+            let mut unchecked = UncheckedCopy {
+                tiers: self,
+                tier,
+                armed: true,
+            };
+            let stored = tier.backend.put_with(key, value.clone(), options).await;
+            unchecked.armed = false;
+            if stored.is_err() {
                 self.suspect(tier);
                 continue;
             }
@@ -333,11 +386,16 @@ impl Tiered {
     /// After a write of `keys` to the last tier (whatever its outcome):
     /// `copy` (for a successful put) writes the value through to the upper
     /// tiers, otherwise the keys are dropped from them.
+    ///
+    /// Tiers are updated from the one nearest the last upwards, and every
+    /// fill that started before a tier's update is invalidated just before
+    /// it, so that a read that found the older value in a tier not yet
+    /// updated cannot keep it in a tier above.
     async fn through(&self, keys: &[&[u8]], copy: Option<(&Bytes, PutOptions)>) {
-        for key in keys {
-            self.stripes.bump(key);
-        }
-        for tier in self.upper() {
+        for tier in self.upper().iter().rev() {
+            for key in keys {
+                self.stripes.bump(key);
+            }
             for key in keys {
                 let done = match copy {
                     Some((value, options)) => match Self::copy_options(tier, options.ttl) {
@@ -419,13 +477,13 @@ impl StateBackend for Tiered {
         options: PutOptions,
     ) -> StateFuture<'a, ()> {
         self.write(async move {
-            let work = self.last().put_with(key, value.clone(), options);
+            let work = || self.last().put_with(key, value.clone(), options);
             self.written(&[key], Some((&value, options)), work).await
         })
     }
 
     fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
-        self.write(async move { self.written(&[key], None, self.last().delete(key)).await })
+        self.write(async move { self.written(&[key], None, || self.last().delete(key)).await })
     }
 
     fn batch_put<'a>(
@@ -436,7 +494,7 @@ impl StateBackend for Tiered {
         self.write(async move {
             let keys: Vec<Bytes> = entries.iter().map(|(key, _)| key.clone()).collect();
             let keys: Vec<&[u8]> = keys.iter().map(|key| &key[..]).collect();
-            self.written(&keys, None, self.last().batch_put(entries, options))
+            self.written(&keys, None, || self.last().batch_put(entries, options))
                 .await
         })
     }
@@ -444,7 +502,7 @@ impl StateBackend for Tiered {
     fn batch_delete<'a>(&'a self, keys: &'a [Bytes]) -> StateFuture<'a, u64> {
         self.write(async move {
             let names: Vec<&[u8]> = keys.iter().map(|key| &key[..]).collect();
-            self.written(&names, None, self.last().batch_delete(keys))
+            self.written(&names, None, || self.last().batch_delete(keys))
                 .await
         })
     }
@@ -455,13 +513,13 @@ impl StateBackend for Tiered {
         value: Bytes,
         options: PutOptions,
     ) -> StateFuture<'a, bool> {
-        let work = self.last().set_if_not_exists(key, value, options);
+        let work = move || self.last().set_if_not_exists(key, value, options);
         self.write(async move { self.written(&[key], None, work).await })
     }
 
     fn get_and_delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
         self.read_counted(async move {
-            self.written(&[key], None, self.last().get_and_delete(key))
+            self.written(&[key], None, || self.last().get_and_delete(key))
                 .await
         })
     }
@@ -473,7 +531,7 @@ impl StateBackend for Tiered {
         new: Option<Bytes>,
         options: PutOptions,
     ) -> StateFuture<'a, CasOutcome> {
-        let work = self.last().compare_and_swap(key, expected, new, options);
+        let work = move || self.last().compare_and_swap(key, expected, new, options);
         self.write(async move { self.written(&[key], None, work).await })
     }
 
@@ -484,7 +542,7 @@ impl StateBackend for Tiered {
         options: PutOptions,
     ) -> StateFuture<'a, i64> {
         self.write(async move {
-            self.written(&[key], None, self.last().increment(key, delta, options))
+            self.written(&[key], None, || self.last().increment(key, delta, options))
                 .await
         })
     }
@@ -501,16 +559,21 @@ impl StateBackend for Tiered {
                 })
                 .collect();
             let keys: Vec<&[u8]> = keys.iter().map(|key| &key[..]).collect();
-            self.written(&keys, None, self.last().transaction(transaction))
+            self.written(&keys, None, || self.last().transaction(transaction))
                 .await
         })
     }
 
     fn clear(&self) -> StateFuture<'_, ()> {
         self.write(async move {
+            // Every write turn, in order: no write goes through meanwhile.
+            let mut turns = Vec::with_capacity(self.locks.len());
+            for lock in self.locks.iter() {
+                turns.push(lock.lock().await);
+            }
             let result = self.last().clear().await;
-            self.generation.fetch_add(1, Ordering::SeqCst);
-            for tier in self.upper() {
+            for tier in self.upper().iter().rev() {
+                self.generation.fetch_add(1, Ordering::SeqCst);
                 if tier.backend.clear().await.is_err() {
                     self.suspect(tier);
                 }
