@@ -304,21 +304,14 @@ async fn redis_at(url: &str, prefix: &str) -> RedisBackend {
     RedisBackend::new(config).await.expect("redis")
 }
 
-/// The same 10,000 writes with instance B's connections (its subscription
-/// included) going through a proxy that cuts them (reset) for 50 ms every
-/// 300 ms: B's failed reads and writes are allowed, stale reads are not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_instances_over_redis_with_cut_connections_never_serve_stale() {
-    let server = RedisServer::shared();
-    let proxy = Arc::new(FaultProxy::start(socket_of(&server.url())));
-    let prefix = unique("cut") + ":";
-    let through_proxy = format!("redis://{}", proxy.addr());
-    let (a, b) = pair(
-        redis_at(&server.url(), &prefix).await,
-        redis_at(&through_proxy, &prefix).await,
-        &prefix,
-    )
-    .await;
+/// Runs [`never_stale`] while a task resets every connection through
+/// `proxy` (instance B's) for 50 ms every 300 ms; B's failed reads and
+/// writes are allowed, stale reads are not.
+async fn never_stale_with_cuts<B: StateBackend + 'static>(
+    a: Arc<Cached<B>>,
+    b: Arc<Cached<B>>,
+    proxy: Arc<FaultProxy>,
+) {
     let done = Arc::new(AtomicBool::new(false));
     let cutter = {
         let (done, proxy) = (done.clone(), proxy.clone());
@@ -340,6 +333,46 @@ async fn two_instances_over_redis_with_cut_connections_never_serve_stale() {
     let suspensions = b.stats().await.expect("stats").details["l1_suspensions"];
     println!("{cuts} cuts, {suspensions} suspensions, {report:?}");
     assert!(cuts >= 1 && suspensions >= 1, "the connections were cut");
+}
+
+/// The same 10,000 writes with instance B's Redis connections (its
+/// subscription included) going through a proxy that cuts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_over_redis_with_cut_connections_never_serve_stale() {
+    let server = RedisServer::shared();
+    let proxy = Arc::new(FaultProxy::start(socket_of(&server.url())));
+    let prefix = unique("cut") + ":";
+    let through_proxy = format!("redis://{}", proxy.addr());
+    let (a, b) = pair(
+        redis_at(&server.url(), &prefix).await,
+        redis_at(&through_proxy, &prefix).await,
+        &prefix,
+    )
+    .await;
+    never_stale_with_cuts(a, b, proxy).await;
+}
+
+/// The same over PostgreSQL: B's pool and its LISTEN connection go
+/// through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_over_postgres_with_cut_connections_never_serve_stale() {
+    let url = PostgresServer::shared().url();
+    let upstream = socket_of(&url);
+    let proxy = Arc::new(FaultProxy::start(upstream));
+    let through_proxy = url.replace(&upstream.to_string(), &proxy.addr().to_string());
+    assert_ne!(through_proxy, url, "the URL names the server's address");
+    let table = unique("cut");
+    let direct = postgres(&table).await;
+    let config = PostgresConfig::builder()
+        .url(through_proxy)
+        .table(table.clone())
+        .build()
+        .expect("config");
+    let cut = PostgresBackend::new(config)
+        .await
+        .expect("postgres through the proxy");
+    let (a, b) = pair(direct, cut, &table).await;
+    never_stale_with_cuts(a, b, proxy).await;
 }
 
 /// Waits (up to 10 s) until `cached` serves or not, as asked.
