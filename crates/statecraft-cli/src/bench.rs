@@ -54,6 +54,12 @@ pub(crate) struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BenchOp {
     Get,
+    /// Gets of a hot set of 1,000 loaded keys, each read twice first: for a
+    /// stack with `Cached` on top, L1 hits (added for such stacks).
+    GetHit,
+    /// Gets of keys never written, a new one each call: for `Cached`, L1
+    /// misses (added for such stacks).
+    GetMiss,
     Put,
     Increment,
     BatchGet,
@@ -76,6 +82,8 @@ impl BenchOp {
     fn name(self) -> &'static str {
         match self {
             BenchOp::Get => "get",
+            BenchOp::GetHit => "get_hit",
+            BenchOp::GetMiss => "get_miss",
             BenchOp::Put => "put",
             BenchOp::Increment => "increment",
             BenchOp::BatchGet => "batch_get",
@@ -198,7 +206,15 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     for target in &targets {
         progress.set_message(format!("{}: loading {} keys", target.label, args.keys));
         prefill(&*target.backend, &keys, &value).await?;
-        for &op in &args.ops {
+        let mut ops = args.ops.clone();
+        if l1_figures(&*target.backend).await.is_some() {
+            for op in [BenchOp::GetHit, BenchOp::GetMiss] {
+                if !ops.contains(&op) {
+                    ops.push(op);
+                }
+            }
+        }
+        for &op in &ops {
             for &concurrency in &levels {
                 progress.set_message(format!("{} {} ×{concurrency}", target.label, op.name()));
                 rows.push(measure(target, op, concurrency, &args, &keys, &value).await?);
@@ -228,6 +244,9 @@ async fn prefill(backend: &dyn StateBackend, keys: &[Bytes], value: &Bytes) -> R
     Ok(())
 }
 
+/// The hot set of `get_hit`.
+const HOT_KEYS: usize = 1_000;
+
 /// One task's results.
 struct TaskResult {
     histogram: Histogram<u64>,
@@ -242,6 +261,15 @@ async fn measure(
     keys: &Arc<[Bytes]>,
     value: &Bytes,
 ) -> Result<BenchRow, String> {
+    if op == BenchOp::GetHit {
+        for key in keys.iter().take(HOT_KEYS).chain(keys.iter().take(HOT_KEYS)) {
+            target
+                .backend
+                .get(key)
+                .await
+                .map_err(|e| format!("warming: {e}"))?;
+        }
+    }
     let l1_before = l1_figures(&*target.backend).await;
     let started = Instant::now();
     let deadline = started + Duration::from_millis(args.duration_ms);
@@ -335,6 +363,8 @@ async fn run_task(
         .collect();
     let mut batch_keys: Vec<Bytes> = Vec::with_capacity(batch_size);
     let mut calls = 0u64;
+    let mut missing = b"bench:missing:".to_vec();
+    let missing_prefix = missing.len();
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -342,6 +372,19 @@ async fn run_task(
         }
         let result = match op {
             BenchOp::Get => backend.get(&keys[picker.next(keys.len())]).await.map(drop),
+            BenchOp::GetHit => {
+                let hot = keys.len().min(HOT_KEYS);
+                backend.get(&keys[picker.next(hot)]).await.map(drop)
+            }
+            BenchOp::GetMiss => {
+                // Unique across tasks and cases: never read before.
+                static NEXT_MISS: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(0);
+                let n = NEXT_MISS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                missing.truncate(missing_prefix);
+                missing.extend_from_slice(n.to_string().as_bytes());
+                backend.get(&missing).await.map(drop)
+            }
             BenchOp::Put => {
                 backend
                     .put(&keys[picker.next(keys.len())], value.clone())

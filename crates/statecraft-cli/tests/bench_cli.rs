@@ -128,14 +128,25 @@ fn bench_measures_a_cached_stack_with_its_l1_figures() {
     );
     let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
     let rows = rows.as_array().expect("a JSON array");
-    assert_eq!(rows.len(), 4, "2 backends × get × 2 levels: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        8,
+        "redis: get × 2 levels; the stack: get, get_hit, get_miss × 2: {rows:?}"
+    );
     for row in rows {
         let stacked = row["backend"] == cached.as_str();
         assert_eq!(row["l1_hits"].is_u64(), stacked, "{row}");
-        if stacked {
-            let hits = row["l1_hits"].as_u64().unwrap_or(0);
-            let misses = row["l1_misses"].as_u64().unwrap_or(u64::MAX);
-            assert!(hits > misses, "a warm L1 answers most reads: {row}");
+        if !stacked {
+            assert_eq!(row["operation"], "get", "{row}");
+            continue;
+        }
+        let hits = row["l1_hits"].as_u64().unwrap_or(0);
+        let misses = row["l1_misses"].as_u64().unwrap_or(0);
+        match row["operation"].as_str() {
+            Some("get_hit") => assert!(hits > 0 && misses == 0, "all hits: {row}"),
+            Some("get_miss") => assert!(misses > 0 && hits == 0, "all misses: {row}"),
+            Some("get") => assert!(hits + misses > 0, "{row}"),
+            other => panic!("unexpected operation {other:?}"),
         }
     }
 }
