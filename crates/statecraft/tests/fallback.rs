@@ -398,6 +398,55 @@ async fn only_applied_conditional_deletes_are_replayed() {
     assert_eq!(primary.inner.get(b"gone").await.expect("get"), None);
 }
 
+/// Three members: deletes made on the third while the first two were down
+/// reach the second when it recovers and the first when it does.
+#[tokio::test(start_paused = true)]
+async fn three_members_carry_deletes_to_the_first() {
+    let (primary, second) = (Switch::new(), Switch::new());
+    let third = MemoryBackend::new();
+    let chain = Fallback::builder()
+        .member(primary.clone(), Duration::from_millis(100))
+        .member(second.clone(), Duration::from_millis(100))
+        .member(third.clone(), Duration::from_millis(100))
+        .health(policy())
+        .build()
+        .expect("chain");
+    chain.put(b"a", "1".into()).await.expect("put");
+    chain.put(b"b", "2".into()).await.expect("put");
+    primary.down.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        chain.get(b"x").await.expect("get");
+    }
+    chain.delete(b"a").await.expect("delete on the second");
+    second.down.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        chain.get(b"x").await.expect("get");
+    }
+    assert!(matches!(chain.health()[1], Health::Unhealthy { .. }));
+    chain.delete(b"b").await.expect("delete on the third");
+    chain.put(b"c", "3".into()).await.expect("put on the third");
+
+    second.down.store(false, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_millis(1_100)).await;
+    chain.get(b"x").await.expect("the second recovers");
+    assert_eq!(chain.health()[1], Health::Healthy);
+    assert!(matches!(chain.health()[0], Health::Unhealthy { .. }));
+    assert_eq!(
+        third.count().await.expect("count"),
+        0,
+        "the third was emptied"
+    );
+
+    primary.down.store(false, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_millis(1_100)).await;
+    chain.get(b"x").await.expect("the primary recovers");
+    assert_eq!(chain.health()[0], Health::Healthy);
+    for key in [&b"a"[..], b"b", b"c"] {
+        assert_eq!(primary.inner.get(key).await.expect("get"), None, "{key:?}");
+        assert_eq!(second.inner.get(key).await.expect("get"), None, "{key:?}");
+    }
+}
+
 /// Errors that say the call was wrong (not the store) do not fall back and
 /// do not count against the member's health.
 #[tokio::test]
