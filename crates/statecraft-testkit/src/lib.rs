@@ -19,10 +19,12 @@ pub mod conformance;
 pub mod defaults;
 pub mod proxy;
 pub mod servers;
+pub mod switch;
 
 pub use defaults::ProvidedDefaults;
 pub use proxy::{Fault, FaultProxy};
 pub use servers::{PostgresServer, RedisCluster, RedisServer, TlsRedisServer};
+pub use switch::Switch;
 
 /// How a fixture's time moves forward.
 #[derive(Debug, Clone)]

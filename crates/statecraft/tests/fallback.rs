@@ -3,16 +3,14 @@
 //! breaker opens and used again soon after healing; an outage's deletes
 //! stick and its writes do not resurface; events tell all of it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use statecraft::{
-    BackendStats, Bytes, Capabilities, CasOutcome, Error, ErrorKind, Fallback, FallbackEvent,
-    Health, HealthPolicy, HealthReport, KeyPage, KeyTtl, MemoryBackend, NullBackend, PutOptions,
-    Recovery, RedisBackend, RedisConfig, StateBackend, StateFuture,
+    BackendStats, ErrorKind, Fallback, FallbackEvent, Health, HealthPolicy, KeyTtl, MemoryBackend,
+    NullBackend, PutOptions, Recovery, RedisBackend, RedisConfig, StateBackend,
 };
-use statecraft_testkit::{Fault, FaultProxy, RedisServer};
+use statecraft_testkit::{Fault, FaultProxy, RedisServer, Switch};
 use tokio::sync::broadcast::error::TryRecvError;
 
 fn policy() -> HealthPolicy {
@@ -192,93 +190,13 @@ async fn blackholed_redis_falls_back_skips_and_recovers_without_resurrection() {
     proxy.heal();
 }
 
-/// A memory backend that can be switched off: every call then fails as an
-/// unreachable store does.
-#[derive(Debug, Clone)]
-struct Switch {
-    inner: MemoryBackend,
-    down: Arc<AtomicBool>,
-}
-
-impl Switch {
-    fn new() -> Self {
-        Switch {
-            inner: MemoryBackend::new(),
-            down: Arc::default(),
-        }
-    }
-
-    fn check<'a, T: Send + 'a>(
-        &self,
-        up: impl FnOnce() -> StateFuture<'a, T>,
-    ) -> StateFuture<'a, T> {
-        if self.down.load(Ordering::SeqCst) {
-            let err = Error::new(ErrorKind::Unavailable, "switched off").temporary(true);
-            return StateFuture::ready(Err(err));
-        }
-        up()
-    }
-}
-
-impl StateBackend for Switch {
-    fn name(&self) -> &'static str {
-        "switch"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
-        self.check(|| self.inner.get(key))
-    }
-    fn put_with<'a>(
-        &'a self,
-        key: &'a [u8],
-        value: Bytes,
-        options: PutOptions,
-    ) -> StateFuture<'a, ()> {
-        self.check(|| self.inner.put_with(key, value, options))
-    }
-    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
-        self.check(|| self.inner.delete(key))
-    }
-    fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
-        self.check(|| self.inner.ttl(key))
-    }
-    fn list_keys_page<'a>(
-        &'a self,
-        prefix: &'a [u8],
-        cursor: Option<&'a [u8]>,
-        limit: usize,
-    ) -> StateFuture<'a, KeyPage> {
-        self.check(|| self.inner.list_keys_page(prefix, cursor, limit))
-    }
-    fn clear(&self) -> StateFuture<'_, ()> {
-        self.check(|| self.inner.clear())
-    }
-    fn compare_and_swap<'a>(
-        &'a self,
-        key: &'a [u8],
-        expected: Option<&'a [u8]>,
-        new: Option<Bytes>,
-        options: PutOptions,
-    ) -> StateFuture<'a, CasOutcome> {
-        self.check(|| self.inner.compare_and_swap(key, expected, new, options))
-    }
-    fn health_check(&self) -> StateFuture<'_, HealthReport> {
-        self.check(|| self.inner.health_check())
-    }
-    fn stats(&self) -> StateFuture<'_, BackendStats> {
-        self.inner.stats()
-    }
-}
-
 /// With [`Recovery::CopyWrites`] the outage's writes (with their TTLs) and
 /// deletes reach the recovered member; a chain ending in `NullBackend`
 /// fails open when every store is down.
 #[tokio::test(start_paused = true)]
 async fn copy_writes_on_recovery_and_fail_open_at_the_end() {
-    let primary = Switch::new();
-    let second = Switch::new();
+    let primary = Switch::new(false);
+    let second = Switch::new(false);
     let chain = Fallback::builder()
         .member(primary.clone(), Duration::from_millis(100))
         .member(second.clone(), Duration::from_millis(100))
@@ -364,7 +282,7 @@ async fn copy_writes_on_recovery_and_fail_open_at_the_end() {
 /// recovery deletes nothing; one that deleted does.
 #[tokio::test(start_paused = true)]
 async fn only_applied_conditional_deletes_are_replayed() {
-    let primary = Switch::new();
+    let primary = Switch::new(false);
     let chain = Fallback::builder()
         .member(primary.clone(), Duration::from_millis(100))
         .member(MemoryBackend::new(), Duration::from_millis(100))
@@ -402,7 +320,7 @@ async fn only_applied_conditional_deletes_are_replayed() {
 /// reach the second when it recovers and the first when it does.
 #[tokio::test(start_paused = true)]
 async fn three_members_carry_deletes_to_the_first() {
-    let (primary, second) = (Switch::new(), Switch::new());
+    let (primary, second) = (Switch::new(false), Switch::new(false));
     let third = MemoryBackend::new();
     let chain = Fallback::builder()
         .member(primary.clone(), Duration::from_millis(100))

@@ -2,14 +2,14 @@
 //! write-through, a failing middle tier that is skipped and never answers
 //! with an older value, a failing last tier, and concurrent writers.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use statecraft::{
-    BackendStats, Bytes, Capabilities, CasOutcome, Error, ErrorKind, HealthReport, KeyPage, KeyTtl,
-    ManualClock, MemoryBackend, PutOptions, StateBackend, StateFuture, Tiered,
+    Bytes, ErrorKind, KeyTtl, ManualClock, MemoryBackend, PutOptions, StateBackend, Tiered,
 };
+use statecraft_testkit::Switch;
 
 fn memory(clock: &ManualClock) -> MemoryBackend {
     MemoryBackend::builder()
@@ -114,105 +114,6 @@ async fn promotion_cascades_ttls_and_writes_go_through() {
     assert_eq!(l1.get(b"persistent").await.expect("get"), None, "L1's TTL");
 }
 
-/// A memory backend that can be switched off, and made to yield before
-/// every call as a remote store would.
-#[derive(Debug, Clone)]
-struct Switch {
-    inner: MemoryBackend,
-    down: Arc<AtomicBool>,
-    yielding: bool,
-}
-
-impl Switch {
-    fn new(yielding: bool) -> Self {
-        Switch {
-            inner: MemoryBackend::new(),
-            down: Arc::default(),
-            yielding,
-        }
-    }
-
-    fn check<'a, T: Send + 'a>(
-        &'a self,
-        up: impl FnOnce() -> StateFuture<'a, T> + Send + 'a,
-    ) -> StateFuture<'a, T> {
-        if self.yielding {
-            return StateFuture::new(async move {
-                tokio::task::yield_now().await;
-                self.check_now(up).await
-            });
-        }
-        self.check_now(up)
-    }
-
-    fn check_now<'a, T: Send + 'a>(
-        &self,
-        up: impl FnOnce() -> StateFuture<'a, T>,
-    ) -> StateFuture<'a, T> {
-        if self.down.load(Ordering::SeqCst) {
-            return StateFuture::ready(Err(
-                Error::new(ErrorKind::Unavailable, "switched off").temporary(true)
-            ));
-        }
-        up()
-    }
-}
-
-impl StateBackend for Switch {
-    fn name(&self) -> &'static str {
-        "switch"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
-        self.check(move || self.inner.get(key))
-    }
-    fn get_with_ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<(Bytes, KeyTtl)>> {
-        self.check(move || self.inner.get_with_ttl(key))
-    }
-    fn put_with<'a>(
-        &'a self,
-        key: &'a [u8],
-        value: Bytes,
-        options: PutOptions,
-    ) -> StateFuture<'a, ()> {
-        self.check(move || self.inner.put_with(key, value, options))
-    }
-    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
-        self.check(move || self.inner.delete(key))
-    }
-    fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
-        self.check(move || self.inner.ttl(key))
-    }
-    fn list_keys_page<'a>(
-        &'a self,
-        prefix: &'a [u8],
-        cursor: Option<&'a [u8]>,
-        limit: usize,
-    ) -> StateFuture<'a, KeyPage> {
-        self.check(move || self.inner.list_keys_page(prefix, cursor, limit))
-    }
-    fn clear(&self) -> StateFuture<'_, ()> {
-        self.check(move || self.inner.clear())
-    }
-    fn compare_and_swap<'a>(
-        &'a self,
-        key: &'a [u8],
-        expected: Option<&'a [u8]>,
-        new: Option<Bytes>,
-        options: PutOptions,
-    ) -> StateFuture<'a, CasOutcome> {
-        self.check(move || self.inner.compare_and_swap(key, expected, new, options))
-    }
-    fn health_check(&self) -> StateFuture<'_, HealthReport> {
-        self.check(move || self.inner.health_check())
-    }
-    fn stats(&self) -> StateFuture<'_, BackendStats> {
-        self.inner.stats()
-    }
-}
-
 /// A middle tier that fails is skipped on reads; one that missed a write
 /// holds an older value, so reads skip it for its TTL rather than answer
 /// with that value. A failing last tier is an error.
@@ -220,11 +121,13 @@ impl StateBackend for Switch {
 async fn a_failing_middle_tier_is_skipped_and_never_answers_stale() {
     let l1 = MemoryBackend::new();
     let (middle, l3) = (Switch::new(false), Switch::new(false));
+    let clock = ManualClock::starting_now();
     let build = || {
         Tiered::builder()
             .tier(l1.clone(), Duration::from_millis(200))
             .tier(middle.clone(), Duration::from_millis(300))
             .last(l3.clone())
+            .clock(clock.clone())
             .build()
             .expect("tiers")
     };
@@ -271,7 +174,7 @@ async fn a_failing_middle_tier_is_skipped_and_never_answers_stale() {
     let stats = tiers.stats().await.expect("stats");
     assert_eq!(stats.details["tier1_skipped"], 1, "{stats:?}");
     assert!(stats.details["tier1_errors"] >= 1);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    clock.advance(Duration::from_millis(350));
     assert_eq!(
         tiers.stats().await.expect("stats").details["tier1_skipped"],
         0

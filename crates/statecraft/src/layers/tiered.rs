@@ -84,7 +84,7 @@ pub struct Tiered {
     locks: Box<[tokio::sync::Mutex<()>]>,
     /// Bumped by `clear`: fills that started before it are not kept.
     generation: AtomicU64,
-    clock: MonotonicClock,
+    clock: Arc<dyn Clock>,
     stats: StatsRecorder,
 }
 
@@ -102,6 +102,7 @@ impl std::fmt::Debug for Tiered {
 pub struct TieredBuilder {
     upper: Vec<(Arc<dyn StateBackend>, Duration)>,
     last: Option<Arc<dyn StateBackend>>,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl std::fmt::Debug for TieredBuilder {
@@ -136,6 +137,14 @@ impl TieredBuilder {
         self
     }
 
+    /// The clock that times how long a tier that missed a write is skipped
+    /// (default [`MonotonicClock`]); tests pass a
+    /// [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
     /// The tiers.
     pub fn build(self) -> Result<Tiered> {
         let invalid =
@@ -166,7 +175,9 @@ impl TieredBuilder {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             generation: AtomicU64::new(0),
-            clock: MonotonicClock::new(),
+            clock: self
+                .clock
+                .unwrap_or_else(|| Arc::new(MonotonicClock::new())),
             stats: StatsRecorder::new(),
         })
     }

@@ -42,6 +42,24 @@ impl Fallback {
         self.route(operation, written, always, call)
     }
 
+    /// Routes a write of one key (borrowed: nothing is copied unless a
+    /// fallback takes the write).
+    fn write_key<'a, T: Send + 'a>(
+        &'a self,
+        operation: Operation,
+        key: &'a [u8],
+        mark: Mark,
+        applied: fn(&T) -> bool,
+        call: impl FnMut(&'a dyn StateBackend) -> StateFuture<'a, T> + Send + 'a,
+    ) -> StateFuture<'a, T> {
+        let timer = self.stats.start();
+        StateFuture::new(async move {
+            let written = [(key, mark)];
+            let result = self.dispatch(operation, &written, applied, call).await;
+            self.stats.write(timer, result)
+        })
+    }
+
     /// Routes a write of the keys in `written`; `applied` says whether an
     /// answer changed anything (a compare-and-swap that conflicted did not).
     fn write_owned<'a, T: Send + 'a>(
@@ -116,21 +134,15 @@ impl StateBackend for Fallback {
         value: Bytes,
         options: PutOptions,
     ) -> StateFuture<'a, ()> {
-        self.write_owned(
-            Operation::Put,
-            vec![(Bytes::copy_from_slice(key), Mark::Put)],
-            always,
-            move |b| b.put_with(key, value.clone(), options),
-        )
+        self.write_key(Operation::Put, key, Mark::Put, always, move |b| {
+            b.put_with(key, value.clone(), options)
+        })
     }
 
     fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
-        self.write_owned(
-            Operation::Delete,
-            vec![(Bytes::copy_from_slice(key), Mark::Delete)],
-            always,
-            move |b| b.delete(key),
-        )
+        self.write_key(Operation::Delete, key, Mark::Delete, always, move |b| {
+            b.delete(key)
+        })
     }
 
     fn batch_put<'a>(
@@ -160,9 +172,10 @@ impl StateBackend for Fallback {
         value: Bytes,
         options: PutOptions,
     ) -> StateFuture<'a, bool> {
-        self.write_owned(
+        self.write_key(
             Operation::SetIfNotExists,
-            vec![(Bytes::copy_from_slice(key), Mark::Put)],
+            key,
+            Mark::Put,
             |set: &bool| *set,
             move |b| b.set_if_not_exists(key, value.clone(), options),
         )
@@ -194,9 +207,10 @@ impl StateBackend for Fallback {
         } else {
             Mark::Put
         };
-        self.write_owned(
+        self.write_key(
             Operation::CompareAndSwap,
-            vec![(Bytes::copy_from_slice(key), mark)],
+            key,
+            mark,
             CasOutcome::is_swapped,
             move |b| b.compare_and_swap(key, expected, new.clone(), options),
         )
@@ -208,12 +222,9 @@ impl StateBackend for Fallback {
         delta: i64,
         options: PutOptions,
     ) -> StateFuture<'a, i64> {
-        self.write_owned(
-            Operation::Increment,
-            vec![(Bytes::copy_from_slice(key), Mark::Put)],
-            always,
-            move |b| b.increment(key, delta, options),
-        )
+        self.write_key(Operation::Increment, key, Mark::Put, always, move |b| {
+            b.increment(key, delta, options)
+        })
     }
 
     fn transaction(&self, transaction: Transaction) -> StateFuture<'_, bool> {
