@@ -1,8 +1,10 @@
 //! `Cached` in one run against its peers: the L1 hit against the memory
 //! backend's get and against an uncached Redis get (interleaved rounds,
 //! medians and per-round ratios), then the cross-instance invalidation
-//! delay over Redis and over PostgreSQL: how long after instance A's write
-//! returns instance B stops serving the old value (10,000 writes each).
+//! delay over Redis (the layer's channel and `CLIENT TRACKING`, in
+//! interleaved rounds) and over PostgreSQL: how long after instance A's
+//! write returns instance B stops serving the old value (10,000 writes
+//! each).
 //!
 //! `cargo bench -p bench-compare --bench cached`
 
@@ -151,18 +153,22 @@ fn hits(runtime: &tokio::runtime::Runtime, redis_url: &str) {
     );
 }
 
-/// A writes, B polls its L1 until it no longer serves the old value.
-async fn invalidation_delay<B: StateBackend + 'static>(what: &str, a: B, b: B, channel: &str) {
-    let build = |inner: B| {
-        Cached::builder(inner)
-            .channel(channel.to_string())
-            .invalidation(Invalidation::PubSub)
-            .build()
-    };
-    let (a, b) = (build(a).await.expect("a"), build(b).await.expect("b"));
-    let writes = scale(10_000);
-    let mut after_ack = Vec::with_capacity(writes);
-    let mut after_start = Vec::with_capacity(writes);
+/// Delays from one instance's write to the other's L1 no longer serving
+/// the old value.
+#[derive(Default)]
+struct Delays {
+    after_ack: Vec<Duration>,
+    after_start: Vec<Duration>,
+}
+
+/// `writes` times: A writes, B polls its L1 until it no longer serves the
+/// old value.
+async fn delay_round(
+    a: &dyn StateBackend,
+    b: &dyn StateBackend,
+    writes: usize,
+    delays: &mut Delays,
+) {
     let key = b"invalidation-delay";
     for i in 0..writes {
         let old = Bytes::from(format!("old-{i}"));
@@ -181,24 +187,55 @@ async fn invalidation_delay<B: StateBackend + 'static>(what: &str, a: B, b: B, c
         let acked = Instant::now();
         while b.get(key).await.expect("get").as_ref() != Some(&new) {}
         let seen = Instant::now();
-        after_ack.push(seen - acked);
-        after_start.push(seen - started);
+        delays.after_ack.push(seen - acked);
+        delays.after_start.push(seen - started);
     }
-    after_ack.sort();
-    after_start.sort();
-    let hits = b.stats().await.expect("stats").details["l1_hits"];
-    for (from, sorted) in [
-        ("write returned", &after_ack),
-        ("write started", &after_start),
-    ] {
-        println!(
-            "{what:<10} invalidation, from {from:<14}: p50 {:>8.1?}  p99 {:>8.1?}  max {:>8.1?}  ({writes} writes)",
-            percentile(sorted, 0.50),
-            percentile(sorted, 0.99),
-            percentile(sorted, 1.0),
-        );
+}
+
+async fn cached_pair<B: StateBackend + 'static>(
+    a: B,
+    b: B,
+    channel: &str,
+    invalidation: Invalidation,
+) -> (Cached<B>, Cached<B>) {
+    let build = |inner: B| {
+        Cached::builder(inner)
+            .channel(channel.to_string())
+            .invalidation(invalidation)
+            .build()
+    };
+    (build(a).await.expect("a"), build(b).await.expect("b"))
+}
+
+/// Measures each pair in `pairs` over the same number of writes (10,000),
+/// in 5 interleaved rounds, and prints the distributions.
+async fn invalidation_delays(pairs: &[(&str, &dyn StateBackend, &dyn StateBackend)]) {
+    const ROUNDS: usize = 5;
+    let writes = scale(10_000) / ROUNDS;
+    let mut delays: Vec<Delays> = pairs.iter().map(|_| Delays::default()).collect();
+    for _ in 0..ROUNDS {
+        for ((_, a, b), delays) in pairs.iter().zip(&mut delays) {
+            delay_round(*a, *b, writes.max(1), delays).await;
+        }
     }
-    println!("{what:<10} B's L1 hits while polling: {hits}");
+    for ((what, _, b), delays) in pairs.iter().zip(&mut delays) {
+        delays.after_ack.sort();
+        delays.after_start.sort();
+        let n = delays.after_ack.len();
+        for (from, sorted) in [
+            ("write returned", &delays.after_ack),
+            ("write started", &delays.after_start),
+        ] {
+            println!(
+                "{what:<16} invalidation, from {from:<14}: p50 {:>8.1?}  p99 {:>8.1?}  max {:>8.1?}  ({n} writes)",
+                percentile(sorted, 0.50),
+                percentile(sorted, 0.99),
+                percentile(sorted, 1.0),
+            );
+        }
+        let hits = b.stats().await.expect("stats").details["l1_hits"];
+        println!("{what:<16} B's L1 hits while polling: {hits}");
+    }
 }
 
 fn main() {
@@ -212,19 +249,32 @@ fn main() {
     hits(&runtime, &redis_server.url());
     let (redis_url, pg_url) = (redis_server.url(), pg_server.url());
     runtime.block_on(async {
-        invalidation_delay(
-            "redis",
+        let (channel_a, channel_b) = cached_pair(
             redis(&redis_url).await,
             redis(&redis_url).await,
             "delay",
+            Invalidation::PubSub,
         )
         .await;
-        invalidation_delay(
-            "postgres",
+        let (tracking_a, tracking_b) = cached_pair(
+            redis(&redis_url).await,
+            redis(&redis_url).await,
+            "delay-tracking",
+            Invalidation::Tracking,
+        )
+        .await;
+        invalidation_delays(&[
+            ("redis channel", &channel_a, &channel_b),
+            ("redis tracking", &tracking_a, &tracking_b),
+        ])
+        .await;
+        let (pg_a, pg_b) = cached_pair(
             postgres(&pg_url).await,
             postgres(&pg_url).await,
             "delay",
+            Invalidation::PubSub,
         )
         .await;
+        invalidation_delays(&[("postgres channel", &pg_a, &pg_b)]).await;
     });
 }

@@ -26,6 +26,7 @@ impl<B: StateBackend> StateBackend for ProvidedDefaults<B> {
             .with_pubsub(false)
             .with_transactions(false)
             .with_atomic_batch(false)
+            .with_key_tracking(false)
     }
 
     fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {

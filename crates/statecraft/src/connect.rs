@@ -11,7 +11,7 @@
 //! | `redis://HOST:PORT[/DB]`, `rediss://…` | a [`RedisBackend`](crate::RedisBackend) (feature `redis`) |
 //! | `redis+cluster://HOST:PORT,HOST:PORT…` | a Redis Cluster from seed nodes |
 //! | `postgres://USER@HOST:PORT/DB`, `postgresql://…` | a [`PostgresBackend`](crate::PostgresBackend) (feature `postgres`) |
-//! | `cached(SPEC[, ttl=30s][, entries=N][, bytes=N][, channel=NAME])` | [`Cached`] over `SPEC` |
+//! | `cached(SPEC[, ttl=30s][, entries=N][, bytes=N][, channel=NAME][, invalidation=auto\|pubsub\|tracking\|off])` | [`Cached`] over `SPEC` ([`Invalidation`]) |
 //! | `tiered(SPEC, SPEC, …[, ttl=60s])` | [`Tiered`]: the last `SPEC` decides, the others are upper tiers whose copies live `ttl` |
 //! | `fallback(SPEC, SPEC, …[, timeout=500ms])` | [`Fallback`]: members in order, each cut off after `timeout` |
 //!
@@ -36,7 +36,7 @@ use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::StateBackend;
 use crate::backends::memory::MemoryBackend;
 use crate::backends::null::NullBackend;
-use crate::layers::cached::Cached;
+use crate::layers::cached::{Cached, Invalidation};
 use crate::layers::fallback::Fallback;
 use crate::layers::tiered::Tiered;
 
@@ -216,7 +216,7 @@ fn parse_part<'a>(whole: &str, text: &'a str, at: usize, depth: usize) -> Result
         }
     }
     let known: &[&str] = match name {
-        "cached" => &["ttl", "entries", "bytes", "channel"],
+        "cached" => &["ttl", "entries", "bytes", "channel", "invalidation"],
         "tiered" => &["ttl"],
         _ => &["timeout"],
     };
@@ -305,6 +305,22 @@ fn open<'s>(whole: &'s str, spec: &'s Spec<'s>, options: &'s ConnectOptions) -> 
                         }
                         if let Some((v, _)) = param("channel") {
                             builder = builder.channel(v);
+                        }
+                        if let Some((v, at)) = param("invalidation") {
+                            builder = builder.invalidation(match v {
+                                "auto" => Invalidation::Auto,
+                                "pubsub" => Invalidation::PubSub,
+                                "tracking" => Invalidation::Tracking,
+                                "off" => Invalidation::Off,
+                                _ => {
+                                    return Err(bad(
+                                        whole,
+                                        at,
+                                        v,
+                                        "expected invalidation=auto, pubsub, tracking or off",
+                                    ))
+                                }
+                            });
                         }
                         Ok(Arc::new(builder.build().await?) as Arc<dyn StateBackend>)
                     }

@@ -55,6 +55,7 @@ pub use backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions
 pub use backend::pubsub::{Message, Subscription};
 pub use backend::stats::{BackendStats, LatencySummary};
 pub use backend::transaction::{Transaction, TransactionWrite};
+pub use backend::watch::{KeyChange, KeyChanges};
 pub use backend::{StateBackend, StateBackendExt, LIST_PAGE};
 pub use backends::memory::{MemoryBackend, MemoryBackendBuilder};
 pub use backends::null::NullBackend;

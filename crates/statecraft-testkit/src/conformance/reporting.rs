@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use statecraft::{ErrorKind, PutOptions};
+use statecraft::{ErrorKind, KeyChange, KeyChanges, PutOptions, StateBackend};
 
 use super::{b, kind_of, ok};
 use crate::Fixture;
@@ -98,7 +98,9 @@ pub async fn stats_count_alike(f: &Fixture) {
 
 /// What the capabilities promise is what the backend does: with `pubsub`
 /// a published message reaches a subscriber, with `transactions` a
-/// transaction applies atomically; without them both are `Unsupported`.
+/// transaction applies atomically, with `key_tracking` a watch reports the
+/// changed keys under its prefix and no others; without them each is
+/// `Unsupported`.
 pub async fn capabilities_match_behaviour(f: &Fixture) {
     let s = &*f.backend;
     let caps = s.capabilities();
@@ -130,6 +132,7 @@ pub async fn capabilities_match_behaviour(f: &Fixture) {
             Some(ErrorKind::Unsupported)
         );
     }
+    watch_matches_key_tracking(f).await;
     let applied = statecraft::Transaction::new()
         .check("t1", None::<Bytes>)
         .put("t1", "a")
@@ -148,5 +151,52 @@ pub async fn capabilities_match_behaviour(f: &Fixture) {
             Some(ErrorKind::Unsupported)
         );
         assert_eq!(ok(f, "nothing applied", s.get(b"t1").await), None);
+    }
+}
+
+async fn watch_matches_key_tracking(f: &Fixture) {
+    let s = &*f.backend;
+    if !s.capabilities().key_tracking {
+        assert_eq!(
+            s.watch_keys(b"w:").await.err().map(|e| e.kind()),
+            Some(ErrorKind::Unsupported),
+            "{}: watch_keys without key_tracking",
+            s.name()
+        );
+        return;
+    }
+    let mut changes = ok(f, "watch_keys", s.watch_keys(b"w:").await);
+    ok(f, "put", s.put(b"w:1", b(b"a")).await);
+    assert_eq!(
+        next_change(s, &mut changes).await,
+        KeyChange::Keys(vec![b(b"w:1")]),
+        "{}",
+        s.name()
+    );
+    ok(f, "put outside the prefix", s.put(b"x:1", b(b"a")).await);
+    ok(
+        f,
+        "increment",
+        s.increment(b"w:2", 1, PutOptions::new()).await,
+    );
+    assert_eq!(
+        next_change(s, &mut changes).await,
+        KeyChange::Keys(vec![b(b"w:2")]),
+        "{}",
+        s.name()
+    );
+    assert!(ok(f, "delete", s.delete(b"w:1").await));
+    assert_eq!(
+        next_change(s, &mut changes).await,
+        KeyChange::Keys(vec![b(b"w:1")]),
+        "{}",
+        s.name()
+    );
+}
+
+async fn next_change(s: &dyn StateBackend, changes: &mut KeyChanges) -> KeyChange {
+    match tokio::time::timeout(Duration::from_secs(10), changes.next()).await {
+        Ok(Some(Ok(change))) => change,
+        other => panic!("{}: no change reported: {other:?}", s.name()),
     }
 }

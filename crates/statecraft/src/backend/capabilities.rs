@@ -34,6 +34,9 @@ pub struct Capabilities {
     pub ordered_listing: bool,
     /// `batch_put` applies all of its writes or none.
     pub atomic_batch: bool,
+    /// The store reports changes to keys by any client on its own
+    /// ([`watch_keys`](crate::StateBackend::watch_keys)).
+    pub key_tracking: bool,
 }
 
 macro_rules! setters {
@@ -56,6 +59,7 @@ impl Capabilities {
         pubsub: false,
         ordered_listing: false,
         atomic_batch: false,
+        key_tracking: false,
     };
 
     setters!(
@@ -66,5 +70,6 @@ impl Capabilities {
         pubsub => with_pubsub,
         ordered_listing => with_ordered_listing,
         atomic_batch => with_atomic_batch,
+        key_tracking => with_key_tracking,
     );
 }

@@ -132,6 +132,7 @@ pub enum Operation {
     Maintenance,
     Connect,
     GetWithTtl,
+    WatchKeys,
 }
 
 impl Operation {
@@ -168,13 +169,14 @@ impl Operation {
             Operation::Maintenance => "maintenance",
             Operation::Connect => "connect",
             Operation::GetWithTtl => "get_with_ttl",
+            Operation::WatchKeys => "watch_keys",
         }
     }
 }
 
 impl Operation {
     /// Every operation, in declaration order (so that `ALL[op.index()] == op`).
-    pub const ALL: [Operation; 30] = [
+    pub const ALL: [Operation; 31] = [
         Operation::Get,
         Operation::Put,
         Operation::Delete,
@@ -205,6 +207,7 @@ impl Operation {
         Operation::Maintenance,
         Operation::Connect,
         Operation::GetWithTtl,
+        Operation::WatchKeys,
     ];
 
     /// The position of this operation in [`ALL`](Self::ALL), for tables
@@ -248,6 +251,7 @@ impl Operation {
                 | Operation::HealthCheck
                 | Operation::Stats
                 | Operation::Subscribe
+                | Operation::WatchKeys
         )
     }
 }
@@ -513,7 +517,7 @@ mod tests {
         }
         assert_eq!(
             Operation::ALL.last().map(|op| op.index()),
-            Some(Operation::GetWithTtl.index())
+            Some(Operation::WatchKeys.index())
         );
     }
 

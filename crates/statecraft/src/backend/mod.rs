@@ -18,6 +18,7 @@ pub(crate) mod options;
 pub(crate) mod pubsub;
 pub(crate) mod stats;
 pub(crate) mod transaction;
+pub(crate) mod watch;
 
 use self::capabilities::Capabilities;
 use self::error::{Error, Operation, Result};
@@ -27,6 +28,7 @@ use self::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
 use self::pubsub::Subscription;
 use self::stats::BackendStats;
 use self::transaction::Transaction;
+use self::watch::KeyChanges;
 use crate::raw::counter::apply_increment;
 
 /// The asynchronous key-value contract shared by every store and layer.
@@ -304,6 +306,20 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
         StateFuture::ready(Err(Error::unsupported(self.name(), Operation::Subscribe)))
     }
 
+    /// Reports changes to the keys that start with `prefix` made by any
+    /// client of the store (writes, deletes, expiry, eviction, a flush),
+    /// pushed by the store itself; once the future resolves, every change
+    /// is reported until the watch ends with an error (its connection lost
+    /// or silent). At most once, like pub/sub: after an error, treat
+    /// everything as changed.
+    ///
+    /// Backends without [`Capabilities::key_tracking`] return an
+    /// [`Unsupported`](self::error::ErrorKind::Unsupported) error.
+    fn watch_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, KeyChanges> {
+        let _ = prefix;
+        StateFuture::ready(Err(Error::unsupported(self.name(), Operation::WatchKeys)))
+    }
+
     /// Applies `transaction` atomically: if every check holds, every write;
     /// otherwise nothing, and the result is `false`.
     ///
@@ -422,6 +438,7 @@ macro_rules! forward_backend {
             }
             fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()> { (**self).publish(channel, payload) }
             fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> { (**self).subscribe(channel) }
+            fn watch_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, KeyChanges> { (**self).watch_keys(prefix) }
             fn transaction(&self, transaction: Transaction) -> StateFuture<'_, bool> { (**self).transaction(transaction) }
             fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> { (**self).maintain(task) }
         }

@@ -10,6 +10,7 @@ use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOpti
 use crate::backend::pubsub::Subscription;
 use crate::backend::stats::BackendStats;
 use crate::backend::transaction::Transaction;
+use crate::backend::watch::{KeyChange, KeyChanges};
 use crate::backend::{StateBackend, LIST_PAGE};
 
 /// A backend whose keys all live under `prefix` in an inner backend.
@@ -298,6 +299,24 @@ impl<B: StateBackend> StateBackend for Namespaced<B> {
                         message.channel = bare.to_owned();
                     }
                     message
+                })
+            })))
+        })
+    }
+
+    fn watch_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, KeyChanges> {
+        StateFuture::new(async move {
+            let changes = self.inner.watch_keys(&self.full_key(prefix)).await?;
+            let namespace = self.prefix.clone();
+            Ok(KeyChanges::new(changes.map(move |change| {
+                change.map(|change| match change {
+                    KeyChange::Keys(keys) => KeyChange::Keys(
+                        keys.into_iter()
+                            .filter(|key| key.starts_with(&namespace))
+                            .map(|key| key.slice(namespace.len()..))
+                            .collect(),
+                    ),
+                    other => other,
                 })
             })))
         })

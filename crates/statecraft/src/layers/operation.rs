@@ -169,6 +169,14 @@ macro_rules! operation_layer {
                     self.inner().subscribe(channel)
                 })
             }
+            fn watch_keys<'a>(
+                &'a self,
+                prefix: &'a [u8],
+            ) -> StateFuture<'a, $crate::backend::watch::KeyChanges> {
+                self.run(Operation::WatchKeys, move || {
+                    self.inner().watch_keys(prefix)
+                })
+            }
             fn transaction(&self, transaction: Transaction) -> StateFuture<'_, bool> {
                 self.run(Operation::Transaction, move || {
                     self.inner().transaction(transaction.clone())

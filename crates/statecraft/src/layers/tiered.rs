@@ -15,6 +15,7 @@ use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOpti
 use crate::backend::pubsub::Subscription;
 use crate::backend::stats::BackendStats;
 use crate::backend::transaction::{Transaction, TransactionWrite};
+use crate::backend::watch::KeyChanges;
 use crate::backend::StateBackend;
 use crate::layers::stripes::{Mark, Stripes};
 use crate::raw::recorder::{Found, StatsRecorder};
@@ -640,6 +641,10 @@ impl StateBackend for Tiered {
 
     fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
         self.last().subscribe(channel)
+    }
+
+    fn watch_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, KeyChanges> {
+        self.last().watch_keys(prefix)
     }
 
     fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> {

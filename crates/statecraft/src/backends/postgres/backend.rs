@@ -134,6 +134,7 @@ impl StateBackend for PostgresBackend {
             pubsub: true,
             ordered_listing: true,
             atomic_batch: true,
+            key_tracking: false,
         }
     }
 

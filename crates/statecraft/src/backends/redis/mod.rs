@@ -26,6 +26,7 @@ mod maintenance;
 mod operations;
 mod pubsub;
 mod scripts;
+mod tracking;
 
 pub use backend::RedisBackend;
 pub use config::{RedisConfig, RedisConfigBuilder};

@@ -14,6 +14,7 @@ use crate::backend::future::StateFuture;
 use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOptions};
 use crate::backend::pubsub::Subscription;
 use crate::backend::stats::BackendStats;
+use crate::backend::watch::KeyChanges;
 use crate::backend::StateBackend;
 
 use super::backend::RedisBackend;
@@ -34,6 +35,7 @@ impl StateBackend for RedisBackend {
             pubsub: true,
             ordered_listing: false,
             atomic_batch: false,
+            key_tracking: !self.inner.config.is_cluster(),
         }
     }
 
@@ -328,6 +330,10 @@ impl StateBackend for RedisBackend {
 
     fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
         self.subscribe_channel(channel)
+    }
+
+    fn watch_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, KeyChanges> {
+        self.watch_prefix(prefix)
     }
 
     fn stats(&self) -> StateFuture<'_, BackendStats> {

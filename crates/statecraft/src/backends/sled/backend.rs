@@ -108,6 +108,7 @@ impl StateBackend for SledBackend {
             transactions: true,
             ordered_listing: true,
             atomic_batch: true,
+            key_tracking: false,
             ..Capabilities::NONE
         }
     }

@@ -132,7 +132,7 @@ impl std::fmt::Display for Lost {
 /// Suspends L1 when the invalidation task stops for any reason (aborted
 /// with its `Cached`, a panic, its runtime shutting down): an L1 nobody
 /// invalidates must not serve.
-struct SuspendOnExit<'a>(&'a L1);
+pub(super) struct SuspendOnExit<'a>(pub(super) &'a L1);
 
 impl Drop for SuspendOnExit<'_> {
     fn drop(&mut self) {

@@ -4,6 +4,7 @@
 mod invalidation;
 mod l1;
 mod ops;
+mod tracking;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +29,13 @@ pub enum Invalidation {
     Auto,
     /// Through the backend's pub/sub; building fails without it.
     PubSub,
+    /// Through the store's own change tracking
+    /// ([`Capabilities::key_tracking`](crate::Capabilities::key_tracking):
+    /// Redis `CLIENT TRACKING` in `BCAST` mode over RESP3, single server).
+    /// Every change to a key under the backend's prefix invalidates it —
+    /// made through any `Cached` or not, expiry and eviction included — and
+    /// writes publish nothing. Building fails without it.
+    Tracking,
     /// Off: only this instance's own writes invalidate its L1. Safe only
     /// when no other process writes the same keys.
     Off,
@@ -174,6 +182,20 @@ impl<B: StateBackend> Shared<B> {
 ///   (which would otherwise be lost) and only counts and logs.
 /// - `batch_get` serves what L1 holds and reads the rest without filling
 ///   L1 (a batch read does not return TTLs).
+///
+/// # Server-assisted invalidation
+///
+/// With [`Invalidation::Tracking`] (a single Redis server) the store itself
+/// reports every change under the backend's key prefix to each instance
+/// (`CLIENT TRACKING ON BCAST` on a RESP3 connection of the instance's own),
+/// so writes that bypass `Cached` — another client, a script, expiry,
+/// eviction — invalidate too, and writes publish nothing. Redis queues the
+/// report before it answers the write, so it reaches every instance about
+/// as soon as the writer's reply. A tracking connection that is reset ends
+/// the watch at once; one that goes silent is noticed by a ping within a
+/// second plus the backend's response timeout; either way L1 is suspended
+/// as above and serves again once tracking is back in place. Every
+/// instance receives every change under the prefix, cached or not.
 ///
 /// ```
 /// # async fn demo() -> statecraft::Result<()> {
@@ -325,7 +347,8 @@ impl<B: StateBackend + 'static> CachedBuilder<B> {
     }
 
     /// How the subscription is checked (default: every second, lost after
-    /// 3 s without an answer); `None` trusts it until it fails.
+    /// 3 s without an answer); `None` trusts it until it fails. (A
+    /// [`Invalidation::Tracking`] watch is checked by the backend itself.)
     pub fn heartbeat(mut self, heartbeat: Option<Heartbeat>) -> Self {
         self.config.heartbeat = heartbeat;
         self
@@ -351,17 +374,26 @@ impl<B: StateBackend + 'static> CachedBuilder<B> {
     /// returns the cache, serving. Must run inside a tokio runtime when
     /// invalidation is on: a task applies the invalidations.
     pub async fn build(self) -> Result<Cached<B>> {
-        let has_pubsub = self.inner.capabilities().pubsub;
-        let announce = match self.invalidation {
-            Invalidation::Off => false,
-            Invalidation::Auto => has_pubsub,
-            Invalidation::PubSub if has_pubsub => true,
+        let capabilities = self.inner.capabilities();
+        let (announce, tracking) = match self.invalidation {
+            Invalidation::Off => (false, false),
+            Invalidation::Auto => (capabilities.pubsub, false),
+            Invalidation::PubSub if capabilities.pubsub => (true, false),
             Invalidation::PubSub => {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
                     "Cached: invalidation through pub/sub needs a backend with pub/sub",
                 )
                 .context(self.inner.name(), crate::Operation::Subscribe))
+            }
+            Invalidation::Tracking if capabilities.key_tracking => (false, true),
+            Invalidation::Tracking => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "Cached: invalidation through change tracking needs a backend that tracks \
+                     keys (a single Redis server)",
+                )
+                .context(self.inner.name(), crate::Operation::WatchKeys))
             }
         };
         if self.config.resubscribe_backoff.is_zero() {
@@ -378,7 +410,7 @@ impl<B: StateBackend + 'static> CachedBuilder<B> {
                 ));
             }
         }
-        let runtime = if announce {
+        let runtime = if announce || tracking {
             Some(tokio::runtime::Handle::try_current().map_err(|_| {
                 Error::new(
                     ErrorKind::Unsupported,
@@ -388,9 +420,12 @@ impl<B: StateBackend + 'static> CachedBuilder<B> {
         } else {
             None
         };
-        let subscription = match announce {
-            true => Some(self.inner.subscribe(&self.channel).await?),
-            false => None,
+        let source = if announce {
+            Some(Source::Channel(self.inner.subscribe(&self.channel).await?))
+        } else if tracking {
+            Some(Source::Tracking(self.inner.watch_keys(b"").await?))
+        } else {
+            None
         };
         let shared = Arc::new(Shared {
             l1: L1::new(self.bounds, self.clock, true)?,
@@ -402,16 +437,27 @@ impl<B: StateBackend + 'static> CachedBuilder<B> {
             config: self.config,
             counters: Counters::default(),
         });
-        let task = match (runtime, subscription) {
-            (Some(runtime), Some(sub)) => Some(
+        let task = match (runtime, source) {
+            (Some(runtime), Some(Source::Channel(sub))) => Some(
                 runtime
                     .spawn(invalidation::run(shared.clone(), sub))
+                    .abort_handle(),
+            ),
+            (Some(runtime), Some(Source::Tracking(changes))) => Some(
+                runtime
+                    .spawn(tracking::run(shared.clone(), changes))
                     .abort_handle(),
             ),
             _ => None,
         };
         Ok(Cached { shared, task })
     }
+}
+
+/// Where invalidations come from.
+enum Source {
+    Channel(crate::backend::pubsub::Subscription),
+    Tracking(crate::backend::watch::KeyChanges),
 }
 
 /// A random identity for this instance's messages.

@@ -13,6 +13,7 @@ use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOpti
 use crate::backend::pubsub::Subscription;
 use crate::backend::stats::BackendStats;
 use crate::backend::transaction::{Transaction, TransactionWrite};
+use crate::backend::watch::KeyChanges;
 use crate::backend::StateBackend;
 use crate::raw::recorder::Found;
 
@@ -360,6 +361,10 @@ impl<B: StateBackend + 'static> StateBackend for Cached<B> {
 
     fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
         self.shared.inner.subscribe(channel)
+    }
+
+    fn watch_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, KeyChanges> {
+        self.shared.inner.watch_keys(prefix)
     }
 
     fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> {

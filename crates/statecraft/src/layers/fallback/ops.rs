@@ -11,6 +11,7 @@ use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOpti
 use crate::backend::pubsub::Subscription;
 use crate::backend::stats::BackendStats;
 use crate::backend::transaction::{Transaction, TransactionWrite};
+use crate::backend::watch::KeyChanges;
 use crate::backend::StateBackend;
 use crate::raw::recorder::Found;
 
@@ -285,6 +286,10 @@ impl StateBackend for Fallback {
 
     fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
         self.route_read(Operation::Subscribe, NONE, move |b| b.subscribe(channel))
+    }
+
+    fn watch_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, KeyChanges> {
+        self.route_read(Operation::WatchKeys, NONE, move |b| b.watch_keys(prefix))
     }
 
     fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> {
