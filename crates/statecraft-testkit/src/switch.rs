@@ -1,8 +1,8 @@
 //! [`Switch`]: a test store that can be switched off (every call then
-//! fails as an unreachable store does) and made to yield on every call, for
-//! the layer tests that need a failing or a slow member.
+//! fails as an unreachable store does), made to yield on every call, or
+//! slowed down, for the layer tests that need a failing or a slow member.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,6 +19,9 @@ pub struct Switch {
     pub inner: MemoryBackend,
     /// While set, every call fails as an unreachable store does.
     pub down: Arc<AtomicBool>,
+    /// While nonzero, every call first sleeps this many milliseconds (on
+    /// the Tokio clock; a call dropped meanwhile has not happened).
+    pub latency_ms: Arc<AtomicU64>,
     yielding: bool,
 }
 
@@ -29,6 +32,7 @@ impl Switch {
         Switch {
             inner: MemoryBackend::new(),
             down: Arc::default(),
+            latency_ms: Arc::default(),
             yielding,
         }
     }
@@ -37,6 +41,13 @@ impl Switch {
         &'a self,
         up: impl FnOnce() -> StateFuture<'a, T> + Send + 'a,
     ) -> StateFuture<'a, T> {
+        let latency = self.latency_ms.load(Ordering::SeqCst);
+        if latency > 0 {
+            return StateFuture::new(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+                self.check_now(up).await
+            });
+        }
         if self.yielding {
             return StateFuture::new(async move {
                 tokio::task::yield_now().await;

@@ -365,6 +365,71 @@ async fn three_members_carry_deletes_to_the_first() {
     }
 }
 
+/// A call dropped while it probes the recovered primary (its health check
+/// or the settling of the outage's writes) loses nothing: the outage stays
+/// tracked, the next call probes and settles it, and a key deleted during
+/// the outage stays deleted.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_probing_leaves_the_outage_to_settle() {
+    let primary = Switch::new(false);
+    let fallback = MemoryBackend::new();
+    let chain = Fallback::builder()
+        .member(primary.clone(), Duration::from_millis(1_000))
+        .member(fallback.clone(), Duration::from_millis(100))
+        .health(policy())
+        .build()
+        .expect("chain");
+    chain.put(b"gone", "old".into()).await.expect("put");
+    chain.put(b"kept", "old".into()).await.expect("put");
+    primary.down.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        chain.get(b"x").await.expect("get");
+    }
+    assert!(matches!(chain.health()[0], Health::Unhealthy { .. }));
+    assert!(!chain.delete(b"gone").await.expect("delete on the fallback"));
+    chain
+        .put(b"kept", "new".into())
+        .await
+        .expect("put on the fallback");
+
+    // Back, but slow: each call to it takes 100 ms.
+    primary.down.store(false, Ordering::SeqCst);
+    primary.latency_ms.store(100, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_millis(1_100)).await;
+    for give_up_after in [50, 150] {
+        // Dropped during the health check, then during the settling.
+        let call = tokio::time::timeout(Duration::from_millis(give_up_after), chain.get(b"x"));
+        assert!(
+            call.await.is_err(),
+            "the call gave up after {give_up_after} ms"
+        );
+        assert_ne!(
+            chain.health()[0],
+            Health::Healthy,
+            "a dropped probe closes nothing"
+        );
+        assert_eq!(
+            primary.inner.get(b"gone").await.expect("get").as_deref(),
+            Some(&b"old"[..]),
+            "the delete was not applied yet"
+        );
+    }
+    primary.latency_ms.store(0, Ordering::SeqCst);
+    chain.get(b"x").await.expect("the primary recovers");
+    assert_eq!(chain.health()[0], Health::Healthy);
+    assert_eq!(
+        primary.inner.get(b"gone").await.expect("get"),
+        None,
+        "no resurrection"
+    );
+    assert_eq!(chain.get(b"gone").await.expect("get"), None);
+    assert_eq!(
+        fallback.count().await.expect("count"),
+        0,
+        "the fallback was emptied"
+    );
+}
+
 /// Errors that say the call was wrong (not the store) do not fall back and
 /// do not count against the member's health.
 #[tokio::test]

@@ -57,6 +57,38 @@ impl Outage {
     }
 }
 
+/// An outage being settled, and a copy of it that goes back to its member
+/// if the settling future is dropped (its caller timed out, say) before
+/// [`done`](Taken::done): everything is settled again at the next try
+/// (settling twice is harmless: deletes and copies are idempotent, and a
+/// key already removed from the fallback is not copied).
+struct Taken<'c> {
+    chain: &'c Fallback,
+    index: usize,
+    outage: Outage,
+    copy: Option<Outage>,
+}
+
+impl Taken<'_> {
+    /// The settling ran to its end (what failed was restored by it).
+    fn done(&mut self) {
+        self.copy = None;
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(copy) = self.copy.take() {
+            self.chain.restore(
+                self.index,
+                copy.keys.into_iter().collect(),
+                copy.overflowed,
+                copy.cleared,
+            );
+        }
+    }
+}
+
 /// Whether a settling error should leave the key tracked for the next try
 /// (the member is unwell) rather than drop it (it will never take it).
 fn retry_later(err: &Error) -> bool {
@@ -120,11 +152,23 @@ impl Fallback {
         member.pending.store(true, Ordering::SeqCst);
     }
 
-    fn take_outage(&self, index: usize) -> Outage {
+    /// Takes member `index`'s outage to settle; the guard puts all of it
+    /// back if the settling is dropped before it says it is done.
+    fn take_outage(&self, index: usize) -> Taken<'_> {
         let member = &self.members[index];
         let mut outage = member.outage.lock().unwrap_or_else(|p| p.into_inner());
         member.pending.store(false, Ordering::SeqCst);
-        std::mem::take(&mut *outage)
+        let outage = std::mem::take(&mut *outage);
+        Taken {
+            chain: self,
+            index,
+            copy: (!outage.is_empty()).then(|| Outage {
+                keys: outage.keys.clone(),
+                overflowed: outage.overflowed,
+                cleared: outage.cleared,
+            }),
+            outage,
+        }
     }
 
     /// Puts what could not be settled back, for the next try.
@@ -159,7 +203,8 @@ impl Fallback {
         let mut complete = true;
         for later_index in index + 1..self.members.len() {
             let later = &self.members[later_index];
-            let outage = self.take_outage(later_index);
+            let mut taken = self.take_outage(later_index);
+            let outage = std::mem::take(&mut taken.outage);
             if outage.is_empty() {
                 continue;
             }
@@ -177,6 +222,7 @@ impl Fallback {
             }
             if cleared {
                 // Nothing else makes sense before the clear: try it all again.
+                taken.done();
                 self.restore(
                     later_index,
                     outage.keys.into_iter().collect(),
@@ -292,6 +338,7 @@ impl Fallback {
                 }
             }
             complete &= left.is_empty();
+            taken.done();
             self.restore(later_index, left, false, false);
         }
         self.emit(FallbackEvent::Recovered {
