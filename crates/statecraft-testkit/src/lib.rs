@@ -15,12 +15,14 @@ use std::time::Duration;
 
 use statecraft::{ManualClock, StateBackend};
 
+pub mod atomic;
 pub mod conformance;
 pub mod defaults;
 pub mod proxy;
 pub mod servers;
 pub mod switch;
 
+pub use atomic::{BoundedCounter, BOUNDED_COUNTER_TTL};
 pub use defaults::ProvidedDefaults;
 pub use proxy::{Fault, FaultProxy};
 pub use servers::{PostgresServer, RedisCluster, RedisServer, TlsRedisServer};
@@ -124,7 +126,8 @@ macro_rules! conformance_tests {
             increment_rejects_overflow, batch_operations, batch_put_with_ttl,
             size_limits_are_typed_errors, concurrent_increments_are_exact,
             concurrent_cas_increments_lose_nothing, health_and_stats,
-            capabilities_match_behaviour, get_with_ttl_reads_both, $($extra),*
+            capabilities_match_behaviour, get_with_ttl_reads_both, atomic_update_contract,
+            concurrent_atomic_updates_are_exact, $($extra),*
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

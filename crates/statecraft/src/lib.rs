@@ -27,7 +27,8 @@
 //!
 //! - the contract: [`StateBackend`] and its options, outcomes,
 //!   [`Capabilities`], [`Error`], statistics, pub/sub [`Subscription`]s,
-//!   [`Transaction`]s and
+//!   [`Transaction`]s, [`AtomicUpdate`]s (how a primitive reaches a
+//!   store's native path through any stack), [`KeyChanges`] and
 //!   [`checkpoint`]s;
 //! - the stores: [`MemoryBackend`], [`NullBackend`], [`SledBackend`],
 //!   [`RedisBackend`], [`PostgresBackend`];
@@ -44,6 +45,7 @@ pub mod connect;
 mod layers;
 pub mod raw;
 
+pub use backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite};
 pub use backend::capabilities::Capabilities;
 pub use backend::checkpoint;
 pub use backend::clock::{Clock, ManualClock, MonotonicClock, SystemClock};

@@ -14,9 +14,11 @@ use statecraft::{
 
 use crate::Fixture;
 
+mod atomic;
 mod options;
 mod reporting;
 
+pub use atomic::{atomic_update_contract, concurrent_atomic_updates_are_exact};
 pub use options::{get_with_ttl_reads_both, write_options_on_default_ttl};
 pub use reporting::{capabilities_match_behaviour, stats_count_alike};
 

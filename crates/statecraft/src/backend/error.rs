@@ -133,6 +133,7 @@ pub enum Operation {
     Connect,
     GetWithTtl,
     WatchKeys,
+    UpdateAtomic,
 }
 
 impl Operation {
@@ -170,13 +171,14 @@ impl Operation {
             Operation::Connect => "connect",
             Operation::GetWithTtl => "get_with_ttl",
             Operation::WatchKeys => "watch_keys",
+            Operation::UpdateAtomic => "update_atomic",
         }
     }
 }
 
 impl Operation {
     /// Every operation, in declaration order (so that `ALL[op.index()] == op`).
-    pub const ALL: [Operation; 31] = [
+    pub const ALL: [Operation; 32] = [
         Operation::Get,
         Operation::Put,
         Operation::Delete,
@@ -208,6 +210,7 @@ impl Operation {
         Operation::Connect,
         Operation::GetWithTtl,
         Operation::WatchKeys,
+        Operation::UpdateAtomic,
     ];
 
     /// The position of this operation in [`ALL`](Self::ALL), for tables
@@ -234,6 +237,7 @@ impl Operation {
                 | Operation::Increment
                 | Operation::Transaction
                 | Operation::Publish
+                | Operation::UpdateAtomic
         )
     }
 
@@ -517,7 +521,7 @@ mod tests {
         }
         assert_eq!(
             Operation::ALL.last().map(|op| op.index()),
-            Some(Operation::WatchKeys.index())
+            Some(Operation::UpdateAtomic.index())
         );
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 
+pub(crate) mod atomic;
 pub(crate) mod capabilities;
 pub mod checkpoint;
 pub(crate) mod clock;
@@ -20,6 +21,7 @@ pub(crate) mod stats;
 pub(crate) mod transaction;
 pub(crate) mod watch;
 
+use self::atomic::AtomicUpdate;
 use self::capabilities::Capabilities;
 use self::error::{Error, Operation, Result};
 use self::future::StateFuture;
@@ -284,6 +286,21 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
         })
     }
 
+    /// Applies `update` to `key` atomically with `input` and returns its
+    /// output (see [`AtomicUpdate`]): natively where the store can (under
+    /// the key's lock in memory; the update's Lua copy on Redis, at the
+    /// server's clock), otherwise by this compare-and-swap loop, at this
+    /// process's wall clock. Not idempotent: a retry after an unknown
+    /// outcome could apply it twice.
+    fn update_atomic<'a>(
+        &'a self,
+        key: &'a [u8],
+        update: &'a dyn AtomicUpdate,
+        input: &'a [u8],
+    ) -> StateFuture<'a, Bytes> {
+        StateFuture::new(self::atomic::by_compare_and_swap(self, key, update, input))
+    }
+
     /// Publishes `payload` on `channel` to the subscribers that are listening
     /// now, in every process connected to the same store (at most once: a
     /// subscriber that is not connected misses it).
@@ -435,6 +452,9 @@ macro_rules! forward_backend {
             fn get_and_delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> { (**self).get_and_delete(key) }
             fn increment<'a>(&'a self, key: &'a [u8], delta: i64, options: PutOptions) -> StateFuture<'a, i64> {
                 (**self).increment(key, delta, options)
+            }
+            fn update_atomic<'a>(&'a self, key: &'a [u8], update: &'a dyn AtomicUpdate, input: &'a [u8]) -> StateFuture<'a, Bytes> {
+                (**self).update_atomic(key, update, input)
             }
             fn publish<'a>(&'a self, channel: &'a str, payload: Bytes) -> StateFuture<'a, ()> { (**self).publish(channel, payload) }
             fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> { (**self).subscribe(channel) }

@@ -3,6 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
+use crate::backend::atomic::AtomicUpdate;
 use crate::backend::capabilities::Capabilities;
 use crate::backend::future::StateFuture;
 use crate::backend::maintenance::MaintenanceTask;
@@ -301,6 +302,19 @@ impl<B: StateBackend> StateBackend for Namespaced<B> {
                     message
                 })
             })))
+        })
+    }
+
+    fn update_atomic<'a>(
+        &'a self,
+        key: &'a [u8],
+        update: &'a dyn AtomicUpdate,
+        input: &'a [u8],
+    ) -> StateFuture<'a, Bytes> {
+        StateFuture::new(async move {
+            self.inner
+                .update_atomic(&self.full_key(key), update, input)
+                .await
         })
     }
 

@@ -169,6 +169,16 @@ macro_rules! operation_layer {
                     self.inner().subscribe(channel)
                 })
             }
+            fn update_atomic<'a>(
+                &'a self,
+                key: &'a [u8],
+                update: &'a dyn $crate::backend::atomic::AtomicUpdate,
+                input: &'a [u8],
+            ) -> StateFuture<'a, Bytes> {
+                self.run(Operation::UpdateAtomic, move || {
+                    self.inner().update_atomic(key, update, input)
+                })
+            }
             fn watch_keys<'a>(
                 &'a self,
                 prefix: &'a [u8],

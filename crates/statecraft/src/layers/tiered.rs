@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::backend::atomic::AtomicUpdate;
 use crate::backend::capabilities::Capabilities;
 use crate::backend::clock::{Clock, MonotonicClock};
 use crate::backend::error::{Error, ErrorKind, Result};
@@ -556,6 +557,20 @@ impl StateBackend for Tiered {
         self.write(async move {
             self.written(&[key], None, || self.last().increment(key, delta, options))
                 .await
+        })
+    }
+
+    fn update_atomic<'a>(
+        &'a self,
+        key: &'a [u8],
+        update: &'a dyn AtomicUpdate,
+        input: &'a [u8],
+    ) -> StateFuture<'a, Bytes> {
+        self.write(async move {
+            self.written(&[key], None, || {
+                self.last().update_atomic(key, update, input)
+            })
+            .await
         })
     }
 

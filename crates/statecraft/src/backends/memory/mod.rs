@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 
+use crate::backend::atomic::AtomicUpdate;
 use crate::backend::capabilities::Capabilities;
 use crate::backend::clock::{expiry_after, Clock, SystemClock};
 use crate::backend::error::{Error, ErrorKind, Operation, Result};
@@ -21,6 +22,7 @@ use crate::backend::StateBackend;
 use crate::raw::counter::apply_increment;
 use crate::raw::recorder::StatsRecorder;
 
+mod atomic;
 mod pubsub;
 
 use self::pubsub::Hub;
@@ -606,6 +608,17 @@ impl StateBackend for MemoryBackend {
     ) -> StateFuture<'a, CasOutcome> {
         let timer = self.inner.stats.start();
         let result = self.inner.compare_and_swap(key, expected, new, options);
+        StateFuture::ready(self.inner.stats.write(timer, result))
+    }
+
+    fn update_atomic<'a>(
+        &'a self,
+        key: &'a [u8],
+        update: &'a dyn AtomicUpdate,
+        input: &'a [u8],
+    ) -> StateFuture<'a, Bytes> {
+        let timer = self.inner.stats.start();
+        let result = self.inner.update_atomic(key, update, input);
         StateFuture::ready(self.inner.stats.write(timer, result))
     }
 

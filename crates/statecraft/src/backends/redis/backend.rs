@@ -141,6 +141,7 @@ impl RedisBackend {
                 cas: Script::new(CAS_SCRIPT),
                 increment: Script::new(INCREMENT_SCRIPT),
                 get_with_ttl: Script::new(GET_WITH_TTL_SCRIPT),
+                scripts: Default::default(),
                 jitter: std::collections::hash_map::RandomState::new(),
                 jitter_seq: AtomicU64::new(0),
             }),

@@ -46,6 +46,8 @@ pub(super) struct Inner {
     pub(super) cas: Script,
     pub(super) increment: Script,
     pub(super) get_with_ttl: Script,
+    /// The Lua copies of the atomic updates run so far.
+    pub(super) scripts: super::atomic::Scripts,
     pub(super) jitter: std::collections::hash_map::RandomState,
     pub(super) jitter_seq: AtomicU64,
 }

@@ -16,6 +16,7 @@
 //! idempotent writes, and for the rest only when the request certainly never
 //! reached the server.
 
+mod atomic;
 mod backend;
 mod cluster;
 mod config;

@@ -8,6 +8,7 @@ use futures_util::future::try_join_all;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::{Pipeline, Value};
 
+use crate::backend::atomic::{by_compare_and_swap, AtomicUpdate};
 use crate::backend::capabilities::Capabilities;
 use crate::backend::error::{Error, ErrorKind, Operation, Result};
 use crate::backend::future::StateFuture;
@@ -330,6 +331,20 @@ impl StateBackend for RedisBackend {
 
     fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
         self.subscribe_channel(channel)
+    }
+
+    fn update_atomic<'a>(
+        &'a self,
+        key: &'a [u8],
+        update: &'a dyn AtomicUpdate,
+        input: &'a [u8],
+    ) -> StateFuture<'a, Bytes> {
+        StateFuture::new(async move {
+            match self.run_update(key, update, input).await {
+                Some(result) => result,
+                None => by_compare_and_swap(self, key, update, input).await,
+            }
+        })
     }
 
     fn watch_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, KeyChanges> {

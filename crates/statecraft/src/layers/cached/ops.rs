@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::backend::atomic::AtomicUpdate;
 use crate::backend::capabilities::Capabilities;
 use crate::backend::error::Result;
 use crate::backend::future::StateFuture;
@@ -275,6 +276,19 @@ impl<B: StateBackend + 'static> StateBackend for Cached<B> {
         self.write_key(
             key,
             self.shared.inner.increment(key, delta, options),
+            always,
+        )
+    }
+
+    fn update_atomic<'a>(
+        &'a self,
+        key: &'a [u8],
+        update: &'a dyn AtomicUpdate,
+        input: &'a [u8],
+    ) -> StateFuture<'a, Bytes> {
+        self.write_key(
+            key,
+            self.shared.inner.update_atomic(key, update, input),
             always,
         )
     }

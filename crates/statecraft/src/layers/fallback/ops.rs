@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::backend::atomic::AtomicUpdate;
 use crate::backend::capabilities::Capabilities;
 use crate::backend::error::Operation;
 use crate::backend::future::StateFuture;
@@ -225,6 +226,17 @@ impl StateBackend for Fallback {
     ) -> StateFuture<'a, i64> {
         self.write_key(Operation::Increment, key, Mark::Put, always, move |b| {
             b.increment(key, delta, options)
+        })
+    }
+
+    fn update_atomic<'a>(
+        &'a self,
+        key: &'a [u8],
+        update: &'a dyn AtomicUpdate,
+        input: &'a [u8],
+    ) -> StateFuture<'a, Bytes> {
+        self.write_key(Operation::UpdateAtomic, key, Mark::Put, always, move |b| {
+            b.update_atomic(key, update, input)
         })
     }
 

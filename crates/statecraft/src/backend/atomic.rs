@@ -1,0 +1,112 @@
+//! [`AtomicUpdate`]: a read-modify-write of one key that a primitive writes
+//! once, as a pure function, and that every store runs atomically — natively
+//! where it can ([`StateBackend::update_atomic`](crate::StateBackend::update_atomic)).
+//!
+//! This is how a distributed primitive (a breaker's transition, a limiter's
+//! step) finds a store's native path through any stack of layers: it hands
+//! the same update to whatever `Arc<dyn StateBackend>` it was given, and
+//!
+//! - the memory backend applies it under the key's lock, at its clock;
+//! - Redis runs the update's own Lua copy ([`AtomicUpdate::redis_script`])
+//!   in one round trip, at the server's clock (`TIME`);
+//! - every other store (and Redis without a script) runs the provided
+//!   compare-and-swap loop: read, apply, swap if nothing changed meanwhile,
+//!   else apply again to what is there now;
+//! - layers forward it as the write it is: [`Namespaced`](crate::Namespaced)
+//!   maps the key, [`Cached`](crate::Cached) and [`Tiered`](crate::Tiered)
+//!   drop the key from their upper tiers, [`Fallback`](crate::Fallback)
+//!   tracks it as an outage write, [`Retry`](crate::Retry) never sends it
+//!   twice when its outcome is unknown.
+//!
+//! A native copy must decide exactly what [`AtomicUpdate::apply`] decides;
+//! each primitive checks its copies against its function with differential
+//! property tests.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::backend::clock::{Clock, SystemClock};
+use crate::backend::error::Result;
+use crate::backend::options::{CasOutcome, PutOptions};
+use crate::backend::StateBackend;
+
+/// What an update does to its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AtomicWrite {
+    /// Leave the key as it is.
+    Keep,
+    /// Store `value` with `options`.
+    Put {
+        /// The new value.
+        value: Bytes,
+        /// Its TTL, as for [`put_with`](crate::StateBackend::put_with).
+        options: PutOptions,
+    },
+    /// Remove the key.
+    Delete,
+}
+
+/// What [`AtomicUpdate::apply`] decided: the write, and what the caller
+/// gets back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AtomicStep {
+    /// What happens to the key.
+    pub write: AtomicWrite,
+    /// The answer to the caller (a decision, say), returned by
+    /// [`update_atomic`](crate::StateBackend::update_atomic).
+    pub output: Bytes,
+}
+
+/// A read-modify-write of one key, decided by a pure function.
+pub trait AtomicUpdate: Send + Sync + fmt::Debug {
+    /// A short, stable name (for errors and the native scripts' cache).
+    fn name(&self) -> &'static str;
+
+    /// Decides the update from the key's current value (`None`: absent or
+    /// expired), the caller's `input` and the store's time in milliseconds
+    /// since the Unix epoch. Must be pure: the compare-and-swap path calls
+    /// it again when the key changed under it. An error writes nothing and
+    /// is returned to the caller.
+    fn apply(&self, current: Option<&[u8]>, input: &[u8], now_millis: u64) -> Result<AtomicStep>;
+
+    /// The same update as a Redis Lua script, run atomically in one round
+    /// trip: `KEYS[1]` is the key (with the backend's prefix), `ARGV[1]`
+    /// the input; it reads the time with `redis.call('TIME')`, does the
+    /// write itself and returns the output as a string. An error reply
+    /// whose message starts with `statecraft:invalid_argument` becomes an
+    /// [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error.
+    /// `None` (the default) runs the compare-and-swap path instead.
+    fn redis_script(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// The provided path of [`update_atomic`](StateBackend::update_atomic): read,
+/// apply at this process's wall clock, swap if the key is unchanged, and
+/// apply again to what is there now if it changed.
+pub(crate) async fn by_compare_and_swap<B: StateBackend + ?Sized>(
+    backend: &B,
+    key: &[u8],
+    update: &dyn AtomicUpdate,
+    input: &[u8],
+) -> Result<Bytes> {
+    let mut current = backend.get(key).await?;
+    loop {
+        let step = update.apply(current.as_deref(), input, SystemClock.now_millis())?;
+        let (new, options) = match step.write {
+            AtomicWrite::Keep => return Ok(step.output),
+            AtomicWrite::Put { value, options } => (Some(value), options),
+            AtomicWrite::Delete if current.is_none() => return Ok(step.output),
+            AtomicWrite::Delete => (None, PutOptions::new()),
+        };
+        match backend
+            .compare_and_swap(key, current.as_deref(), new, options)
+            .await?
+        {
+            CasOutcome::Swapped => return Ok(step.output),
+            CasOutcome::Conflict(now) => current = now,
+        }
+    }
+}
