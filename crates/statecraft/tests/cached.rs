@@ -112,6 +112,16 @@ async fn killed_subscription_is_noticed_and_resubscribed() {
     )
     .await;
     a.put(b"k", "v1".into()).await.expect("put");
+    // A's invalidation of `k` may reach B after B's first read has filled
+    // L1 (and drop that entry): wait for it before counting.
+    let started = Instant::now();
+    while b.stats().await.expect("stats").details["l1_invalidations_received"] == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "A's invalidation never came"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v1"[..]));
     let before = b.get_ref().stats().await.expect("stats");
     assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v1"[..]));

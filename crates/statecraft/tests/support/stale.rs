@@ -174,7 +174,18 @@ pub(crate) async fn never_stale(
         let history = histories[i].lock().await;
         let last = history.acked_before(Instant::now(), None);
         for (n, instance) in instances.iter().enumerate() {
-            let got = instance.get(&key(i)).await.expect("final read");
+            // A cut may still be on (the cutter stops after this check):
+            // a failed read is allowed, a stale one is not.
+            let started = Instant::now();
+            let got = loop {
+                match instance.get(&key(i)).await {
+                    Ok(got) => break got,
+                    Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(err) => panic!("final read of key {i} by instance {n}: {err}"),
+                }
+            };
             let position = history.position(got.as_ref());
             assert!(
                 position >= last,
