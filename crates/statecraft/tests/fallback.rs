@@ -430,6 +430,109 @@ async fn a_call_dropped_while_probing_leaves_the_outage_to_settle() {
     );
 }
 
+/// A settling dropped after its delete reached the recovered primary (on
+/// the path where the primary's breaker never opened) does not send that
+/// delete again later, over a write the primary acknowledged meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_settling_does_not_apply_its_deletes_twice() {
+    let (primary, fallback) = (Switch::new(false), Switch::new(false));
+    let chain = Fallback::builder()
+        .member(primary.clone(), Duration::from_millis(1_000))
+        .member(fallback.clone(), Duration::from_millis(1_000))
+        .health(policy())
+        .build()
+        .expect("chain");
+    chain.put(b"k", "old".into()).await.expect("put");
+    primary.down.store(true, Ordering::SeqCst);
+    chain.delete(b"k").await.expect("delete, on the fallback");
+    assert_eq!(
+        chain.health()[0],
+        Health::Healthy,
+        "one failure opens nothing"
+    );
+    primary.down.store(false, Ordering::SeqCst);
+    primary.latency_ms.store(100, Ordering::SeqCst);
+    fallback.latency_ms.store(100, Ordering::SeqCst);
+    // The get (100 ms) settles: the delete reaches the primary at 200 ms,
+    // the removal from the fallback would end at 300 ms; dropped at 250.
+    let call = tokio::time::timeout(Duration::from_millis(250), chain.get(b"x"));
+    assert!(call.await.is_err(), "dropped while settling");
+    assert_eq!(
+        primary.inner.get(b"k").await.expect("get"),
+        None,
+        "the delete reached the primary"
+    );
+    primary.latency_ms.store(0, Ordering::SeqCst);
+    fallback.latency_ms.store(0, Ordering::SeqCst);
+    chain
+        .put(b"k", "new".into())
+        .await
+        .expect("put on the primary");
+    chain.get(b"x").await.expect("settles what was left");
+    assert_eq!(
+        primary.inner.get(b"k").await.expect("get").as_deref(),
+        Some(&b"new"[..]),
+        "the acknowledged put survived the second settling"
+    );
+    assert_eq!(
+        fallback.inner.count().await.expect("count"),
+        0,
+        "nothing left on the fallback"
+    );
+}
+
+/// `update_atomic` on the fallback during an outage is settled by what the
+/// fallback holds at recovery: an update that deleted the key deletes it
+/// on the primary too; one that wrote is dropped like any outage write.
+#[tokio::test(start_paused = true)]
+async fn updates_during_an_outage_settle_by_what_they_left() {
+    use statecraft_testkit::BoundedCounter;
+    let primary = Switch::new(false);
+    let fallback = MemoryBackend::new();
+    let chain = Fallback::builder()
+        .member(primary.clone(), Duration::from_millis(100))
+        .member(fallback.clone(), Duration::from_millis(100))
+        .health(policy())
+        .build()
+        .expect("chain");
+    for key in [&b"reset-me"[..], b"counted"] {
+        let out = chain
+            .update_atomic(key, &BoundedCounter, b"5")
+            .await
+            .expect("update");
+        assert_eq!(&out[..], b"admitted 1");
+    }
+    primary.down.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        chain.get(b"x").await.expect("get");
+    }
+    let out = chain
+        .update_atomic(b"reset-me", &BoundedCounter, b"reset")
+        .await
+        .expect("update");
+    assert_eq!(&out[..], b"reset");
+    let out = chain
+        .update_atomic(b"counted", &BoundedCounter, b"5")
+        .await
+        .expect("update");
+    assert_eq!(&out[..], b"admitted 1", "counted afresh on the fallback");
+    primary.down.store(false, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_millis(1_100)).await;
+    chain.get(b"x").await.expect("the primary recovers");
+    assert_eq!(chain.health()[0], Health::Healthy);
+    assert_eq!(
+        primary.inner.get(b"reset-me").await.expect("get"),
+        None,
+        "the reset stuck"
+    );
+    assert_eq!(
+        primary.inner.get(b"counted").await.expect("get").as_deref(),
+        Some(&b"1"[..]),
+        "the outage's count was dropped (Recovery::ApplyDeletes)"
+    );
+    assert_eq!(fallback.count().await.expect("count"), 0);
+}
+
 /// Errors that say the call was wrong (not the store) do not fall back and
 /// do not count against the member's health.
 #[tokio::test]

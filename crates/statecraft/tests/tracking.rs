@@ -112,7 +112,7 @@ async fn writes_that_bypass_cached_invalidate_only_with_tracking() {
         !sees(&channel, b"k", b"v2", Duration::from_millis(300)).await,
         "the channel cannot see a write that bypassed Cached"
     );
-    // Deletes and expiry by the store are reported too.
+    // A delete by a plain client is reported too.
     plain.delete(b"k").await.expect("delete");
     let started = Instant::now();
     while tracked.get(b"k").await.expect("get").is_some() {

@@ -27,7 +27,7 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::backend::clock::{Clock, SystemClock};
-use crate::backend::error::Result;
+use crate::backend::error::{Operation, Result};
 use crate::backend::options::{CasOutcome, PutOptions};
 use crate::backend::StateBackend;
 
@@ -66,15 +66,21 @@ pub trait AtomicUpdate: Send + Sync + fmt::Debug {
 
     /// Decides the update from the key's current value (`None`: absent or
     /// expired), the caller's `input` and the store's time in milliseconds
-    /// since the Unix epoch. Must be pure: the compare-and-swap path calls
-    /// it again when the key changed under it. An error writes nothing and
-    /// is returned to the caller.
+    /// since the Unix epoch. Must be pure and quick: the compare-and-swap
+    /// path calls it again when the key changed under it, and the memory
+    /// backend calls it while it holds the key's shard lock (so it must not
+    /// call any store). An error writes nothing and is returned to the
+    /// caller.
     fn apply(&self, current: Option<&[u8]>, input: &[u8], now_millis: u64) -> Result<AtomicStep>;
 
     /// The same update as a Redis Lua script, run atomically in one round
     /// trip: `KEYS[1]` is the key (with the backend's prefix), `ARGV[1]`
-    /// the input; it reads the time with `redis.call('TIME')`, does the
-    /// write itself and returns the output as a string. An error reply
+    /// the input, `ARGV[2]` the backend's default TTL in milliseconds (`0`:
+    /// none), for a `Put` whose options leave the TTL to the backend; it
+    /// reads the time with `redis.call('TIME')`, does the write itself and
+    /// returns the output as a string. The backend's value size limit is
+    /// not checked on this path: the script must bound what it stores. An
+    /// error reply
     /// whose message starts with `statecraft:invalid_argument` becomes an
     /// [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error.
     /// `None` (the default) runs the compare-and-swap path instead.
@@ -94,7 +100,12 @@ pub(crate) async fn by_compare_and_swap<B: StateBackend + ?Sized>(
 ) -> Result<Bytes> {
     let mut current = backend.get(key).await?;
     loop {
-        let step = update.apply(current.as_deref(), input, SystemClock.now_millis())?;
+        let step = update
+            .apply(current.as_deref(), input, SystemClock.now_millis())
+            .map_err(|err| {
+                err.with_key(key)
+                    .context(backend.name(), Operation::UpdateAtomic)
+            })?;
         let (new, options) = match step.write {
             AtomicWrite::Keep => return Ok(step.output),
             AtomicWrite::Put { value, options } => (Some(value), options),

@@ -16,7 +16,6 @@ use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOpti
 use crate::backend::pubsub::Subscription;
 use crate::backend::stats::BackendStats;
 use crate::backend::transaction::{Transaction, TransactionWrite};
-use crate::backend::watch::KeyChanges;
 use crate::backend::StateBackend;
 use crate::layers::stripes::{Mark, Stripes};
 use crate::raw::recorder::{Found, StatsRecorder};
@@ -454,7 +453,9 @@ impl StateBackend for Tiered {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.last().capabilities()
+        // A change the last tier reports may still be served by an upper
+        // tier: no watch through the stack.
+        self.last().capabilities().with_key_tracking(false)
     }
 
     fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
@@ -656,10 +657,6 @@ impl StateBackend for Tiered {
 
     fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
         self.last().subscribe(channel)
-    }
-
-    fn watch_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, KeyChanges> {
-        self.last().watch_keys(prefix)
     }
 
     fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> {

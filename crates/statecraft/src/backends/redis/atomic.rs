@@ -67,7 +67,8 @@ impl RedisBackend {
             let full = self.check_key(Operation::UpdateAtomic, key)?;
             let script = inner.scripts.get(source);
             let mut invocation = script.prepare_invoke();
-            invocation.key(full.as_slice()).arg(input);
+            let default_ttl = super::inner::ttl_millis(inner.config.default_ttl).unwrap_or(0);
+            invocation.key(full.as_slice()).arg(input).arg(default_ttl);
             let invocation = &invocation;
             inner
                 .run(

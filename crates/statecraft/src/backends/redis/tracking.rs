@@ -8,7 +8,11 @@
 //! server queues a push before it answers the write that caused it, so a
 //! push reaches the watch no later than any reply sent after that write.
 //! The connection is checked with a `PING` every [`PING_EVERY`]: a watch
-//! whose connection is cut or stops answering ends with an error.
+//! whose connection is cut ends with an error at once, one that stops
+//! answering within `PING_EVERY` plus the response timeout (changes in that
+//! window are lost with it). Pushes wait in an unbounded channel only while
+//! the watch's reader is busy (a ping in flight); with an empty key prefix
+//! every change on the server is pushed.
 
 use std::time::Duration;
 
@@ -133,7 +137,16 @@ impl RedisBackend {
             };
             let deadline = inner.config.connect_timeout + inner.config.response_timeout;
             let conn = match tokio::time::timeout(deadline, open).await {
-                Ok(conn) => conn.map_err(context)?,
+                Ok(Ok(conn)) => conn,
+                // The server refused (no RESP3 before Redis 6, `CLIENT`
+                // denied by an ACL, a proxy that does not track): it cannot.
+                Ok(Err(err)) if err.kind() == ErrorKind::Backend => {
+                    return Err(context(Error::new(
+                        ErrorKind::Unsupported,
+                        format!("the server refused to track keys: {err}"),
+                    )))
+                }
+                Ok(Err(err)) => return Err(context(err)),
                 Err(_) => {
                     return Err(context(Error::new(
                         ErrorKind::Timeout,

@@ -171,9 +171,10 @@ impl<B: StateBackend> Shared<B> {
 ///
 /// # What it does not
 ///
-/// - Writes that bypass `Cached` (another client, a script, expiry in the
-///   store) are seen only when the L1 entry expires: the L1 TTL bounds
-///   their staleness.
+/// - With the layer's channel, writes that bypass `Cached` (another
+///   client, a script, expiry in the store) are seen only when the L1
+///   entry expires: the L1 TTL bounds their staleness
+///   ([`Invalidation::Tracking`] sees them).
 /// - Pub/sub is at most once. A write whose invalidation could not be
 ///   published returns an error that says it may have applied (it did:
 ///   the store has it); other instances may serve the old value until
@@ -193,9 +194,13 @@ impl<B: StateBackend> Shared<B> {
 /// report before it answers the write, so it reaches every instance about
 /// as soon as the writer's reply. A tracking connection that is reset ends
 /// the watch at once; one that goes silent is noticed by a ping within a
-/// second plus the backend's response timeout; either way L1 is suspended
-/// as above and serves again once tracking is back in place. Every
-/// instance receives every change under the prefix, cached or not.
+/// second plus the backend's response timeout — until then L1 may serve
+/// values changed in the store, as with a silent channel before its
+/// heartbeat times out; either way L1 is then suspended as above and
+/// serves again once tracking is back in place. Every instance receives
+/// every change under the prefix, cached or not. Over a stack that cannot
+/// report every change it serves (`Tiered`, `Fallback`, another `Cached`)
+/// tracking is refused at build time.
 ///
 /// ```
 /// # async fn demo() -> statecraft::Result<()> {

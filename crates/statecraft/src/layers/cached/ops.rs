@@ -14,7 +14,6 @@ use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOpti
 use crate::backend::pubsub::Subscription;
 use crate::backend::stats::BackendStats;
 use crate::backend::transaction::{Transaction, TransactionWrite};
-use crate::backend::watch::KeyChanges;
 use crate::backend::StateBackend;
 use crate::raw::recorder::Found;
 
@@ -138,7 +137,9 @@ impl<B: StateBackend + 'static> StateBackend for Cached<B> {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.shared.inner.capabilities()
+        // A change the store reports may still be served from this L1
+        // (another Cached on top would refill from it): no watch through.
+        self.shared.inner.capabilities().with_key_tracking(false)
     }
 
     #[inline]
@@ -375,10 +376,6 @@ impl<B: StateBackend + 'static> StateBackend for Cached<B> {
 
     fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
         self.shared.inner.subscribe(channel)
-    }
-
-    fn watch_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, KeyChanges> {
-        self.shared.inner.watch_keys(prefix)
     }
 
     fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> {

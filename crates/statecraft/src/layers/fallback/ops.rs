@@ -12,7 +12,6 @@ use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOpti
 use crate::backend::pubsub::Subscription;
 use crate::backend::stats::BackendStats;
 use crate::backend::transaction::{Transaction, TransactionWrite};
-use crate::backend::watch::KeyChanges;
 use crate::backend::StateBackend;
 use crate::raw::recorder::Found;
 
@@ -92,7 +91,11 @@ impl StateBackend for Fallback {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.members[0].backend.capabilities()
+        // A watch on one member misses what the others take: none.
+        self.members[0]
+            .backend
+            .capabilities()
+            .with_key_tracking(false)
     }
 
     fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
@@ -235,9 +238,13 @@ impl StateBackend for Fallback {
         update: &'a dyn AtomicUpdate,
         input: &'a [u8],
     ) -> StateFuture<'a, Bytes> {
-        self.write_key(Operation::UpdateAtomic, key, Mark::Put, always, move |b| {
-            b.update_atomic(key, update, input)
-        })
+        self.write_key(
+            Operation::UpdateAtomic,
+            key,
+            Mark::Updated,
+            always,
+            move |b| b.update_atomic(key, update, input),
+        )
     }
 
     fn transaction(&self, transaction: Transaction) -> StateFuture<'_, bool> {
@@ -298,10 +305,6 @@ impl StateBackend for Fallback {
 
     fn subscribe<'a>(&'a self, channel: &'a str) -> StateFuture<'a, Subscription> {
         self.route_read(Operation::Subscribe, NONE, move |b| b.subscribe(channel))
-    }
-
-    fn watch_keys<'a>(&'a self, prefix: &'a [u8]) -> StateFuture<'a, KeyChanges> {
-        self.route_read(Operation::WatchKeys, NONE, move |b| b.watch_keys(prefix))
     }
 
     fn maintain(&self, task: MaintenanceTask) -> StateFuture<'_, u64> {

@@ -27,6 +27,12 @@ pub(crate) enum Mark {
     /// Maybe changed it (the call failed or was dropped): removed from the
     /// fallback when settling, not applied to the recovered member.
     Touched,
+    /// Changed it in a way the chain cannot see ([`update_atomic`]: a put
+    /// or a delete): settled by what the fallback holds then — absent is
+    /// a delete, present a put.
+    ///
+    /// [`update_atomic`]: crate::StateBackend::update_atomic
+    Updated,
 }
 
 impl Mark {
@@ -36,6 +42,8 @@ impl Mark {
     fn then(self, next: Mark) -> Mark {
         match (self, next) {
             (Mark::Delete, Mark::Touched) => Mark::Delete,
+            // What the fallback holds decides either way.
+            (Mark::Updated, Mark::Touched) => Mark::Updated,
             (_, next) => next,
         }
     }
@@ -57,11 +65,12 @@ impl Outage {
     }
 }
 
-/// An outage being settled, and a copy of it that goes back to its member
-/// if the settling future is dropped (its caller timed out, say) before
-/// [`done`](Taken::done): everything is settled again at the next try
-/// (settling twice is harmless: deletes and copies are idempotent, and a
-/// key already removed from the fallback is not copied).
+/// An outage being settled, and a copy of what is still to do that goes
+/// back to its member if the settling future is dropped (its caller timed
+/// out, say) before [`done`](Taken::done). The copy shrinks as steps
+/// complete — a clear or delete that reached the recovered member is not
+/// sent there again (the member may have taken writes since) — so the next
+/// try does only what is left.
 struct Taken<'c> {
     chain: &'c Fallback,
     index: usize,
@@ -73,6 +82,36 @@ impl Taken<'_> {
     /// The settling ran to its end (what failed was restored by it).
     fn done(&mut self) {
         self.copy = None;
+    }
+
+    /// The outage's clear reached the recovered member: not again.
+    fn target_cleared(&mut self) {
+        if let Some(copy) = &mut self.copy {
+            copy.cleared = false;
+        }
+    }
+
+    /// The later member was emptied.
+    fn later_cleared(&mut self) {
+        if let Some(copy) = &mut self.copy {
+            copy.overflowed = false;
+        }
+    }
+
+    /// `key`'s delete or copy reached the recovered member: if the settling
+    /// stops now, it is only removed from the later member next time (never
+    /// applied again over writes the recovered member took since).
+    fn applied(&mut self, key: &Bytes) {
+        if let Some(mark) = self.copy.as_mut().and_then(|copy| copy.keys.get_mut(key)) {
+            *mark = Mark::Touched;
+        }
+    }
+
+    /// `key` is out of the later member: nothing is left to do for it.
+    fn removed(&mut self, key: &Bytes) {
+        if let Some(copy) = &mut self.copy {
+            copy.keys.remove(key);
+        }
     }
 }
 
@@ -126,6 +165,7 @@ impl Fallback {
         for &(key, mark) in written {
             let mark = match (uncertain, mark) {
                 (true, Mark::Put) => Mark::Touched,
+                // An uncertain update is still settled by what is there.
                 (_, mark) => mark,
             };
             if let Some(slot) = outage.keys.get_mut(key) {
@@ -214,7 +254,10 @@ impl Fallback {
             let mut cleared = outage.cleared;
             if cleared {
                 match within(target, limit, Operation::Clear, target.clear()).await {
-                    Ok(()) => cleared = false,
+                    Ok(()) => {
+                        cleared = false;
+                        taken.target_cleared();
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "fallback recovery: clear not applied")
                     }
@@ -232,8 +275,24 @@ impl Fallback {
                 complete = false;
                 continue;
             }
-            let (deleted, written): (Vec<_>, Vec<_>) = outage
-                .keys
+            let mut keys: Vec<(Bytes, Mark)> = Vec::with_capacity(outage.keys.len());
+            for (key, mark) in outage.keys {
+                if mark != Mark::Updated {
+                    keys.push((key, mark));
+                    continue;
+                }
+                let read = later.backend.get(&key);
+                match within(&*later.backend, later.timeout, Operation::Get, read).await {
+                    Ok(None) => keys.push((key, Mark::Delete)),
+                    Ok(Some(_)) => keys.push((key, Mark::Put)),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "fallback recovery: update not resolved");
+                        failed += 1;
+                        left.push((key, mark));
+                    }
+                }
+            }
+            let (deleted, written): (Vec<_>, Vec<_>) = keys
                 .into_iter()
                 .partition(|(_, mark)| *mark == Mark::Delete);
             for chunk in deleted.chunks(SETTLE_BATCH) {
@@ -248,6 +307,9 @@ impl Fallback {
                 {
                     Ok(_) => {
                         deletes_applied += keys.len() as u64;
+                        for key in &keys {
+                            taken.applied(key);
+                        }
                         settled.extend_from_slice(chunk);
                     }
                     Err(err) => {
@@ -275,6 +337,7 @@ impl Fallback {
                 match within(target, limit, Operation::Put, copy).await {
                     Ok(done) => {
                         copied += u64::from(done);
+                        taken.applied(&key);
                         settled.push((key, mark));
                     }
                     Err(err) if retry_later(&err) => {
@@ -292,7 +355,7 @@ impl Fallback {
             // Out of the later member, so that nothing resurfaces in a
             // later outage.
             if outage.overflowed {
-                if let Err(err) = within(
+                match within(
                     &*later.backend,
                     later.timeout,
                     Operation::Clear,
@@ -300,9 +363,12 @@ impl Fallback {
                 )
                 .await
                 {
-                    tracing::warn!(error = %err, "fallback recovery: fallback not cleared");
-                    self.restore(later_index, Vec::new(), true, false);
-                    complete = false;
+                    Ok(()) => taken.later_cleared(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "fallback recovery: fallback not cleared");
+                        self.restore(later_index, Vec::new(), true, false);
+                        complete = false;
+                    }
                 }
             }
             for chunk in settled.chunks(SETTLE_BATCH) {
@@ -316,12 +382,18 @@ impl Fallback {
                 )
                 .await
                 {
-                    Ok(_) => cleared_keys += keys.len() as u64,
-                    Err(_) => left.extend(
-                        chunk
-                            .iter()
-                            .map(|(key, mark)| (key.clone(), mark.then(Mark::Touched))),
-                    ),
+                    Ok(_) => {
+                        cleared_keys += keys.len() as u64;
+                        for key in &keys {
+                            taken.removed(key);
+                        }
+                    }
+                    // Applied to the recovered member already: only the
+                    // removal is left (a delete sent again could undo
+                    // writes the member takes meanwhile).
+                    Err(_) => {
+                        left.extend(chunk.iter().map(|(key, _)| (key.clone(), Mark::Touched)))
+                    }
                 }
             }
             // A recovered member that is itself a fallback now holds what
