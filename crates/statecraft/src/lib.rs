@@ -36,11 +36,13 @@
 //!   [`Timeout`], [`Metrics`], and the typed view [`Typed`];
 //! - [`raw`]: building blocks for authors of backends and layers.
 //!
-//! The coordination primitives (breakers, limiters, counters, locks) build on
-//! the contract and get a module each.
+//! The coordination primitives build on the contract and get a module
+//! each: [`breaker`] (the state machine so far); limiters, counters and
+//! locks are next.
 
 mod backend;
 mod backends;
+pub mod breaker;
 pub mod connect;
 mod layers;
 pub mod raw;
