@@ -182,11 +182,13 @@ pub fn open_duration(config: &BreakerConfig, openings: u32, entropy: u32) -> u64
     (length.saturating_add(offset).saturating_sub(spread)).max(1)
 }
 
-fn trips(config: &BreakerConfig, state: &State, tally: Tally) -> bool {
+/// Whether a closed breaker with `consecutive` failures in a row and
+/// `tally` in its window opens: the rules of `config`, in one place.
+pub(crate) fn trips(config: &BreakerConfig, consecutive: u32, tally: Tally) -> bool {
     let enough = tally.calls >= u64::from(config.min_calls);
     config
         .consecutive_failures
-        .is_some_and(|n| state.consecutive_failures >= n)
+        .is_some_and(|n| consecutive >= n)
         || config
             .failures_in_window
             .is_some_and(|n| tally.failures >= u64::from(n))
@@ -202,7 +204,7 @@ fn trips(config: &BreakerConfig, state: &State, tally: Tally) -> bool {
 
 /// Moves `state` to `phase` at `now`, starting it afresh as that phase
 /// needs; returns the transition.
-fn enter(
+pub(crate) fn enter(
     config: &BreakerConfig,
     state: &mut State,
     phase: Phase,
@@ -307,7 +309,8 @@ pub fn step(
                 };
                 state.calls.record(config, now, failed, slow);
                 let tally = state.calls.tally(config, now);
-                if state.phase == Phase::Closed && trips(config, state, tally) {
+                if state.phase == Phase::Closed && trips(config, state.consecutive_failures, tally)
+                {
                     transition = merge(transition, enter(config, state, Phase::Open, now, entropy));
                 }
             }

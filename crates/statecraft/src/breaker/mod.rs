@@ -38,12 +38,19 @@
 //! too, so that a store's copy of [`step`] decides exactly the same.
 
 mod config;
+mod fast;
+mod local;
 mod machine;
+mod permit;
 mod window;
 
+#[cfg(test)]
+mod local_tests;
 #[cfg(test)]
 mod tests;
 
 pub use config::{BreakerConfig, BreakerConfigBuilder, CloseAfter, Ratio, Window};
+pub use local::LocalBreaker;
 pub use machine::{open_duration, step, Decision, Event, Outcome, Phase, State, Step, Transition};
+pub use permit::{CallError, Permit, Rejected};
 pub use window::{Bucket, Calls, Tally};

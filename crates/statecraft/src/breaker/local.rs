@@ -1,0 +1,306 @@
+//! [`LocalBreaker`]: a breaker in this process. While closed, asking and
+//! recording are a few atomic operations (no lock, no allocation); every
+//! other decision takes a short lock and runs the state machine.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::backend::clock::{Clock, MonotonicClock};
+
+use super::config::BreakerConfig;
+use super::fast::FastWindow;
+use super::machine::{enter, step, trips, Decision, Event, Outcome, Phase, State, Transition};
+use super::permit::{Permit, Rejected};
+
+const PHASES: [Phase; 6] = [
+    Phase::Closed,
+    Phase::Open,
+    Phase::HalfOpen,
+    Phase::ForcedOpen,
+    Phase::Disabled,
+    Phase::MetricsOnly,
+];
+
+fn code(phase: Phase) -> u8 {
+    PHASES.iter().position(|p| *p == phase).unwrap_or(0) as u8
+}
+
+/// What a local breaker's permits and handles share.
+pub(super) struct Shared {
+    pub(super) name: Arc<str>,
+    pub(super) config: BreakerConfig,
+    clock: Arc<dyn Clock>,
+    /// The phase, mirrored from `state` for the lock-free paths.
+    phase: AtomicU8,
+    /// `state.open_until`, mirrored.
+    open_until: AtomicU64,
+    /// The window while CLOSED or METRICS_ONLY (`state.calls` is unused then).
+    fast: FastWindow,
+    state: Mutex<State>,
+    entropy: AtomicU64,
+    transitions: AtomicU64,
+    rejections: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn entropy(&self) -> u32 {
+        // xorshift: only its spread matters (the openings' jitter).
+        let mut x = self.entropy.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.entropy.store(x, Ordering::Relaxed);
+        (x >> 32) as u32
+    }
+
+    /// Publishes `state` to the lock-free paths after a step under the lock.
+    fn mirror(&self, state: &State, transition: Option<Transition>) {
+        if let Some(t) = transition {
+            if matches!(t.to, Phase::Closed | Phase::MetricsOnly)
+                || matches!(t.from, Phase::Closed | Phase::MetricsOnly)
+            {
+                self.fast.reset();
+            }
+            self.transitions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(breaker = %self.name, from = %t.from, to = %t.to, "breaker transition");
+        }
+        self.open_until.store(state.open_until, Ordering::Release);
+        self.phase.store(code(state.phase), Ordering::Release);
+    }
+
+    fn run(&self, event: Event) -> (Decision, Option<Transition>) {
+        let mut state = self.lock();
+        let now = self.clock.now_millis();
+        let before = state.phase;
+        let taken = step(&self.config, &mut state, event, now, self.entropy());
+        if matches!(event, Event::Reset | Event::ForceClose | Event::MetricsOnly)
+            && before == state.phase
+        {
+            // Same phase, history forgotten all the same.
+            self.fast.reset();
+        }
+        self.mirror(&state, taken.transition);
+        (taken.decision, taken.transition)
+    }
+
+    /// May a call go through now?
+    #[inline]
+    pub(super) fn acquire(&self) -> Result<bool, Rejected> {
+        match PHASES[self.phase.load(Ordering::Acquire) as usize % PHASES.len()] {
+            Phase::Closed | Phase::Disabled | Phase::MetricsOnly => return Ok(false),
+            Phase::Open => {
+                let now = self.clock.now_millis();
+                let until = self.open_until.load(Ordering::Acquire);
+                if now < until {
+                    self.rejections.fetch_add(1, Ordering::Relaxed);
+                    return Err(Rejected::new(self.name.clone(), Some(until - now)));
+                }
+            }
+            Phase::HalfOpen | Phase::ForcedOpen => {}
+        }
+        match self.run(Event::Acquire).0 {
+            Decision::Permit { probe } => Ok(probe),
+            Decision::Reject { retry_after_ms } => {
+                self.rejections.fetch_add(1, Ordering::Relaxed);
+                Err(Rejected::new(self.name.clone(), retry_after_ms))
+            }
+            Decision::Done => Ok(false),
+        }
+    }
+
+    /// Records a call's result.
+    #[inline]
+    pub(super) fn record(&self, outcome: Outcome, slow: bool, probe: bool) {
+        let phase = PHASES[self.phase.load(Ordering::Acquire) as usize % PHASES.len()];
+        // Closed, every result counts in the window (a late probe's too, as
+        // the state machine counts it).
+        if matches!(phase, Phase::Closed | Phase::MetricsOnly) {
+            if outcome == Outcome::Ignored {
+                return;
+            }
+            let now = if self.fast.needs_time() {
+                self.clock.now_millis()
+            } else {
+                0
+            };
+            let (consecutive, tally) = self.fast.record(now, outcome == Outcome::Failure, slow);
+            if phase == Phase::Closed && trips(&self.config, consecutive, tally) {
+                let mut state = self.lock();
+                if state.phase == Phase::Closed {
+                    let now = self.clock.now_millis();
+                    let transition =
+                        enter(&self.config, &mut state, Phase::Open, now, self.entropy());
+                    self.mirror(&state, transition);
+                }
+            }
+            return;
+        }
+        if phase == Phase::Disabled {
+            return;
+        }
+        self.run(Event::Record {
+            outcome,
+            slow,
+            probe,
+        });
+    }
+}
+
+/// A circuit breaker local to this process.
+///
+/// ```
+/// use std::time::Duration;
+/// use statecraft::breaker::{BreakerConfig, LocalBreaker, Phase};
+///
+/// let breaker = LocalBreaker::new("payments", BreakerConfig::builder().consecutive_failures(2).build()?);
+/// for _ in 0..2 {
+///     let permit = breaker.acquire().expect("closed");
+///     permit.failure();
+/// }
+/// assert_eq!(breaker.phase(), Phase::Open);
+/// let rejected = breaker.acquire().unwrap_err();
+/// assert!(rejected.retry_after() <= Some(Duration::from_secs(30)));
+/// # Ok::<(), statecraft::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct LocalBreaker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LocalBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBreaker")
+            .field("name", &self.shared.name)
+            .field("phase", &self.phase())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalBreaker {
+    /// A closed breaker named `name` (for errors, logs and metrics).
+    pub fn new(name: impl Into<String>, config: BreakerConfig) -> LocalBreaker {
+        Self::with_clock(name, config, MonotonicClock::new())
+    }
+
+    /// The same, reading `clock` (a [`ManualClock`](crate::ManualClock) in tests).
+    pub fn with_clock(
+        name: impl Into<String>,
+        config: BreakerConfig,
+        clock: impl Clock + 'static,
+    ) -> LocalBreaker {
+        let clock: Arc<dyn Clock> = Arc::new(clock);
+        let now = clock.now_millis();
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(now);
+            hasher.finish() | 1
+        };
+        LocalBreaker {
+            shared: Arc::new(Shared {
+                name: Arc::from(name.into()),
+                fast: FastWindow::new(&config),
+                state: Mutex::new(State::new(&config, now)),
+                config,
+                clock,
+                phase: AtomicU8::new(code(Phase::Closed)),
+                open_until: AtomicU64::new(0),
+                entropy: AtomicU64::new(seed),
+                transitions: AtomicU64::new(0),
+                rejections: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Where it is now.
+    pub fn phase(&self) -> Phase {
+        PHASES[self.shared.phase.load(Ordering::Acquire) as usize % PHASES.len()]
+    }
+
+    /// Asks to make a call: a permit that records the call's result (a
+    /// failure if it is dropped unfinished), or why not and for how long.
+    #[inline]
+    pub fn acquire(&self) -> Result<Permit<'_>, Rejected> {
+        let probe = self.shared.acquire()?;
+        Ok(Permit::new(&self.shared, probe))
+    }
+
+    /// Runs `call` if the breaker lets it through and records its result:
+    /// an `Err` is a failure, an `Ok` a success (see [`call_with`](Self::call_with)
+    /// to classify them otherwise).
+    pub async fn call<T, E, F, Fut>(&self, call: F) -> Result<T, super::permit::CallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        self.call_with(
+            |result: &Result<T, E>| match result {
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::Failure,
+            },
+            call,
+        )
+        .await
+    }
+
+    /// [`call`](Self::call) with `classify` deciding which results count
+    /// as failures and which are ignored.
+    pub async fn call_with<T, E, F, Fut, C>(
+        &self,
+        classify: C,
+        call: F,
+    ) -> Result<T, super::permit::CallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+        C: FnOnce(&Result<T, E>) -> Outcome,
+    {
+        let permit = self.acquire().map_err(super::permit::CallError::Rejected)?;
+        let result = call().await;
+        permit.record(classify(&result));
+        result.map_err(super::permit::CallError::Failed)
+    }
+
+    /// Holds the breaker open until [`force_close`](Self::force_close) or
+    /// [`reset`](Self::reset).
+    pub fn force_open(&self) {
+        self.shared.run(Event::ForceOpen);
+    }
+
+    /// Closes it, forgetting its history.
+    pub fn force_close(&self) {
+        self.shared.run(Event::ForceClose);
+    }
+
+    /// Back to a fresh closed breaker.
+    pub fn reset(&self) {
+        self.shared.run(Event::Reset);
+    }
+
+    /// Lets every call through and counts nothing.
+    pub fn disable(&self) {
+        self.shared.run(Event::Disable);
+    }
+
+    /// Lets every call through, counts, never opens.
+    pub fn metrics_only(&self) {
+        self.shared.run(Event::MetricsOnly);
+    }
+
+    /// Transitions and rejections so far.
+    pub fn figures(&self) -> (u64, u64) {
+        (
+            self.shared.transitions.load(Ordering::Relaxed),
+            self.shared.rejections.load(Ordering::Relaxed),
+        )
+    }
+}

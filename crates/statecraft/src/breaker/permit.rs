@@ -1,0 +1,152 @@
+//! Permits, rejections and the errors of a protected call.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::local::Shared;
+use super::machine::Outcome;
+
+/// Leave to make one call; record how it went with
+/// [`success`](Permit::success), [`failure`](Permit::failure),
+/// [`ignore`](Permit::ignore) or [`record`](Permit::record). A permit
+/// dropped without a result counts as a failure (a cancelled call).
+/// When slow calls count, the permit times the call from its creation.
+#[must_use = "a dropped permit records a failure"]
+pub struct Permit<'a> {
+    shared: &'a Shared,
+    probe: bool,
+    started: Option<Instant>,
+    done: bool,
+}
+
+impl<'a> Permit<'a> {
+    pub(super) fn new(shared: &'a Shared, probe: bool) -> Permit<'a> {
+        Permit {
+            started: shared.config.slow_call().map(|_| Instant::now()),
+            shared,
+            probe,
+            done: false,
+        }
+    }
+
+    /// Whether this call is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// The call worked.
+    pub fn success(self) {
+        self.record(Outcome::Success);
+    }
+
+    /// The call failed.
+    pub fn failure(self) {
+        self.record(Outcome::Failure);
+    }
+
+    /// The call says nothing about the protected resource.
+    pub fn ignore(self) {
+        self.record(Outcome::Ignored);
+    }
+
+    /// Records `outcome`.
+    pub fn record(mut self, outcome: Outcome) {
+        self.finish(outcome);
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let slow = match (self.started, self.shared.config.slow_call()) {
+            (Some(started), Some(threshold)) => started.elapsed() >= threshold,
+            _ => false,
+        };
+        self.shared.record(outcome, slow, self.probe);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.finish(Outcome::Failure);
+    }
+}
+
+impl fmt::Debug for Permit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("breaker", &&*self.shared.name)
+            .field("probe", &self.probe)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call the breaker did not let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    breaker: Arc<str>,
+    retry_after_ms: Option<u64>,
+}
+
+impl Rejected {
+    pub(super) fn new(breaker: Arc<str>, retry_after_ms: Option<u64>) -> Rejected {
+        Rejected {
+            breaker,
+            retry_after_ms,
+        }
+    }
+
+    /// The breaker's name.
+    pub fn breaker(&self) -> &str {
+        &self.breaker
+    }
+
+    /// When trying again can help (`None`: the breaker is held open until
+    /// an operator releases it) — what an HTTP handler puts in `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after_ms.map(Duration::from_millis)
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.retry_after() {
+            Some(after) => write!(
+                f,
+                "circuit breaker {:?} is open; retry after {after:?}",
+                self.breaker
+            ),
+            None => write!(f, "circuit breaker {:?} is held open", self.breaker),
+        }
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+/// Why a protected call did not return a value.
+#[derive(Debug)]
+pub enum CallError<E> {
+    /// The breaker did not let it through.
+    Rejected(Rejected),
+    /// It ran and failed.
+    Failed(E),
+}
+
+impl<E: fmt::Display> fmt::Display for CallError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Rejected(rejected) => rejected.fmt(f),
+            CallError::Failed(err) => err.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for CallError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CallError::Rejected(rejected) => Some(rejected),
+            CallError::Failed(err) => Some(err),
+        }
+    }
+}
