@@ -1,17 +1,75 @@
 //! The window of a local breaker while it is closed, in atomics: the same
 //! calls and tallies as [`Calls`](super::window::Calls), kept without a
-//! lock so that recording a call costs a few atomic adds. Exact when calls
-//! are recorded one at a time (the differential test checks it against the
-//! state machine); under contention a record may briefly count in the
-//! wrong slot, never lost from the sums of slots it landed in.
+//! lock. A count window writes nothing shared for a success once it has
+//! filled: calls are counted in per-thread stripes, and only failures and
+//! slow calls (rare while closed) note their position in a shared ring, so
+//! threads do not contend on the hot path. Exact when calls are recorded
+//! one at a time (the differential test checks it against the state
+//! machine); under contention a position may be off by the calls in flight.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::config::{millis, BreakerConfig, Window};
 use super::window::Tally;
 
-const FAILED: u8 = 1;
-const SLOW: u8 = 2;
+/// Call counters per thread stripe (a power of two).
+const STRIPES: usize = 16;
+
+thread_local! {
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// This thread's stripe.
+#[inline]
+fn stripe() -> usize {
+    STRIPE.with(|slot| {
+        let mut at = slot.get();
+        if at == usize::MAX {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            at = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            slot.set(at);
+        }
+        at
+    })
+}
+
+/// A counter on a cache line of its own.
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// Positions (1-based call numbers since the last reset) of the failures
+/// or slow calls among the last `size` calls: slot `p % size` holds `p`.
+struct Marks(Box<[AtomicU64]>);
+
+impl Marks {
+    fn new(size: usize) -> Marks {
+        Marks((0..size).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn mark(&self, position: u64) {
+        self.0[(position % self.0.len() as u64) as usize].store(position, Ordering::Relaxed);
+    }
+
+    /// The marks among calls `(total − size, total]`.
+    fn within(&self, total: u64) -> u64 {
+        let oldest = total.saturating_sub(self.0.len() as u64);
+        self.0
+            .iter()
+            .filter(|p| {
+                let p = p.load(Ordering::Relaxed);
+                p > oldest && p <= total
+            })
+            .count() as u64
+    }
+
+    fn reset(&self) {
+        for slot in self.0.iter() {
+            slot.store(0, Ordering::Relaxed);
+        }
+    }
+}
 
 /// One time bucket's counts, tagged with its start.
 #[derive(Default)]
@@ -25,10 +83,13 @@ struct Slot {
 
 enum Kind {
     Count {
-        ring: Box<[AtomicU8]>,
-        head: AtomicU64,
-        failures: AtomicU64,
-        slow: AtomicU64,
+        size: u64,
+        calls: Box<[Padded]>,
+        failures: Marks,
+        slow: Marks,
+        /// Set once `size` calls were counted: a success can no longer
+        /// bring a rate over its minimum of calls.
+        full: AtomicBool,
     },
     Time {
         slots: Box<[Slot]>,
@@ -49,10 +110,11 @@ impl FastWindow {
     pub(super) fn new(config: &BreakerConfig) -> FastWindow {
         let kind = match config.window() {
             Window::Count(n) => Kind::Count {
-                ring: (0..n).map(|_| AtomicU8::new(0)).collect(),
-                head: AtomicU64::new(0),
-                failures: AtomicU64::new(0),
-                slow: AtomicU64::new(0),
+                size: u64::from(n),
+                calls: (0..STRIPES).map(|_| Padded::default()).collect(),
+                failures: Marks::new(n as usize),
+                slow: Marks::new(n as usize),
+                full: AtomicBool::new(false),
             },
             Window::Time { size, buckets } => Kind::Time {
                 // One more than the window's buckets: the oldest one may
@@ -79,17 +141,18 @@ impl FastWindow {
         self.consecutive.store(0, Ordering::Relaxed);
         match &self.kind {
             Kind::Count {
-                ring,
-                head,
+                calls,
                 failures,
                 slow,
+                full,
+                ..
             } => {
-                for slot in ring.iter() {
-                    slot.store(0, Ordering::Relaxed);
+                for stripe in calls.iter() {
+                    stripe.0.store(0, Ordering::Relaxed);
                 }
-                head.store(0, Ordering::Relaxed);
-                failures.store(0, Ordering::Relaxed);
-                slow.store(0, Ordering::Relaxed);
+                failures.reset();
+                slow.reset();
+                full.store(false, Ordering::Relaxed);
             }
             Kind::Time { slots, newest, .. } => {
                 for slot in slots.iter() {
@@ -100,52 +163,54 @@ impl FastWindow {
         }
     }
 
-    /// Records one call at `now` (ignored for count windows); returns the
-    /// failures in a row and the window's tally after it.
+    /// Records one call at `now` (unused by count windows); returns the
+    /// failures in a row and, when a rule could trip on this call, the
+    /// window's tally after it (`None`: nothing can have tripped).
     #[inline]
-    pub(super) fn record(&self, now: u64, failed: bool, slow: bool) -> (u32, Tally) {
+    pub(super) fn record(&self, now: u64, failed: bool, slow: bool) -> (u32, Option<Tally>) {
         let consecutive = if failed {
             self.consecutive
                 .fetch_add(1, Ordering::Relaxed)
                 .saturating_add(1)
         } else {
-            self.consecutive.store(0, Ordering::Relaxed);
+            // Read first: a store would bounce the line between threads.
+            if self.consecutive.load(Ordering::Relaxed) != 0 {
+                self.consecutive.store(0, Ordering::Relaxed);
+            }
             0
         };
         let tally = match &self.kind {
             Kind::Count {
-                ring,
-                head,
+                size,
+                calls,
                 failures,
-                slow: slow_calls,
+                slow: slow_marks,
+                full,
             } => {
-                let at = head.fetch_add(1, Ordering::Relaxed);
-                let code = (u8::from(failed) * FAILED) | (u8::from(slow) * SLOW);
-                // Add first, then take the replaced call away: the sums
-                // never dip below what the ring holds.
+                // A load and a store, not an atomic add: a stripe is one
+                // thread's unless more than 16 threads record, and then a
+                // lost count only shifts a failure's position by one.
+                let own = &calls[stripe()].0;
+                own.store(own.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                // A plain success once the window is full lowers every
+                // rate: no rule can trip on it.
+                if !failed && !slow && full.load(Ordering::Relaxed) {
+                    return (consecutive, None);
+                }
+                let total: u64 = calls.iter().map(|c| c.0.load(Ordering::Relaxed)).sum();
                 if failed {
-                    failures.fetch_add(1, Ordering::Relaxed);
+                    failures.mark(total);
                 }
                 if slow {
-                    slow_calls.fetch_add(1, Ordering::Relaxed);
+                    slow_marks.mark(total);
                 }
-                let old = ring[(at % ring.len() as u64) as usize].swap(code, Ordering::Relaxed);
-                let (mut f, mut s) = (
-                    failures.load(Ordering::Relaxed),
-                    slow_calls.load(Ordering::Relaxed),
-                );
-                if at >= ring.len() as u64 {
-                    if old & FAILED != 0 {
-                        f = failures.fetch_sub(1, Ordering::Relaxed) - 1;
-                    }
-                    if old & SLOW != 0 {
-                        s = slow_calls.fetch_sub(1, Ordering::Relaxed) - 1;
-                    }
+                if total >= *size {
+                    full.store(true, Ordering::Relaxed);
                 }
                 Tally {
-                    calls: (at + 1).min(ring.len() as u64),
-                    failures: f,
-                    slow: s,
+                    calls: total.min(*size),
+                    failures: failures.within(total),
+                    slow: slow_marks.within(total),
                 }
             }
             Kind::Time { .. } => {
@@ -153,7 +218,7 @@ impl FastWindow {
                 self.time_tally(now)
             }
         };
-        (consecutive, tally)
+        (consecutive, Some(tally))
     }
 
     fn record_at(&self, now: u64, failed: bool, slow: bool) {

@@ -21,9 +21,12 @@ const PHASES: [Phase; 6] = [
     Phase::MetricsOnly,
 ];
 
-fn code(phase: Phase) -> u8 {
-    PHASES.iter().position(|p| *p == phase).unwrap_or(0) as u8
+const fn code(phase: Phase) -> u8 {
+    phase as u8
 }
+
+/// [`Phase::Closed`]'s code.
+const CLOSED: u8 = code(Phase::Closed);
 
 /// What a local breaker's permits and handles share.
 pub(super) struct Shared {
@@ -87,20 +90,26 @@ impl Shared {
         (taken.decision, taken.transition)
     }
 
-    /// May a call go through now?
+    /// May a call go through now? (Closed: one load.)
     #[inline]
     pub(super) fn acquire(&self) -> Result<bool, Rejected> {
-        match PHASES[self.phase.load(Ordering::Acquire) as usize % PHASES.len()] {
-            Phase::Closed | Phase::Disabled | Phase::MetricsOnly => return Ok(false),
-            Phase::Open => {
-                let now = self.clock.now_millis();
-                let until = self.open_until.load(Ordering::Acquire);
-                if now < until {
-                    self.rejections.fetch_add(1, Ordering::Relaxed);
-                    return Err(Rejected::new(self.name.clone(), Some(until - now)));
-                }
+        let phase = self.phase.load(Ordering::Acquire);
+        if phase == CLOSED || phase == code(Phase::Disabled) || phase == code(Phase::MetricsOnly) {
+            return Ok(false);
+        }
+        self.acquire_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn acquire_slow(&self) -> Result<bool, Rejected> {
+        if PHASES[self.phase.load(Ordering::Acquire) as usize % PHASES.len()] == Phase::Open {
+            let now = self.clock.now_millis();
+            let until = self.open_until.load(Ordering::Acquire);
+            if now < until {
+                self.rejections.fetch_add(1, Ordering::Relaxed);
+                return Err(Rejected::new(self.name.clone(), Some(until - now)));
             }
-            Phase::HalfOpen | Phase::ForcedOpen => {}
         }
         match self.run(Event::Acquire).0 {
             Decision::Permit { probe } => Ok(probe),
@@ -115,10 +124,10 @@ impl Shared {
     /// Records a call's result.
     #[inline]
     pub(super) fn record(&self, outcome: Outcome, slow: bool, probe: bool) {
-        let phase = PHASES[self.phase.load(Ordering::Acquire) as usize % PHASES.len()];
+        let phase = self.phase.load(Ordering::Acquire);
         // Closed, every result counts in the window (a late probe's too, as
         // the state machine counts it).
-        if matches!(phase, Phase::Closed | Phase::MetricsOnly) {
+        if phase == CLOSED || phase == code(Phase::MetricsOnly) {
             if outcome == Outcome::Ignored {
                 return;
             }
@@ -128,18 +137,32 @@ impl Shared {
                 0
             };
             let (consecutive, tally) = self.fast.record(now, outcome == Outcome::Failure, slow);
-            if phase == Phase::Closed && trips(&self.config, consecutive, tally) {
-                let mut state = self.lock();
-                if state.phase == Phase::Closed {
-                    let now = self.clock.now_millis();
-                    let transition =
-                        enter(&self.config, &mut state, Phase::Open, now, self.entropy());
-                    self.mirror(&state, transition);
+            if let Some(tally) = tally {
+                if phase == CLOSED && trips(&self.config, consecutive, tally) {
+                    self.trip();
                 }
             }
             return;
         }
-        if phase == Phase::Disabled {
+        self.record_slow(phase, outcome, slow, probe);
+    }
+
+    /// Opens a closed breaker whose window tripped a rule.
+    #[cold]
+    #[inline(never)]
+    fn trip(&self) {
+        let mut state = self.lock();
+        if state.phase == Phase::Closed {
+            let now = self.clock.now_millis();
+            let transition = enter(&self.config, &mut state, Phase::Open, now, self.entropy());
+            self.mirror(&state, transition);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record_slow(&self, phase: u8, outcome: Outcome, slow: bool, probe: bool) {
+        if phase == code(Phase::Disabled) {
             return;
         }
         self.run(Event::Record {
@@ -302,5 +325,17 @@ impl LocalBreaker {
             self.shared.transitions.load(Ordering::Relaxed),
             self.shared.rejections.load(Ordering::Relaxed),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_codes_index_the_table() {
+        for phase in PHASES {
+            assert_eq!(PHASES[code(phase) as usize], phase);
+        }
     }
 }

@@ -17,7 +17,6 @@ pub struct Permit<'a> {
     shared: &'a Shared,
     probe: bool,
     started: Option<Instant>,
-    done: bool,
 }
 
 impl<'a> Permit<'a> {
@@ -26,7 +25,6 @@ impl<'a> Permit<'a> {
             started: shared.config.slow_call().map(|_| Instant::now()),
             shared,
             probe,
-            done: false,
         }
     }
 
@@ -51,17 +49,22 @@ impl<'a> Permit<'a> {
     }
 
     /// Records `outcome`.
-    pub fn record(mut self, outcome: Outcome) {
-        self.finish(outcome);
+    #[inline]
+    pub fn record(self, outcome: Outcome) {
+        // Recorded here, so the drop's "cancelled" failure must not run.
+        let this = std::mem::ManuallyDrop::new(self);
+        this.finish(outcome);
     }
 
-    fn finish(&mut self, outcome: Outcome) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
-        let slow = match (self.started, self.shared.config.slow_call()) {
-            (Some(started), Some(threshold)) => started.elapsed() >= threshold,
-            _ => false,
+    #[inline]
+    fn finish(&self, outcome: Outcome) {
+        let slow = match self.started {
+            None => false,
+            Some(started) => self
+                .shared
+                .config
+                .slow_call()
+                .is_some_and(|threshold| started.elapsed() >= threshold),
         };
         self.shared.record(outcome, slow, self.probe);
     }

@@ -1,0 +1,162 @@
+//! The local breaker's CLOSED path against its peers, in one run: the
+//! `recloser` crate (a ring-buffer breaker, lock-free) and the `failsafe`
+//! crate (a state machine behind a lock), each wrapping the same trivial
+//! call that succeeds.
+//!
+//! Per-call time: 11 interleaved rounds of 2,000,000 calls per case on one
+//! thread (median per case and median per-round ratio to recloser). Then
+//! throughput with 2 threads contending on one breaker: 7 interleaved
+//! rounds of 2 × 1,000,000 calls (median calls per second and ratio to
+//! failsafe).
+//!
+//! `cargo bench -p bench-compare --bench breaker`
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use failsafe::CircuitBreaker as _;
+use statecraft::breaker::{BreakerConfig, LocalBreaker, Window};
+
+/// Under `cargo test` (no `--bench` argument) the bench runs as a quick
+/// smoke test.
+fn scale(n: usize) -> usize {
+    if std::env::args().any(|arg| arg == "--bench") {
+        n
+    } else {
+        (n / 1_000).max(10)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// failsafe's default breaker: a success rate over a time window, or
+/// consecutive failures, with a jittered back-off.
+type Failsafe = failsafe::StateMachine<
+    failsafe::failure_policy::OrElse<
+        failsafe::failure_policy::SuccessRateOverTimeWindow<failsafe::backoff::EqualJittered>,
+        failsafe::failure_policy::ConsecutiveFailures<failsafe::backoff::EqualJittered>,
+    >,
+    (),
+>;
+
+/// One breaker of each kind, set alike where they can be: open at a 50 %
+/// failure rate over the last 100 calls.
+struct Cases {
+    statecraft: LocalBreaker,
+    recloser: recloser::Recloser,
+    failsafe: Failsafe,
+}
+
+fn cases() -> Cases {
+    let config = BreakerConfig::builder()
+        .failure_rate(1, 2)
+        .window(Window::Count(100))
+        .min_calls(100)
+        .open_for(Duration::from_secs(30))
+        .build()
+        .expect("config");
+    Cases {
+        statecraft: LocalBreaker::new("bench", config),
+        recloser: recloser::Recloser::custom()
+            .error_rate(0.5)
+            .closed_len(100)
+            .open_wait(Duration::from_secs(30))
+            .build(),
+        // failsafe's own default (it has no count window).
+        failsafe: failsafe::Config::new().build(),
+    }
+}
+
+const NAMES: [&str; 3] = ["statecraft LocalBreaker", "recloser", "failsafe"];
+
+#[inline(never)]
+fn run(cases: &Cases, which: usize, calls: usize) {
+    match which {
+        0 => {
+            for i in 0..calls {
+                let permit = cases.statecraft.acquire().expect("closed");
+                black_box(i);
+                permit.success();
+            }
+        }
+        1 => {
+            for i in 0..calls {
+                let _ = black_box(cases.recloser.call(|| Ok::<_, ()>(black_box(i))));
+            }
+        }
+        _ => {
+            for i in 0..calls {
+                let _ = black_box(cases.failsafe.call(|| Ok::<_, ()>(black_box(i))));
+            }
+        }
+    }
+}
+
+fn main() {
+    let cases = cases();
+    let calls = scale(2_000_000);
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    for round in 0..11 {
+        let mut this = [0f64; 3];
+        for k in 0..3 {
+            let which = (k + round) % 3;
+            let started = Instant::now();
+            run(&cases, which, calls);
+            this[which] = started.elapsed().as_nanos() as f64 / calls as f64;
+        }
+        for which in 0..3 {
+            times[which].push(this[which]);
+            ratios[which].push(this[which] / this[1]);
+        }
+    }
+    println!("one thread, CLOSED, a call that succeeds ({calls} calls × 11 rounds):");
+    for which in 0..3 {
+        println!(
+            "  {:<24} {:>8.1} ns/call   × recloser {:.3}",
+            NAMES[which],
+            median(times[which].clone()),
+            median(ratios[which].clone()),
+        );
+    }
+    let calls = scale(1_000_000);
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut over_failsafe: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    for round in 0..7 {
+        let mut this = [0f64; 3];
+        for k in 0..3 {
+            let which = (k + round) % 3;
+            let started = Instant::now();
+            std::thread::scope(|scope| {
+                for _ in 0..2 {
+                    scope.spawn(|| run(&cases, which, calls));
+                }
+            });
+            this[which] = (2 * calls) as f64 / started.elapsed().as_secs_f64();
+        }
+        for which in 0..3 {
+            rates[which].push(this[which]);
+            over_failsafe[which].push(this[which] / this[2]);
+        }
+    }
+    println!(
+        "two threads on one breaker, CLOSED ({} calls × 7 rounds):",
+        2 * calls
+    );
+    for which in 0..3 {
+        println!(
+            "  {:<24} {:>8.2} M calls/s   × failsafe {:.2}",
+            NAMES[which],
+            median(rates[which].clone()) / 1e6,
+            median(over_failsafe[which].clone()),
+        );
+    }
+    assert_eq!(
+        cases.statecraft.figures(),
+        (0, 0),
+        "the breaker stayed closed"
+    );
+}
