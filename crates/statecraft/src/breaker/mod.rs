@@ -42,7 +42,9 @@ mod fast;
 mod local;
 mod machine;
 mod permit;
+mod shared;
 mod window;
+mod wire;
 
 #[cfg(test)]
 mod local_tests;
@@ -53,4 +55,5 @@ pub use config::{BreakerConfig, BreakerConfigBuilder, CloseAfter, Ratio, Window}
 pub use local::LocalBreaker;
 pub use machine::{open_duration, step, Decision, Event, Outcome, Phase, State, Step, Transition};
 pub use permit::{CallError, Permit, Rejected};
+pub use shared::{parse_step_output, state_ttl, step_input, BreakerStep};
 pub use window::{Bucket, Calls, Tally};

@@ -1,0 +1,125 @@
+//! The state machine as one [`AtomicUpdate`]: how a shared breaker runs
+//! [`step`](super::machine::step) in one round trip on any store — under
+//! the key's lock in memory, as its Lua copy (`step.lua`) on Redis at the
+//! server's clock, by compare-and-swap elsewhere.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite};
+use crate::backend::error::{Error, ErrorKind, Result};
+use crate::backend::options::PutOptions;
+
+use super::config::{millis, BreakerConfig, Window};
+use super::machine::{step, Event, State, Step};
+use super::wire;
+
+/// The Lua copy of [`step`], kept beside it and checked against it.
+const SCRIPT: &str = include_str!("step.lua");
+
+/// How long a shared breaker's key lives after its last write: long enough
+/// to outlast any opening, half-open wait and window, so that only a
+/// breaker nobody uses expires (and comes back closed).
+pub fn state_ttl(config: &BreakerConfig) -> Duration {
+    let window = match config.window {
+        Window::Count(_) => Duration::ZERO,
+        Window::Time { size, .. } => size,
+    };
+    let span = config.max_open_for + config.half_open_max_wait + window;
+    span.saturating_mul(2).max(Duration::from_secs(3600))
+}
+
+/// The input of one [`BreakerStep`]: the configuration, the event, the
+/// entropy (the opening's jitter), the time in milliseconds (0: the
+/// store's clock, as a shared breaker always asks; tests pass their own)
+/// and the key's TTL.
+pub fn step_input(config: &BreakerConfig, event: Event, entropy: u32, now: u64) -> String {
+    format!(
+        "{}|{}|{entropy}|{now}|{}",
+        wire::encode_config(config),
+        wire::encode_event(event),
+        millis(state_ttl(config)),
+    )
+}
+
+/// What one [`BreakerStep`] answered.
+pub fn parse_step_output(raw: &[u8]) -> Result<Step> {
+    wire::decode_output(raw).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "a breaker step answered {:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(64)])
+            ),
+        )
+    })
+}
+
+fn bad_input() -> Error {
+    Error::new(ErrorKind::InvalidArgument, "breaker step: malformed input")
+}
+
+/// [`step`] as an update of the breaker's key, for
+/// [`update_atomic`](crate::StateBackend::update_atomic): its input is
+/// [`step_input`], its output read by [`parse_step_output`]. The key holds
+/// the state as text (`b1 OPEN 1733… …`) with a TTL of [`state_ttl`], so
+/// that abandoned breakers expire.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BreakerStep;
+
+impl AtomicUpdate for BreakerStep {
+    fn name(&self) -> &'static str {
+        "breaker_step"
+    }
+
+    fn apply(&self, current: Option<&[u8]>, input: &[u8], now_millis: u64) -> Result<AtomicStep> {
+        let text = std::str::from_utf8(input).map_err(|_| bad_input())?;
+        if text.split('|').count() != 5 {
+            return Err(bad_input());
+        }
+        let mut parts = text.split('|');
+        let config = parts
+            .next()
+            .and_then(wire::decode_config)
+            .ok_or_else(bad_input)?;
+        let event = parts
+            .next()
+            .and_then(wire::decode_event)
+            .ok_or_else(bad_input)?;
+        let mut number = || parts.next().and_then(wire::digits);
+        let entropy = number()
+            .and_then(|e| u32::try_from(e).ok())
+            .ok_or_else(bad_input)?;
+        let now = match number().ok_or_else(bad_input)? {
+            0 => now_millis,
+            given => given,
+        };
+        let ttl = number().ok_or_else(bad_input)?;
+        let baseline = match current {
+            Some(raw) => raw.to_vec(),
+            None => wire::encode_state(&State::new(&config, now)).into_bytes(),
+        };
+        let mut state = current
+            .and_then(wire::decode_state)
+            .unwrap_or_else(|| State::new(&config, now));
+        let taken = step(&config, &mut state, event, now, entropy);
+        let encoded = wire::encode_state(&state);
+        let write = if encoded.as_bytes() == baseline.as_slice() {
+            AtomicWrite::Keep
+        } else {
+            AtomicWrite::Put {
+                value: Bytes::from(encoded),
+                options: PutOptions::new().ttl(Duration::from_millis(ttl.max(1))),
+            }
+        };
+        Ok(AtomicStep {
+            write,
+            output: Bytes::from(wire::encode_output(&taken)),
+        })
+    }
+
+    fn redis_script(&self) -> Option<&'static str> {
+        Some(SCRIPT)
+    }
+}
