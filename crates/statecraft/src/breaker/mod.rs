@@ -38,6 +38,7 @@
 //! too, so that a store's copy of [`step`] decides exactly the same.
 
 mod config;
+mod distributed;
 mod fast;
 mod local;
 mod machine;
@@ -52,6 +53,7 @@ mod local_tests;
 mod tests;
 
 pub use config::{BreakerConfig, BreakerConfigBuilder, CloseAfter, Ratio, Window};
+pub use distributed::{DistributedBreaker, DistributedPermit, StoreDown};
 pub use local::LocalBreaker;
 pub use machine::{open_duration, step, Decision, Event, Outcome, Phase, State, Step, Transition};
 pub use permit::{CallError, Permit, Rejected};

@@ -43,8 +43,9 @@ pub fn step_input(config: &BreakerConfig, event: Event, entropy: u32, now: u64) 
     )
 }
 
-/// What one [`BreakerStep`] answered.
-pub fn parse_step_output(raw: &[u8]) -> Result<Step> {
+/// What one [`BreakerStep`] answered, and for a probe's permit the
+/// half-open spell it belongs to (when the spell began, store ms).
+pub fn parse_step_output(raw: &[u8]) -> Result<(Step, Option<u64>)> {
     wire::decode_output(raw).ok_or_else(|| {
         Error::new(
             ErrorKind::Corrupt,
@@ -115,7 +116,7 @@ impl AtomicUpdate for BreakerStep {
         };
         Ok(AtomicStep {
             write,
-            output: Bytes::from(wire::encode_output(&taken)),
+            output: Bytes::from(wire::encode_output(&taken, &state)),
         })
     }
 

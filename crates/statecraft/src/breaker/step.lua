@@ -300,7 +300,7 @@ else
       decision = 'J-'
     elseif st.admitted < cfg.probes then
       st.admitted = st.admitted + 1
-      decision = 'P1'
+      decision = 'P1@' .. fmt(st.since)
     else
       decision = 'J' .. fmt(math.max(st.since + cfg.max_wait - now, 1))
     end

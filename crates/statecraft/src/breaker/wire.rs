@@ -6,7 +6,8 @@
 //!   successes failures WINDOW`, the window `c:CODES` (one digit per call,
 //!   oldest first: 1 failed, 2 slow, 3 both) or `t:start,calls,failures,slow;…`;
 //! - input: `CONFIG|EVENT|entropy|now|ttl_ms` (`now` 0: the store's clock);
-//! - output: `DECISION TRANSITION`: `P0`/`P1` (permit, probe), `J<ms>` or
+//! - output: `DECISION TRANSITION`: `P0`/`P1@spell` (permit; a probe names
+//!   its half-open spell by when it began), `J<ms>` or
 //!   `J-` (rejected), `D` (done); `-` or `FROM>TO`.
 
 use std::collections::VecDeque;
@@ -269,10 +270,12 @@ pub(crate) fn decode_event(text: &str) -> Option<Event> {
     })
 }
 
-/// What [`step`](super::machine::step) answered, as the script returns it.
-pub(crate) fn encode_output(step: &Step) -> String {
+/// What [`step`](super::machine::step) answered, as the script returns it;
+/// a probe's permit names its half-open spell (`P1@since`).
+pub(crate) fn encode_output(step: &Step, state: &State) -> String {
     let decision = match step.decision {
-        Decision::Permit { probe } => format!("P{}", u8::from(probe)),
+        Decision::Permit { probe: true } => format!("P1@{}", state.since),
+        Decision::Permit { probe: false } => "P0".into(),
         Decision::Reject {
             retry_after_ms: Some(ms),
         } => format!("J{ms}"),
@@ -288,12 +291,17 @@ pub(crate) fn encode_output(step: &Step) -> String {
     format!("{decision} {transition}")
 }
 
-pub(crate) fn decode_output(raw: &[u8]) -> Option<Step> {
+/// An answer read back: the step, and a probe's spell.
+pub(crate) fn decode_output(raw: &[u8]) -> Option<(Step, Option<u64>)> {
     let text = std::str::from_utf8(raw).ok()?;
     let (decision, transition) = text.split_once(' ')?;
+    let mut spell = None;
     let decision = match decision {
         "P0" => Decision::Permit { probe: false },
-        "P1" => Decision::Permit { probe: true },
+        probe if probe.starts_with("P1@") => {
+            spell = Some(digits(&probe[3..])?);
+            Decision::Permit { probe: true }
+        }
         "J-" => Decision::Reject {
             retry_after_ms: None,
         },
@@ -312,8 +320,11 @@ pub(crate) fn decode_output(raw: &[u8]) -> Option<Step> {
             })
         }
     };
-    Some(Step {
-        decision,
-        transition,
-    })
+    Some((
+        Step {
+            decision,
+            transition,
+        },
+        spell,
+    ))
 }
