@@ -9,13 +9,20 @@
 //! rounds of 2 × 1,000,000 calls (median calls per second and ratio to
 //! failsafe).
 //!
+//! Then the distributed breaker on a loopback Redis (test support): one
+//! protected call (ask + record success, two scripted round trips) against
+//! two plain GETs on one raw redis-crate connection, in 11 interleaved
+//! rounds of 2,000 each.
+//!
 //! `cargo bench -p bench-compare --bench breaker`
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use failsafe::CircuitBreaker as _;
-use statecraft::breaker::{BreakerConfig, LocalBreaker, Window};
+use statecraft::breaker::{BreakerConfig, DistributedBreaker, LocalBreaker, Window};
+use statecraft::{RedisBackend, RedisConfig, StateBackend};
+use statecraft_testkit::RedisServer;
 
 /// Under `cargo test` (no `--bench` argument) the bench runs as a quick
 /// smoke test.
@@ -159,4 +166,77 @@ fn main() {
         (0, 0),
         "the breaker stayed closed"
     );
+    distributed();
+}
+
+fn distributed() {
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let config = RedisConfig::builder()
+            .url(server.url())
+            .build()
+            .expect("config");
+        let store: std::sync::Arc<dyn StateBackend> =
+            std::sync::Arc::new(RedisBackend::new(config).await.expect("redis"));
+        let breaker = DistributedBreaker::new(
+            store,
+            "bench",
+            BreakerConfig::builder()
+                .failure_rate(1, 2)
+                .window(Window::Count(100))
+                .min_calls(100)
+                .build()
+                .expect("config"),
+        );
+        let client = redis::Client::open(server.url()).expect("client");
+        let mut raw = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("raw connection");
+        let _: () = redis::cmd("SET")
+            .arg("bench:plain")
+            .arg("v")
+            .query_async(&mut raw)
+            .await
+            .expect("set");
+        let calls = scale(2_000);
+        let (mut protected, mut plain, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..11 {
+            let mut this = [0f64; 2];
+            for k in 0..2 {
+                let which = (k + round) % 2;
+                let started = Instant::now();
+                for _ in 0..calls {
+                    if which == 0 {
+                        let permit = breaker.acquire().await.expect("closed");
+                        permit.success().await.expect("record");
+                    } else {
+                        for _ in 0..2 {
+                            let _: Option<Vec<u8>> = redis::cmd("GET")
+                                .arg("bench:plain")
+                                .query_async(&mut raw)
+                                .await
+                                .expect("get");
+                        }
+                    }
+                }
+                this[which] = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
+            }
+            protected.push(this[0]);
+            plain.push(this[1]);
+            ratios.push(this[0] / this[1]);
+        }
+        println!("distributed breaker on loopback Redis ({calls} calls × 11 rounds):");
+        println!(
+            "  protected call (ask + record)  {:>8.1} µs",
+            median(protected)
+        );
+        println!("  two plain GETs, raw client     {:>8.1} µs", median(plain));
+        println!("  ratio                          {:>8.3}", median(ratios));
+    });
 }

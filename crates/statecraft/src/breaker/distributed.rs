@@ -1,6 +1,7 @@
 //! [`DistributedBreaker`]: one breaker shared by every instance that uses
-//! the same store and name. Asking and recording are one atomic round trip
-//! each ([`BreakerStep`]: natively on Redis, at the server's clock), so the
+//! the same store and name. Asking is one read while the breaker is closed
+//! and one atomic step otherwise; recording is one atomic step
+//! ([`BreakerStep`]: natively on Redis, at the server's clock), so the
 //! half-open probe limit holds across instances and their clocks do not
 //! matter.
 
@@ -14,7 +15,7 @@ use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::StateBackend;
 
 use super::config::BreakerConfig;
-use super::machine::{Decision, Event, Outcome, State, Step};
+use super::machine::{Decision, Event, Outcome, Phase, State, Step};
 use super::permit::{CallError, Rejected};
 use super::shared::{parse_step_output, step_input, BreakerStep};
 use super::wire;
@@ -151,6 +152,16 @@ impl DistributedBreaker {
     /// answer, [`StoreDown`] decides: an uncounted permit, or a rejection
     /// without a retry time.
     pub async fn acquire(&self) -> std::result::Result<DistributedPermit<'_>, Rejected> {
+        // A closed (or disabled, or counting-only) breaker admits whatever
+        // the time: one read decides, as of that read. Only an opening that
+        // may have ended, or a probe to admit, needs the atomic step.
+        match self.read_phase().await {
+            Ok(Some(Phase::Closed | Phase::Disabled | Phase::MetricsOnly) | None) => {
+                return Ok(DistributedPermit::new(self, false, None, true))
+            }
+            Ok(Some(_)) => {}
+            Err(err) => return self.store_is_down(err),
+        }
         match self.run(Event::Acquire).await {
             Ok((step, spell)) => match step.decision {
                 Decision::Permit { probe } => Ok(DistributedPermit::new(self, probe, spell, true)),
@@ -159,13 +170,33 @@ impl DistributedBreaker {
                 }
                 Decision::Done => Ok(DistributedPermit::new(self, false, None, true)),
             },
-            Err(err) => {
-                tracing::warn!(breaker = %self.name, error = %err, "breaker store unavailable");
-                match self.store_down {
-                    StoreDown::FailOpen => Ok(DistributedPermit::new(self, false, None, false)),
-                    StoreDown::FailClosed => Err(Rejected::new(self.name.clone(), None)),
-                }
-            }
+            Err(err) => self.store_is_down(err),
+        }
+    }
+
+    fn store_is_down(&self, err: Error) -> std::result::Result<DistributedPermit<'_>, Rejected> {
+        tracing::warn!(breaker = %self.name, error = %err, "breaker store unavailable");
+        match self.store_down {
+            StoreDown::FailOpen => Ok(DistributedPermit::new(self, false, None, false)),
+            StoreDown::FailClosed => Err(Rejected::new(self.name.clone(), None)),
+        }
+    }
+
+    /// The stored phase (`None`: no state, a fresh closed breaker; a
+    /// damaged state reads as `None` too, and the next step replaces it).
+    async fn read_phase(&self) -> Result<Option<Phase>> {
+        let read = self.backend.get(&self.key);
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(raw) => Ok(raw?
+                .and_then(|raw| wire::decode_state(&raw))
+                .map(|s| s.phase)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "breaker {:?}: the store took longer than {:?}",
+                    self.name, self.timeout
+                ),
+            )),
         }
     }
 

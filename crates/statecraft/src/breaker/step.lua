@@ -89,7 +89,9 @@ end
 
 -- The window.
 local function empty()
-  if cfg.kind == 'c' then return { codes = {} } end
+  -- A count window is a string of digits, one per call (1 failed, 2 slow):
+  -- string functions do the per-call work in C.
+  if cfg.kind == 'c' then return { codes = '' } end
   return { buckets = {} }
 end
 
@@ -114,12 +116,8 @@ local function decode(raw)
   end
   local window = w[10]
   if string.sub(window, 1, 2) == 'c:' then
-    local codes = {}
-    for i = 3, #window do
-      local d = string.byte(window, i) - 48
-      if d < 0 or d > 3 then return nil end
-      codes[#codes + 1] = d
-    end
+    local codes = string.sub(window, 3)
+    if string.find(codes, '[^0-3]') then return nil end
     st.calls = { codes = codes }
   elseif string.sub(window, 1, 2) == 't:' then
     local buckets = {}
@@ -146,9 +144,7 @@ local function encode(st)
     fmt(st.consecutive), fmt(st.admitted), fmt(st.ok), fmt(st.fail) }
   local window
   if st.calls.codes then
-    local digits = {}
-    for i, d in ipairs(st.calls.codes) do digits[i] = fmt(d) end
-    window = 'c:' .. table.concat(digits)
+    window = 'c:' .. st.calls.codes
   else
     local items = {}
     for i, b in ipairs(st.calls.buckets) do
@@ -185,8 +181,9 @@ local function record(calls, at, failed, slow)
   if failed then f = 1 end
   if slow then s = 1 end
   if cfg.kind == 'c' then
-    calls.codes[#calls.codes + 1] = f + 2 * s
-    while #calls.codes > cfg.size do table.remove(calls.codes, 1) end
+    local codes = calls.codes .. string.char(48 + f + 2 * s)
+    if #codes > cfg.size then codes = string.sub(codes, -cfg.size) end
+    calls.codes = codes
   else
     local length = math.max(bucket_ms, 1)
     local start = at - at % length
@@ -204,10 +201,8 @@ local function tally(calls, at)
   local t = { calls = 0, failures = 0, slow = 0 }
   if cfg.kind == 'c' then
     t.calls = #calls.codes
-    for _, d in ipairs(calls.codes) do
-      t.failures = t.failures + d % 2
-      t.slow = t.slow + math.floor(d / 2)
-    end
+    t.failures = select(2, string.gsub(calls.codes, '[13]', ''))
+    t.slow = select(2, string.gsub(calls.codes, '[23]', ''))
   else
     for _, b in ipairs(calls.buckets) do
       t.calls, t.failures, t.slow = t.calls + b.calls, t.failures + b.failures, t.slow + b.slow
