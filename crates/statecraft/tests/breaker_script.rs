@@ -174,5 +174,13 @@ async fn bad_input_is_a_typed_error_on_both_paths() {
             "{}: {ttl:?}",
             backend.name()
         );
+        // An operator's setting does not expire.
+        let input = step_input(&config, Event::ForceOpen, 0, 0);
+        backend
+            .update_atomic(b"breaker", &BreakerStep, input.as_bytes())
+            .await
+            .expect("force open");
+        let ttl = backend.ttl(b"breaker").await.expect("ttl");
+        assert_eq!(ttl, statecraft::KeyTtl::Persistent, "{}", backend.name());
     }
 }

@@ -293,6 +293,11 @@ impl BreakerConfigBuilder {
                         "a time window of {size:?} cannot hold {buckets} buckets of at least 1 ms"
                     )));
                 }
+                if millis(size) % u64::from(buckets) != 0 || size.subsec_nanos() % 1_000_000 != 0 {
+                    return Err(invalid(format!(
+                        "a time window of {size:?} does not split into {buckets} whole-millisecond buckets"
+                    )));
+                }
             }
             Window::Count(_) => {}
         }
@@ -379,6 +384,28 @@ impl BreakerConfigBuilder {
         if millis(half_open_max_wait) == 0 {
             return Err(invalid("the half-open wait must be at least 1 ms".into()));
         }
+        // Longer spans would lose precision in a store's script (its
+        // numbers are doubles, exact to 2^53 ms with a timestamp added).
+        let longest = Duration::from_millis(1 << 40);
+        let spans = [
+            ("open_for", open_for),
+            ("the longest opening", max_open_for),
+            ("the half-open wait", half_open_max_wait),
+        ];
+        for (name, span) in spans {
+            if span > longest {
+                return Err(invalid(format!(
+                    "{name} is at most 2^40 ms (about 34 years), not {span:?}"
+                )));
+            }
+        }
+        if let Window::Time { size, .. } = window {
+            if size > longest {
+                return Err(invalid(format!(
+                    "a time window is at most 2^40 ms, not {size:?}"
+                )));
+            }
+        }
         Ok(BreakerConfig {
             window,
             min_calls,
@@ -456,6 +483,9 @@ mod tests {
         )
         .contains("at least 1 probe"));
         assert!(message(b().slow_calls(Duration::ZERO, 1, 2)).contains("slow-call threshold"));
+        assert!(message(b().failures_within(3, Duration::from_millis(1005)))
+            .contains("whole-millisecond buckets"));
+        assert!(message(b().consecutive_failures(1).backoff(2, Duration::MAX)).contains("2^40"));
     }
 
     #[test]

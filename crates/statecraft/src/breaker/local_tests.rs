@@ -187,7 +187,10 @@ fn a_dropped_permit_is_a_failure_and_calls_are_classified() {
 
 #[test]
 fn threads_on_the_fast_path_open_it_once_and_probes_stay_limited() {
-    let breaker = LocalBreaker::new(
+    // A manual clock: the opening ends only when the test says so, however
+    // late the threads are scheduled.
+    let clock = ManualClock::new(1_000_000);
+    let breaker = LocalBreaker::with_clock(
         "threads",
         BreakerConfig::builder()
             .failure_limit(50, 100)
@@ -195,6 +198,7 @@ fn threads_on_the_fast_path_open_it_once_and_probes_stay_limited() {
             .open_for(Duration::from_millis(50))
             .build()
             .expect("config"),
+        clock.clone(),
     );
     std::thread::scope(|scope| {
         for _ in 0..4 {
@@ -221,7 +225,7 @@ fn threads_on_the_fast_path_open_it_once_and_probes_stay_limited() {
     });
     assert_eq!(breaker.phase(), Phase::Open);
     assert_eq!(breaker.figures().0, 1, "opened once");
-    std::thread::sleep(Duration::from_millis(60));
+    clock.advance(Duration::from_millis(60));
     let admitted = AtomicU32::new(0);
     let barrier = Arc::new(std::sync::Barrier::new(8));
     std::thread::scope(|scope| {

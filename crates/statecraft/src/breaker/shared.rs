@@ -12,7 +12,7 @@ use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::PutOptions;
 
 use super::config::{millis, BreakerConfig, Window};
-use super::machine::{step, Event, State, Step};
+use super::machine::{step, Event, Phase, State, Step};
 use super::wire;
 
 /// The Lua copy of [`step`], kept beside it and checked against it.
@@ -26,7 +26,10 @@ pub fn state_ttl(config: &BreakerConfig) -> Duration {
         Window::Count(_) => Duration::ZERO,
         Window::Time { size, .. } => size,
     };
-    let span = config.max_open_for + config.half_open_max_wait + window;
+    let span = config
+        .max_open_for
+        .saturating_add(config.half_open_max_wait)
+        .saturating_add(window);
     span.saturating_mul(2).max(Duration::from_secs(3600))
 }
 
@@ -111,7 +114,14 @@ impl AtomicUpdate for BreakerStep {
         } else {
             AtomicWrite::Put {
                 value: Bytes::from(encoded),
-                options: PutOptions::new().ttl(Duration::from_millis(ttl.max(1))),
+                // An operator's setting stays until an operator changes it
+                // (no later step would write it again to renew a TTL).
+                options: match state.phase {
+                    Phase::ForcedOpen | Phase::Disabled | Phase::MetricsOnly => {
+                        PutOptions::new().no_expiry()
+                    }
+                    _ => PutOptions::new().ttl(Duration::from_millis(ttl.max(1))),
+                },
             }
         };
         Ok(AtomicStep {

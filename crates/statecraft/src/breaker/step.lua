@@ -49,7 +49,7 @@ local function ratio_ok(a, b) return a == 0 or (a > 0 and a <= b) end
 if cfg.kind == 'c' then
   if cfg.size < 1 then return bad() end
 elseif cfg.kind == 't' then
-  if cfg.buckets < 1 or cfg.size < cfg.buckets then return bad() end
+  if cfg.buckets < 1 or cfg.size < cfg.buckets or cfg.size % cfg.buckets ~= 0 then return bad() end
 else
   return bad()
 end
@@ -338,7 +338,12 @@ end
 
 local encoded = encode(st)
 if encoded ~= baseline then
-  redis.call('SET', KEYS[1], encoded, 'PX', math.max(ttl, 1))
+  if st.phase == 'FORCED_OPEN' or st.phase == 'DISABLED' or st.phase == 'METRICS_ONLY' then
+    -- An operator's setting stays until an operator changes it.
+    redis.call('SET', KEYS[1], encoded)
+  else
+    redis.call('SET', KEYS[1], encoded, 'PX', math.max(ttl, 1))
+  end
 end
 local moved = '-'
 if transition ~= nil then moved = transition.from .. '>' .. transition.to end

@@ -183,7 +183,7 @@ pub(crate) fn decode_config(text: &str) -> Option<BreakerConfig> {
         "c" => Window::Count(m(1).filter(|n| *n >= 1)?),
         "t" => {
             let buckets = m(2).filter(|b| *b >= 1)?;
-            let size = n(1).filter(|s| *s >= u64::from(buckets))?;
+            let size = n(1).filter(|s| *s >= u64::from(buckets) && *s % u64::from(buckets) == 0)?;
             Window::Time {
                 size: Duration::from_millis(size),
                 buckets,
