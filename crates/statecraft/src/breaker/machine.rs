@@ -166,7 +166,9 @@ pub fn open_duration(config: &BreakerConfig, openings: u32, entropy: u32) -> u64
     let base = millis(config.open_for);
     let most = millis(config.max_open_for);
     let mut length = base;
-    for _ in 1..openings {
+    // 64 rounds pass any longest opening (≤ 2^40 ms) for a multiplier ≥ 2;
+    // with 1 the length never changes: the cap changes nothing but the cost.
+    for _ in 1..openings.min(64) {
         length = length.saturating_mul(u64::from(config.backoff_multiplier));
         if length >= most {
             break;

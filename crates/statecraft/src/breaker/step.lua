@@ -225,7 +225,7 @@ end
 
 local function open_duration(openings)
   local length = cfg.open_ms
-  for _ = 2, openings do
+  for _ = 2, math.min(openings, 64) do
     length = length * cfg.mult
     if length >= cfg.max_ms then break end
   end
