@@ -15,14 +15,14 @@ use statecraft::{
     Invalidation, KeyPage, KeyTtl, ManualClock, MemoryBackend, PostgresBackend, PostgresConfig,
     PutOptions, StateBackend, StateFuture, Subscription,
 };
-use statecraft_testkit::{Fault, FaultProxy, PostgresServer, RedisServer};
+use statecraft_testkit::{FaultProxy, PostgresServer, RedisServer};
 
 #[path = "support/stale.rs"]
 mod stale;
 
 use stale::{
-    fault_free, never_stale, never_stale_with_cuts, pair, postgres, redis, redis_at, socket_of,
-    unique, until_serving,
+    cut_suspends_l1_until_back, fault_free, never_stale, never_stale_with_cuts, pair, postgres,
+    redis, redis_at, socket_of, unique, until_serving,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -154,28 +154,7 @@ async fn killed_subscription_is_noticed_and_resubscribed() {
 /// meanwhile is not served stale once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cut_subscription_suspends_l1_until_resubscribed() {
-    let server = RedisServer::shared();
-    let proxy = FaultProxy::start(socket_of(&server.url()));
-    let prefix = unique("cut-one") + ":";
-    let (a, b) = pair(
-        redis_at(&server.url(), &prefix).await,
-        redis_at(&format!("redis://{}", proxy.addr()), &prefix).await,
-        &prefix,
-        Invalidation::PubSub,
-    )
-    .await;
-    a.put(b"k", "v1".into()).await.expect("put");
-    assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v1"[..]));
-    proxy.set(Fault::Reset);
-    until_serving(&b, false).await;
-    a.put(b"k", "v2".into())
-        .await
-        .expect("put while b is cut off");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!b.is_serving(), "no L1 while it cannot resubscribe");
-    proxy.heal();
-    until_serving(&b, true).await;
-    assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v2"[..]));
+    cut_suspends_l1_until_back(Invalidation::PubSub, "cut-one").await;
 }
 
 /// A memory backend whose subscriptions can be silenced: they stay open

@@ -15,8 +15,8 @@ use statecraft_testkit::{Fault, FaultProxy, RedisServer};
 mod stale;
 
 use stale::{
-    fault_free, never_stale, never_stale_with_cuts, pair, redis, redis_at, socket_of, unique,
-    until_serving,
+    cut_suspends_l1_until_back, fault_free, never_stale, never_stale_with_cuts, pair, redis,
+    redis_at, socket_of, unique, until_serving,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -162,28 +162,7 @@ async fn tracking_follows_a_namespace() {
 /// instance cannot track again is not served stale once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cut_tracking_suspends_l1_until_tracking_again() {
-    let server = RedisServer::shared();
-    let proxy = FaultProxy::start(socket_of(&server.url()));
-    let prefix = unique("track-one") + ":";
-    let (a, b) = pair(
-        redis_at(&server.url(), &prefix).await,
-        redis_at(&format!("redis://{}", proxy.addr()), &prefix).await,
-        &prefix,
-        Invalidation::Tracking,
-    )
-    .await;
-    a.put(b"k", "v1".into()).await.expect("put");
-    assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v1"[..]));
-    proxy.set(Fault::Reset);
-    until_serving(&b, false).await;
-    a.put(b"k", "v2".into())
-        .await
-        .expect("put while b is cut off");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!b.is_serving(), "no L1 while it cannot track");
-    proxy.heal();
-    until_serving(&b, true).await;
-    assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v2"[..]));
+    cut_suspends_l1_until_back(Invalidation::Tracking, "track-one").await;
 }
 
 /// A blackholed tracking connection (open, silent) is noticed by its ping.

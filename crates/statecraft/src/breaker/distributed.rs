@@ -1,6 +1,7 @@
 //! [`DistributedBreaker`]: one breaker shared by every instance that uses
-//! the same store and name. Asking is one read while the breaker is closed
-//! and one atomic step otherwise; recording is one atomic step
+//! the same store and name. Asking is one round trip: a read while the
+//! breaker is closed, the atomic step while this instance last saw it
+//! open or half-open; recording is one atomic step
 //! ([`BreakerStep`]: natively on Redis, at the server's clock), so the
 //! half-open probe limit holds across instances and their clocks do not
 //! matter.
@@ -77,6 +78,10 @@ pub struct DistributedBreaker {
     config: Arc<BreakerConfig>,
     timeout: Duration,
     store_down: StoreDown,
+    /// Whether this instance last saw the breaker in a phase that needs
+    /// the atomic step to ask (open, half-open, forced open): then asking
+    /// skips the read and goes straight to the step, one round trip.
+    stepping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for DistributedBreaker {
@@ -105,6 +110,7 @@ impl DistributedBreaker {
             config: Arc::new(config),
             timeout: Duration::from_secs(1),
             store_down: StoreDown::FailOpen,
+            stepping: Arc::default(),
         }
     }
 
@@ -154,15 +160,25 @@ impl DistributedBreaker {
     pub async fn acquire(&self) -> std::result::Result<DistributedPermit<'_>, Rejected> {
         // A closed (or disabled, or counting-only) breaker admits whatever
         // the time: one read decides, as of that read. Only an opening that
-        // may have ended, or a probe to admit, needs the atomic step.
-        match self.read_phase().await {
-            Ok(Some(Phase::Closed | Phase::Disabled | Phase::MetricsOnly) | None) => {
-                return Ok(DistributedPermit::new(self, false, None, true))
+        // may have ended, or a probe to admit, needs the atomic step — and
+        // while this instance last saw one, it asks the step directly.
+        use std::sync::atomic::Ordering;
+        if !self.stepping.load(Ordering::Relaxed) {
+            match self.read_phase().await {
+                Ok(Some(Phase::Closed | Phase::Disabled | Phase::MetricsOnly) | None) => {
+                    return Ok(DistributedPermit::new(self, false, None, true))
+                }
+                Ok(Some(_)) => self.stepping.store(true, Ordering::Relaxed),
+                Err(err) => return self.store_is_down(err),
             }
-            Ok(Some(_)) => {}
-            Err(err) => return self.store_is_down(err),
         }
-        match self.run(Event::Acquire).await {
+        let answer = self.run(Event::Acquire).await;
+        if let Ok((step, _)) = &answer {
+            // A plain permit: closed again (or disabled): back to reading.
+            let closed = step.decision == Decision::Permit { probe: false };
+            self.stepping.store(!closed, Ordering::Relaxed);
+        }
+        match answer {
             Ok((step, spell)) => match step.decision {
                 Decision::Permit { probe } => Ok(DistributedPermit::new(self, probe, spell, true)),
                 Decision::Reject { retry_after_ms } => {

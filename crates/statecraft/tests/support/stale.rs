@@ -339,3 +339,36 @@ pub(crate) async fn until_serving(
     }
     started.elapsed()
 }
+
+/// Instance B's connections (its invalidation source included) reset
+/// through a proxy: B stops serving L1 and stays stopped while it cannot
+/// subscribe or track again; a write made meanwhile is not served stale
+/// once it is back.
+pub(crate) async fn cut_suspends_l1_until_back(invalidation: Invalidation, tag: &str) {
+    let server = RedisServer::shared();
+    let proxy = FaultProxy::start(socket_of(&server.url()));
+    let prefix = unique(tag) + ":";
+    let (a, b) = pair(
+        redis_at(&server.url(), &prefix).await,
+        redis_at(&format!("redis://{}", proxy.addr()), &prefix).await,
+        &prefix,
+        invalidation,
+    )
+    .await;
+    a.put(b"k", "v1".into()).await.expect("put");
+    assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v1"[..]));
+    proxy.set(Fault::Reset);
+    until_serving(&b, false).await;
+    a.put(b"k", "v2".into())
+        .await
+        .expect("put while b is cut off");
+    // Real connections: the retries run on the wall clock.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !b.is_serving(),
+        "no L1 while it cannot resubscribe or track"
+    );
+    proxy.heal();
+    until_serving(&b, true).await;
+    assert_eq!(b.get(b"k").await.expect("get").as_deref(), Some(&b"v2"[..]));
+}
