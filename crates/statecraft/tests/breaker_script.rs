@@ -55,11 +55,45 @@ fn config() -> impl Strategy<Value = BreakerConfig> {
         )
 }
 
+/// In generated events: a probe of the spell the stored breaker is in, or
+/// of another one (a late result), resolved when the event runs.
+const CURRENT: u64 = u64::MAX;
+const STALE: u64 = u64::MAX - 1;
+
+fn spells() -> impl Strategy<Value = Option<u64>> {
+    prop_oneof![3 => Just(None), 3 => Just(Some(CURRENT)), 1 => Just(Some(STALE))]
+}
+
+/// `event` with a generated spell made real, from the stored state's
+/// `since` (its third word).
+fn resolve(event: Event, stored: Option<&[u8]>) -> Event {
+    let since = stored
+        .and_then(|raw| std::str::from_utf8(raw).ok())
+        .and_then(|text| text.split(' ').nth(2)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    match event {
+        Event::Record {
+            outcome,
+            slow,
+            probe: Some(spell),
+        } => Event::Record {
+            outcome,
+            slow,
+            probe: Some(match spell {
+                CURRENT => since,
+                STALE => since + 1,
+                spell => spell,
+            }),
+        },
+        event => event,
+    }
+}
+
 fn event() -> impl Strategy<Value = Event> {
     let outcome = prop_oneof![3 => Just(Outcome::Success), 3 => Just(Outcome::Failure), 1 => Just(Outcome::Ignored)];
     prop_oneof![
         6 => Just(Event::Acquire),
-        6 => (outcome, any::<bool>(), any::<bool>())
+        6 => (outcome, any::<bool>(), spells())
             .prop_map(|(outcome, slow, probe)| Event::Record { outcome, slow, probe }),
         1 => prop_oneof![
             Just(Event::ForceOpen),
@@ -104,7 +138,9 @@ async fn run(
             ALIGN => now - now % 1_000 + 1_000,
             dt => now + dt,
         };
-        let input = step_input(config, *event, *entropy, now);
+        let stored = store.get(b"breaker").await.expect("get");
+        let event = resolve(*event, stored.as_deref());
+        let input = step_input(config, event, *entropy, now);
         let answer = store
             .update_atomic(b"breaker", &BreakerStep, input.as_bytes())
             .await

@@ -217,7 +217,7 @@ impl DistributedBreaker {
     }
 
     /// Records a result (one round trip).
-    async fn record(&self, outcome: Outcome, slow: bool, probe: bool) -> Result<()> {
+    async fn record(&self, outcome: Outcome, slow: bool, probe: Option<u64>) -> Result<()> {
         self.run(Event::Record {
             outcome,
             slow,
@@ -323,7 +323,7 @@ impl<'a> DistributedPermit<'a> {
     /// A probe's half-open spell: when it began (store milliseconds). All
     /// probes of one spell, on every instance, share it.
     pub fn spell(&self) -> Option<u64> {
-        self.spell
+        self.spell.filter(|_| self.probe)
     }
 
     /// Whether the store answered the request for this permit (a permit
@@ -358,7 +358,7 @@ impl<'a> DistributedPermit<'a> {
             (Some(started), Some(threshold)) => started.elapsed() >= threshold,
             _ => false,
         };
-        this.breaker.record(outcome, slow, this.probe).await
+        this.breaker.record(outcome, slow, this.spell()).await
     }
 }
 
@@ -368,7 +368,7 @@ impl Drop for DistributedPermit<'_> {
             return;
         }
         let breaker = self.breaker.clone();
-        let probe = self.probe;
+        let probe = self.spell();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {

@@ -75,7 +75,9 @@ impl Shared {
         self.phase.store(code(state.phase), Ordering::Release);
     }
 
-    fn run(&self, event: Event) -> (Decision, Option<Transition>) {
+    /// Runs `event` under the lock; also returns when the phase it left
+    /// began (a probe's half-open spell).
+    fn run(&self, event: Event) -> (Decision, Option<Transition>, u64) {
         let mut state = self.lock();
         let now = self.clock.now_millis();
         let before = state.phase;
@@ -87,22 +89,23 @@ impl Shared {
             self.fast.reset();
         }
         self.mirror(&state, taken.transition);
-        (taken.decision, taken.transition)
+        (taken.decision, taken.transition, state.since)
     }
 
-    /// May a call go through now? (Closed: one load.)
+    /// May a call go through now? A probe's permit names its spell.
+    /// (Closed: one load.)
     #[inline]
-    pub(super) fn acquire(&self) -> Result<bool, Rejected> {
+    pub(super) fn acquire(&self) -> Result<Option<u64>, Rejected> {
         let phase = self.phase.load(Ordering::Acquire);
         if phase == CLOSED || phase == code(Phase::Disabled) || phase == code(Phase::MetricsOnly) {
-            return Ok(false);
+            return Ok(None);
         }
         self.acquire_slow()
     }
 
     #[cold]
     #[inline(never)]
-    fn acquire_slow(&self) -> Result<bool, Rejected> {
+    fn acquire_slow(&self) -> Result<Option<u64>, Rejected> {
         if PHASES[self.phase.load(Ordering::Acquire) as usize % PHASES.len()] == Phase::Open {
             let now = self.clock.now_millis();
             let until = self.open_until.load(Ordering::Acquire);
@@ -111,19 +114,19 @@ impl Shared {
                 return Err(Rejected::new(self.name.clone(), Some(until - now)));
             }
         }
-        match self.run(Event::Acquire).0 {
-            Decision::Permit { probe } => Ok(probe),
-            Decision::Reject { retry_after_ms } => {
+        match self.run(Event::Acquire) {
+            (Decision::Permit { probe }, _, spell) => Ok(probe.then_some(spell)),
+            (Decision::Reject { retry_after_ms }, _, _) => {
                 self.rejections.fetch_add(1, Ordering::Relaxed);
                 Err(Rejected::new(self.name.clone(), retry_after_ms))
             }
-            Decision::Done => Ok(false),
+            (Decision::Done, _, _) => Ok(None),
         }
     }
 
     /// Records a call's result.
     #[inline]
-    pub(super) fn record(&self, outcome: Outcome, slow: bool, probe: bool) {
+    pub(super) fn record(&self, outcome: Outcome, slow: bool, probe: Option<u64>) {
         let phase = self.phase.load(Ordering::Acquire);
         // Closed, every result counts in the window (a late probe's too, as
         // the state machine counts it).
@@ -161,7 +164,7 @@ impl Shared {
 
     #[cold]
     #[inline(never)]
-    fn record_slow(&self, phase: u8, outcome: Outcome, slow: bool, probe: bool) {
+    fn record_slow(&self, phase: u8, outcome: Outcome, slow: bool, probe: Option<u64>) {
         if phase == code(Phase::Disabled) {
             return;
         }

@@ -72,7 +72,7 @@ fn config() -> impl Strategy<Value = BreakerConfig> {
     )
 }
 
-fn reference_event(op: &Op, held: &mut VecDeque<bool>) -> Option<Event> {
+fn reference_event(op: &Op, held: &mut VecDeque<Option<u64>>) -> Option<Event> {
     match op {
         Op::Acquire => Some(Event::Acquire),
         Op::Finish(outcome) => held.pop_front().map(|probe| Event::Record {
@@ -102,7 +102,7 @@ proptest! {
         let breaker = LocalBreaker::with_clock("diff", config.clone(), clock.clone());
         let mut state = State::new(&config, 1_000_000);
         let mut permits: VecDeque<Permit<'_>> = VecDeque::new();
-        let mut held: VecDeque<bool> = VecDeque::new();
+        let mut held: VecDeque<Option<u64>> = VecDeque::new();
         for op in &ops {
             let event = reference_event(op, &mut held);
             let expected = event.map(|event| step(&config, &mut state, event, clock.now_millis(), 0));
@@ -110,14 +110,17 @@ proptest! {
                 Op::Acquire => {
                     let got = breaker.acquire();
                     match (expected.map(|s| s.decision), &got) {
-                        (Some(Decision::Permit { probe }), Ok(permit)) => prop_assert_eq!(probe, permit.is_probe()),
+                        (Some(Decision::Permit { probe }), Ok(permit)) => {
+                            prop_assert_eq!(probe, permit.is_probe());
+                            prop_assert_eq!(permit.spell(), probe.then_some(state.since));
+                        }
                         (Some(Decision::Reject { retry_after_ms }), Err(rejected)) => {
                             prop_assert_eq!(retry_after_ms.map(Duration::from_millis), rejected.retry_after());
                         }
                         (want, got) => prop_assert!(false, "expected {:?}, got {:?}", want, got),
                     }
                     if let Ok(permit) = got {
-                        held.push_back(permit.is_probe());
+                        held.push_back(permit.spell());
                         permits.push_back(permit);
                     }
                 }

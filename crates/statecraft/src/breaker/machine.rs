@@ -68,8 +68,10 @@ pub enum Event {
         outcome: Outcome,
         /// Whether it took the slow-call threshold or longer.
         slow: bool,
-        /// Whether it was admitted as a half-open probe.
-        probe: bool,
+        /// For a half-open probe, the spell it was admitted in (when the
+        /// spell began, as [`State::since`] says): a probe of an earlier
+        /// spell, recorded late, changes nothing. `None` for other calls.
+        probe: Option<u64>,
     },
     /// An operator holds the breaker open.
     ForceOpen,
@@ -88,7 +90,8 @@ pub enum Event {
 pub enum Decision {
     /// The caller may call (as a half-open probe when `probe`).
     Permit {
-        /// Whether the call is a probe (record it with `probe: true`).
+        /// Whether the call is a probe (record it with `probe:
+        /// Some(state.since)`, the spell it was admitted in).
         probe: bool,
     },
     /// The caller may not; try again after this many milliseconds (`None`:
@@ -322,10 +325,10 @@ pub fn step(
             Phase::HalfOpen,
             Event::Record {
                 outcome,
-                probe: true,
+                probe: Some(spell),
                 ..
             },
-        ) => {
+        ) if spell == state.since => {
             let next = probe_result(config, state, outcome);
             if let Some(phase) = next {
                 transition = merge(transition, enter(config, state, phase, now, entropy));

@@ -20,7 +20,7 @@
 //!     .open_for(Duration::from_secs(10))
 //!     .build()?;
 //! let mut state = State::new(&config, 0);
-//! let failed = Event::Record { outcome: Outcome::Failure, slow: false, probe: false };
+//! let failed = Event::Record { outcome: Outcome::Failure, slow: false, probe: None };
 //! step(&config, &mut state, failed, 1, 0);
 //! step(&config, &mut state, failed, 2, 0);
 //! assert_eq!(state.phase, Phase::Open);

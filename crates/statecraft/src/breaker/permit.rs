@@ -15,12 +15,13 @@ use super::machine::Outcome;
 #[must_use = "a dropped permit records a failure"]
 pub struct Permit<'a> {
     shared: &'a Shared,
-    probe: bool,
+    /// A probe's half-open spell.
+    probe: Option<u64>,
     started: Option<Instant>,
 }
 
 impl<'a> Permit<'a> {
-    pub(super) fn new(shared: &'a Shared, probe: bool) -> Permit<'a> {
+    pub(super) fn new(shared: &'a Shared, probe: Option<u64>) -> Permit<'a> {
         Permit {
             started: shared.config.slow_call().map(|_| Instant::now()),
             shared,
@@ -30,6 +31,12 @@ impl<'a> Permit<'a> {
 
     /// Whether this call is a half-open probe.
     pub fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+
+    /// A probe's half-open spell: when it began (the breaker's
+    /// milliseconds). A probe's result counts only in its own spell.
+    pub fn spell(&self) -> Option<u64> {
         self.probe
     }
 

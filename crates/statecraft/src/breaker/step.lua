@@ -74,10 +74,15 @@ if ev.kind == 'R' then
   local outcomes = { s = 'success', f = 'failure', i = 'ignored' }
   ev.outcome = outcomes[e[2] or '']
   local flags = { ['0'] = false, ['1'] = true }
-  ev.slow, ev.probe = flags[e[3] or ''], flags[e[4] or '']
-  if ev.outcome == nil or ev.slow == nil or ev.probe == nil then return bad() end
+  ev.slow = flags[e[3] or '']
+  -- A probe names its half-open spell; '-' is an ordinary call.
+  if e[4] ~= '-' then
+    ev.spell = num(e[4])
+    if ev.spell == nil then return bad() end
+  end
+  if ev.outcome == nil or ev.slow == nil or #e ~= 4 then return bad() end
 elseif not (ev.kind == 'A' or ev.kind == 'FO' or ev.kind == 'FC' or ev.kind == 'RS'
-    or ev.kind == 'DI' or ev.kind == 'MO') then
+    or ev.kind == 'DI' or ev.kind == 'MO') or #e ~= 1 then
   return bad()
 end
 local entropy, now, ttl = num(parts[3]), num(parts[4]), num(parts[5])
@@ -313,7 +318,7 @@ else
         transition = merge(transition, enter(st, 'OPEN', now))
       end
     end
-  elseif st.phase == 'HALF_OPEN' and ev.probe then
+  elseif st.phase == 'HALF_OPEN' and ev.spell == st.since then
     local next_phase = nil
     if ev.outcome == 'ignored' then
       st.admitted = math.max(st.admitted - 1, 0)

@@ -11,16 +11,45 @@ fn record(outcome: Outcome) -> Event {
     Event::Record {
         outcome,
         slow: false,
-        probe: false,
+        probe: None,
     }
 }
 
-fn probe(outcome: Outcome) -> Event {
+/// A probe's result in the spell `state` is in.
+fn probe_in(state: &State, outcome: Outcome) -> Event {
     Event::Record {
         outcome,
         slow: false,
-        probe: true,
+        probe: Some(state.since),
     }
+}
+
+/// In generated events: a probe of the current spell, or of another one
+/// (a late result), resolved against the state when the event runs.
+const CURRENT: u64 = u64::MAX;
+const STALE: u64 = u64::MAX - 1;
+
+fn resolve(event: Event, state: &State) -> Event {
+    match event {
+        Event::Record {
+            outcome,
+            slow,
+            probe: Some(spell),
+        } => Event::Record {
+            outcome,
+            slow,
+            probe: Some(match spell {
+                CURRENT => state.since,
+                STALE => state.since.wrapping_add(1),
+                spell => spell,
+            }),
+        },
+        event => event,
+    }
+}
+
+fn spells() -> impl Strategy<Value = Option<u64>> {
+    prop_oneof![3 => Just(None), 3 => Just(Some(CURRENT)), 1 => Just(Some(STALE))]
 }
 
 const FAIL: Outcome = Outcome::Failure;
@@ -152,7 +181,7 @@ fn slow_calls_open_at_their_rate() {
     let slow = |outcome| Event::Record {
         outcome,
         slow: true,
-        probe: false,
+        probe: None,
     };
     let mut state = State::new(&config, 0);
     run(
@@ -221,22 +250,26 @@ fn half_open_admits_its_probes_closes_on_successes_and_backs_off() {
         Decision::Reject { .. }
     ));
     // A failed probe reopens, for twice as long; then three times capped.
-    step(&config, &mut state, probe(FAIL), 1_003, 0);
+    let event = probe_in(&state, FAIL);
+    step(&config, &mut state, event, 1_003, 0);
     assert_eq!(
         (state.phase, state.open_until),
         (Phase::Open, 1_003 + 2_000)
     );
     step(&config, &mut state, Event::Acquire, 3_003, 0);
-    step(&config, &mut state, probe(FAIL), 3_004, 0);
+    let event = probe_in(&state, FAIL);
+    step(&config, &mut state, event, 3_004, 0);
     assert_eq!(state.open_until, 3_004 + 3_000, "capped at 3 s");
     step(&config, &mut state, Event::Acquire, 6_004, 0);
     step(&config, &mut state, Event::Acquire, 6_005, 0);
-    step(&config, &mut state, probe(OK), 6_006, 0);
+    let event = probe_in(&state, OK);
+    step(&config, &mut state, event, 6_006, 0);
     assert_eq!(state.phase, Phase::HalfOpen, "one success of two");
     // A result from before the opening changes nothing.
     step(&config, &mut state, record(FAIL), 6_007, 0);
     assert_eq!(state.phase, Phase::HalfOpen);
-    let closed = step(&config, &mut state, probe(OK), 6_008, 0);
+    let event = probe_in(&state, OK);
+    let closed = step(&config, &mut state, event, 6_008, 0);
     assert_eq!(
         closed.transition,
         Some(Transition {
@@ -260,10 +293,13 @@ fn a_success_fraction_reopens_once_it_cannot_be_reached() {
     for i in 0..4 {
         step(&config, &mut state, Event::Acquire, reopen_at + i, 0);
     }
-    step(&config, &mut state, probe(OK), reopen_at + 5, 0);
-    step(&config, &mut state, probe(FAIL), reopen_at + 6, 0);
+    let event = probe_in(&state, OK);
+    step(&config, &mut state, event, reopen_at + 5, 0);
+    let event = probe_in(&state, FAIL);
+    step(&config, &mut state, event, reopen_at + 6, 0);
     assert_eq!(state.phase, Phase::HalfOpen, "3 of 4 still possible");
-    step(&config, &mut state, probe(FAIL), reopen_at + 7, 0);
+    let event = probe_in(&state, FAIL);
+    step(&config, &mut state, event, reopen_at + 7, 0);
     assert_eq!(state.phase, Phase::Open, "at most 2 of 4 now");
 }
 
@@ -295,11 +331,44 @@ fn probes_that_never_report_do_not_hold_it_half_open() {
     let mut state = State::new(&config, 0);
     step(&config, &mut state, record(FAIL), 0, 0);
     step(&config, &mut state, Event::Acquire, 1_000, 0);
-    step(&config, &mut state, probe(Outcome::Ignored), 1_001, 0);
+    let event = probe_in(&state, Outcome::Ignored);
+    step(&config, &mut state, event, 1_001, 0);
     assert_eq!(
         step(&config, &mut state, Event::Acquire, 1_002, 0).decision,
         Decision::Permit { probe: true }
     );
+}
+
+#[test]
+fn a_probe_of_an_earlier_spell_changes_nothing() {
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .open_for(Duration::from_secs(1))
+        .half_open(1, CloseAfter::Successes(1))
+        .half_open_max_wait(Duration::from_secs(5))
+        .build()
+        .expect("config");
+    let mut state = State::new(&config, 0);
+    step(&config, &mut state, record(FAIL), 0, 0);
+    step(&config, &mut state, Event::Acquire, 1_000, 0);
+    let first = probe_in(&state, FAIL);
+    step(&config, &mut state, first, 1_001, 0);
+    // The next spell begins; the first spell's probe, reported again late
+    // (a retried record), neither fails nor frees anything in it.
+    let admitted = step(&config, &mut state, Event::Acquire, 3_001, 0);
+    assert_eq!(admitted.decision, Decision::Permit { probe: true });
+    let spell = state.clone();
+    step(&config, &mut state, first, 3_002, 0);
+    let ignored_late = Event::Record {
+        outcome: Outcome::Ignored,
+        slow: false,
+        probe: Some(1_000),
+    };
+    step(&config, &mut state, ignored_late, 3_003, 0);
+    assert_eq!(state, spell, "a late probe changes nothing");
+    let success = probe_in(&state, OK);
+    let closed = step(&config, &mut state, success, 3_004, 0);
+    assert_eq!(closed.transition.map(|t| t.to), Some(Phase::Closed));
 }
 
 #[test]
@@ -408,7 +477,7 @@ fn input() -> impl Strategy<Value = Input> {
     let outcome = prop_oneof![4 => Just(OK), 4 => Just(FAIL), 1 => Just(Outcome::Ignored)];
     let event = prop_oneof![
         8 => Just(Event::Acquire),
-        8 => (outcome, any::<bool>(), any::<bool>())
+        8 => (outcome, any::<bool>(), spells())
             .prop_map(|(outcome, slow, probe)| Event::Record { outcome, slow, probe }),
         1 => prop_oneof![
             Just(Event::ForceOpen),
@@ -465,9 +534,10 @@ proptest! {
         for input in inputs {
             now = now.saturating_add_signed(input.dt);
             let before = state.clone();
-            let taken = step(&config, &mut state, input.event, now, input.entropy);
+            let event = resolve(input.event, &state);
+            let taken = step(&config, &mut state, event, now, input.entropy);
             prop_assert!(state.probes_admitted <= config.probes());
-            if before.phase == Phase::Open && input.event == Event::Acquire && now < before.open_until {
+            if before.phase == Phase::Open && event == Event::Acquire && now < before.open_until {
                 let rejected = matches!(taken.decision, Decision::Reject { retry_after_ms: Some(_) });
                 prop_assert!(rejected, "an open breaker rejects until its opening ends");
                 prop_assert_eq!(&state, &before, "a rejection changes nothing");
@@ -501,8 +571,8 @@ proptest! {
                 _ => {}
             }
             let ignored_probe = matches!(
-                input.event,
-                Event::Record { outcome: Outcome::Ignored, probe: true, .. }
+                event,
+                Event::Record { outcome: Outcome::Ignored, probe: Some(spell), .. } if spell == before.since
             );
             if before.phase == Phase::HalfOpen && state.phase == Phase::HalfOpen && ignored_probe {
                 freed += 1;
@@ -511,11 +581,11 @@ proptest! {
             // The count window against a plain list of the same calls.
             if matches!(config.window(), Window::Count(_)) {
                 let counting = matches!(before.phase, Phase::Closed | Phase::MetricsOnly);
-                let manual = !matches!(input.event, Event::Acquire | Event::Record { .. });
+                let manual = !matches!(event, Event::Acquire | Event::Record { .. });
                 if manual || !matches!(state.phase, Phase::Closed | Phase::MetricsOnly) || before.phase != state.phase {
                     reference.calls.clear();
                 }
-                if let (true, Event::Record { outcome, slow, .. }) = (counting, input.event) {
+                if let (true, Event::Record { outcome, slow, .. }) = (counting, event) {
                     if outcome != Outcome::Ignored && before.phase == state.phase {
                         reference.calls.push((outcome == Outcome::Failure, slow));
                     }

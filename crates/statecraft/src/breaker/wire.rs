@@ -229,7 +229,10 @@ pub(crate) fn encode_event(event: Event) -> String {
                 Outcome::Failure => 'f',
                 Outcome::Ignored => 'i',
             };
-            format!("R {outcome} {} {}", u8::from(slow), u8::from(probe))
+            match probe {
+                Some(spell) => format!("R {outcome} {} {spell}", u8::from(slow)),
+                None => format!("R {outcome} {} -", u8::from(slow)),
+            }
         }
         Event::ForceOpen => "FO".into(),
         Event::ForceClose => "FC".into(),
@@ -241,7 +244,7 @@ pub(crate) fn encode_event(event: Event) -> String {
 
 pub(crate) fn decode_event(text: &str) -> Option<Event> {
     let mut words = text.split(' ');
-    Some(match words.next()? {
+    let event = match words.next()? {
         "A" => Event::Acquire,
         "R" => {
             let outcome = match words.next()? {
@@ -255,10 +258,15 @@ pub(crate) fn decode_event(text: &str) -> Option<Event> {
                 "1" => Some(true),
                 _ => None,
             };
+            let slow = flag(words.next())?;
+            let probe = match words.next()? {
+                "-" => None,
+                spell => Some(digits(spell)?),
+            };
             Event::Record {
                 outcome,
-                slow: flag(words.next())?,
-                probe: flag(words.next())?,
+                slow,
+                probe,
             }
         }
         "FO" => Event::ForceOpen,
@@ -267,7 +275,8 @@ pub(crate) fn decode_event(text: &str) -> Option<Event> {
         "DI" => Event::Disable,
         "MO" => Event::MetricsOnly,
         _ => return None,
-    })
+    };
+    words.next().is_none().then_some(event)
 }
 
 /// What [`step`](super::machine::step) answered, as the script returns it;
