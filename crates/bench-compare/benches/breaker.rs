@@ -14,6 +14,15 @@
 //! two plain GETs on one raw redis-crate connection, in 11 interleaved
 //! rounds of 2,000 each.
 //!
+//! Then the same on a loopback PostgreSQL (test support): the protected
+//! call (two calls of the breaker's PL/pgSQL step) against two prepared
+//! `SELECT 1` on one raw tokio-postgres connection (the floor: two round
+//! trips), and against resilient-circuit's way as seed 004 describes it,
+//! done with the raw client: a fresh connection per call, then a
+//! transaction that reads the breaker's row `FOR UPDATE` and writes it
+//! back (11 interleaved rounds: 1,000 protected calls and floors, 100 of
+//! the fresh-connection calls).
+//!
 //! `cargo bench -p bench-compare --bench breaker`
 
 use std::hint::black_box;
@@ -21,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use failsafe::CircuitBreaker as _;
 use statecraft::breaker::{BreakerConfig, DistributedBreaker, LocalBreaker, Window};
-use statecraft::{RedisBackend, RedisConfig, StateBackend};
-use statecraft_testkit::RedisServer;
+use statecraft::{PostgresBackend, PostgresConfig, RedisBackend, RedisConfig, StateBackend};
+use statecraft_testkit::{PostgresServer, RedisServer};
 
 /// Under `cargo test` (no `--bench` argument) the bench runs as a quick
 /// smoke test.
@@ -167,6 +176,17 @@ fn main() {
         "the breaker stayed closed"
     );
     distributed();
+    distributed_postgres();
+}
+
+/// The configuration both distributed cases protect their calls with.
+fn shared_config() -> BreakerConfig {
+    BreakerConfig::builder()
+        .failure_rate(1, 2)
+        .window(Window::Count(100))
+        .min_calls(100)
+        .build()
+        .expect("config")
 }
 
 fn distributed() {
@@ -183,16 +203,7 @@ fn distributed() {
             .expect("config");
         let store: std::sync::Arc<dyn StateBackend> =
             std::sync::Arc::new(RedisBackend::new(config).await.expect("redis"));
-        let breaker = DistributedBreaker::new(
-            store,
-            "bench",
-            BreakerConfig::builder()
-                .failure_rate(1, 2)
-                .window(Window::Count(100))
-                .min_calls(100)
-                .build()
-                .expect("config"),
-        );
+        let breaker = DistributedBreaker::new(store, "bench", shared_config());
         let client = redis::Client::open(server.url()).expect("client");
         let mut raw = client
             .get_multiplexed_async_connection()
@@ -239,4 +250,118 @@ fn distributed() {
         println!("  two plain GETs, raw client     {:>8.1} µs", median(plain));
         println!("  ratio                          {:>8.3}", median(ratios));
     });
+}
+
+fn distributed_postgres() {
+    let server = PostgresServer::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let url = server.url();
+        let config = PostgresConfig::builder()
+            .url(url.as_str())
+            .build()
+            .expect("config");
+        let store: std::sync::Arc<dyn StateBackend> =
+            std::sync::Arc::new(PostgresBackend::new(config).await.expect("postgres"));
+        let breaker = DistributedBreaker::new(store, "bench", shared_config());
+        let (raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("raw connection");
+        tokio::spawn(connection);
+        let select = raw.prepare("SELECT 1").await.expect("prepare");
+        raw.batch_execute(
+            "CREATE TABLE IF NOT EXISTS rc_circuit_breakers (
+                resource_key text PRIMARY KEY, state text NOT NULL,
+                failure_count int8 NOT NULL, open_until timestamptz,
+                updated_at timestamptz NOT NULL);
+             INSERT INTO rc_circuit_breakers VALUES ('bench', 'CLOSED', 0, NULL, now())
+             ON CONFLICT DO NOTHING;",
+        )
+        .await
+        .expect("resilient-circuit's table");
+        let calls = scale(1_000);
+        let fresh_calls = scale(100);
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
+        for round in 0..11 {
+            for k in 0..3 {
+                let which = (k + round) % 3;
+                let started = Instant::now();
+                let n = if which == 2 { fresh_calls } else { calls };
+                for _ in 0..n {
+                    match which {
+                        0 => {
+                            let permit = breaker.acquire().await.expect("closed");
+                            permit.success().await.expect("record");
+                        }
+                        1 => {
+                            for _ in 0..2 {
+                                black_box(raw.query_one(&select, &[]).await.expect("select"));
+                            }
+                        }
+                        _ => fresh_connection_call(&url).await,
+                    }
+                }
+                times[which].push(started.elapsed().as_secs_f64() * 1e6 / n as f64);
+            }
+        }
+        let ratios = |of: usize, to: usize| {
+            median(
+                times[of]
+                    .iter()
+                    .zip(&times[to])
+                    .map(|(a, b)| a / b)
+                    .collect(),
+            )
+        };
+        println!("distributed breaker on loopback PostgreSQL ({calls} calls × 11 rounds):");
+        println!(
+            "  protected call (ask + record)  {:>8.1} µs",
+            median(times[0].clone())
+        );
+        println!(
+            "  two prepared SELECT 1, raw     {:>8.1} µs   protected × {:.3}",
+            median(times[1].clone()),
+            ratios(0, 1)
+        );
+        println!(
+            "  fresh connection + FOR UPDATE  {:>8.1} µs   × protected {:.1}",
+            median(times[2].clone()),
+            ratios(2, 0)
+        );
+    });
+}
+
+/// One call as resilient-circuit makes it (seed 004): a new connection, the
+/// breaker's row read `FOR UPDATE`, written back, committed.
+async fn fresh_connection_call(url: &str) {
+    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let task = tokio::spawn(connection);
+    let tx = client.transaction().await.expect("begin");
+    let row = tx
+        .query_one(
+            "SELECT state, failure_count, open_until FROM rc_circuit_breakers
+             WHERE resource_key = $1 FOR UPDATE",
+            &[&"bench"],
+        )
+        .await
+        .expect("read");
+    let state: String = row.get(0);
+    black_box(state);
+    // A success: the count starts again.
+    tx.execute(
+        "UPDATE rc_circuit_breakers SET failure_count = 0, updated_at = now()
+         WHERE resource_key = $1",
+        &[&"bench"],
+    )
+    .await
+    .expect("write");
+    tx.commit().await.expect("commit");
+    drop(client);
+    let _ = task.await;
 }

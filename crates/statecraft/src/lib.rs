@@ -47,7 +47,7 @@ pub mod connect;
 mod layers;
 pub mod raw;
 
-pub use backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite};
+pub use backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite, PostgresNative};
 pub use backend::capabilities::Capabilities;
 pub use backend::checkpoint;
 pub use backend::clock::{Clock, ManualClock, MonotonicClock, SystemClock};

@@ -1,6 +1,6 @@
-//! The distributed breaker across OS processes sharing one Redis: the
-//! half-open probe limit holds cluster-wide (4 processes × 64 tasks, every
-//! probe logged with its spell), instances created while it is open never
+//! The distributed breaker across OS processes sharing one Redis (or one
+//! PostgreSQL): the half-open probe limit holds cluster-wide (4 processes
+//! × 64 tasks, every probe logged with its spell), instances created while it is open never
 //! reset it, a deleted key is a fresh closed breaker, and a killed store
 //! fails open or closed, as configured, within the timeout.
 
@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use statecraft::breaker::{BreakerConfig, CloseAfter, DistributedBreaker, Phase, StoreDown};
-use statecraft::{RedisBackend, RedisConfig, StateBackend};
-use statecraft_testkit::RedisServer;
+use statecraft::{PostgresBackend, PostgresConfig, RedisBackend, RedisConfig, StateBackend};
+use statecraft_testkit::{PostgresServer, RedisServer};
 
 const CHILD: &str = "STATECRAFT_BREAKER_CHILD";
 
@@ -35,6 +35,20 @@ async fn redis(url: &str) -> Arc<dyn StateBackend> {
     Arc::new(RedisBackend::new(config).await.expect("redis"))
 }
 
+/// The store at `url`: Redis, or PostgreSQL in a table every process of
+/// this test binary shares.
+async fn store(url: &str) -> Arc<dyn StateBackend> {
+    if !url.starts_with("postgres") {
+        return redis(url).await;
+    }
+    let config = PostgresConfig::builder()
+        .url(url)
+        .table("breaker_processes")
+        .build()
+        .expect("config");
+    Arc::new(PostgresBackend::new(config).await.expect("postgres"))
+}
+
 /// A child process: `mode|url|name|millis`.
 async fn child(spec: &str) {
     let parts: Vec<&str> = spec.split('|').collect();
@@ -42,7 +56,7 @@ async fn child(spec: &str) {
     let millis: u64 = parts[3].parse().expect("millis");
     // Ends the test harness's "test … " line: what follows is ours.
     println!();
-    let store = redis(url).await;
+    let store = store(url).await;
     match mode {
         // 64 tasks hammer the breaker, failing every call; each probe is
         // printed with its spell.
@@ -142,13 +156,28 @@ async fn probes_stay_limited_across_processes() {
     if let Ok(spec) = std::env::var(CHILD) {
         return child(&spec).await;
     }
-    let url = RedisServer::shared().url();
-    let name = unique("probes");
-    let lines = children(
+    probes_stay_limited(
         "probes_stay_limited_across_processes",
-        4,
-        &format!("probes|{url}|{name}|2500"),
+        &RedisServer::shared().url(),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_stay_limited_across_processes_on_postgres() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child(&spec).await;
+    }
+    probes_stay_limited(
+        "probes_stay_limited_across_processes_on_postgres",
+        &PostgresServer::shared().url(),
+    );
+}
+
+/// 4 processes × 64 tasks fail every call for 2.5 s: no half-open spell
+/// admits more than its 2 probes.
+fn probes_stay_limited(test: &str, url: &str) {
+    let name = unique("probes");
+    let lines = children(test, 4, &format!("probes|{url}|{name}|2500"));
     let mut spells: HashMap<u64, u32> = HashMap::new();
     for line in &lines {
         if let Some(spell) = line.strip_prefix("probe ") {

@@ -461,3 +461,67 @@ async fn bad_configurations_are_typed_errors() {
         .await;
     assert_eq!(err.err().map(|e| e.kind()), Some(ErrorKind::Unsupported));
 }
+
+/// An atomic update's read-only input (a breaker's peek) goes to the store
+/// as the read it is: nothing dropped from L1, no invalidation published;
+/// the same update's writing input drops the key and tells the others.
+#[tokio::test]
+async fn a_read_only_atomic_update_drops_and_publishes_nothing() {
+    use statecraft::breaker::{step_input, BreakerConfig, BreakerStep, Event, PEEK};
+    let store = MemoryBackend::new();
+    let cached = Cached::builder(store.clone())
+        .build()
+        .await
+        .expect("cached");
+    let figure = |stats: &BackendStats, name: &str| stats.details.get(name).copied().unwrap_or(0);
+    let key = b"breaker:payments";
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .build()
+        .expect("config");
+    let fail = step_input(
+        &config,
+        "payments",
+        Event::Record {
+            outcome: statecraft::breaker::Outcome::Failure,
+            slow: false,
+            probe: None,
+        },
+        0,
+        0,
+    );
+    cached
+        .update_atomic(key, &BreakerStep, fail.as_bytes())
+        .await
+        .expect("step");
+    let stored = cached.get(key).await.expect("get").expect("a state");
+    let before = cached.stats().await.expect("stats");
+    let peeked = cached
+        .update_atomic(key, &BreakerStep, PEEK)
+        .await
+        .expect("peek");
+    assert_eq!(peeked, stored, "the peek reads the store");
+    assert_eq!(cached.get(key).await.expect("get"), Some(stored));
+    let after = cached.stats().await.expect("stats");
+    assert_eq!(
+        figure(&after, "l1_hits"),
+        figure(&before, "l1_hits") + 1,
+        "the entry was kept"
+    );
+    assert_eq!(
+        figure(&after, "l1_invalidations_published"),
+        figure(&before, "l1_invalidations_published")
+    );
+    // The writing form drops it and says so.
+    let reset = step_input(&config, "payments", Event::Reset, 0, 0);
+    cached
+        .update_atomic(key, &BreakerStep, reset.as_bytes())
+        .await
+        .expect("reset");
+    assert_ne!(cached.get(key).await.expect("get"), Some(peeked));
+    let last = cached.stats().await.expect("stats");
+    assert_eq!(figure(&last, "l1_hits"), figure(&after, "l1_hits"));
+    assert!(
+        figure(&last, "l1_invalidations_published") > figure(&after, "l1_invalidations_published")
+    );
+}

@@ -9,14 +9,18 @@
 //! - the memory backend applies it under the key's lock, at its clock;
 //! - Redis runs the update's own Lua copy ([`AtomicUpdate::redis_script`])
 //!   in one round trip, at the server's clock (`TIME`);
-//! - every other store (and Redis without a script) runs the provided
+//! - PostgreSQL runs the update's own objects and statement
+//!   ([`AtomicUpdate::postgres`]) in one round trip, at the server's clock
+//!   (`clock_timestamp()`);
+//! - every other store (and Redis or PostgreSQL without a copy) runs the provided
 //!   compare-and-swap loop: read, apply, swap if nothing changed meanwhile,
 //!   else apply again to what is there now;
 //! - layers forward it as the write it is: [`Namespaced`](crate::Namespaced)
 //!   maps the key, [`Cached`](crate::Cached) and [`Tiered`](crate::Tiered)
 //!   drop the key from their upper tiers, [`Fallback`](crate::Fallback)
 //!   tracks it as an outage write, [`Retry`](crate::Retry) never sends it
-//!   twice when its outcome is unknown.
+//!   twice when its outcome is unknown. An input that only reads
+//!   ([`AtomicUpdate::reads_only`]) goes through as the read it is.
 //!
 //! A native copy must decide exactly what [`AtomicUpdate::apply`] decides;
 //! each primitive checks its copies against its function with differential
@@ -87,6 +91,52 @@ pub trait AtomicUpdate: Send + Sync + fmt::Debug {
     fn redis_script(&self) -> Option<&'static str> {
         None
     }
+
+    /// The same update as PostgreSQL objects and one statement (see
+    /// [`PostgresNative`]), run in one round trip at the server's clock.
+    /// `None` (the default) runs the compare-and-swap path instead.
+    fn postgres(&self) -> Option<PostgresNative> {
+        None
+    }
+
+    /// Whether this `input` only reads (its step is always
+    /// [`Keep`](AtomicWrite::Keep)): layers then pass it through as a
+    /// read — [`Cached`](crate::Cached) and [`Tiered`](crate::Tiered) send
+    /// it to the authoritative store without dropping anything,
+    /// [`Fallback`](crate::Fallback) routes it as a read. A native copy
+    /// that keeps its state outside the key-value table (a PostgreSQL
+    /// update with a table of its own) is read this way, not by `get`.
+    fn reads_only(&self, input: &[u8]) -> bool {
+        let _ = input;
+        false
+    }
+}
+
+/// An [`AtomicUpdate`]'s native form on PostgreSQL.
+///
+/// In both texts `@name@` stands for the identifier `"<table>_name"` (the
+/// backend's table name, with its schema if it has one), so that each
+/// table's objects are its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostgresNative {
+    /// SQL that creates what the statement needs, run once per backend
+    /// before the first call, in a transaction under the migrations'
+    /// advisory lock: it must be idempotent (`CREATE TABLE IF NOT EXISTS`,
+    /// `CREATE OR REPLACE FUNCTION`).
+    pub setup: &'static str,
+    /// One statement that runs the update: `$1` is the key (`bytea`),
+    /// `$2` the input (`text`: the input must be UTF-8), `$3` the
+    /// backend's default TTL in milliseconds (`int8`, 0: none). It returns
+    /// one row of one `text` column, the output, and reads the time with
+    /// `clock_timestamp()`. An error raised with SQLSTATE `22023` becomes
+    /// an [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error.
+    pub call: &'static str,
+    /// A statement that deletes the update's expired rows, run with the
+    /// backend's own purge ([`PostgresBackend::purge_expired`] and the
+    /// purge task) once the update is set up; `None`: it keeps no rows.
+    ///
+    /// [`PostgresBackend::purge_expired`]: crate::PostgresBackend::purge_expired
+    pub purge: Option<&'static str>,
 }
 
 /// The provided path of [`update_atomic`](StateBackend::update_atomic): read,

@@ -1,10 +1,10 @@
 //! [`DistributedBreaker`]: one breaker shared by every instance that uses
-//! the same store and name. Asking is one round trip: a read while the
-//! breaker is closed, the atomic step while this instance last saw it
-//! open or half-open; recording is one atomic step
-//! ([`BreakerStep`]: natively on Redis, at the server's clock), so the
-//! half-open probe limit holds across instances and their clocks do not
-//! matter.
+//! the same store and name. Asking is one round trip: the step's read-only
+//! form ([`PEEK`]) while the breaker is closed, the atomic step while this
+//! instance last saw it open or half-open; recording is one atomic step
+//! ([`BreakerStep`]: natively on Redis and PostgreSQL, at the server's
+//! clock), so the half-open probe limit holds across instances and their
+//! clocks do not matter.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use crate::backend::StateBackend;
 use super::config::BreakerConfig;
 use super::machine::{Decision, Event, Outcome, Phase, State, Step};
 use super::permit::{CallError, Rejected};
-use super::shared::{parse_step_output, step_input, BreakerStep};
+use super::shared::{parse_step_output, step_input, BreakerStep, PEEK};
 use super::wire;
 
 /// What a shared breaker does when its store cannot answer in time.
@@ -95,8 +95,9 @@ impl std::fmt::Debug for DistributedBreaker {
 }
 
 impl DistributedBreaker {
-    /// The breaker `name` in `backend` (its key is `breaker:<name>`), with
-    /// a 1 s store timeout, failing open.
+    /// The breaker `name` in `backend` (its key is `breaker:<name>`; on
+    /// PostgreSQL its row in the table `<table>_breakers`), with a 1 s
+    /// store timeout, failing open.
     pub fn new(
         backend: Arc<dyn StateBackend>,
         name: impl Into<String>,
@@ -137,7 +138,7 @@ impl DistributedBreaker {
     }
 
     async fn run(&self, event: Event) -> Result<(Step, Option<u64>)> {
-        let input = step_input(&self.config, event, entropy(), 0);
+        let input = step_input(&self.config, &self.name, event, entropy(), 0);
         let update = self
             .backend
             .update_atomic(&self.key, &BreakerStep, input.as_bytes());
@@ -159,7 +160,8 @@ impl DistributedBreaker {
     /// without a retry time.
     pub async fn acquire(&self) -> std::result::Result<DistributedPermit<'_>, Rejected> {
         // A closed (or disabled, or counting-only) breaker admits whatever
-        // the time: one read decides, as of that read. Only an opening that
+        // the time: one read (the step's read-only form) decides, as of
+        // that read. Only an opening that
         // may have ended, or a probe to admit, needs the atomic step — and
         // while this instance last saw one, it asks the step directly.
         use std::sync::atomic::Ordering;
@@ -201,19 +203,7 @@ impl DistributedBreaker {
     /// The stored phase (`None`: no state, a fresh closed breaker; a
     /// damaged state reads as `None` too, and the next step replaces it).
     async fn read_phase(&self) -> Result<Option<Phase>> {
-        let read = self.backend.get(&self.key);
-        match tokio::time::timeout(self.timeout, read).await {
-            Ok(raw) => Ok(raw?
-                .and_then(|raw| wire::decode_state(&raw))
-                .map(|s| s.phase)),
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "breaker {:?}: the store took longer than {:?}",
-                    self.name, self.timeout
-                ),
-            )),
-        }
+        Ok(self.state().await?.map(|s| s.phase))
     }
 
     /// Records a result (one round trip).
@@ -246,12 +236,21 @@ impl DistributedBreaker {
         result.map_err(CallError::Failed)
     }
 
-    /// The shared state now (`None`: never written, or expired: closed).
+    /// The shared state now (`None`: never written, or expired: closed),
+    /// read in one round trip by the step's read-only form (a store's
+    /// native copy may keep it outside the key-value table).
     pub async fn state(&self) -> Result<Option<State>> {
-        let raw = tokio::time::timeout(self.timeout, self.backend.get(&self.key))
-            .await
-            .map_err(|_| Error::new(ErrorKind::Timeout, "breaker state: the store timed out"))??;
-        Ok(raw.and_then(|raw| wire::decode_state(&raw)))
+        let read = self.backend.update_atomic(&self.key, &BreakerStep, PEEK);
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(raw) => Ok(wire::decode_state(&raw?)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "breaker {:?}: the store took longer than {:?}",
+                    self.name, self.timeout
+                ),
+            )),
+        }
     }
 
     /// Holds it open for every instance.

@@ -57,5 +57,5 @@ pub use distributed::{DistributedBreaker, DistributedPermit, StoreDown};
 pub use local::LocalBreaker;
 pub use machine::{open_duration, step, Decision, Event, Outcome, Phase, State, Step, Transition};
 pub use permit::{CallError, Permit, Rejected};
-pub use shared::{parse_step_output, state_ttl, step_input, BreakerStep};
+pub use shared::{decode_state, parse_step_output, state_ttl, step_input, BreakerStep, PEEK};
 pub use window::{Bucket, Calls, Tally};

@@ -1,13 +1,14 @@
 //! The state machine as one [`AtomicUpdate`]: how a shared breaker runs
 //! [`step`](super::machine::step) in one round trip on any store — under
 //! the key's lock in memory, as its Lua copy (`step.lua`) on Redis at the
-//! server's clock, by compare-and-swap elsewhere.
+//! server's clock, as its PL/pgSQL copy (`step.sql`) on PostgreSQL in a
+//! table of its own at the server's clock, by compare-and-swap elsewhere.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite};
+use crate::backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite, PostgresNative};
 use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::PutOptions;
 
@@ -17,6 +18,17 @@ use super::wire;
 
 /// The Lua copy of [`step`], kept beside it and checked against it.
 const SCRIPT: &str = include_str!("step.lua");
+
+/// The PL/pgSQL copy, and the readable table it keeps breakers in.
+const POSTGRES: PostgresNative = PostgresNative {
+    setup: include_str!("step.sql"),
+    call: "SELECT @breaker_step@($1, $2, $3)",
+    purge: Some("DELETE FROM @breakers@ WHERE expires_at <= clock_timestamp()"),
+};
+
+/// The input of a [`BreakerStep`] that only reads the stored state: its
+/// output is the state's text (empty: none), as [`decode_state`] reads it.
+pub const PEEK: &[u8] = b"?";
 
 /// How long a shared breaker's key lives after its last write: long enough
 /// to outlast any opening, half-open wait and window, so that only a
@@ -35,15 +47,26 @@ pub fn state_ttl(config: &BreakerConfig) -> Duration {
 
 /// The input of one [`BreakerStep`]: the configuration, the event, the
 /// entropy (the opening's jitter), the time in milliseconds (0: the
-/// store's clock, as a shared breaker always asks; tests pass their own)
-/// and the key's TTL.
-pub fn step_input(config: &BreakerConfig, event: Event, entropy: u32, now: u64) -> String {
+/// store's clock, as a shared breaker always asks; tests pass their own),
+/// the key's TTL and the breaker's name (for a store's readable table).
+pub fn step_input(
+    config: &BreakerConfig,
+    name: &str,
+    event: Event,
+    entropy: u32,
+    now: u64,
+) -> String {
     format!(
-        "{}|{}|{entropy}|{now}|{}",
+        "{}|{}|{entropy}|{now}|{}|{name}",
         wire::encode_config(config),
         wire::encode_event(event),
         millis(state_ttl(config)),
     )
+}
+
+/// A stored state's text read back (`None`: damaged, or not a breaker's).
+pub fn decode_state(raw: &[u8]) -> Option<State> {
+    wire::decode_state(raw)
 }
 
 /// What one [`BreakerStep`] answered, and for a probe's permit the
@@ -78,11 +101,18 @@ impl AtomicUpdate for BreakerStep {
     }
 
     fn apply(&self, current: Option<&[u8]>, input: &[u8], now_millis: u64) -> Result<AtomicStep> {
+        if input == PEEK {
+            return Ok(AtomicStep {
+                write: AtomicWrite::Keep,
+                output: current.map(Bytes::copy_from_slice).unwrap_or_default(),
+            });
+        }
         let text = std::str::from_utf8(input).map_err(|_| bad_input())?;
-        if text.split('|').count() != 5 {
+        // The name, last, may hold any character.
+        if text.splitn(6, '|').count() != 6 {
             return Err(bad_input());
         }
-        let mut parts = text.split('|');
+        let mut parts = text.splitn(6, '|');
         let config = parts
             .next()
             .and_then(wire::decode_config)
@@ -132,5 +162,13 @@ impl AtomicUpdate for BreakerStep {
 
     fn redis_script(&self) -> Option<&'static str> {
         Some(SCRIPT)
+    }
+
+    fn postgres(&self) -> Option<PostgresNative> {
+        Some(POSTGRES)
+    }
+
+    fn reads_only(&self, input: &[u8]) -> bool {
+        input == PEEK
     }
 }

@@ -1,7 +1,10 @@
 -- statecraft: the breaker's step, a copy of breaker::machine::step in Lua
 -- (state, input and output as breaker::wire writes them). Checked against
 -- the Rust function by tests/breaker_script.rs. KEYS[1]: the breaker's key;
--- ARGV[1]: CONFIG|EVENT|entropy|now|ttl_ms (now 0: the server's clock).
+-- ARGV[1]: CONFIG|EVENT|entropy|now|ttl_ms|name (now 0: the server's clock),
+-- or '?' to read the stored state.
+
+if ARGV[1] == '?' then return redis.call('GET', KEYS[1]) or '' end
 
 local U32 = 4294967295
 
@@ -29,8 +32,9 @@ end
 
 local function fmt(n) return string.format('%d', n) end
 
+-- Six fields; the name, last, may itself hold '|'.
 local parts = split(ARGV[1], '|')
-if #parts ~= 5 then return bad() end
+if #parts < 6 then return bad() end
 local c = split(parts[1], ' ')
 if #c ~= 19 then return bad() end
 local cfg = {

@@ -567,6 +567,10 @@ impl StateBackend for Tiered {
         update: &'a dyn AtomicUpdate,
         input: &'a [u8],
     ) -> StateFuture<'a, Bytes> {
+        if update.reads_only(input) {
+            // The last tier holds the truth and the upper tiers nothing of it.
+            return self.last().update_atomic(key, update, input);
+        }
         self.write(async move {
             self.written(&[key], None, || {
                 self.last().update_atomic(key, update, input)

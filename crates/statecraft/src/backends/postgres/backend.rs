@@ -9,6 +9,7 @@ use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+use crate::backend::atomic::{by_compare_and_swap, AtomicUpdate};
 use crate::backend::capabilities::Capabilities;
 use crate::backend::error::{Error, ErrorKind, Operation, Result};
 use crate::backend::future::StateFuture;
@@ -104,6 +105,7 @@ impl PostgresBackend {
             sql: Sql::new(&config.table),
             pg_config,
             stats: StatsRecorder::new(),
+            natives: Default::default(),
             config,
         });
         inner.run(Operation::Migrate, None, migrate(&inner)).await?;
@@ -386,6 +388,27 @@ impl StateBackend for PostgresBackend {
                     "the value kept changing under compare_and_swap",
                 )
                 .temporary(true))
+            }),
+        )
+    }
+
+    fn update_atomic<'a>(
+        &'a self,
+        key: &'a [u8],
+        update: &'a dyn AtomicUpdate,
+        input: &'a [u8],
+    ) -> StateFuture<'a, Bytes> {
+        let Some(native) = update.postgres() else {
+            return StateFuture::new(by_compare_and_swap(self, key, update, input));
+        };
+        let inner = &*self.inner;
+        StateFuture::new(
+            inner.write_op(Operation::UpdateAtomic, Some(key), async move {
+                inner
+                    .config
+                    .limits
+                    .check_key(NAME, Operation::UpdateAtomic, key)?;
+                inner.run_native(update, native, key, input).await
             }),
         )
     }

@@ -21,14 +21,20 @@ impl Inner {
                 .map_err(pg_error)?;
             purged += n;
             if n < 10_000 {
-                return Ok(purged);
+                break;
             }
         }
+        // The native updates' own tables (a breaker's row, say).
+        for sql in self.natives.purges() {
+            purged += client.execute(&sql, &[]).await.map_err(pg_error)?;
+        }
+        Ok(purged)
     }
 }
 
 impl PostgresBackend {
-    /// Deletes expired rows now; returns how many.
+    /// Deletes expired rows now (also those of the native atomic updates'
+    /// tables set up so far); returns how many.
     pub async fn purge_expired(&self) -> Result<u64> {
         let inner = &self.inner;
         inner.run(Operation::Maintenance, None, inner.purge()).await

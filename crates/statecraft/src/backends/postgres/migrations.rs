@@ -21,7 +21,7 @@ fn migrations(table: &str) -> Vec<String> {
 }
 
 /// The advisory lock every migrating instance takes first.
-const MIGRATION_LOCK: i64 = 0x5354_4154_4543_5246; // "STATECRF"
+pub(super) const MIGRATION_LOCK: i64 = 0x5354_4154_4543_5246; // "STATECRF"
 
 pub(super) async fn migrate(inner: &Inner) -> Result<()> {
     let mut client = inner.client().await?.into_object();

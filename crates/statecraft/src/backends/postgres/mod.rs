@@ -13,6 +13,7 @@ mod config;
 mod errors;
 mod maintenance;
 mod migrations;
+mod native;
 mod pool;
 mod pubsub;
 mod sql;

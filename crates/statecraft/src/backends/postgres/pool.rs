@@ -137,6 +137,8 @@ pub(super) struct Inner {
     pub(super) config: PostgresConfig,
     pub(super) pg_config: tokio_postgres::Config,
     pub(super) stats: StatsRecorder,
+    /// The native atomic updates set up so far.
+    pub(super) natives: super::native::Natives,
 }
 
 impl Inner {

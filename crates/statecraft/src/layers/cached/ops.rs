@@ -287,6 +287,10 @@ impl<B: StateBackend + 'static> StateBackend for Cached<B> {
         update: &'a dyn AtomicUpdate,
         input: &'a [u8],
     ) -> StateFuture<'a, Bytes> {
+        if update.reads_only(input) {
+            // A read of state L1 never holds: straight to the store.
+            return self.shared.inner.update_atomic(key, update, input);
+        }
         self.write_key(
             key,
             self.shared.inner.update_atomic(key, update, input),

@@ -238,6 +238,11 @@ impl StateBackend for Fallback {
         update: &'a dyn AtomicUpdate,
         input: &'a [u8],
     ) -> StateFuture<'a, Bytes> {
+        if update.reads_only(input) {
+            return self.route_read(Operation::UpdateAtomic, NONE, move |b| {
+                b.update_atomic(key, update, input)
+            });
+        }
         self.write_key(
             Operation::UpdateAtomic,
             key,

@@ -1,0 +1,174 @@
+//! Native atomic updates: an [`AtomicUpdate`]'s own PostgreSQL objects,
+//! installed once per backend, and its one statement.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use tokio_postgres::error::SqlState;
+
+use crate::backend::atomic::{AtomicUpdate, PostgresNative};
+use crate::backend::error::{Error, ErrorKind, Result};
+
+use super::config::quoted;
+use super::errors::{corrupt, pg_error};
+use super::migrations::MIGRATION_LOCK;
+use super::pool::Inner;
+
+/// The updates set up on this backend so far: their statements, with the
+/// table's names in place, by the update's name.
+#[derive(Debug, Default)]
+pub(super) struct Natives(Mutex<HashMap<&'static str, Statements>>);
+
+#[derive(Debug, Clone)]
+struct Statements {
+    call: Arc<str>,
+    purge: Option<Arc<str>>,
+}
+
+impl Natives {
+    fn get(&self, name: &str) -> Option<Arc<str>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .map(|s| s.call.clone())
+    }
+
+    fn insert(&self, name: &'static str, statements: Statements) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name, statements);
+    }
+
+    /// The purge statements of the updates set up so far.
+    pub(super) fn purges(&self) -> Vec<Arc<str>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter_map(|s| s.purge.clone())
+            .collect()
+    }
+}
+
+/// `sql` with every `@name@` replaced by the identifier `"<table>_name"`
+/// (schema-qualified as `table` is).
+pub(super) fn expand(sql: &str, table: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut rest = sql;
+    while let Some(at) = rest.find('@') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let word = after
+            .find('@')
+            .map(|end| &after[..end])
+            .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        match word {
+            Some(word) => {
+                out.push_str(&quoted(&format!("{table}_{word}")));
+                rest = &after[word.len() + 1..];
+            }
+            None => {
+                out.push('@');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+impl Inner {
+    /// Runs `update` by its native copy, setting it up first if this
+    /// backend has not yet.
+    pub(super) async fn run_native(
+        &self,
+        update: &dyn AtomicUpdate,
+        native: PostgresNative,
+        key: &[u8],
+        input: &[u8],
+    ) -> Result<Bytes> {
+        let input = std::str::from_utf8(input).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "{}: a native PostgreSQL update takes UTF-8 input",
+                    update.name()
+                ),
+            )
+        })?;
+        let call = match self.natives.get(update.name()) {
+            Some(call) => call,
+            None => self.set_up(update.name(), native).await?,
+        };
+        let default_ttl = self
+            .config
+            .default_ttl
+            .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let mut client = self.client().await?;
+        let row = client
+            .query_one(&call, &[&key, &input, &default_ttl])
+            .await
+            .map_err(native_error)?;
+        let output: String = row.try_get(0).map_err(corrupt)?;
+        Ok(Bytes::from(output))
+    }
+
+    async fn set_up(&self, name: &'static str, native: PostgresNative) -> Result<Arc<str>> {
+        let table = self.config.table.as_str();
+        let mut client = self.client().await?.into_object();
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg_error)?;
+        tx.batch_execute(&expand(native.setup, table))
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        tracing::info!(table, update = name, "set up a native PostgreSQL update");
+        let call: Arc<str> = Arc::from(expand(native.call, table));
+        let purge = native.purge.map(|sql| Arc::from(expand(sql, table)));
+        self.natives.insert(
+            name,
+            Statements {
+                call: call.clone(),
+                purge,
+            },
+        );
+        Ok(call)
+    }
+}
+
+/// A native statement's error: its own "bad input" is the caller's.
+fn native_error(err: tokio_postgres::Error) -> Error {
+    match err.as_db_error() {
+        Some(db) if *db.code() == SqlState::INVALID_PARAMETER_VALUE => {
+            let message = db.message();
+            let message = message
+                .strip_prefix("statecraft:invalid_argument ")
+                .unwrap_or(message);
+            Error::new(ErrorKind::InvalidArgument, message.to_string())
+        }
+        _ => pg_error(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_the_tables_identifiers() {
+        assert_eq!(
+            expand("SELECT @step@($1) FROM @rows@;", "state"),
+            "SELECT \"state_step\"($1) FROM \"state_rows\";"
+        );
+        assert_eq!(
+            expand("@step@ a@b c@", "app.state"),
+            "\"app\".\"state_step\" a@b c@"
+        );
+        assert_eq!(expand("x @ y @@ @Up@", "t"), "x @ y @@ @Up@");
+    }
+}

@@ -1,0 +1,506 @@
+-- statecraft: the breaker's step, a copy of breaker::machine::step in
+-- PL/pgSQL (state, input and output as breaker::wire writes them), checked
+-- against the Rust function by tests/breaker_postgres.rs. `@name@` is the
+-- identifier "<table>_name" of the backend's table.
+
+-- One row per breaker, in columns a person can read (resilient-circuit's
+-- rc_circuit_breakers queries work with only the table name changed).
+CREATE TABLE IF NOT EXISTS @breakers@ (
+    key bytea PRIMARY KEY,
+    resource_key text NOT NULL,
+    state text NOT NULL,
+    failure_count int8 NOT NULL,
+    open_until timestamptz,
+    updated_at timestamptz NOT NULL,
+    expires_at timestamptz,
+    detail text NOT NULL
+);
+COMMENT ON TABLE @breakers@ IS
+    'statecraft circuit breakers: one row per breaker, written only by the breaker step function';
+COMMENT ON COLUMN @breakers@.key IS 'the store key (with any namespace)';
+COMMENT ON COLUMN @breakers@.resource_key IS 'the breaker''s name';
+COMMENT ON COLUMN @breakers@.state IS
+    'CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, DISABLED or METRICS_ONLY';
+COMMENT ON COLUMN @breakers@.failure_count IS
+    'failures counted: in the window while closed, of the probes while half-open, that opened it while open, else 0';
+COMMENT ON COLUMN @breakers@.open_until IS 'when an opening ends (OPEN only)';
+COMMENT ON COLUMN @breakers@.expires_at IS
+    'when an unused breaker is forgotten (NULL: an operator''s setting, kept)';
+COMMENT ON COLUMN @breakers@.detail IS 'the whole state, as the breaker step reads it';
+
+-- A decimal of digits only, or NULL.
+CREATE OR REPLACE FUNCTION @breaker_num@(x text) RETURNS int8
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN x ~ '^[0-9]{1,18}$' THEN x::int8 END
+$$;
+
+-- Whether part / whole reaches a / b (exactly; whole 0 never does).
+CREATE OR REPLACE FUNCTION @breaker_reached@(a int8, b int8, part int8, whole int8)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT whole > 0 AND part::numeric * b >= a::numeric * whole
+$$;
+
+-- How long opening number `openings` lasts (breaker::machine::open_duration).
+CREATE OR REPLACE FUNCTION @breaker_open_ms@(
+    open_ms int8, mult int8, max_ms int8, jitter int8, openings int8, entropy int8)
+RETURNS int8 LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    length numeric := open_ms;
+    spread int8;
+BEGIN
+    FOR i IN 2..least(openings, 64) LOOP
+        length := length * mult;
+        EXIT WHEN length >= max_ms;
+    END LOOP;
+    length := least(length, max_ms);
+    IF jitter = 0 THEN
+        RETURN length::int8;
+    END IF;
+    spread := floor(length * jitter / 1000)::int8;
+    RETURN greatest(length::int8 + entropy % (spread * 2 + 1) - spread, 1);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @breaker_step@(p_key bytea, p_input text, p_default_ttl int8)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    u32 constant int8 := 4294967295;
+    parts text[];
+    c text[];
+    e text[];
+    w text[];
+    item text[];
+    -- The configuration.
+    kind text;
+    size int8;
+    nbuckets int8;
+    min_calls int8;
+    consecutive_cfg int8;
+    in_window int8;
+    fr_num int8;
+    fr_den int8;
+    sr_num int8;
+    sr_den int8;
+    open_ms int8;
+    mult int8;
+    max_ms int8;
+    jitter int8;
+    probes int8;
+    close_kind text;
+    close_a int8;
+    close_b int8;
+    max_wait int8;
+    bucket_ms int8 := 0;
+    -- The event.
+    ev text;
+    outcome text;
+    slow boolean;
+    spell int8;
+    entropy int8;
+    now_ms int8;
+    ttl int8;
+    name text;
+    -- The state.
+    raw text;
+    baseline text;
+    decoded boolean;
+    phase text;
+    since int8;
+    open_until int8;
+    openings int8;
+    consecutive int8;
+    admitted int8;
+    ok int8;
+    fail int8;
+    wkind text;
+    codes text;
+    b_start int8[];
+    b_calls int8[];
+    b_fail int8[];
+    b_slow int8[];
+    -- The step.
+    target text;
+    next_phase text;
+    t_from text;
+    t_to text;
+    decision text := 'D';
+    encoded text;
+    window_text text;
+    horizon int8;
+    bstart int8;
+    n int;
+    t_calls int8;
+    t_failures int8;
+    t_slow int8;
+    f int8;
+    s int8;
+    enough boolean;
+    failure_count int8;
+    opened_with int8 := 0;
+BEGIN
+    IF p_input = '?' THEN
+        SELECT detail INTO raw FROM @breakers@
+        WHERE key = p_key AND (expires_at IS NULL OR expires_at > clock_timestamp());
+        RETURN coalesce(raw, '');
+    END IF;
+
+    -- Six fields; the name, last, may itself hold '|'.
+    parts := string_to_array(p_input, '|');
+    IF coalesce(cardinality(parts), 0) < 6 THEN
+        RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
+            USING ERRCODE = '22023';
+    END IF;
+    name := array_to_string(parts[6:], '|');
+
+    c := string_to_array(parts[1], ' ');
+    IF coalesce(cardinality(c), 0) <> 19 THEN
+        RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
+            USING ERRCODE = '22023';
+    END IF;
+    kind := c[1];
+    size := @breaker_num@(c[2]);
+    nbuckets := @breaker_num@(c[3]);
+    min_calls := @breaker_num@(c[4]);
+    consecutive_cfg := @breaker_num@(c[5]);
+    in_window := @breaker_num@(c[6]);
+    fr_num := @breaker_num@(c[7]);
+    fr_den := @breaker_num@(c[8]);
+    sr_num := @breaker_num@(c[9]);
+    sr_den := @breaker_num@(c[10]);
+    open_ms := @breaker_num@(c[11]);
+    mult := @breaker_num@(c[12]);
+    max_ms := @breaker_num@(c[13]);
+    jitter := @breaker_num@(c[14]);
+    probes := @breaker_num@(c[15]);
+    close_kind := c[16];
+    close_a := @breaker_num@(c[17]);
+    close_b := @breaker_num@(c[18]);
+    max_wait := @breaker_num@(c[19]);
+    IF size IS NULL OR nbuckets IS NULL OR min_calls IS NULL OR consecutive_cfg IS NULL
+        OR in_window IS NULL OR fr_num IS NULL OR fr_den IS NULL OR sr_num IS NULL
+        OR sr_den IS NULL OR open_ms IS NULL OR mult IS NULL OR max_ms IS NULL
+        OR jitter IS NULL OR probes IS NULL OR close_a IS NULL OR close_b IS NULL
+        OR max_wait IS NULL
+        OR NOT (kind = 'c' AND size >= 1
+            OR kind = 't' AND nbuckets >= 1 AND size >= nbuckets AND size % nbuckets = 0)
+        OR NOT (close_kind = 's' AND close_a >= 1
+            OR close_kind = 'f' AND close_a >= 1 AND close_a <= close_b)
+        OR NOT (fr_num = 0 OR fr_num <= fr_den)
+        OR NOT (sr_num = 0 OR sr_num <= sr_den)
+        OR open_ms < 1 OR mult < 1 OR jitter > 1000 OR probes < 1 OR max_wait < 1
+    THEN
+        RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
+            USING ERRCODE = '22023';
+    END IF;
+    IF kind = 't' THEN
+        bucket_ms := size / nbuckets;
+    END IF;
+
+    e := string_to_array(parts[2], ' ');
+    ev := e[1];
+    IF ev = 'R' THEN
+        outcome := CASE e[2] WHEN 's' THEN 'success' WHEN 'f' THEN 'failure'
+            WHEN 'i' THEN 'ignored' END;
+        slow := CASE e[3] WHEN '0' THEN false WHEN '1' THEN true END;
+        -- A probe names its half-open spell; '-' is an ordinary call.
+        IF e[4] IS DISTINCT FROM '-' THEN
+            spell := @breaker_num@(e[4]);
+            IF spell IS NULL THEN
+                RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
+                    USING ERRCODE = '22023';
+            END IF;
+        END IF;
+        IF outcome IS NULL OR slow IS NULL OR cardinality(e) <> 4 THEN
+            RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
+                USING ERRCODE = '22023';
+        END IF;
+    ELSIF ev IS NULL OR ev NOT IN ('A', 'FO', 'FC', 'RS', 'DI', 'MO') OR cardinality(e) <> 1 THEN
+        RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
+            USING ERRCODE = '22023';
+    END IF;
+    entropy := @breaker_num@(parts[3]);
+    now_ms := @breaker_num@(parts[4]);
+    ttl := @breaker_num@(parts[5]);
+    IF entropy IS NULL OR entropy > u32 OR now_ms IS NULL OR ttl IS NULL THEN
+        RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
+            USING ERRCODE = '22023';
+    END IF;
+    IF now_ms = 0 THEN
+        now_ms := floor(extract(epoch FROM clock_timestamp()) * 1000)::int8;
+    END IF;
+
+    -- One step at a time per breaker, row or no row yet.
+    PERFORM pg_advisory_xact_lock(1651664235, hashtext(encode(p_key, 'hex')));
+    SELECT detail INTO raw FROM @breakers@
+    WHERE key = p_key AND (expires_at IS NULL OR expires_at > clock_timestamp());
+
+    -- Decode it (a damaged state is a fresh one).
+    decoded := false;
+    IF raw IS NOT NULL THEN
+        w := string_to_array(raw, ' ');
+        IF w[1] = 'b1' AND cardinality(w) >= 10
+            AND w[2] IN ('CLOSED', 'OPEN', 'HALF_OPEN', 'FORCED_OPEN', 'DISABLED', 'METRICS_ONLY')
+        THEN
+            phase := w[2];
+            since := @breaker_num@(w[3]);
+            open_until := @breaker_num@(w[4]);
+            openings := @breaker_num@(w[5]);
+            consecutive := @breaker_num@(w[6]);
+            admitted := @breaker_num@(w[7]);
+            ok := @breaker_num@(w[8]);
+            fail := @breaker_num@(w[9]);
+            decoded := coalesce(since IS NOT NULL AND open_until IS NOT NULL
+                AND openings <= u32 AND consecutive <= u32 AND admitted <= u32
+                AND ok <= u32 AND fail <= u32, false);
+            b_start := '{}';
+            b_calls := '{}';
+            b_fail := '{}';
+            b_slow := '{}';
+            codes := NULL;
+            IF decoded AND left(w[10], 2) = 'c:' THEN
+                wkind := 'c';
+                codes := substr(w[10], 3);
+                decoded := coalesce(codes !~ '[^0-3]', false);
+            ELSIF decoded AND left(w[10], 2) = 't:' THEN
+                wkind := 't';
+                FOREACH window_text IN ARRAY coalesce(string_to_array(substr(w[10], 3), ';'), '{}')
+                LOOP
+                    CONTINUE WHEN window_text = '';
+                    item := string_to_array(window_text, ',');
+                    IF @breaker_num@(item[1]) IS NULL OR @breaker_num@(item[2]) IS NULL
+                        OR @breaker_num@(item[3]) IS NULL OR @breaker_num@(item[4]) IS NULL
+                    THEN
+                        decoded := false;
+                        EXIT;
+                    END IF;
+                    b_start := b_start || @breaker_num@(item[1]);
+                    b_calls := b_calls || @breaker_num@(item[2]);
+                    b_fail := b_fail || @breaker_num@(item[3]);
+                    b_slow := b_slow || @breaker_num@(item[4]);
+                END LOOP;
+            ELSE
+                decoded := false;
+            END IF;
+        END IF;
+    END IF;
+    IF NOT decoded THEN
+        phase := 'CLOSED';
+        since := now_ms;
+        open_until := 0;
+        openings := 0;
+        consecutive := 0;
+        admitted := 0;
+        ok := 0;
+        fail := 0;
+        wkind := kind;
+        codes := '';
+        b_start := '{}';
+        b_calls := '{}';
+        b_fail := '{}';
+        b_slow := '{}';
+    END IF;
+    IF raw IS NOT NULL THEN
+        baseline := raw;
+    ELSIF kind = 'c' THEN
+        baseline := format('b1 CLOSED %s 0 0 0 0 0 0 c:', now_ms);
+    ELSE
+        baseline := format('b1 CLOSED %s 0 0 0 0 0 0 t:', now_ms);
+    END IF;
+
+    -- A window that does not fit the configuration starts empty.
+    IF NOT (wkind = kind AND (
+        kind = 'c' AND length(codes) <= size
+        OR kind = 't' AND coalesce(cardinality(b_start), 0) <= nbuckets + 1
+            AND bucket_ms > 0
+            AND NOT EXISTS (SELECT 1 FROM unnest(b_start) AS b(st) WHERE b.st % bucket_ms <> 0)))
+    THEN
+        wkind := kind;
+        codes := '';
+        b_start := '{}';
+        b_calls := '{}';
+        b_fail := '{}';
+        b_slow := '{}';
+    END IF;
+
+    -- Up to three phase changes, each as breaker::machine::enter.
+    FOR round IN 1..4 LOOP
+        target := NULL;
+        IF round = 1 THEN
+            target := CASE ev WHEN 'FO' THEN 'FORCED_OPEN' WHEN 'FC' THEN 'CLOSED'
+                WHEN 'RS' THEN 'CLOSED' WHEN 'DI' THEN 'DISABLED' WHEN 'MO' THEN 'METRICS_ONLY' END;
+            IF target IS NULL AND phase = 'OPEN' AND ev = 'A' AND now_ms >= open_until THEN
+                target := 'HALF_OPEN';
+            END IF;
+        ELSIF round = 2 THEN
+            IF ev IN ('A', 'R') AND phase = 'HALF_OPEN' AND now_ms >= since + max_wait THEN
+                target := 'OPEN';
+            END IF;
+        ELSIF round = 3 THEN
+            -- The event itself.
+            IF ev = 'A' THEN
+                IF phase IN ('CLOSED', 'DISABLED', 'METRICS_ONLY') THEN
+                    decision := 'P0';
+                ELSIF phase = 'OPEN' THEN
+                    decision := 'J' || greatest(open_until - now_ms, 1);
+                ELSIF phase = 'FORCED_OPEN' THEN
+                    decision := 'J-';
+                ELSIF admitted < probes THEN
+                    admitted := admitted + 1;
+                    decision := 'P1@' || since;
+                ELSE
+                    decision := 'J' || greatest(since + max_wait - now_ms, 1);
+                END IF;
+            ELSIF ev = 'R' AND phase IN ('CLOSED', 'METRICS_ONLY') THEN
+                IF outcome <> 'ignored' THEN
+                    f := CASE WHEN outcome = 'failure' THEN 1 ELSE 0 END;
+                    s := CASE WHEN slow THEN 1 ELSE 0 END;
+                    consecutive := CASE WHEN f = 1 THEN least(consecutive + 1, u32) ELSE 0 END;
+                    -- Expire, then record.
+                    IF kind = 't' THEN
+                        horizon := greatest(now_ms - size, 0);
+                        WHILE cardinality(b_start) > 0 AND b_start[1] + bucket_ms <= horizon LOOP
+                            b_start := b_start[2:];
+                            b_calls := b_calls[2:];
+                            b_fail := b_fail[2:];
+                            b_slow := b_slow[2:];
+                        END LOOP;
+                        bstart := now_ms - now_ms % greatest(bucket_ms, 1);
+                        n := coalesce(cardinality(b_start), 0);
+                        IF n > 0 AND b_start[n] >= bstart THEN
+                            b_calls[n] := b_calls[n] + 1;
+                            b_fail[n] := b_fail[n] + f;
+                            b_slow[n] := b_slow[n] + s;
+                        ELSE
+                            b_start := b_start || bstart;
+                            b_calls := b_calls || 1::int8;
+                            b_fail := b_fail || f;
+                            b_slow := b_slow || s;
+                        END IF;
+                        t_calls := (SELECT coalesce(sum(x), 0) FROM unnest(b_calls) AS x);
+                        t_failures := (SELECT coalesce(sum(x), 0) FROM unnest(b_fail) AS x);
+                        t_slow := (SELECT coalesce(sum(x), 0) FROM unnest(b_slow) AS x);
+                    ELSE
+                        codes := codes || chr(48 + (f + 2 * s)::int);
+                        IF length(codes) > size THEN
+                            codes := right(codes, size::int);
+                        END IF;
+                        t_calls := length(codes);
+                        t_failures := length(codes) - length(translate(codes, '13', ''));
+                        t_slow := length(codes) - length(translate(codes, '23', ''));
+                    END IF;
+                    enough := t_calls >= min_calls;
+                    IF phase = 'CLOSED' AND (
+                        consecutive_cfg > 0 AND consecutive >= consecutive_cfg
+                        OR in_window > 0 AND t_failures >= in_window
+                        OR enough AND fr_num > 0 AND @breaker_reached@(fr_num, fr_den, t_failures, t_calls)
+                        OR enough AND sr_num > 0 AND @breaker_reached@(sr_num, sr_den, t_slow, t_calls))
+                    THEN
+                        target := 'OPEN';
+                    END IF;
+                END IF;
+            ELSIF ev = 'R' AND phase = 'HALF_OPEN' AND spell = since THEN
+                next_phase := NULL;
+                IF outcome = 'ignored' THEN
+                    admitted := greatest(admitted - 1, 0);
+                ELSIF outcome = 'success' THEN
+                    ok := least(ok + 1, u32);
+                    IF close_kind = 's' AND ok >= close_a
+                        OR close_kind = 'f' AND @breaker_reached@(close_a, close_b, ok, probes)
+                    THEN
+                        next_phase := 'CLOSED';
+                    END IF;
+                ELSE
+                    fail := least(fail + 1, u32);
+                    IF close_kind = 's' OR NOT @breaker_reached@(
+                        close_a, close_b, greatest(probes - fail, 0), probes)
+                    THEN
+                        next_phase := 'OPEN';
+                    END IF;
+                END IF;
+                target := next_phase;
+            END IF;
+        END IF;
+        IF target IS NOT NULL THEN
+            -- enter(target), merging its transition into the step's.
+            IF phase <> target THEN
+                IF t_from IS NULL THEN
+                    t_from := phase;
+                    t_to := target;
+                ELSIF t_from <> target THEN
+                    t_to := target;
+                ELSE
+                    t_from := NULL;
+                    t_to := NULL;
+                END IF;
+            END IF;
+            IF target = 'OPEN' THEN
+                -- What opened it, for the readable column.
+                opened_with := CASE WHEN phase = 'HALF_OPEN' THEN fail
+                    ELSE greatest(consecutive, coalesce(t_failures, 0)) END;
+                openings := least(openings + 1, u32);
+                open_until := now_ms + @breaker_open_ms@(open_ms, mult, max_ms, jitter, openings, entropy);
+            ELSIF target IN ('CLOSED', 'DISABLED', 'METRICS_ONLY') THEN
+                openings := 0;
+                open_until := 0;
+            END IF;
+            IF target <> 'HALF_OPEN' THEN
+                wkind := kind;
+                codes := '';
+                b_start := '{}';
+                b_calls := '{}';
+                b_fail := '{}';
+                b_slow := '{}';
+                consecutive := 0;
+            END IF;
+            admitted := 0;
+            ok := 0;
+            fail := 0;
+            phase := target;
+            since := now_ms;
+        END IF;
+        -- An operator's event is all the step does.
+        EXIT WHEN round = 1 AND ev IN ('FO', 'FC', 'RS', 'DI', 'MO');
+        EXIT WHEN round = 3;
+    END LOOP;
+
+    IF kind = 'c' THEN
+        window_text := 'c:' || codes;
+    ELSE
+        window_text := 't:' || coalesce((
+            SELECT string_agg(concat_ws(',', b_start[i], b_calls[i], b_fail[i], b_slow[i]), ';' ORDER BY i)
+            FROM generate_subscripts(b_start, 1) AS i), '');
+    END IF;
+    encoded := concat_ws(' ', 'b1', phase, since, open_until, openings, consecutive, admitted,
+        ok, fail, window_text);
+
+    IF encoded IS DISTINCT FROM baseline THEN
+        failure_count := CASE
+            WHEN phase = 'HALF_OPEN' THEN fail
+            WHEN phase = 'OPEN' THEN opened_with
+            WHEN phase IN ('CLOSED', 'METRICS_ONLY') AND kind = 'c'
+                THEN length(codes) - length(translate(codes, '13', ''))
+            WHEN phase IN ('CLOSED', 'METRICS_ONLY')
+                THEN (SELECT coalesce(sum(b_fail[i]), 0) FROM generate_subscripts(b_start, 1) AS i
+                    WHERE b_start[i] + bucket_ms > greatest(now_ms - size, 0))
+            ELSE 0 END;
+        INSERT INTO @breakers@ AS b
+            (key, resource_key, state, failure_count, open_until, updated_at, expires_at, detail)
+        VALUES (
+            p_key, name, phase, failure_count,
+            CASE WHEN phase = 'OPEN' THEN to_timestamp(open_until / 1000.0) END,
+            clock_timestamp(),
+            CASE WHEN phase IN ('FORCED_OPEN', 'DISABLED', 'METRICS_ONLY') THEN NULL
+                ELSE clock_timestamp() + greatest(ttl, 1) * interval '1 millisecond' END,
+            encoded)
+        ON CONFLICT (key) DO UPDATE SET
+            resource_key = EXCLUDED.resource_key,
+            state = EXCLUDED.state,
+            failure_count = EXCLUDED.failure_count,
+            open_until = EXCLUDED.open_until,
+            updated_at = EXCLUDED.updated_at,
+            expires_at = EXCLUDED.expires_at,
+            detail = EXCLUDED.detail;
+    END IF;
+    RETURN decision || ' ' || coalesce(t_from || '>' || t_to, '-');
+END
+$$;

@@ -1,0 +1,368 @@
+//! The breaker's PL/pgSQL copy (`src/breaker/step.sql`) against the Rust
+//! state machine, on a real PostgreSQL started by the test support: random
+//! configurations and event sequences agree step by step with the memory
+//! backend's (which runs the Rust function); the breakers' table answers
+//! resilient-circuit's dashboard and alerting queries with only the table
+//! name changed; bad input is a typed error; rows expire and are purged;
+//! a deleted row is a fresh closed breaker.
+
+#[path = "support/breaker.rs"]
+mod breaker;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use breaker::{config, run, steps, KEY};
+use proptest::prelude::*;
+use statecraft::breaker::{
+    step_input, BreakerConfig, BreakerStep, DistributedBreaker, Event, Phase, PEEK,
+};
+use statecraft::{
+    ErrorKind, MemoryBackend, Namespaced, PostgresBackend, PostgresConfig, StateBackend,
+};
+use statecraft_testkit::PostgresServer;
+use tokio_postgres::NoTls;
+
+fn unique(tag: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{tag}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn postgres(table: &str) -> Arc<PostgresBackend> {
+    let config = PostgresConfig::builder()
+        .url(PostgresServer::shared().url())
+        .table(table)
+        .build()
+        .expect("config");
+    Arc::new(PostgresBackend::new(config).await.expect("postgres"))
+}
+
+/// A plain client on the test server, as an operator's `psql` would be.
+async fn operator() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&PostgresServer::shared().url(), NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// One runtime and one backend for every generated case (each case runs in
+/// a namespace of its own, so the native path is also taken through
+/// `Namespaced`).
+fn shared() -> &'static (tokio::runtime::Runtime, Arc<PostgresBackend>) {
+    static SHARED: OnceLock<(tokio::runtime::Runtime, Arc<PostgresBackend>)> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let backend = runtime.block_on(postgres(&unique("breaker_diff")));
+        (runtime, backend)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn the_plpgsql_step_decides_as_the_rust_step(config in config(), steps in steps()) {
+        let (runtime, backend) = shared();
+        let (native, reference) = runtime.block_on(async {
+            let store = Namespaced::new(backend.clone(), unique("case") + ":");
+            let native = run(&store, &config, &steps).await;
+            (native, run(&MemoryBackend::new(), &config, &steps).await)
+        });
+        prop_assert_eq!(native, reference);
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_a_typed_error_on_both_paths() {
+    let store = postgres(&unique("breaker_bad")).await;
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .build()
+        .expect("config");
+    let good = step_input(&config, "b", Event::Acquire, 0, 0);
+    let mut inputs: Vec<Vec<u8>> = vec![
+        b"nonsense".to_vec(),
+        b"c 5 0|A|1|0|1000".to_vec(),
+        b"".to_vec(),
+        good.replace("|A|", "|R s 0 x|").into_bytes(),
+        good.replace("|A|", "|R s 2 -|").into_bytes(),
+        good.replace("|A|", "|Q|").into_bytes(),
+        good.replacen("|0|", "|4294967296|", 1).into_bytes(),
+        // A configuration that does not validate: zero probes.
+        good.replacen(" 1 s 1 ", " 0 s 1 ", 1).into_bytes(),
+    ];
+    assert_ne!(inputs[7], good.as_bytes(), "the probes field was replaced");
+    let pg_only = vec![0xff, b'|'];
+    for input in &inputs {
+        for backend in [&*store as &dyn StateBackend, &MemoryBackend::new()] {
+            let err = backend
+                .update_atomic(KEY, &BreakerStep, input)
+                .await
+                .expect_err("malformed input");
+            assert_eq!(
+                err.kind(),
+                ErrorKind::InvalidArgument,
+                "{} on {:?}: {err}",
+                backend.name(),
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+    inputs.push(pg_only);
+    let err = store
+        .update_atomic(KEY, &BreakerStep, inputs.last().map_or(&[][..], |i| i))
+        .await
+        .expect_err("not UTF-8");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    // Nothing was written by any of them, and a good input still works.
+    assert!(store
+        .update_atomic(KEY, &BreakerStep, PEEK)
+        .await
+        .expect("peek")
+        .is_empty());
+    let out = store
+        .update_atomic(KEY, &BreakerStep, good.as_bytes())
+        .await
+        .expect("step");
+    assert_eq!(&out[..], b"P0 -");
+}
+
+#[tokio::test]
+async fn the_table_answers_resilient_circuits_queries() {
+    let table = unique("breaker_ops");
+    let store = postgres(&table).await;
+    let config = BreakerConfig::builder()
+        .consecutive_failures(3)
+        .open_for(Duration::from_secs(30))
+        .build()
+        .expect("config");
+    let payments = DistributedBreaker::new(store.clone(), "payment_service", config.clone());
+    let search = DistributedBreaker::new(store.clone(), "search", config.clone());
+    for _ in 0..3 {
+        payments
+            .acquire()
+            .await
+            .expect("closed")
+            .failure()
+            .await
+            .expect("record");
+    }
+    search
+        .acquire()
+        .await
+        .expect("closed")
+        .failure()
+        .await
+        .expect("record");
+    let admin = DistributedBreaker::new(store.clone(), "admin", config);
+    admin.force_open().await.expect("force open");
+
+    let client = operator().await;
+    let breakers = format!("\"{table}_breakers\"");
+    // resilient-circuit's dashboard query, with only the table changed
+    // (sent as text, its answer read as text, as psql would).
+    let dashboard = client
+        .simple_query(&format!(
+            "SELECT
+                resource_key,
+                state,
+                failure_count,
+                CASE
+                    WHEN state = 'OPEN' THEN
+                        EXTRACT(EPOCH FROM (open_until - NOW()))
+                    ELSE 0
+                END as seconds_until_halfopen,
+                updated_at
+            FROM {breakers}
+            ORDER BY updated_at DESC;"
+        ))
+        .await
+        .expect("the dashboard query");
+    let rows: Vec<(String, String, i64, f64)> = dashboard
+        .iter()
+        .filter_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .map(|row| {
+            let text = |i: usize| row.get(i).unwrap_or_default().to_string();
+            let number = |i: usize| text(i).parse::<f64>().expect("a number");
+            (text(0), text(1), number(2) as i64, number(3))
+        })
+        .collect();
+    println!("{rows:?}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[0].0, "admin", "the latest first: {rows:?}");
+    assert_eq!(rows[0].1, "FORCED_OPEN");
+    let (_, state, failures, wait) = &rows[2];
+    assert_eq!(
+        (rows[2].0.as_str(), state.as_str()),
+        ("payment_service", "OPEN")
+    );
+    assert_eq!(*failures, 3, "the failures that opened it");
+    assert!(
+        *wait > 25.0 && *wait <= 30.0,
+        "half-open in about 30 s: {wait}"
+    );
+    assert_eq!(
+        (rows[1].0.as_str(), rows[1].1.as_str(), rows[1].2, rows[1].3),
+        ("search", "CLOSED", 1, 0.0)
+    );
+    // Its alerting query.
+    let alert = client
+        .query(
+            &format!(
+                "SELECT resource_key, state, updated_at FROM {breakers}
+                 WHERE resource_key = 'payment_service' AND state = 'OPEN'
+                   AND updated_at > NOW() - INTERVAL '5 minutes'"
+            ),
+            &[],
+        )
+        .await
+        .expect("the alerting query");
+    assert_eq!(alert.len(), 1);
+    // The row it locks, and the expiry of each.
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT state, failure_count, open_until IS NOT NULL,
+                    EXTRACT(EPOCH FROM (expires_at - NOW()))::float8
+                 FROM {breakers} WHERE resource_key = 'payment_service'"
+            ),
+            &[],
+        )
+        .await
+        .expect("the row");
+    let expires_in: f64 = row.get(3);
+    assert!(row.get::<_, bool>(2), "an opening has an end");
+    assert!(
+        expires_in > 3_000.0 && expires_in <= 3_600.0,
+        "an hour's TTL: {expires_in}"
+    );
+    let forced: Option<f64> = client
+        .query_one(
+            &format!(
+                "SELECT EXTRACT(EPOCH FROM (expires_at - NOW()))::float8
+                 FROM {breakers} WHERE resource_key = 'admin'"
+            ),
+            &[],
+        )
+        .await
+        .expect("the row")
+        .get(0);
+    assert_eq!(forced, None, "an operator's setting does not expire");
+}
+
+#[tokio::test]
+async fn expired_rows_are_not_read_and_are_purged() {
+    let table = unique("breaker_expiry");
+    let store = postgres(&table).await;
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .build()
+        .expect("config");
+    let breaker = DistributedBreaker::new(store.clone(), "old", config.clone());
+    breaker
+        .acquire()
+        .await
+        .expect("closed")
+        .failure()
+        .await
+        .expect("record");
+    assert_eq!(
+        breaker.state().await.expect("state").map(|s| s.phase),
+        Some(Phase::Open)
+    );
+    let kept = DistributedBreaker::new(store.clone(), "kept", config);
+    kept.force_open().await.expect("force open");
+    let client = operator().await;
+    let breakers = format!("\"{table}_breakers\"");
+    let aged = client
+        .execute(
+            &format!(
+                "UPDATE {breakers} SET expires_at = now() - interval '1 second'
+                 WHERE resource_key = 'old'"
+            ),
+            &[],
+        )
+        .await
+        .expect("age the row");
+    assert_eq!(aged, 1);
+    assert_eq!(
+        breaker.state().await.expect("state"),
+        None,
+        "an expired row is gone"
+    );
+    let purged = store.purge_expired().await.expect("purge");
+    assert_eq!(purged, 1, "the breaker's expired row");
+    let left: Vec<String> = client
+        .query(&format!("SELECT resource_key FROM {breakers}"), &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(left, ["kept"]);
+    assert!(
+        breaker.acquire().await.is_ok(),
+        "a forgotten breaker is closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_row_is_a_fresh_closed_breaker() {
+    let table = unique("breaker_deleted");
+    let store = postgres(&table).await;
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .open_for(Duration::from_millis(100))
+        .build()
+        .expect("config");
+    let breaker = DistributedBreaker::new(store.clone(), "deleted", config);
+    // The first step sets the table up.
+    assert_eq!(breaker.state().await.expect("state"), None);
+    let hammer = {
+        let breaker = breaker.clone();
+        tokio::spawn(async move {
+            let (mut permits, mut rejections) = (0u32, 0u32);
+            for _ in 0..1_000 {
+                match breaker.acquire().await {
+                    Ok(permit) => {
+                        permits += 1;
+                        permit.failure().await.expect("record");
+                    }
+                    Err(_) => rejections += 1,
+                }
+            }
+            (permits, rejections)
+        })
+    };
+    let client = operator().await;
+    let delete = format!("DELETE FROM \"{table}_breakers\"");
+    for _ in 0..50 {
+        client.execute(&delete, &[]).await.expect("delete");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (permits, rejections) = hammer.await.expect("no panic");
+    assert!(
+        permits > 1 && rejections > 0,
+        "{permits} permits, {rejections} rejections"
+    );
+    client.execute(&delete, &[]).await.expect("delete");
+    assert_eq!(breaker.state().await.expect("state"), None);
+    let permit = breaker
+        .acquire()
+        .await
+        .expect("a deleted breaker is closed");
+    assert!(!permit.is_probe());
+    permit.success().await.expect("record");
+}
