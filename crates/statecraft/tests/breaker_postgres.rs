@@ -366,3 +366,86 @@ async fn a_deleted_row_is_a_fresh_closed_breaker() {
     assert!(!permit.is_probe());
     permit.success().await.expect("record");
 }
+
+/// A damaged stored state is read as Rust reads it: as a fresh breaker, or
+/// (words after the window) as the state before them.
+#[tokio::test]
+async fn damaged_rows_read_as_the_rust_step_reads_them() {
+    let table = unique("breaker_damaged");
+    let store = postgres(&table).await;
+    // The first step sets the table up.
+    store
+        .update_atomic(KEY, &BreakerStep, PEEK)
+        .await
+        .expect("peek");
+    let client = operator().await;
+    let config = BreakerConfig::builder()
+        .consecutive_failures(2)
+        .failure_rate(1, 2)
+        .min_calls(3)
+        .build()
+        .expect("config");
+    let time_config = BreakerConfig::builder()
+        .failures_within(2, Duration::from_millis(3_000))
+        .build()
+        .expect("config");
+    let now = 1_733_000_000_500u64;
+    let fail = Event::Record {
+        outcome: statecraft::breaker::Outcome::Failure,
+        slow: false,
+        probe: None,
+    };
+    let damaged = [
+        "b1 WHAT 1 2",
+        "b1 OPEN 1 2 3 4 5 6 7 x:",
+        "b1 CLOSED 1 0 99999999999 0 0 0 0 c:",
+        "b1 CLOSED 1 0 0 1 0 0 0 c:0104",
+        "b1 CLOSED 1 0 0 1 0 0 0 c:01",
+        "b1 CLOSED 1 0 0 1 0 0 0 c:01 and more",
+        "b1 CLOSED 1 0 0 1 0 0 0 c:01",
+        "b1 CLOSED 1  0 1 0 0 0 c:01",
+        "b1 CLOSED 1733000000000 0 0 1 0 0 0 t:1733000000000,2,1,0;;1733000001000,1,1,0,x",
+        "b1 CLOSED 1733000000000 0 0 1 0 0 0 t:1733000000000,2,1",
+        "b1 CLOSED 1733000000000 0 0 1 0 0 0 t:1733000000000,2,1,a",
+        "",
+    ];
+    for (i, text) in damaged.iter().enumerate() {
+        for config in [&config, &time_config] {
+            let key = format!("damaged-{i}");
+            let memory = MemoryBackend::new();
+            memory
+                .put(
+                    key.as_bytes(),
+                    statecraft::Bytes::copy_from_slice(text.as_bytes()),
+                )
+                .await
+                .expect("put");
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO \"{table}_breakers\" (key, resource_key, state,
+                            failure_count, updated_at, expires_at, detail)
+                         VALUES ($1, 'x', 'CLOSED', 0, now(), NULL, $2)
+                         ON CONFLICT (key) DO UPDATE SET detail = EXCLUDED.detail"
+                    ),
+                    &[&key.as_bytes(), text],
+                )
+                .await
+                .expect("a damaged row");
+            let input = step_input(config, "x", fail, 7, now);
+            let mut seen = Vec::new();
+            for backend in [&*store as &dyn StateBackend, &memory] {
+                let out = backend
+                    .update_atomic(key.as_bytes(), &BreakerStep, input.as_bytes())
+                    .await
+                    .expect("a damaged state is no error");
+                let after = backend
+                    .update_atomic(key.as_bytes(), &BreakerStep, PEEK)
+                    .await
+                    .expect("peek");
+                seen.push((out, after));
+            }
+            assert_eq!(seen[0], seen[1], "{text:?}");
+        }
+    }
+}

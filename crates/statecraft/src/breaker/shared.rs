@@ -22,7 +22,10 @@ const SCRIPT: &str = include_str!("step.lua");
 /// The PL/pgSQL copy, and the readable table it keeps breakers in.
 const POSTGRES: PostgresNative = PostgresNative {
     setup: include_str!("step.sql"),
-    call: "SELECT @breaker_step@($1, $2, $3)",
+    // The peek is a plain read, not a call of the function.
+    call: "SELECT CASE WHEN $2 = '?' THEN coalesce((SELECT detail FROM @breakers@ \
+           WHERE key = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())), '') \
+           ELSE @breaker_step@($1, $2, $3) END",
     purge: Some("DELETE FROM @breakers@ WHERE expires_at <= clock_timestamp()"),
 };
 

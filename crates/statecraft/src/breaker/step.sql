@@ -1,7 +1,8 @@
 -- statecraft: the breaker's step, a copy of breaker::machine::step in
 -- PL/pgSQL (state, input and output as breaker::wire writes them), checked
 -- against the Rust function by tests/breaker_postgres.rs. `@name@` is the
--- identifier "<table>_name" of the backend's table.
+-- identifier "<table>_name" of the backend's table. The statement that
+-- calls it (breaker::shared::POSTGRES) reads the state itself for a peek.
 
 -- One row per breaker, in columns a person can read (resilient-circuit's
 -- rc_circuit_breakers queries work with only the table name changed).
@@ -27,12 +28,6 @@ COMMENT ON COLUMN @breakers@.open_until IS 'when an opening ends (OPEN only)';
 COMMENT ON COLUMN @breakers@.expires_at IS
     'when an unused breaker is forgotten (NULL: an operator''s setting, kept)';
 COMMENT ON COLUMN @breakers@.detail IS 'the whole state, as the breaker step reads it';
-
--- A decimal of digits only, or NULL.
-CREATE OR REPLACE FUNCTION @breaker_num@(x text) RETURNS int8
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN x ~ '^[0-9]{1,18}$' THEN x::int8 END
-$$;
 
 -- Whether part / whole reaches a / b (exactly; whole 0 never does).
 CREATE OR REPLACE FUNCTION @breaker_reached@(a int8, b int8, part int8, whole int8)
@@ -66,10 +61,13 @@ RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     u32 constant int8 := 4294967295;
     parts text[];
-    c text[];
+    m text[];
     e text[];
+    cn int8[];
     w text[];
-    item text[];
+    sn int8[];
+    big numeric[];
+    numbers text;
     -- The configuration.
     kind text;
     size int8;
@@ -138,92 +136,78 @@ DECLARE
     failure_count int8;
     opened_with int8 := 0;
 BEGIN
-    IF p_input = '?' THEN
-        SELECT detail INTO raw FROM @breakers@
-        WHERE key = p_key AND (expires_at IS NULL OR expires_at > clock_timestamp());
-        RETURN coalesce(raw, '');
-    END IF;
-
-    -- Six fields; the name, last, may itself hold '|'.
+    -- The input in one match (each expression PL/pgSQL evaluates costs its
+    -- set-up once per transaction, so the parse is a few large ones): the
+    -- configuration, the event, entropy, time, TTL and the name, which is
+    -- last and may hold any character.
+    -- The fields are split, not matched: each expression PL/pgSQL
+    -- evaluates costs its set-up once per transaction, and a pattern with
+    -- bounded repeats costs more than the whole step.
     parts := string_to_array(p_input, '|');
-    IF coalesce(cardinality(parts), 0) < 6 THEN
+    m := string_to_array(parts[1], ' ');
+    e := string_to_array(parts[2], ' ');
+    numbers := array_to_string(m[2:15] || m[17:19] || parts[3:5], ' ');
+    IF NOT coalesce(cardinality(parts) >= 6 AND cardinality(m) = 19
+        AND translate(numbers, '0123456789 ', '') = '' AND strpos(numbers, '  ') = 0
+        AND left(numbers, 1) <> ' ' AND right(numbers, 1) <> ' '
+        AND (e[1] IN ('A', 'FO', 'FC', 'RS', 'DI', 'MO') AND cardinality(e) = 1
+            OR e[1] = 'R' AND cardinality(e) = 4 AND e[2] IN ('s', 'f', 'i')
+                AND e[3] IN ('0', '1')
+                AND (e[4] = '-' OR e[4] <> '' AND translate(e[4], '0123456789', '') = '')),
+        false)
+    THEN
         RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
             USING ERRCODE = '22023';
     END IF;
+    big := string_to_array(numbers, ' ')::numeric[];
+    IF 1e18 <= ANY(big) OR length(e[4]) > 18 THEN
+        RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
+            USING ERRCODE = '22023';
+    END IF;
+    cn := big::int8[];
+    kind := m[1];
+    size := cn[1];
+    nbuckets := cn[2];
+    min_calls := cn[3];
+    consecutive_cfg := cn[4];
+    in_window := cn[5];
+    fr_num := cn[6];
+    fr_den := cn[7];
+    sr_num := cn[8];
+    sr_den := cn[9];
+    open_ms := cn[10];
+    mult := cn[11];
+    max_ms := cn[12];
+    jitter := cn[13];
+    probes := cn[14];
+    close_kind := m[16];
+    close_a := cn[15];
+    close_b := cn[16];
+    max_wait := cn[17];
+    entropy := cn[18];
+    now_ms := cn[19];
+    ttl := cn[20];
     name := array_to_string(parts[6:], '|');
-
-    c := string_to_array(parts[1], ' ');
-    IF coalesce(cardinality(c), 0) <> 19 THEN
-        RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
-            USING ERRCODE = '22023';
-    END IF;
-    kind := c[1];
-    size := @breaker_num@(c[2]);
-    nbuckets := @breaker_num@(c[3]);
-    min_calls := @breaker_num@(c[4]);
-    consecutive_cfg := @breaker_num@(c[5]);
-    in_window := @breaker_num@(c[6]);
-    fr_num := @breaker_num@(c[7]);
-    fr_den := @breaker_num@(c[8]);
-    sr_num := @breaker_num@(c[9]);
-    sr_den := @breaker_num@(c[10]);
-    open_ms := @breaker_num@(c[11]);
-    mult := @breaker_num@(c[12]);
-    max_ms := @breaker_num@(c[13]);
-    jitter := @breaker_num@(c[14]);
-    probes := @breaker_num@(c[15]);
-    close_kind := c[16];
-    close_a := @breaker_num@(c[17]);
-    close_b := @breaker_num@(c[18]);
-    max_wait := @breaker_num@(c[19]);
-    IF size IS NULL OR nbuckets IS NULL OR min_calls IS NULL OR consecutive_cfg IS NULL
-        OR in_window IS NULL OR fr_num IS NULL OR fr_den IS NULL OR sr_num IS NULL
-        OR sr_den IS NULL OR open_ms IS NULL OR mult IS NULL OR max_ms IS NULL
-        OR jitter IS NULL OR probes IS NULL OR close_a IS NULL OR close_b IS NULL
-        OR max_wait IS NULL
-        OR NOT (kind = 'c' AND size >= 1
+    ev := e[1];
+    outcome := CASE e[2] WHEN 's' THEN 'success' WHEN 'f' THEN 'failure'
+        WHEN 'i' THEN 'ignored' END;
+    slow := e[3] = '1';
+    -- A probe names its half-open spell; '-' is an ordinary call.
+    spell := CASE WHEN e[4] <> '-' THEN e[4]::int8 END;
+    IF NOT (kind = 'c' AND size >= 1
             OR kind = 't' AND nbuckets >= 1 AND size >= nbuckets AND size % nbuckets = 0)
         OR NOT (close_kind = 's' AND close_a >= 1
             OR close_kind = 'f' AND close_a >= 1 AND close_a <= close_b)
         OR NOT (fr_num = 0 OR fr_num <= fr_den)
         OR NOT (sr_num = 0 OR sr_num <= sr_den)
         OR open_ms < 1 OR mult < 1 OR jitter > 1000 OR probes < 1 OR max_wait < 1
+        OR entropy > u32
     THEN
         RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
             USING ERRCODE = '22023';
     END IF;
     IF kind = 't' THEN
         bucket_ms := size / nbuckets;
-    END IF;
-
-    e := string_to_array(parts[2], ' ');
-    ev := e[1];
-    IF ev = 'R' THEN
-        outcome := CASE e[2] WHEN 's' THEN 'success' WHEN 'f' THEN 'failure'
-            WHEN 'i' THEN 'ignored' END;
-        slow := CASE e[3] WHEN '0' THEN false WHEN '1' THEN true END;
-        -- A probe names its half-open spell; '-' is an ordinary call.
-        IF e[4] IS DISTINCT FROM '-' THEN
-            spell := @breaker_num@(e[4]);
-            IF spell IS NULL THEN
-                RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
-                    USING ERRCODE = '22023';
-            END IF;
-        END IF;
-        IF outcome IS NULL OR slow IS NULL OR cardinality(e) <> 4 THEN
-            RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
-                USING ERRCODE = '22023';
-        END IF;
-    ELSIF ev IS NULL OR ev NOT IN ('A', 'FO', 'FC', 'RS', 'DI', 'MO') OR cardinality(e) <> 1 THEN
-        RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
-            USING ERRCODE = '22023';
-    END IF;
-    entropy := @breaker_num@(parts[3]);
-    now_ms := @breaker_num@(parts[4]);
-    ttl := @breaker_num@(parts[5]);
-    IF entropy IS NULL OR entropy > u32 OR now_ms IS NULL OR ttl IS NULL THEN
-        RAISE EXCEPTION 'statecraft:invalid_argument breaker step: malformed input'
-            USING ERRCODE = '22023';
     END IF;
     IF now_ms = 0 THEN
         now_ms := floor(extract(epoch FROM clock_timestamp()) * 1000)::int8;
@@ -234,50 +218,52 @@ BEGIN
     SELECT detail INTO raw FROM @breakers@
     WHERE key = p_key AND (expires_at IS NULL OR expires_at > clock_timestamp());
 
-    -- Decode it (a damaged state is a fresh one).
+    -- Decode it (a damaged state is a fresh one; words after the window
+    -- are ignored, as breaker::wire reads them).
     decoded := false;
     IF raw IS NOT NULL THEN
         w := string_to_array(raw, ' ');
-        IF w[1] = 'b1' AND cardinality(w) >= 10
+        numbers := array_to_string(w[3:9], ' ');
+        IF cardinality(w) >= 10 AND w[1] = 'b1'
             AND w[2] IN ('CLOSED', 'OPEN', 'HALF_OPEN', 'FORCED_OPEN', 'DISABLED', 'METRICS_ONLY')
+            AND translate(numbers, '0123456789 ', '') = '' AND NOT ('' = ANY(w[3:9]))
         THEN
+            big := w[3:9]::numeric[];
+            IF big[1] < 1e18 AND big[2] < 1e18
+                AND greatest(big[3], big[4], big[5], big[6], big[7]) <= u32
+            THEN
+                sn := big::int8[];
+            END IF;
+        END IF;
+        decoded := sn IS NOT NULL;
+        IF decoded THEN
             phase := w[2];
-            since := @breaker_num@(w[3]);
-            open_until := @breaker_num@(w[4]);
-            openings := @breaker_num@(w[5]);
-            consecutive := @breaker_num@(w[6]);
-            admitted := @breaker_num@(w[7]);
-            ok := @breaker_num@(w[8]);
-            fail := @breaker_num@(w[9]);
-            decoded := coalesce(since IS NOT NULL AND open_until IS NOT NULL
-                AND openings <= u32 AND consecutive <= u32 AND admitted <= u32
-                AND ok <= u32 AND fail <= u32, false);
-            b_start := '{}';
-            b_calls := '{}';
-            b_fail := '{}';
-            b_slow := '{}';
-            codes := NULL;
-            IF decoded AND left(w[10], 2) = 'c:' THEN
+            since := sn[1];
+            open_until := sn[2];
+            openings := sn[3];
+            consecutive := sn[4];
+            admitted := sn[5];
+            ok := sn[6];
+            fail := sn[7];
+            IF left(w[10], 2) = 'c:' AND translate(w[10], '0123', '') = 'c:' THEN
                 wkind := 'c';
                 codes := substr(w[10], 3);
-                decoded := coalesce(codes !~ '[^0-3]', false);
-            ELSIF decoded AND left(w[10], 2) = 't:' THEN
+                b_start := '{}';
+                b_calls := '{}';
+                b_fail := '{}';
+                b_slow := '{}';
+            ELSIF w[10] ~ '^t:(?:;|[0-9]{1,18},[0-9]{1,18},[0-9]{1,18},[0-9]{1,18}(?:,[^;]*)?)*$' THEN
+                -- Buckets `start,calls,failures,slow`, split by ';' (empty
+                -- items skipped, parts after the fourth ignored).
                 wkind := 't';
-                FOREACH window_text IN ARRAY coalesce(string_to_array(substr(w[10], 3), ';'), '{}')
-                LOOP
-                    CONTINUE WHEN window_text = '';
-                    item := string_to_array(window_text, ',');
-                    IF @breaker_num@(item[1]) IS NULL OR @breaker_num@(item[2]) IS NULL
-                        OR @breaker_num@(item[3]) IS NULL OR @breaker_num@(item[4]) IS NULL
-                    THEN
-                        decoded := false;
-                        EXIT;
-                    END IF;
-                    b_start := b_start || @breaker_num@(item[1]);
-                    b_calls := b_calls || @breaker_num@(item[2]);
-                    b_fail := b_fail || @breaker_num@(item[3]);
-                    b_slow := b_slow || @breaker_num@(item[4]);
-                END LOOP;
+                codes := NULL;
+                SELECT coalesce(array_agg(split_part(i, ',', 1)::int8 ORDER BY o), '{}'),
+                    coalesce(array_agg(split_part(i, ',', 2)::int8 ORDER BY o), '{}'),
+                    coalesce(array_agg(split_part(i, ',', 3)::int8 ORDER BY o), '{}'),
+                    coalesce(array_agg(split_part(i, ',', 4)::int8 ORDER BY o), '{}')
+                INTO b_start, b_calls, b_fail, b_slow
+                FROM unnest(string_to_array(substr(w[10], 3), ';')) WITH ORDINALITY AS u(i, o)
+                WHERE i <> '';
             ELSE
                 decoded := false;
             END IF;
