@@ -17,11 +17,13 @@
 //! Then the same on a loopback PostgreSQL (test support): the protected
 //! call (two calls of the breaker's PL/pgSQL step) against two prepared
 //! `SELECT 1` on one raw tokio-postgres connection (the floor: two round
-//! trips), and against resilient-circuit's way as seed 004 describes it,
-//! done with the raw client: a fresh connection per call, then a
-//! transaction that reads the breaker's row `FOR UPDATE` and writes it
-//! back (11 interleaved rounds: 1,000 protected calls and floors, 100 of
-//! the fresh-connection calls).
+//! trips), and against resilient-circuit 0.8.6's way, done with the raw
+//! client: a fresh connection per call, then a transaction with one
+//! guarded upsert of the breaker's row (11 interleaved rounds: 1,000
+//! protected calls and floors, 100 of the fresh-connection calls). With
+//! `RESILIENT_CIRCUIT_PYTHON` set to a Python that has resilient-circuit
+//! and psycopg 3, the library itself is then measured on the same server
+//! (`peers/resilient_circuit_bench.py`, 5 rounds of 100 calls).
 //!
 //! `cargo bench -p bench-compare --bench breaker`
 
@@ -274,15 +276,13 @@ fn distributed_postgres() {
         tokio::spawn(connection);
         let select = raw.prepare("SELECT 1").await.expect("prepare");
         raw.batch_execute(
-            "CREATE TABLE IF NOT EXISTS rc_circuit_breakers (
+            "CREATE TABLE IF NOT EXISTS rc_like_breakers (
                 resource_key text PRIMARY KEY, state text NOT NULL,
                 failure_count int8 NOT NULL, open_until timestamptz,
-                updated_at timestamptz NOT NULL);
-             INSERT INTO rc_circuit_breakers VALUES ('bench', 'CLOSED', 0, NULL, now())
-             ON CONFLICT DO NOTHING;",
+                execution_log jsonb NOT NULL, updated_at timestamptz NOT NULL);",
         )
         .await
-        .expect("resilient-circuit's table");
+        .expect("a table like resilient-circuit's");
         let calls = scale(1_000);
         let fresh_calls = scale(100);
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
@@ -328,39 +328,72 @@ fn distributed_postgres() {
             ratios(0, 1)
         );
         println!(
-            "  fresh connection + FOR UPDATE  {:>8.1} µs   × protected {:.1}",
+            "  fresh connection + upsert      {:>8.1} µs   × protected {:.1}",
             median(times[2].clone()),
             ratios(2, 0)
         );
+        if let Ok(python) = std::env::var("RESILIENT_CIRCUIT_PYTHON") {
+            resilient_circuit(&python, &url, median(times[0].clone()));
+        }
     });
 }
 
-/// One call as resilient-circuit makes it (seed 004): a new connection, the
-/// breaker's row read `FOR UPDATE`, written back, committed.
+/// resilient-circuit itself on the same server, by its bench script.
+fn resilient_circuit(python: &str, url: &str, protected_us: f64) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/peers/resilient_circuit_bench.py"
+    );
+    let out = std::process::Command::new(python)
+        .args([script, url, "100", "5"])
+        .output()
+        .expect("run the resilient-circuit bench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("resilient-circuit protected call"))
+        .expect("the script's result line");
+    let us: f64 = line
+        .split_whitespace()
+        .nth(4)
+        .and_then(|w| w.parse().ok())
+        .expect("a median in µs");
+    println!("  {line}");
+    println!(
+        "  resilient-circuit / protected call: {:.1}×",
+        us / protected_us
+    );
+}
+
+/// One call as resilient-circuit 0.8.6 makes it: a new connection, then in
+/// a transaction one upsert of the breaker's row (its call log as JSON),
+/// unless the row is open. (Its re-read of the row, at most once a second
+/// on another connection, is left out.)
 async fn fresh_connection_call(url: &str) {
     let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .expect("connect");
     let task = tokio::spawn(connection);
     let tx = client.transaction().await.expect("begin");
-    let row = tx
-        .query_one(
-            "SELECT state, failure_count, open_until FROM rc_circuit_breakers
-             WHERE resource_key = $1 FOR UPDATE",
-            &[&"bench"],
+    let written = tx
+        .execute(
+            "INSERT INTO rc_like_breakers AS b
+                 (resource_key, state, failure_count, open_until, execution_log, updated_at)
+             VALUES ($1, 'CLOSED', 0, NULL, $2::text::jsonb, now())
+             ON CONFLICT (resource_key) DO UPDATE SET
+                 state = EXCLUDED.state, failure_count = EXCLUDED.failure_count,
+                 execution_log = EXCLUDED.execution_log, updated_at = now()
+             WHERE NOT (b.state = 'OPEN' AND b.open_until > now())",
+            &[&"bench", &"[true, true, true, true, true]"],
         )
         .await
-        .expect("read");
-    let state: String = row.get(0);
-    black_box(state);
-    // A success: the count starts again.
-    tx.execute(
-        "UPDATE rc_circuit_breakers SET failure_count = 0, updated_at = now()
-         WHERE resource_key = $1",
-        &[&"bench"],
-    )
-    .await
-    .expect("write");
+        .expect("upsert");
+    black_box(written);
     tx.commit().await.expect("commit");
     drop(client);
     let _ = task.await;

@@ -224,12 +224,31 @@ impl DistributedBreaker {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, E>>,
     {
+        self.call_with(
+            |result: &std::result::Result<T, E>| match result {
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::Failure,
+            },
+            call,
+        )
+        .await
+    }
+
+    /// [`call`](Self::call) with `classify` deciding which results count
+    /// as failures and which are ignored.
+    pub async fn call_with<T, E, F, Fut, C>(
+        &self,
+        classify: C,
+        call: F,
+    ) -> std::result::Result<T, CallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, E>>,
+        C: FnOnce(&std::result::Result<T, E>) -> Outcome,
+    {
         let permit = self.acquire().await.map_err(CallError::Rejected)?;
         let result = call().await;
-        let outcome = match &result {
-            Ok(_) => Outcome::Success,
-            Err(_) => Outcome::Failure,
-        };
+        let outcome = classify(&result);
         if let Err(err) = permit.record(outcome).await {
             tracing::warn!(breaker = %self.name, error = %err, "breaker result not recorded");
         }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::backend::clock::{Clock, MonotonicClock};
 
 use super::config::BreakerConfig;
+use super::events::{BreakerEvent, Observers};
 use super::fast::FastWindow;
 use super::machine::{enter, step, trips, Decision, Event, Outcome, Phase, State, Transition};
 use super::permit::{Permit, Rejected};
@@ -43,6 +44,7 @@ pub(super) struct Shared {
     entropy: AtomicU64,
     transitions: AtomicU64,
     rejections: AtomicU64,
+    observers: Observers,
 }
 
 impl Shared {
@@ -60,9 +62,11 @@ impl Shared {
         (x >> 32) as u32
     }
 
-    /// Publishes `state` to the lock-free paths after a step under the lock.
+    /// Publishes `state` to the lock-free paths after a step under the lock
+    /// (the before-transition hooks first).
     fn mirror(&self, state: &State, transition: Option<Transition>) {
         if let Some(t) = transition {
+            self.observers.before(&t);
             if matches!(t.to, Phase::Closed | Phase::MetricsOnly)
                 || matches!(t.from, Phase::Closed | Phase::MetricsOnly)
             {
@@ -78,18 +82,24 @@ impl Shared {
     /// Runs `event` under the lock; also returns when the phase it left
     /// began (a probe's half-open spell).
     fn run(&self, event: Event) -> (Decision, Option<Transition>, u64) {
-        let mut state = self.lock();
-        let now = self.clock.now_millis();
-        let before = state.phase;
-        let taken = step(&self.config, &mut state, event, now, self.entropy());
-        if matches!(event, Event::Reset | Event::ForceClose | Event::MetricsOnly)
-            && before == state.phase
-        {
-            // Same phase, history forgotten all the same.
-            self.fast.reset();
+        let (decision, transition, since) = {
+            let mut state = self.lock();
+            let now = self.clock.now_millis();
+            let before = state.phase;
+            let taken = step(&self.config, &mut state, event, now, self.entropy());
+            if matches!(event, Event::Reset | Event::ForceClose | Event::MetricsOnly)
+                && before == state.phase
+            {
+                // Same phase, history forgotten all the same.
+                self.fast.reset();
+            }
+            self.mirror(&state, taken.transition);
+            (taken.decision, taken.transition, state.since)
+        };
+        if let Some(t) = transition {
+            self.observers.after(t);
         }
-        self.mirror(&state, taken.transition);
-        (taken.decision, taken.transition, state.since)
+        (decision, transition, since)
     }
 
     /// May a call go through now? A probe's permit names its spell.
@@ -111,6 +121,7 @@ impl Shared {
             let until = self.open_until.load(Ordering::Acquire);
             if now < until {
                 self.rejections.fetch_add(1, Ordering::Relaxed);
+                self.observers.rejected(Some(until - now));
                 return Err(Rejected::new(self.name.clone(), Some(until - now)));
             }
         }
@@ -118,6 +129,7 @@ impl Shared {
             (Decision::Permit { probe }, _, spell) => Ok(probe.then_some(spell)),
             (Decision::Reject { retry_after_ms }, _, _) => {
                 self.rejections.fetch_add(1, Ordering::Relaxed);
+                self.observers.rejected(retry_after_ms);
                 Err(Rejected::new(self.name.clone(), retry_after_ms))
             }
             (Decision::Done, _, _) => Ok(None),
@@ -127,6 +139,7 @@ impl Shared {
     /// Records a call's result.
     #[inline]
     pub(super) fn record(&self, outcome: Outcome, slow: bool, probe: Option<u64>) {
+        self.observers.recorded(outcome, slow);
         let phase = self.phase.load(Ordering::Acquire);
         // Closed, every result counts in the window (a late probe's too, as
         // the state machine counts it).
@@ -154,11 +167,18 @@ impl Shared {
     #[cold]
     #[inline(never)]
     fn trip(&self) {
-        let mut state = self.lock();
-        if state.phase == Phase::Closed {
+        let transition = {
+            let mut state = self.lock();
+            if state.phase != Phase::Closed {
+                return;
+            }
             let now = self.clock.now_millis();
             let transition = enter(&self.config, &mut state, Phase::Open, now, self.entropy());
             self.mirror(&state, transition);
+            transition
+        };
+        if let Some(t) = transition {
+            self.observers.after(t);
         }
     }
 
@@ -226,9 +246,11 @@ impl LocalBreaker {
             hasher.write_u64(now);
             hasher.finish() | 1
         };
+        let name: Arc<str> = Arc::from(name.into());
         LocalBreaker {
             shared: Arc::new(Shared {
-                name: Arc::from(name.into()),
+                observers: Observers::new(name.clone()),
+                name,
                 fast: FastWindow::new(&config),
                 state: Mutex::new(State::new(&config, now)),
                 config,
@@ -320,6 +342,60 @@ impl LocalBreaker {
     /// Lets every call through, counts, never opens.
     pub fn metrics_only(&self) {
         self.shared.run(Event::MetricsOnly);
+    }
+
+    /// Runs `hook` after every transition, once it has taken effect (the
+    /// breaker may be called from it).
+    pub fn on_transition(&self, hook: impl Fn(&Transition) + Send + Sync + 'static) {
+        self.shared.observers.add_after(Arc::new(hook));
+    }
+
+    /// Runs `hook` on every transition before it takes effect: no caller
+    /// sees the new phase until it returns. It runs under the breaker's
+    /// lock, so it must not call this breaker (that would deadlock) and
+    /// should be quick.
+    pub fn before_transition(&self, hook: impl Fn(&Transition) + Send + Sync + 'static) {
+        self.shared.observers.add_before(Arc::new(hook));
+    }
+
+    /// Runs `hook` each time the breaker opens (by a rule, or from half-open).
+    pub fn on_open(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.on_entering(Phase::Open, hook);
+    }
+
+    /// Runs `hook` each time the breaker closes.
+    pub fn on_close(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.on_entering(Phase::Closed, hook);
+    }
+
+    /// Runs `hook` each time the breaker goes half-open.
+    pub fn on_half_open(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.on_entering(Phase::HalfOpen, hook);
+    }
+
+    fn on_entering(&self, phase: Phase, hook: impl Fn() + Send + Sync + 'static) {
+        self.on_transition(move |t| {
+            if t.to == phase {
+                hook();
+            }
+        });
+    }
+
+    /// A stream of what the breaker does from now on: transitions,
+    /// rejections and slow calls. A subscriber more than
+    /// [`EVENT_BUFFER`](super::EVENT_BUFFER) events behind misses the
+    /// oldest (and is told how many).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<BreakerEvent> {
+        self.shared.observers.subscribe()
+    }
+
+    /// Reports this breaker's calls by outcome, slow calls, transitions
+    /// and state through the `metrics` crate (see the
+    /// [`events`](super::events) module for the names). Off until called:
+    /// each recorded call then also increments a counter.
+    pub fn with_metrics(self) -> Self {
+        self.shared.observers.enable_metrics(self.phase());
+        self
     }
 
     /// Transitions and rejections so far.

@@ -39,10 +39,14 @@
 
 mod config;
 mod distributed;
+pub mod events;
 mod fast;
+#[cfg(feature = "tower")]
+mod layer;
 mod local;
 mod machine;
 mod permit;
+mod registry;
 mod shared;
 mod window;
 mod wire;
@@ -54,8 +58,12 @@ mod tests;
 
 pub use config::{BreakerConfig, BreakerConfigBuilder, CloseAfter, Ratio, Window};
 pub use distributed::{DistributedBreaker, DistributedPermit, StoreDown};
+pub use events::{BreakerEvent, EVENT_BUFFER};
+#[cfg(feature = "tower")]
+pub use layer::{BreakerLayer, BreakerService, Classify, ErrorsFail, Guard};
 pub use local::LocalBreaker;
 pub use machine::{open_duration, step, Decision, Event, Outcome, Phase, State, Step, Transition};
 pub use permit::{CallError, Permit, Rejected};
+pub use registry::BreakerRegistry;
 pub use shared::{decode_state, parse_step_output, state_ttl, step_input, BreakerStep, PEEK};
 pub use window::{Bucket, Calls, Tally};

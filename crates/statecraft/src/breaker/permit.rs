@@ -117,6 +117,12 @@ impl Rejected {
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after_ms.map(Duration::from_millis)
     }
+
+    /// [`retry_after`](Self::retry_after) in whole seconds, rounded up (at
+    /// least 1): the value of an HTTP `Retry-After` header.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after_ms.map(|ms| ms.div_ceil(1_000).max(1))
+    }
 }
 
 impl fmt::Display for Rejected {
