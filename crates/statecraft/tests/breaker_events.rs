@@ -1,6 +1,7 @@
 //! What a local breaker tells the world: hooks before and after every
 //! transition, in order; the event stream (transitions, rejections, slow
-//! calls); and its metrics by outcome and state.
+//! calls); its metrics by outcome and state; and its state exported to a
+//! file and imported by another registry on another clock.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -161,4 +162,63 @@ fn metrics_count_calls_by_outcome_and_show_the_state() {
         Some(1.0),
         "open: {figures:?}"
     );
+}
+
+#[test]
+fn states_export_to_a_file_and_import_elsewhere() {
+    use statecraft::breaker::BreakerRegistry;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("breakers.json");
+    let clock = ManualClock::new(5_000_000);
+    let make = |clock: ManualClock| {
+        BreakerRegistry::new(config(), move |name, config| {
+            LocalBreaker::with_clock(name, config, clock.clone())
+        })
+    };
+    let here = make(clock.clone());
+    for _ in 0..2 {
+        here.get("payments").acquire().expect("closed").failure();
+    }
+    clock.advance(Duration::from_secs(4));
+    here.get("admin").force_open();
+    here.get("search").acquire().expect("closed").success();
+    here.export_to(&file).expect("export");
+
+    // Another process, its clock elsewhere.
+    let there_clock = ManualClock::new(90_000_000);
+    let there = make(there_clock.clone());
+    {
+        let transitions = Arc::new(Mutex::new(Vec::new()));
+        let log = transitions.clone();
+        let payments = there.get("payments");
+        payments.on_transition(move |t| log.lock().expect("log").push(*t));
+        assert_eq!(there.import_from(&file).expect("import"), 3);
+        assert_eq!(
+            *transitions.lock().expect("log"),
+            [Transition {
+                from: Phase::Closed,
+                to: Phase::Open
+            }]
+        );
+    }
+    let payments = there.get("payments");
+    let rejected = payments.acquire().expect_err("still open");
+    assert_eq!(
+        rejected.retry_after(),
+        Some(Duration::from_secs(6)),
+        "what was left of the 10 s"
+    );
+    assert_eq!(there.get("admin").phase(), Phase::ForcedOpen);
+    assert_eq!(there.get("search").phase(), Phase::Closed);
+    there_clock.advance(Duration::from_secs(6));
+    assert!(payments.acquire().expect("a probe").is_probe());
+
+    // Not an export: an error, and nothing changes.
+    std::fs::write(&file, b"{\"not\": \"a list\"}").expect("write");
+    let err = there.import_from(&file).expect_err("not an export");
+    assert_eq!(err.kind(), statecraft::ErrorKind::Corrupt);
+    let err = there
+        .import_from(dir.path().join("missing.json"))
+        .expect_err("no file");
+    assert_eq!(err.kind(), statecraft::ErrorKind::Io);
 }

@@ -163,6 +163,51 @@ impl Shared {
         self.record_slow(phase, outcome, slow, probe);
     }
 
+    /// The phase, what is left of an opening, and the openings in a row.
+    pub(super) fn snapshot(&self) -> (Phase, Option<u64>, u32) {
+        let state = self.lock();
+        let now = self.clock.now_millis();
+        let remaining = (state.phase == Phase::Open).then(|| state.open_until.saturating_sub(now));
+        (state.phase, remaining, state.openings)
+    }
+
+    /// Takes on an exported phase (see `export.rs`): a half-open breaker
+    /// comes back as an ended opening, an opening no longer than this
+    /// configuration's longest.
+    pub(super) fn restore(&self, phase: Phase, open_remaining_ms: Option<u64>, openings: u32) {
+        let transition = {
+            let mut state = self.lock();
+            let now = self.clock.now_millis();
+            let from = state.phase;
+            let mut fresh = State::new(&self.config, now);
+            match phase {
+                Phase::Open | Phase::HalfOpen => {
+                    let longest = super::config::millis(self.config.max_open_for);
+                    let left = match phase {
+                        Phase::Open => open_remaining_ms.unwrap_or(0).min(longest),
+                        _ => 0,
+                    };
+                    fresh.phase = Phase::Open;
+                    fresh.openings = openings.max(1);
+                    fresh.open_until = now.saturating_add(left);
+                }
+                Phase::Closed => {}
+                Phase::ForcedOpen | Phase::Disabled | Phase::MetricsOnly => fresh.phase = phase,
+            }
+            *state = fresh;
+            self.fast.reset();
+            let transition = (from != state.phase).then_some(Transition {
+                from,
+                to: state.phase,
+            });
+            self.mirror(&state, transition);
+            transition
+        };
+        if let Some(t) = transition {
+            self.observers.after(t);
+        }
+    }
+
     /// Opens a closed breaker whose window tripped a rule.
     #[cold]
     #[inline(never)]
@@ -214,7 +259,7 @@ impl Shared {
 /// ```
 #[derive(Clone)]
 pub struct LocalBreaker {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for LocalBreaker {

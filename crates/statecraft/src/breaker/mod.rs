@@ -40,6 +40,7 @@
 mod config;
 mod distributed;
 pub mod events;
+mod export;
 mod fast;
 #[cfg(feature = "tower")]
 mod layer;
@@ -59,6 +60,7 @@ mod tests;
 pub use config::{BreakerConfig, BreakerConfigBuilder, CloseAfter, Ratio, Window};
 pub use distributed::{DistributedBreaker, DistributedPermit, StoreDown};
 pub use events::{BreakerEvent, EVENT_BUFFER};
+pub use export::ExportedBreaker;
 #[cfg(feature = "tower")]
 pub use layer::{BreakerLayer, BreakerService, Classify, ErrorsFail, Guard};
 pub use local::LocalBreaker;
