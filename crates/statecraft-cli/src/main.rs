@@ -1,6 +1,7 @@
 //! The `statecraft` command.
 
 mod bench;
+mod breaker;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,9 @@ enum Command {
     /// Measure backends: p50/p99 latency and throughput of get, put,
     /// increment and batch operations at concurrency 1 and N.
     Bench(bench::BenchArgs),
+    /// See and steer the shared circuit breakers of a store: list, show,
+    /// open, close, reset.
+    Breaker(breaker::BreakerArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Breaker(args) => runtime.block_on(breaker::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -137,6 +137,12 @@ pub struct PostgresNative {
     ///
     /// [`PostgresBackend::purge_expired`]: crate::PostgresBackend::purge_expired
     pub purge: Option<&'static str>,
+    /// A statement that lists the keys the update holds live state for,
+    /// `$1` a prefix (`bytea`) they start with, in key order
+    /// ([`PostgresBackend::native_keys`]); `None`: it cannot list them.
+    ///
+    /// [`PostgresBackend::native_keys`]: crate::PostgresBackend::native_keys
+    pub keys: Option<&'static str>,
 }
 
 /// The provided path of [`update_atomic`](StateBackend::update_atomic): read,

@@ -8,8 +8,9 @@ use bytes::Bytes;
 use tokio_postgres::error::SqlState;
 
 use crate::backend::atomic::{AtomicUpdate, PostgresNative};
-use crate::backend::error::{Error, ErrorKind, Result};
+use crate::backend::error::{Error, ErrorKind, Operation, Result};
 
+use super::backend::PostgresBackend;
 use super::config::quoted;
 use super::errors::{corrupt, pg_error};
 use super::migrations::MIGRATION_LOCK;
@@ -116,6 +117,36 @@ impl Inner {
         Ok(Bytes::from(output))
     }
 
+    /// The keys `update` holds live state for under `prefix`, by its
+    /// native `keys` statement (set up first if need be).
+    pub(super) async fn native_keys(
+        &self,
+        update: &dyn AtomicUpdate,
+        prefix: &[u8],
+    ) -> Result<Vec<Bytes>> {
+        let (Some(native), Some(keys)) =
+            (update.postgres(), update.postgres().and_then(|n| n.keys))
+        else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("{}: no native PostgreSQL listing", update.name()),
+            ));
+        };
+        if self.natives.get(update.name()).is_none() {
+            self.set_up(update.name(), native).await?;
+        }
+        let sql = expand(keys, &self.config.table);
+        let mut client = self.client().await?;
+        let rows = client.query(&sql, &[&prefix]).await.map_err(pg_error)?;
+        rows.iter()
+            .map(|row| {
+                row.try_get::<_, Vec<u8>>(0)
+                    .map(Bytes::from)
+                    .map_err(corrupt)
+            })
+            .collect()
+    }
+
     async fn set_up(&self, name: &'static str, native: PostgresNative) -> Result<Arc<str>> {
         let table = self.config.table.as_str();
         let mut client = self.client().await?.into_object();
@@ -138,6 +169,23 @@ impl Inner {
             },
         );
         Ok(call)
+    }
+}
+
+impl PostgresBackend {
+    /// The keys a native atomic update (a breaker's step, say) holds live
+    /// state for under `prefix`, in key order: such state lives in the
+    /// update's own table, which [`list_keys`](crate::StateBackend::list_keys)
+    /// does not see.
+    pub async fn native_keys(
+        &self,
+        update: &dyn AtomicUpdate,
+        prefix: &[u8],
+    ) -> Result<Vec<Bytes>> {
+        let inner = &self.inner;
+        inner
+            .run(Operation::ListKeys, None, inner.native_keys(update, prefix))
+            .await
     }
 }
 
