@@ -11,6 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use statecraft::{ConnectOptions, PutOptions, SledBackend, StateBackend};
 
+mod primitive;
+
 /// Options of `statecraft bench`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
@@ -48,6 +50,11 @@ pub(crate) struct BenchArgs {
     /// Print a JSON array instead of a table.
     #[arg(long)]
     json: bool,
+    /// Measure a coordination primitive instead of the backends'
+    /// operations: `breaker` (rows `breaker_local_call` on `memory`, and
+    /// `breaker_distributed_call` on each `--backend`, default memory).
+    #[arg(long, value_enum)]
+    primitive: Option<primitive::Primitive>,
 }
 
 /// An operation `statecraft bench` can measure.
@@ -179,6 +186,18 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
             "--concurrency, --keys, --batch-size and --duration-ms must be at least 1".into(),
         );
     }
+    let mut levels = vec![1];
+    if args.concurrency > 1 {
+        levels.push(args.concurrency);
+    }
+    if let Some(which) = args.primitive {
+        let specs = match args.backends.is_empty() {
+            true => vec!["memory".to_string()],
+            false => args.backends.clone(),
+        };
+        let rows = primitive::run(which, &args, &specs, &levels).await?;
+        return print_rows(&rows, args.json);
+    }
     let specs = if args.backends.is_empty() {
         vec!["memory".to_string(), "sled".to_string()]
     } else {
@@ -187,10 +206,6 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let mut targets = Vec::with_capacity(specs.len());
     for spec in &specs {
         targets.push(open_target(spec, args.concurrency).await?);
-    }
-    let mut levels = vec![1];
-    if args.concurrency > 1 {
-        levels.push(args.concurrency);
     }
     let cases = (targets.len() * args.ops.len() * levels.len()) as u64;
     let progress = ProgressBar::new(cases);
@@ -224,11 +239,15 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         target.backend.clear().await.map_err(|e| e.to_string())?;
     }
     progress.finish_and_clear();
-    if args.json {
-        let json = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
+    print_rows(&rows, args.json)
+}
+
+fn print_rows(rows: &[BenchRow], json: bool) -> Result<(), String> {
+    if json {
+        let json = serde_json::to_string_pretty(rows).map_err(|e| e.to_string())?;
         println!("{json}");
     } else {
-        print!("{}", render_table(&rows));
+        print!("{}", render_table(rows));
     }
     Ok(())
 }

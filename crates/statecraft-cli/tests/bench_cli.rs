@@ -150,3 +150,61 @@ fn bench_measures_a_cached_stack_with_its_l1_figures() {
         }
     }
 }
+
+/// `--primitive breaker`: a protected call through a local breaker (on
+/// `memory`) and through a distributed one on each store, in rows with the
+/// backends' fields.
+#[test]
+fn bench_primitive_breaker_prints_local_and_distributed_rows() {
+    let redis = statecraft_testkit::RedisServer::start();
+    let postgres = statecraft_testkit::PostgresServer::start();
+    let output = Command::new(env!("CARGO_BIN_EXE_statecraft"))
+        .args(["bench", "--primitive", "breaker", "--json"])
+        .args(["--duration-ms", "100", "--concurrency", "4"])
+        .args(["--backend", &redis.url(), "--backend", &postgres.url()])
+        .output()
+        .expect("run statecraft bench");
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    let rows = rows.as_array().expect("a JSON array");
+    assert_eq!(rows.len(), 6, "local + 2 stores, × 2 levels: {rows:?}");
+    for (backend, operation, distributed) in [
+        ("memory", "breaker_local_call", false),
+        ("redis", "breaker_distributed_call", true),
+        ("postgres", "breaker_distributed_call", true),
+    ] {
+        for concurrency in [1, 4] {
+            let row = rows
+                .iter()
+                .find(|r| {
+                    r["backend"] == backend
+                        && r["operation"] == operation
+                        && r["concurrency"] == concurrency
+                })
+                .unwrap_or_else(|| panic!("no {operation} row on {backend} ×{concurrency}"));
+            let ops = row["ops_per_sec"].as_f64().expect("ops_per_sec");
+            let p50 = row["p50_us"].as_f64().expect("p50_us");
+            let p99 = row["p99_us"].as_f64().expect("p99_us");
+            assert!(ops > 0.0 && p50 > 0.0 && p99 >= p50, "{row}");
+            assert_eq!(row["distributed"], distributed, "{row}");
+            assert_eq!(row["batch_size"], 1, "{row}");
+            assert!(row["calls"].as_u64().expect("calls") > 0, "{row}");
+        }
+    }
+    let local = rows
+        .iter()
+        .find(|r| r["operation"] == "breaker_local_call" && r["concurrency"] == 1)
+        .expect("local row");
+    let redis_row = rows
+        .iter()
+        .find(|r| r["backend"] == "redis" && r["concurrency"] == 1)
+        .expect("redis row");
+    assert!(
+        local["ops_per_sec"].as_f64() > redis_row["ops_per_sec"].as_f64(),
+        "a local call needs no round trip: {local} {redis_row}"
+    );
+}

@@ -1,0 +1,213 @@
+//! `statecraft bench --primitive breaker`: a protected call (ask, a trivial
+//! call that succeeds, record) through each kind of breaker, in rows with
+//! the same fields as the backends' rows. `breaker_local_call` runs on
+//! `memory` (it touches no store); `breaker_distributed_call` runs once
+//! per `--backend`.
+
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use statecraft::breaker::{BreakerConfig, DistributedBreaker, LocalBreaker, Window};
+
+use super::{new_histogram, open_target, BenchArgs, BenchRow, Target, TaskResult};
+
+/// A coordination primitive `statecraft bench` can measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Primitive {
+    /// Circuit breakers: `breaker_local_call`, `breaker_distributed_call`.
+    Breaker,
+}
+
+/// The breakers' configuration: open at half the last 100 calls failing
+/// (the calls measured all succeed, so it stays closed).
+fn config() -> Result<BreakerConfig, String> {
+    BreakerConfig::builder()
+        .failure_rate(1, 2)
+        .window(Window::Count(100))
+        .min_calls(100)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Local calls are timed in blocks of this many (a clock read costs more
+/// than the call); each block's mean is one latency sample.
+const LOCAL_BLOCK: u64 = 256;
+
+pub(super) async fn run(
+    _primitive: Primitive,
+    args: &BenchArgs,
+    specs: &[String],
+    levels: &[usize],
+) -> Result<Vec<BenchRow>, String> {
+    let mut rows = Vec::new();
+    let local = LocalBreaker::new("bench", config()?);
+    for &concurrency in levels {
+        rows.push(local_row(&local, concurrency, args).await?);
+    }
+    for spec in specs {
+        let target = open_target(spec, args.concurrency).await?;
+        let name = format!("bench-{}", std::process::id());
+        let breaker = DistributedBreaker::new(target.backend.clone(), name.as_str(), config()?);
+        for &concurrency in levels {
+            rows.push(distributed_row(&target, &breaker, concurrency, args).await?);
+        }
+        breaker
+            .reset()
+            .await
+            .map_err(|e| format!("breaker on {spec}: {e}"))?;
+        target.backend.clear().await.map_err(|e| e.to_string())?;
+    }
+    Ok(rows)
+}
+
+fn row(
+    backend: String,
+    operation: &'static str,
+    concurrency: usize,
+    results: Vec<TaskResult>,
+    elapsed: Duration,
+    (persistent, distributed): (bool, bool),
+) -> Result<BenchRow, String> {
+    let mut histogram = new_histogram()?;
+    let mut calls = 0;
+    for result in results {
+        histogram
+            .add(&result.histogram)
+            .map_err(|e| e.to_string())?;
+        calls += result.calls;
+    }
+    Ok(BenchRow {
+        backend,
+        operation,
+        concurrency,
+        ops_per_sec: calls as f64 / elapsed.as_secs_f64(),
+        p50_us: histogram.value_at_quantile(0.50) as f64 / 1_000.0,
+        p99_us: histogram.value_at_quantile(0.99) as f64 / 1_000.0,
+        batch_size: 1,
+        calls,
+        persistent,
+        distributed,
+        l1_hits: None,
+        l1_misses: None,
+    })
+}
+
+/// `concurrency` OS threads calling one local breaker.
+async fn local_row(
+    breaker: &LocalBreaker,
+    concurrency: usize,
+    args: &BenchArgs,
+) -> Result<BenchRow, String> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(args.duration_ms);
+    let results = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..concurrency)
+            .map(|_| scope.spawn(|| local_calls(breaker, deadline)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .map_err(|_| "a benchmark thread panicked".to_string())?
+            })
+            .collect::<Result<Vec<_>, String>>()
+    })?;
+    let elapsed = started.elapsed();
+    row(
+        "memory".into(),
+        "breaker_local_call",
+        concurrency,
+        results,
+        elapsed,
+        (false, false),
+    )
+}
+
+fn local_calls(breaker: &LocalBreaker, deadline: Instant) -> Result<TaskResult, String> {
+    let mut histogram = new_histogram()?;
+    let mut calls = 0u64;
+    while Instant::now() < deadline {
+        let block = Instant::now();
+        for i in 0..LOCAL_BLOCK {
+            let permit = breaker
+                .acquire()
+                .map_err(|e| format!("breaker_local_call: {e}"))?;
+            std::hint::black_box(i);
+            permit.success();
+        }
+        let mean = block.elapsed().as_nanos() / u128::from(LOCAL_BLOCK);
+        histogram
+            .record(u64::try_from(mean).unwrap_or(u64::MAX).max(1))
+            .map_err(|e| e.to_string())?;
+        calls += LOCAL_BLOCK;
+    }
+    Ok(TaskResult { histogram, calls })
+}
+
+/// `concurrency` tasks calling one distributed breaker on the target.
+async fn distributed_row(
+    target: &Target,
+    breaker: &DistributedBreaker,
+    concurrency: usize,
+    args: &BenchArgs,
+) -> Result<BenchRow, String> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(args.duration_ms);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let breaker = breaker.clone();
+            tokio::spawn(async move { distributed_calls(&breaker, deadline).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(
+            task.await
+                .map_err(|e| format!("benchmark task failed: {e}"))??,
+        );
+    }
+    let elapsed = started.elapsed();
+    let caps = target.backend.capabilities();
+    row(
+        target.label.clone(),
+        "breaker_distributed_call",
+        concurrency,
+        results,
+        elapsed,
+        (caps.persistent, caps.distributed),
+    )
+}
+
+async fn distributed_calls(
+    breaker: &DistributedBreaker,
+    deadline: Instant,
+) -> Result<TaskResult, String> {
+    let mut histogram = new_histogram()?;
+    let mut calls = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let permit = breaker
+            .acquire()
+            .await
+            .map_err(|e| format!("breaker_distributed_call: {e}"))?;
+        if !permit.is_counted() {
+            return Err("breaker_distributed_call: the store did not answer".into());
+        }
+        permit
+            .success()
+            .await
+            .map_err(|e| format!("breaker_distributed_call: {e}"))?;
+        calls += 1;
+        let took = now.elapsed();
+        histogram
+            .record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1))
+            .map_err(|e| e.to_string())?;
+        if calls % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(TaskResult { histogram, calls })
+}
