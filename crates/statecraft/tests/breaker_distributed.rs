@@ -1,5 +1,5 @@
 //! The distributed breaker across OS processes sharing one Redis (or one
-//! PostgreSQL): the half-open probe limit holds cluster-wide (4 processes
+//! Redis Cluster, or one PostgreSQL): the half-open probe limit holds cluster-wide (4 processes
 //! × 64 tasks, every probe logged with its spell), instances created while it is open never
 //! reset it, a deleted key is a fresh closed breaker, and a killed store
 //! fails open or closed, as configured, within the timeout.
@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use statecraft::breaker::{BreakerConfig, CloseAfter, DistributedBreaker, Phase, StoreDown};
-use statecraft::{PostgresBackend, PostgresConfig, RedisBackend, RedisConfig, StateBackend};
-use statecraft_testkit::{PostgresServer, RedisServer};
+use statecraft::{RedisBackend, RedisConfig, StateBackend};
+use statecraft_testkit::{PostgresServer, RedisCluster, RedisServer};
 
 const CHILD: &str = "STATECRAFT_BREAKER_CHILD";
 
@@ -35,18 +35,16 @@ async fn redis(url: &str) -> Arc<dyn StateBackend> {
     Arc::new(RedisBackend::new(config).await.expect("redis"))
 }
 
-/// The store at `url`: Redis, or PostgreSQL in a table every process of
-/// this test binary shares.
+/// The store at `url`: Redis (single or Cluster, by `statecraft::connect`),
+/// or PostgreSQL in a table every process of this test binary shares.
 async fn store(url: &str) -> Arc<dyn StateBackend> {
-    if !url.starts_with("postgres") {
+    if url.starts_with("redis://") {
         return redis(url).await;
     }
-    let config = PostgresConfig::builder()
-        .url(url)
-        .table("breaker_processes")
-        .build()
-        .expect("config");
-    Arc::new(PostgresBackend::new(config).await.expect("postgres"))
+    let options = statecraft::ConnectOptions::new().postgres_table("breaker_processes");
+    statecraft::connect_with(url, &options)
+        .await
+        .expect("the test store accepts connections")
 }
 
 /// A child process: `mode|url|name|millis`.
@@ -170,6 +168,17 @@ async fn probes_stay_limited_across_processes_on_postgres() {
     probes_stay_limited(
         "probes_stay_limited_across_processes_on_postgres",
         &PostgresServer::shared().url(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_stay_limited_across_processes_on_redis_cluster() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child(&spec).await;
+    }
+    probes_stay_limited(
+        "probes_stay_limited_across_processes_on_redis_cluster",
+        &RedisCluster::shared().url(),
     );
 }
 
