@@ -96,11 +96,15 @@ async fn bad_input_is_a_typed_error_on_both_paths() {
         good.replace("|A|", "|R s 0 x|").into_bytes(),
         good.replace("|A|", "|R s 2 -|").into_bytes(),
         good.replace("|A|", "|Q|").into_bytes(),
+        good.replace("|A|", "|B |").into_bytes(),
+        good.replace("|A|", "|B 0140|").into_bytes(),
+        good.replace("|A|", &format!("|B {}|", "0".repeat(4_097)))
+            .into_bytes(),
         good.replacen("|0|", "|4294967296|", 1).into_bytes(),
         // A configuration that does not validate: zero probes.
         good.replacen(" 1 s 1 ", " 0 s 1 ", 1).into_bytes(),
     ];
-    assert_ne!(inputs[7], good.as_bytes(), "the probes field was replaced");
+    assert_ne!(inputs[10], good.as_bytes(), "the probes field was replaced");
     let pg_only = vec![0xff, b'|'];
     for input in &inputs {
         for backend in [&*store as &dyn StateBackend, &MemoryBackend::new()] {

@@ -43,7 +43,19 @@ proptest! {
 #[tokio::test]
 async fn bad_input_is_a_typed_error_on_both_paths() {
     let store = redis(&format!("breaker_bad_{}:", std::process::id())).await;
-    for input in [&b"nonsense"[..], b"c 5 0|A|1|0|1000", b""] {
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .build()
+        .expect("config");
+    let good = step_input(&config, "b", Event::Acquire, 0, 0);
+    let batches = [
+        good.replace("|A|", "|B |"),
+        good.replace("|A|", "|B 0140|"),
+        good.replace("|A|", &format!("|B {}|", "0".repeat(4_097))),
+    ];
+    let mut inputs = vec![&b"nonsense"[..], b"c 5 0|A|1|0|1000", b""];
+    inputs.extend(batches.iter().map(|b| b.as_bytes()));
+    for input in inputs {
         for backend in [&store as &dyn StateBackend, &MemoryBackend::new()] {
             let err = backend
                 .update_atomic(b"breaker", &BreakerStep, input)

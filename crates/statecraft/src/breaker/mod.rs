@@ -67,5 +67,8 @@ pub use local::LocalBreaker;
 pub use machine::{open_duration, step, Decision, Event, Outcome, Phase, State, Step, Transition};
 pub use permit::{CallError, Permit, Rejected};
 pub use registry::BreakerRegistry;
-pub use shared::{decode_state, parse_step_output, state_ttl, step_input, BreakerStep, PEEK};
+pub use shared::{
+    batch_input, decode_state, parse_step_output, state_ttl, step_input, BreakerStep, MAX_BATCH,
+    PEEK,
+};
 pub use window::{Bucket, Calls, Tally};

@@ -13,7 +13,7 @@ use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::PutOptions;
 
 use super::config::{millis, BreakerConfig, Window};
-use super::machine::{step, Event, Phase, State, Step};
+use super::machine::{step, Decision, Event, Outcome, Phase, State, Step, Transition};
 use super::wire;
 
 /// The Lua copy of [`step`], kept beside it and checked against it.
@@ -71,6 +71,67 @@ pub fn step_input(
     )
 }
 
+/// The most results one batch carries.
+pub const MAX_BATCH: usize = 4_096;
+
+/// The input of one [`BreakerStep`] that records a batch of results (no
+/// probe's among them), each as its own step, in order, at one time:
+/// `results` are (failed, slow) pairs. Ignored results are not sent.
+/// At most [`MAX_BATCH`] of them; an empty batch is bad input.
+pub fn batch_input(
+    config: &BreakerConfig,
+    name: &str,
+    results: &[(bool, bool)],
+    entropy: u32,
+    now: u64,
+) -> String {
+    let codes: String = results
+        .iter()
+        .map(|&(failed, slow)| char::from(b'0' + u8::from(failed) + 2 * u8::from(slow)))
+        .collect();
+    format!(
+        "{}|B {codes}|{entropy}|{now}|{}|{name}",
+        wire::encode_config(config),
+        millis(state_ttl(config)),
+    )
+}
+
+/// The events of an input's event field: one event, or a batch's records.
+fn events(text: &str) -> Option<Vec<Event>> {
+    let Some(codes) = text.strip_prefix("B ") else {
+        return wire::decode_event(text).map(|event| vec![event]);
+    };
+    if codes.is_empty() || codes.len() > MAX_BATCH {
+        return None;
+    }
+    codes
+        .bytes()
+        .map(|code| {
+            let code = code.checked_sub(b'0').filter(|c| *c <= 3)?;
+            Some(Event::Record {
+                outcome: match code & 1 {
+                    1 => Outcome::Failure,
+                    _ => Outcome::Success,
+                },
+                slow: code & 2 != 0,
+                probe: None,
+            })
+        })
+        .collect()
+}
+
+/// Two steps' transitions as one (none if the second undoes the first),
+/// as the copies merge them.
+fn merged(first: Option<Transition>, then: Option<Transition>) -> Option<Transition> {
+    match (first, then) {
+        (Some(a), Some(b)) => (a.from != b.to).then_some(Transition {
+            from: a.from,
+            to: b.to,
+        }),
+        (a, b) => b.or(a),
+    }
+}
+
 /// A stored state's text read back (`None`: damaged, or not a breaker's).
 pub fn decode_state(raw: &[u8]) -> Option<State> {
     wire::decode_state(raw)
@@ -124,10 +185,7 @@ impl AtomicUpdate for BreakerStep {
             .next()
             .and_then(wire::decode_config)
             .ok_or_else(bad_input)?;
-        let event = parts
-            .next()
-            .and_then(wire::decode_event)
-            .ok_or_else(bad_input)?;
+        let events = parts.next().and_then(events).ok_or_else(bad_input)?;
         let mut number = || parts.next().and_then(wire::digits);
         let entropy = number()
             .and_then(|e| u32::try_from(e).ok())
@@ -144,7 +202,17 @@ impl AtomicUpdate for BreakerStep {
         let mut state = current
             .and_then(wire::decode_state)
             .unwrap_or_else(|| State::new(&config, now));
-        let taken = step(&config, &mut state, event, now, entropy);
+        let mut taken = Step {
+            decision: Decision::Done,
+            transition: None,
+        };
+        for event in events {
+            let one = step(&config, &mut state, event, now, entropy);
+            taken = Step {
+                decision: one.decision,
+                transition: merged(taken.transition, one.transition),
+            };
+        }
         let encoded = wire::encode_state(&state);
         let write = if encoded.as_bytes() == baseline.as_slice() {
             AtomicWrite::Keep

@@ -2,7 +2,8 @@
 -- (state, input and output as breaker::wire writes them). Checked against
 -- the Rust function by tests/breaker_script.rs. KEYS[1]: the breaker's key;
 -- ARGV[1]: CONFIG|EVENT|entropy|now|ttl_ms|name (now 0: the server's clock),
--- or '?' to read the stored state.
+-- or '?' to read the stored state. EVENT 'B <codes>' is a batch of records,
+-- each a step of its own (code: 1 failed + 2 slow).
 
 if ARGV[1] == '?' then return redis.call('GET', KEYS[1]) or '' end
 
@@ -74,7 +75,12 @@ if cfg.kind == 't' then bucket_ms = math.floor(cfg.size / cfg.buckets) end
 
 local e = split(parts[2], ' ')
 local ev = { kind = e[1] }
-if ev.kind == 'R' then
+if ev.kind == 'B' then
+  ev.codes = e[2] or ''
+  if #e ~= 2 or #ev.codes < 1 or #ev.codes > 4096 or string.find(ev.codes, '[^0-3]') then
+    return bad()
+  end
+elseif ev.kind == 'R' then
   local outcomes = { s = 'success', f = 'failure', i = 'ignored' }
   ev.outcome = outcomes[e[2] or '']
   local flags = { ['0'] = false, ['1'] = true }
@@ -286,15 +292,16 @@ if not fits(st.calls) then st.calls = empty() end
 
 local decision, transition = 'D', nil
 local manual = { FO = 'FORCED_OPEN', FC = 'CLOSED', RS = 'CLOSED', DI = 'DISABLED', MO = 'METRICS_ONLY' }
-if manual[ev.kind] then
-  transition = enter(st, manual[ev.kind], now)
-else
+
+-- One event that is not an operator's (an ask, or a result).
+local function one(ev)
   if st.phase == 'OPEN' and ev.kind == 'A' and now >= st.open_until then
-    transition = enter(st, 'HALF_OPEN', now)
+    transition = merge(transition, enter(st, 'HALF_OPEN', now))
   end
   if st.phase == 'HALF_OPEN' and now >= st.since + cfg.max_wait then
     transition = merge(transition, enter(st, 'OPEN', now))
   end
+  decision = 'D'
   if ev.kind == 'A' then
     if st.phase == 'CLOSED' or st.phase == 'DISABLED' or st.phase == 'METRICS_ONLY' then
       decision = 'P0'
@@ -343,6 +350,19 @@ else
     end
     if next_phase then transition = merge(transition, enter(st, next_phase, now)) end
   end
+end
+
+if manual[ev.kind] then
+  transition = enter(st, manual[ev.kind], now)
+elseif ev.kind == 'B' then
+  for i = 1, #ev.codes do
+    local code = string.byte(ev.codes, i) - 48
+    local outcome = 'success'
+    if code % 2 == 1 then outcome = 'failure' end
+    one({ kind = 'R', outcome = outcome, slow = code >= 2 })
+  end
+else
+  one(ev)
 end
 
 local encoded = encode(st)

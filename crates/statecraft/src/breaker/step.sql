@@ -135,12 +135,11 @@ DECLARE
     enough boolean;
     failure_count int8;
     opened_with int8 := 0;
+    batch text;
+    code int;
 BEGIN
-    -- The input in one match (each expression PL/pgSQL evaluates costs its
-    -- set-up once per transaction, so the parse is a few large ones): the
-    -- configuration, the event, entropy, time, TTL and the name, which is
-    -- last and may hold any character.
-    -- The fields are split, not matched: each expression PL/pgSQL
+    -- The configuration, the event, entropy, time, TTL and the name, which
+    -- is last and may hold any character. The fields are split, not matched: each expression PL/pgSQL
     -- evaluates costs its set-up once per transaction, and a pattern with
     -- bounded repeats costs more than the whole step.
     parts := string_to_array(p_input, '|');
@@ -151,6 +150,8 @@ BEGIN
         AND translate(numbers, '0123456789 ', '') = '' AND strpos(numbers, '  ') = 0
         AND left(numbers, 1) <> ' ' AND right(numbers, 1) <> ' '
         AND (e[1] IN ('A', 'FO', 'FC', 'RS', 'DI', 'MO') AND cardinality(e) = 1
+            OR e[1] = 'B' AND cardinality(e) = 2 AND length(e[2]) BETWEEN 1 AND 4096
+                AND translate(e[2], '0123', '') = ''
             OR e[1] = 'R' AND cardinality(e) = 4 AND e[2] IN ('s', 'f', 'i')
                 AND e[3] IN ('0', '1')
                 AND (e[4] = '-' OR e[4] <> '' AND translate(e[4], '0123456789', '') = '')),
@@ -189,11 +190,16 @@ BEGIN
     ttl := cn[20];
     name := array_to_string(parts[6:], '|');
     ev := e[1];
-    outcome := CASE e[2] WHEN 's' THEN 'success' WHEN 'f' THEN 'failure'
-        WHEN 'i' THEN 'ignored' END;
-    slow := e[3] = '1';
-    -- A probe names its half-open spell; '-' is an ordinary call.
-    spell := CASE WHEN e[4] <> '-' THEN e[4]::int8 END;
+    IF ev = 'B' THEN
+        -- A batch of records, each a step of its own (1 failed + 2 slow).
+        batch := e[2];
+    ELSE
+        outcome := CASE e[2] WHEN 's' THEN 'success' WHEN 'f' THEN 'failure'
+            WHEN 'i' THEN 'ignored' END;
+        slow := e[3] = '1';
+        -- A probe names its half-open spell; '-' is an ordinary call.
+        spell := CASE WHEN e[4] <> '-' THEN e[4]::int8 END;
+    END IF;
     IF NOT (kind = 'c' AND size >= 1
             OR kind = 't' AND nbuckets >= 1 AND size >= nbuckets AND size % nbuckets = 0)
         OR NOT (close_kind = 's' AND close_a >= 1
@@ -308,145 +314,154 @@ BEGIN
         b_slow := '{}';
     END IF;
 
-    -- Up to three phase changes, each as breaker::machine::enter.
-    FOR round IN 1..4 LOOP
-        target := NULL;
-        IF round = 1 THEN
-            target := CASE ev WHEN 'FO' THEN 'FORCED_OPEN' WHEN 'FC' THEN 'CLOSED'
-                WHEN 'RS' THEN 'CLOSED' WHEN 'DI' THEN 'DISABLED' WHEN 'MO' THEN 'METRICS_ONLY' END;
-            IF target IS NULL AND phase = 'OPEN' AND ev = 'A' AND now_ms >= open_until THEN
-                target := 'HALF_OPEN';
-            END IF;
-        ELSIF round = 2 THEN
-            IF ev IN ('A', 'R') AND phase = 'HALF_OPEN' AND now_ms >= since + max_wait THEN
-                target := 'OPEN';
-            END IF;
-        ELSIF round = 3 THEN
-            -- The event itself.
-            IF ev = 'A' THEN
-                IF phase IN ('CLOSED', 'DISABLED', 'METRICS_ONLY') THEN
-                    decision := 'P0';
-                ELSIF phase = 'OPEN' THEN
-                    decision := 'J' || greatest(open_until - now_ms, 1);
-                ELSIF phase = 'FORCED_OPEN' THEN
-                    decision := 'J-';
-                ELSIF admitted < probes THEN
-                    admitted := admitted + 1;
-                    decision := 'P1@' || since;
-                ELSE
-                    decision := 'J' || greatest(since + max_wait - now_ms, 1);
+    -- Each event (one, or each of a batch's records): up to three phase
+    -- changes, each as breaker::machine::enter.
+    FOR k IN 1..coalesce(length(batch), 1) LOOP
+        IF batch IS NOT NULL THEN
+            ev := 'R';
+            code := ascii(substr(batch, k, 1)) - 48;
+            outcome := CASE WHEN code % 2 = 1 THEN 'failure' ELSE 'success' END;
+            slow := code >= 2;
+        END IF;
+        FOR round IN 1..4 LOOP
+            target := NULL;
+            IF round = 1 THEN
+                target := CASE ev WHEN 'FO' THEN 'FORCED_OPEN' WHEN 'FC' THEN 'CLOSED'
+                    WHEN 'RS' THEN 'CLOSED' WHEN 'DI' THEN 'DISABLED' WHEN 'MO' THEN 'METRICS_ONLY' END;
+                IF target IS NULL AND phase = 'OPEN' AND ev = 'A' AND now_ms >= open_until THEN
+                    target := 'HALF_OPEN';
                 END IF;
-            ELSIF ev = 'R' AND phase IN ('CLOSED', 'METRICS_ONLY') THEN
-                IF outcome <> 'ignored' THEN
-                    f := CASE WHEN outcome = 'failure' THEN 1 ELSE 0 END;
-                    s := CASE WHEN slow THEN 1 ELSE 0 END;
-                    consecutive := CASE WHEN f = 1 THEN least(consecutive + 1, u32) ELSE 0 END;
-                    -- Expire, then record.
-                    IF kind = 't' THEN
-                        horizon := greatest(now_ms - size, 0);
-                        WHILE cardinality(b_start) > 0 AND b_start[1] + bucket_ms <= horizon LOOP
-                            b_start := b_start[2:];
-                            b_calls := b_calls[2:];
-                            b_fail := b_fail[2:];
-                            b_slow := b_slow[2:];
-                        END LOOP;
-                        bstart := now_ms - now_ms % greatest(bucket_ms, 1);
-                        n := coalesce(cardinality(b_start), 0);
-                        IF n > 0 AND b_start[n] >= bstart THEN
-                            b_calls[n] := b_calls[n] + 1;
-                            b_fail[n] := b_fail[n] + f;
-                            b_slow[n] := b_slow[n] + s;
-                        ELSE
-                            b_start := b_start || bstart;
-                            b_calls := b_calls || 1::int8;
-                            b_fail := b_fail || f;
-                            b_slow := b_slow || s;
-                        END IF;
-                        t_calls := (SELECT coalesce(sum(x), 0) FROM unnest(b_calls) AS x);
-                        t_failures := (SELECT coalesce(sum(x), 0) FROM unnest(b_fail) AS x);
-                        t_slow := (SELECT coalesce(sum(x), 0) FROM unnest(b_slow) AS x);
+            ELSIF round = 2 THEN
+                IF ev IN ('A', 'R') AND phase = 'HALF_OPEN' AND now_ms >= since + max_wait THEN
+                    target := 'OPEN';
+                END IF;
+            ELSIF round = 3 THEN
+                -- The event itself.
+                IF ev = 'A' THEN
+                    IF phase IN ('CLOSED', 'DISABLED', 'METRICS_ONLY') THEN
+                        decision := 'P0';
+                    ELSIF phase = 'OPEN' THEN
+                        decision := 'J' || greatest(open_until - now_ms, 1);
+                    ELSIF phase = 'FORCED_OPEN' THEN
+                        decision := 'J-';
+                    ELSIF admitted < probes THEN
+                        admitted := admitted + 1;
+                        decision := 'P1@' || since;
                     ELSE
-                        codes := codes || chr(48 + (f + 2 * s)::int);
-                        IF length(codes) > size THEN
-                            codes := right(codes, size::int);
+                        decision := 'J' || greatest(since + max_wait - now_ms, 1);
+                    END IF;
+                ELSIF ev = 'R' AND phase IN ('CLOSED', 'METRICS_ONLY') THEN
+                    IF outcome <> 'ignored' THEN
+                        f := CASE WHEN outcome = 'failure' THEN 1 ELSE 0 END;
+                        s := CASE WHEN slow THEN 1 ELSE 0 END;
+                        consecutive := CASE WHEN f = 1 THEN least(consecutive + 1, u32) ELSE 0 END;
+                        -- Expire, then record.
+                        IF kind = 't' THEN
+                            horizon := greatest(now_ms - size, 0);
+                            WHILE cardinality(b_start) > 0 AND b_start[1] + bucket_ms <= horizon LOOP
+                                b_start := b_start[2:];
+                                b_calls := b_calls[2:];
+                                b_fail := b_fail[2:];
+                                b_slow := b_slow[2:];
+                            END LOOP;
+                            bstart := now_ms - now_ms % greatest(bucket_ms, 1);
+                            n := coalesce(cardinality(b_start), 0);
+                            IF n > 0 AND b_start[n] >= bstart THEN
+                                b_calls[n] := b_calls[n] + 1;
+                                b_fail[n] := b_fail[n] + f;
+                                b_slow[n] := b_slow[n] + s;
+                            ELSE
+                                b_start := b_start || bstart;
+                                b_calls := b_calls || 1::int8;
+                                b_fail := b_fail || f;
+                                b_slow := b_slow || s;
+                            END IF;
+                            t_calls := (SELECT coalesce(sum(x), 0) FROM unnest(b_calls) AS x);
+                            t_failures := (SELECT coalesce(sum(x), 0) FROM unnest(b_fail) AS x);
+                            t_slow := (SELECT coalesce(sum(x), 0) FROM unnest(b_slow) AS x);
+                        ELSE
+                            codes := codes || chr(48 + (f + 2 * s)::int);
+                            IF length(codes) > size THEN
+                                codes := right(codes, size::int);
+                            END IF;
+                            t_calls := length(codes);
+                            t_failures := length(codes) - length(translate(codes, '13', ''));
+                            t_slow := length(codes) - length(translate(codes, '23', ''));
                         END IF;
-                        t_calls := length(codes);
-                        t_failures := length(codes) - length(translate(codes, '13', ''));
-                        t_slow := length(codes) - length(translate(codes, '23', ''));
+                        enough := t_calls >= min_calls;
+                        IF phase = 'CLOSED' AND (
+                            consecutive_cfg > 0 AND consecutive >= consecutive_cfg
+                            OR in_window > 0 AND t_failures >= in_window
+                            OR enough AND fr_num > 0 AND @breaker_reached@(fr_num, fr_den, t_failures, t_calls)
+                            OR enough AND sr_num > 0 AND @breaker_reached@(sr_num, sr_den, t_slow, t_calls))
+                        THEN
+                            target := 'OPEN';
+                        END IF;
                     END IF;
-                    enough := t_calls >= min_calls;
-                    IF phase = 'CLOSED' AND (
-                        consecutive_cfg > 0 AND consecutive >= consecutive_cfg
-                        OR in_window > 0 AND t_failures >= in_window
-                        OR enough AND fr_num > 0 AND @breaker_reached@(fr_num, fr_den, t_failures, t_calls)
-                        OR enough AND sr_num > 0 AND @breaker_reached@(sr_num, sr_den, t_slow, t_calls))
-                    THEN
-                        target := 'OPEN';
+                ELSIF ev = 'R' AND phase = 'HALF_OPEN' AND spell = since THEN
+                    next_phase := NULL;
+                    IF outcome = 'ignored' THEN
+                        admitted := greatest(admitted - 1, 0);
+                    ELSIF outcome = 'success' THEN
+                        ok := least(ok + 1, u32);
+                        IF close_kind = 's' AND ok >= close_a
+                            OR close_kind = 'f' AND @breaker_reached@(close_a, close_b, ok, probes)
+                        THEN
+                            next_phase := 'CLOSED';
+                        END IF;
+                    ELSE
+                        fail := least(fail + 1, u32);
+                        IF close_kind = 's' OR NOT @breaker_reached@(
+                            close_a, close_b, greatest(probes - fail, 0), probes)
+                        THEN
+                            next_phase := 'OPEN';
+                        END IF;
                     END IF;
-                END IF;
-            ELSIF ev = 'R' AND phase = 'HALF_OPEN' AND spell = since THEN
-                next_phase := NULL;
-                IF outcome = 'ignored' THEN
-                    admitted := greatest(admitted - 1, 0);
-                ELSIF outcome = 'success' THEN
-                    ok := least(ok + 1, u32);
-                    IF close_kind = 's' AND ok >= close_a
-                        OR close_kind = 'f' AND @breaker_reached@(close_a, close_b, ok, probes)
-                    THEN
-                        next_phase := 'CLOSED';
-                    END IF;
-                ELSE
-                    fail := least(fail + 1, u32);
-                    IF close_kind = 's' OR NOT @breaker_reached@(
-                        close_a, close_b, greatest(probes - fail, 0), probes)
-                    THEN
-                        next_phase := 'OPEN';
-                    END IF;
-                END IF;
-                target := next_phase;
-            END IF;
-        END IF;
-        IF target IS NOT NULL THEN
-            -- enter(target), merging its transition into the step's.
-            IF phase <> target THEN
-                IF t_from IS NULL THEN
-                    t_from := phase;
-                    t_to := target;
-                ELSIF t_from <> target THEN
-                    t_to := target;
-                ELSE
-                    t_from := NULL;
-                    t_to := NULL;
+                    target := next_phase;
                 END IF;
             END IF;
-            IF target = 'OPEN' THEN
-                -- What opened it, for the readable column.
-                opened_with := CASE WHEN phase = 'HALF_OPEN' THEN fail
-                    ELSE greatest(consecutive, coalesce(t_failures, 0)) END;
-                openings := least(openings + 1, u32);
-                open_until := now_ms + @breaker_open_ms@(open_ms, mult, max_ms, jitter, openings, entropy);
-            ELSIF target IN ('CLOSED', 'DISABLED', 'METRICS_ONLY') THEN
-                openings := 0;
-                open_until := 0;
+            IF target IS NOT NULL THEN
+                -- enter(target), merging its transition into the step's.
+                IF phase <> target THEN
+                    IF t_from IS NULL THEN
+                        t_from := phase;
+                        t_to := target;
+                    ELSIF t_from <> target THEN
+                        t_to := target;
+                    ELSE
+                        t_from := NULL;
+                        t_to := NULL;
+                    END IF;
+                END IF;
+                IF target = 'OPEN' THEN
+                    -- What opened it, for the readable column.
+                    opened_with := CASE WHEN phase = 'HALF_OPEN' THEN fail
+                        ELSE greatest(consecutive, coalesce(t_failures, 0)) END;
+                    openings := least(openings + 1, u32);
+                    open_until := now_ms + @breaker_open_ms@(open_ms, mult, max_ms, jitter, openings, entropy);
+                ELSIF target IN ('CLOSED', 'DISABLED', 'METRICS_ONLY') THEN
+                    openings := 0;
+                    open_until := 0;
+                END IF;
+                IF target <> 'HALF_OPEN' THEN
+                    wkind := kind;
+                    codes := '';
+                    b_start := '{}';
+                    b_calls := '{}';
+                    b_fail := '{}';
+                    b_slow := '{}';
+                    consecutive := 0;
+                END IF;
+                admitted := 0;
+                ok := 0;
+                fail := 0;
+                phase := target;
+                since := now_ms;
             END IF;
-            IF target <> 'HALF_OPEN' THEN
-                wkind := kind;
-                codes := '';
-                b_start := '{}';
-                b_calls := '{}';
-                b_fail := '{}';
-                b_slow := '{}';
-                consecutive := 0;
-            END IF;
-            admitted := 0;
-            ok := 0;
-            fail := 0;
-            phase := target;
-            since := now_ms;
-        END IF;
-        -- An operator's event is all the step does.
-        EXIT WHEN round = 1 AND ev IN ('FO', 'FC', 'RS', 'DI', 'MO');
-        EXIT WHEN round = 3;
+            -- An operator's event is all the step does.
+            EXIT WHEN round = 1 AND ev IN ('FO', 'FC', 'RS', 'DI', 'MO');
+            EXIT WHEN round = 3;
+        END LOOP;
     END LOOP;
 
     IF kind = 'c' THEN

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use statecraft::breaker::{
-    parse_step_output, step_input, BreakerConfig, BreakerStep, CloseAfter, Event, Outcome, Ratio,
-    Window, PEEK,
+    batch_input, parse_step_output, step_input, BreakerConfig, BreakerStep, CloseAfter, Event,
+    Outcome, Ratio, Window, PEEK,
 };
 use statecraft::{Bytes, ErrorKind, StateBackend};
 
@@ -108,14 +108,29 @@ pub(crate) fn event() -> impl Strategy<Value = Event> {
     ]
 }
 
+/// What one generated step sends: an event, or a batch of results
+/// ((failed, slow) pairs) recorded in one step.
+#[derive(Debug, Clone)]
+pub(crate) enum Input {
+    One(Event),
+    Batch(Vec<(bool, bool)>),
+}
+
+pub(crate) fn input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        6 => event().prop_map(Input::One),
+        1 => prop::collection::vec((any::<bool>(), any::<bool>()), 1..40).prop_map(Input::Batch),
+    ]
+}
+
 /// A step's advance that moves the clock to the next whole second.
 pub(crate) const ALIGN: u64 = u64::MAX;
 
-pub(crate) fn steps() -> impl Strategy<Value = Vec<(Event, u64, u32)>> {
+pub(crate) fn steps() -> impl Strategy<Value = Vec<(Input, u64, u32)>> {
     // Whole buckets and windows too (after ALIGN, a jump to the next whole
     // second), so that calls land on the buckets' edges.
     let dt = prop_oneof![8 => 0u64..300, 1 => 0u64..6_000, 2 => prop::sample::select(vec![200u64, 1_000, 2_000, 3_000, ALIGN])];
-    prop::collection::vec((event(), dt, any::<u32>()), 1..60)
+    prop::collection::vec((input(), dt, any::<u32>()), 1..60)
 }
 
 /// Runs the sequence on `store`: each answer (or error kind) and the
@@ -124,18 +139,23 @@ pub(crate) fn steps() -> impl Strategy<Value = Vec<(Event, u64, u32)>> {
 pub(crate) async fn run(
     store: &dyn StateBackend,
     config: &BreakerConfig,
-    steps: &[(Event, u64, u32)],
+    steps: &[(Input, u64, u32)],
 ) -> Vec<(Result<Bytes, ErrorKind>, Option<Bytes>)> {
     let mut now = 1_733_000_000_000u64;
     let mut seen = Vec::new();
-    for (event, dt, entropy) in steps {
+    for (sent, dt, entropy) in steps {
         now = match *dt {
             ALIGN => now - now % 1_000 + 1_000,
             dt => now + dt,
         };
         let before = stored(store).await;
-        let event = resolve(*event, before.as_deref());
-        let input = step_input(config, "breaker", event, *entropy, now);
+        let input = match sent {
+            Input::One(event) => {
+                let event = resolve(*event, before.as_deref());
+                step_input(config, "breaker", event, *entropy, now)
+            }
+            Input::Batch(results) => batch_input(config, "breaker", results, *entropy, now),
+        };
         let answer = store
             .update_atomic(KEY, &BreakerStep, input.as_bytes())
             .await
