@@ -453,3 +453,10 @@ async fn damaged_rows_read_as_the_rust_step_reads_them() {
         }
     }
 }
+
+#[tokio::test]
+async fn peek_at_answers_the_store_time_and_the_state() {
+    let store = postgres(&unique("breaker_peek")).await;
+    breaker::check_peek_at(&*store).await;
+    breaker::check_peek_at(&MemoryBackend::new()).await;
+}

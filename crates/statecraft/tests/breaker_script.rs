@@ -101,3 +101,10 @@ async fn bad_input_is_a_typed_error_on_both_paths() {
         assert_eq!(ttl, statecraft::KeyTtl::Persistent, "{}", backend.name());
     }
 }
+
+#[tokio::test]
+async fn peek_at_answers_the_store_time_and_the_state() {
+    let store = redis(&format!("breaker_peek_{}:", std::process::id())).await;
+    breaker::check_peek_at(&store).await;
+    breaker::check_peek_at(&MemoryBackend::new()).await;
+}

@@ -68,7 +68,7 @@ pub use machine::{open_duration, step, Decision, Event, Outcome, Phase, State, S
 pub use permit::{CallError, Permit, Rejected};
 pub use registry::BreakerRegistry;
 pub use shared::{
-    batch_input, decode_state, parse_step_output, state_ttl, step_input, BreakerStep, MAX_BATCH,
-    PEEK,
+    batch_input, decode_state, parse_peek_at, parse_step_output, state_ttl, step_input,
+    BreakerStep, MAX_BATCH, PEEK, PEEK_AT,
 };
 pub use window::{Bucket, Calls, Tally};

@@ -22,9 +22,12 @@ const SCRIPT: &str = include_str!("step.lua");
 /// The PL/pgSQL copy, and the readable table it keeps breakers in.
 const POSTGRES: PostgresNative = PostgresNative {
     setup: include_str!("step.sql"),
-    // The peek is a plain read, not a call of the function.
-    call: "SELECT CASE WHEN $2 = '?' THEN coalesce((SELECT detail FROM @breakers@ \
-           WHERE key = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())), '') \
+    // The peeks are plain reads, not calls of the function.
+    call: "SELECT CASE WHEN $2 IN ('?', '?t') THEN \
+           CASE WHEN $2 = '?t' THEN floor(extract(epoch FROM clock_timestamp()) * 1000)::int8 \
+           || ' ' ELSE '' END \
+           || coalesce((SELECT detail FROM @breakers@ WHERE key = $1 \
+           AND (expires_at IS NULL OR expires_at > clock_timestamp())), '') \
            ELSE @breaker_step@($1, $2, $3) END",
     purge: Some("DELETE FROM @breakers@ WHERE expires_at <= clock_timestamp()"),
     keys: Some(
@@ -36,6 +39,29 @@ const POSTGRES: PostgresNative = PostgresNative {
 /// The input of a [`BreakerStep`] that only reads the stored state: its
 /// output is the state's text (empty: none), as [`decode_state`] reads it.
 pub const PEEK: &[u8] = b"?";
+
+/// The input of a [`BreakerStep`] that reads the store's time and the
+/// stored state: its output is `<store ms> <state text>` (the state empty:
+/// none), as [`parse_peek_at`] reads it.
+pub const PEEK_AT: &[u8] = b"?t";
+
+/// A [`PEEK_AT`] answer read back: the store's time, and the state
+/// (`None`: none, or damaged).
+pub fn parse_peek_at(raw: &[u8]) -> Result<(u64, Option<State>)> {
+    let corrupt = || {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "a breaker peek answered {:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(64)])
+            ),
+        )
+    };
+    let text = std::str::from_utf8(raw).map_err(|_| corrupt())?;
+    let (now, state) = text.split_once(' ').ok_or_else(corrupt)?;
+    let now = wire::digits(now).ok_or_else(corrupt)?;
+    Ok((now, wire::decode_state(state.as_bytes())))
+}
 
 /// How long a shared breaker's key lives after its last write: long enough
 /// to outlast any opening, half-open wait and window, so that only a
@@ -175,6 +201,14 @@ impl AtomicUpdate for BreakerStep {
                 output: current.map(Bytes::copy_from_slice).unwrap_or_default(),
             });
         }
+        if input == PEEK_AT {
+            let mut output = format!("{now_millis} ").into_bytes();
+            output.extend_from_slice(current.unwrap_or_default());
+            return Ok(AtomicStep {
+                write: AtomicWrite::Keep,
+                output: Bytes::from(output),
+            });
+        }
         let text = std::str::from_utf8(input).map_err(|_| bad_input())?;
         // The name, last, may hold any character.
         if text.splitn(6, '|').count() != 6 {
@@ -244,6 +278,6 @@ impl AtomicUpdate for BreakerStep {
     }
 
     fn reads_only(&self, input: &[u8]) -> bool {
-        input == PEEK
+        input == PEEK || input == PEEK_AT
     }
 }

@@ -2,10 +2,16 @@
 -- (state, input and output as breaker::wire writes them). Checked against
 -- the Rust function by tests/breaker_script.rs. KEYS[1]: the breaker's key;
 -- ARGV[1]: CONFIG|EVENT|entropy|now|ttl_ms|name (now 0: the server's clock),
--- or '?' to read the stored state. EVENT 'B <codes>' is a batch of records,
--- each a step of its own (code: 1 failed + 2 slow).
+-- or '?' to read the stored state ('?t': the server's time in ms, a space,
+-- and the state). EVENT 'B <codes>' is a batch of records, each a step of
+-- its own (code: 1 failed + 2 slow).
 
 if ARGV[1] == '?' then return redis.call('GET', KEYS[1]) or '' end
+if ARGV[1] == '?t' then
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return string.format('%d', ms) .. ' ' .. (redis.call('GET', KEYS[1]) or '')
+end
 
 local U32 = 4294967295
 

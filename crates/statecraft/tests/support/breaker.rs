@@ -176,3 +176,55 @@ pub(crate) async fn stored(store: &dyn StateBackend) -> Option<Bytes> {
         .expect("peek");
     (!raw.is_empty()).then_some(raw)
 }
+
+/// `PEEK_AT` answers the store's time (this machine's, give or take) and
+/// the state `PEEK` answers; nothing stored reads as no state.
+pub(crate) async fn check_peek_at(store: &dyn StateBackend) {
+    use statecraft::breaker::{decode_state, parse_peek_at, PEEK_AT};
+    let wall = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let empty = b"peek-at-nothing";
+    let (now, state) = parse_peek_at(
+        &store
+            .update_atomic(empty, &BreakerStep, PEEK_AT)
+            .await
+            .expect("peek at"),
+    )
+    .expect("parses");
+    assert_eq!(state, None);
+    assert!(now.abs_diff(wall()) < 5_000, "{now} vs {}", wall());
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .build()
+        .expect("config");
+    let fail = Event::Record {
+        outcome: Outcome::Failure,
+        slow: false,
+        probe: None,
+    };
+    store
+        .update_atomic(
+            KEY,
+            &BreakerStep,
+            step_input(&config, "b", fail, 0, 0).as_bytes(),
+        )
+        .await
+        .expect("step");
+    let (now, state) = parse_peek_at(
+        &store
+            .update_atomic(KEY, &BreakerStep, PEEK_AT)
+            .await
+            .expect("peek at"),
+    )
+    .expect("parses");
+    let peeked = stored(store).await.expect("a state");
+    assert_eq!(state, decode_state(&peeked));
+    let state = state.expect("a state");
+    assert!(
+        state.open_until > now,
+        "open at the store's time {now}: {state:?}"
+    );
+}
