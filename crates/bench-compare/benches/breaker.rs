@@ -15,7 +15,8 @@
 //! rounds of 2,000 each.
 //!
 //! Then the same on a loopback PostgreSQL (test support): the protected
-//! call (two calls of the breaker's PL/pgSQL step) against two prepared
+//! call (a read of the row, then one call of the breaker's PL/pgSQL step)
+//! against two prepared
 //! `SELECT 1` on one raw tokio-postgres connection (the floor: two round
 //! trips), and against resilient-circuit 0.8.6's way, done with the raw
 //! client: a fresh connection per call, then a transaction with one

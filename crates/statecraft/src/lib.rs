@@ -37,8 +37,8 @@
 //! - [`raw`]: building blocks for authors of backends and layers.
 //!
 //! The coordination primitives build on the contract and get a module
-//! each: [`breaker`] (the state machine so far); limiters, counters and
-//! locks are next.
+//! each: [`breaker`] (local, distributed and hybrid circuit breakers, a
+//! tower layer, a registry); limiters, counters and locks are next.
 
 mod backend;
 mod backends;

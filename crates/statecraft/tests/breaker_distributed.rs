@@ -279,6 +279,27 @@ async fn a_deleted_key_is_a_fresh_closed_breaker() {
         .expect("a deleted breaker is closed");
     assert!(!permit.is_probe());
     permit.success().await.expect("record");
+    // One at a time: open for a minute, its key deleted, closed at once.
+    let sticky_config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .open_for(Duration::from_secs(60))
+        .build()
+        .expect("config");
+    let sticky = DistributedBreaker::new(store.clone(), unique("sticky"), sticky_config);
+    for _ in 0..5 {
+        sticky
+            .acquire()
+            .await
+            .expect("closed")
+            .failure()
+            .await
+            .expect("record");
+        assert!(sticky.acquire().await.is_err(), "open for a minute");
+        assert!(store.delete(sticky.key()).await.expect("delete"));
+        let permit = sticky.acquire().await.expect("its key gone: closed");
+        assert!(!permit.is_probe());
+        permit.ignore().await.expect("record");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -369,6 +369,27 @@ async fn a_deleted_row_is_a_fresh_closed_breaker() {
         .expect("a deleted breaker is closed");
     assert!(!permit.is_probe());
     permit.success().await.expect("record");
+    // One at a time: open for a minute, its row deleted, closed at once.
+    let sticky_config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .open_for(Duration::from_secs(60))
+        .build()
+        .expect("config");
+    let sticky = DistributedBreaker::new(store.clone(), "sticky", sticky_config);
+    for _ in 0..5 {
+        sticky
+            .acquire()
+            .await
+            .expect("closed")
+            .failure()
+            .await
+            .expect("record");
+        assert!(sticky.acquire().await.is_err(), "open for a minute");
+        client.execute(&delete, &[]).await.expect("delete");
+        let permit = sticky.acquire().await.expect("its row gone: closed");
+        assert!(!permit.is_probe());
+        permit.ignore().await.expect("record");
+    }
 }
 
 /// A damaged stored state is read as Rust reads it: as a fresh breaker, or
@@ -406,7 +427,9 @@ async fn damaged_rows_read_as_the_rust_step_reads_them() {
         "b1 CLOSED 1 0 0 1 0 0 0 c:0104",
         "b1 CLOSED 1 0 0 1 0 0 0 c:01",
         "b1 CLOSED 1 0 0 1 0 0 0 c:01 and more",
-        "b1 CLOSED 1 0 0 1 0 0 0 c:01",
+        "b1 CLOSED 1000000000000000000 0 0 1 0 0 0 c:01",
+        "b1 CLOSED 999999999999999999 0 0 1 0 0 0 c:01",
+        "b1 CLOSED 1733000000000 0 0 1 0 0 0 t:1000000000000000000,2,1,0",
         "b1 CLOSED 1  0 1 0 0 0 c:01",
         "b1 CLOSED 1733000000000 0 0 1 0 0 0 t:1733000000000,2,1,0;;1733000001000,1,1,0,x",
         "b1 CLOSED 1733000000000 0 0 1 0 0 0 t:1733000000000,2,1",

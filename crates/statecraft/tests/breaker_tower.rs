@@ -58,7 +58,8 @@ async fn a_rejected_request_never_reaches_the_service_and_maps_to_503() {
         .open_for(Duration::from_millis(2_500))
         .build()
         .expect("config");
-    let breaker = LocalBreaker::new("search", config);
+    // On a clock of its own: 2.5 s left, whatever the machine's speed.
+    let breaker = LocalBreaker::with_clock("search", config, statecraft::ManualClock::new(1_000));
     let layer = BreakerLayer::new(breaker.clone()).classify(http_classifier);
     let seen = Arc::new(AtomicUsize::new(0));
     let mut not_found = layer.layer(answering(404, seen.clone()));

@@ -48,6 +48,12 @@ pub(super) async fn run(
         let target = open_target(spec, args.concurrency).await?;
         let name = format!("bench-{}", std::process::id());
         let breaker = DistributedBreaker::new(target.backend.clone(), name.as_str(), config()?);
+        // Untimed: a store's first step may set things up (PostgreSQL's
+        // table and function).
+        breaker
+            .state()
+            .await
+            .map_err(|e| format!("breaker on {spec}: {e}"))?;
         for &concurrency in levels {
             rows.push(distributed_row(&target, &breaker, concurrency, args).await?);
         }

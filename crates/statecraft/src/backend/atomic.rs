@@ -114,9 +114,11 @@ pub trait AtomicUpdate: Send + Sync + fmt::Debug {
 
 /// An [`AtomicUpdate`]'s native form on PostgreSQL.
 ///
-/// In both texts `@name@` stands for the identifier `"<table>_name"` (the
+/// In these texts `@name@` stands for the identifier `"<table>_name"` (the
 /// backend's table name, with its schema if it has one), so that each
-/// table's objects are its own.
+/// table's objects are its own, and `@name#@` for `"<table>_name_<v>"`,
+/// `<v>` a hash of `setup`: functions written so are versioned, so that
+/// two versions of an update side by side each call their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PostgresNative {
     /// SQL that creates what the statement needs, run once per backend
@@ -124,9 +126,13 @@ pub struct PostgresNative {
     /// advisory lock: it must be idempotent (`CREATE TABLE IF NOT EXISTS`,
     /// `CREATE OR REPLACE FUNCTION`).
     pub setup: &'static str,
+    /// The function (`@name#@`) whose presence shows the set-up is done:
+    /// a backend that finds it runs no set-up.
+    pub function: &'static str,
     /// One statement that runs the update: `$1` is the key (`bytea`),
     /// `$2` the input (`text`: the input must be UTF-8), `$3` the
-    /// backend's default TTL in milliseconds (`int8`, 0: none). It returns
+    /// backend's default TTL in milliseconds (`int8`, 0: none; an update
+    /// whose input carries its own TTL, as a breaker's does, ignores it). It returns
     /// one row of one `text` column, the output, and reads the time with
     /// `clock_timestamp()`. An error raised with SQLSTATE `22023` becomes
     /// an [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error.

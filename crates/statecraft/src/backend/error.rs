@@ -134,6 +134,8 @@ pub enum Operation {
     GetWithTtl,
     WatchKeys,
     UpdateAtomic,
+    /// An atomic update's read-only form (a breaker's peek).
+    ReadAtomic,
 }
 
 impl Operation {
@@ -172,13 +174,14 @@ impl Operation {
             Operation::GetWithTtl => "get_with_ttl",
             Operation::WatchKeys => "watch_keys",
             Operation::UpdateAtomic => "update_atomic",
+            Operation::ReadAtomic => "read_atomic",
         }
     }
 }
 
 impl Operation {
     /// Every operation, in declaration order (so that `ALL[op.index()] == op`).
-    pub const ALL: [Operation; 32] = [
+    pub const ALL: [Operation; 33] = [
         Operation::Get,
         Operation::Put,
         Operation::Delete,
@@ -211,6 +214,7 @@ impl Operation {
         Operation::GetWithTtl,
         Operation::WatchKeys,
         Operation::UpdateAtomic,
+        Operation::ReadAtomic,
     ];
 
     /// The position of this operation in [`ALL`](Self::ALL), for tables
@@ -256,6 +260,7 @@ impl Operation {
                 | Operation::Stats
                 | Operation::Subscribe
                 | Operation::WatchKeys
+                | Operation::ReadAtomic
         )
     }
 }
@@ -521,7 +526,7 @@ mod tests {
         }
         assert_eq!(
             Operation::ALL.last().map(|op| op.index()),
-            Some(Operation::UpdateAtomic.index())
+            Some(Operation::ReadAtomic.index())
         );
     }
 

@@ -16,7 +16,7 @@ use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::StateBackend;
 
 use super::config::BreakerConfig;
-use super::machine::{Decision, Event, Outcome, Phase, State, Step};
+use super::machine::{xorshift, Decision, Event, Outcome, Phase, State, Step};
 use super::permit::{CallError, Rejected};
 use super::shared::{parse_step_output, step_input, BreakerStep, PEEK};
 use super::wire;
@@ -39,12 +39,11 @@ thread_local! {
     });
 }
 
-fn entropy() -> u32 {
+/// The jitter's randomness for a step run in a store (this thread's
+/// generator).
+pub(super) fn entropy() -> u32 {
     ENTROPY.with(|cell| {
-        let mut x = cell.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = xorshift(cell.get());
         cell.set(x);
         (x >> 32) as u32
     })
@@ -72,7 +71,7 @@ fn entropy() -> u32 {
 /// ```
 #[derive(Clone)]
 pub struct DistributedBreaker {
-    backend: Arc<dyn StateBackend>,
+    pub(super) backend: Arc<dyn StateBackend>,
     name: Arc<str>,
     key: Bytes,
     config: Arc<BreakerConfig>,
@@ -137,7 +136,7 @@ impl DistributedBreaker {
         &self.key
     }
 
-    async fn run(&self, event: Event) -> Result<(Step, Option<u64>)> {
+    pub(super) async fn run(&self, event: Event) -> Result<(Step, Option<u64>)> {
         let input = step_input(&self.config, &self.name, event, entropy(), 0);
         let update = self
             .backend
@@ -224,14 +223,7 @@ impl DistributedBreaker {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, E>>,
     {
-        self.call_with(
-            |result: &std::result::Result<T, E>| match result {
-                Ok(_) => Outcome::Success,
-                Err(_) => Outcome::Failure,
-            },
-            call,
-        )
-        .await
+        self.call_with(Outcome::of::<T, E>, call).await
     }
 
     /// [`call`](Self::call) with `classify` deciding which results count

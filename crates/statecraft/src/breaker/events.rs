@@ -36,6 +36,19 @@ pub enum BreakerEvent {
         /// The breaker's name.
         breaker: Arc<str>,
     },
+    /// A hybrid breaker's store stopped answering: it decides on its own
+    /// evidence until the store is back.
+    StoreUnavailable {
+        /// The breaker's name.
+        breaker: Arc<str>,
+        /// What the store said.
+        error: String,
+    },
+    /// A hybrid breaker's store answers again; it follows the shared state.
+    StoreRecovered {
+        /// The breaker's name.
+        breaker: Arc<str>,
+    },
 }
 
 type Hook = Arc<dyn Fn(&Transition) + Send + Sync>;
@@ -89,6 +102,11 @@ impl Observers {
         metrics.state.set(f64::from(phase as u8));
     }
 
+    /// Sends `event` to the stream's subscribers, if any.
+    pub(super) fn emit(&self, event: impl FnOnce() -> BreakerEvent) {
+        self.send(event);
+    }
+
     fn send(&self, event: impl FnOnce() -> BreakerEvent) {
         if let Some(sender) = self.events.get() {
             if sender.receiver_count() > 0 {
@@ -100,34 +118,46 @@ impl Observers {
 
     /// Before `transition` takes effect (under the breaker's lock).
     pub(super) fn before(&self, transition: &Transition) {
-        for hook in self
+        let hooks = self
             .before
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            hook(transition);
-        }
+            .clone();
+        self.run_hooks(&hooks, transition);
     }
 
-    /// After `transition` took effect (the lock released).
-    pub(super) fn after(&self, transition: Transition) {
+    /// As `transition` takes effect (under the breaker's lock, so that the
+    /// gauge and the stream see transitions in their order).
+    pub(super) fn moved(&self, transition: Transition) {
         if let Some(metrics) = self.metrics.get() {
             metrics.state.set(f64::from(transition.to as u8));
             metrics.transitions.increment(1);
-        }
-        let hooks = self
-            .after
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for hook in hooks {
-            hook(&transition);
         }
         self.send(|| BreakerEvent::Transition {
             breaker: self.name.clone(),
             transition,
         });
+    }
+
+    /// After `transition` took effect (the lock released: a hook may call
+    /// the breaker; hooks of transitions close together may interleave).
+    pub(super) fn after(&self, transition: Transition) {
+        let hooks = self
+            .after
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        self.run_hooks(&hooks, &transition);
+    }
+
+    /// Runs `hooks`; one that panics is logged, and the breaker goes on.
+    fn run_hooks(&self, hooks: &[Hook], transition: &Transition) {
+        for hook in hooks {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(transition)));
+            if ran.is_err() {
+                tracing::error!(breaker = %self.name, ?transition, "a breaker hook panicked");
+            }
+        }
     }
 
     pub(super) fn rejected(&self, retry_after_ms: Option<u64>) {

@@ -18,7 +18,8 @@ use super::registry::BreakerRegistry;
 
 /// One breaker's state as exported: what it is doing, not its window of
 /// recent calls. Imported, an open breaker stays open for what was left of
-/// its opening (at most the importer's longest); a half-open one comes
+/// its opening less the time since the export (by the wall clock; at most
+/// the importer's longest); a half-open one comes
 /// back as an opening that has ended (its next caller is a probe); a
 /// closed one comes back closed and counts afresh; an operator's setting
 /// (forced open, disabled, metrics only) is kept.
@@ -53,11 +54,15 @@ impl LocalBreaker {
     /// [`ExportedBreaker`] for what is carried. Hooks and events see the
     /// transition, if the phase changes.
     pub fn import(&self, exported: &ExportedBreaker) {
-        self.shared.restore(
-            exported.phase,
-            exported.open_remaining_ms,
-            exported.openings,
-        );
+        // The opening went on while the export sat in its file.
+        let since = SystemClock
+            .now_millis()
+            .saturating_sub(exported.exported_at_ms);
+        let remaining = exported
+            .open_remaining_ms
+            .map(|ms| ms.saturating_sub(since));
+        self.shared
+            .restore(exported.phase, remaining, exported.openings);
     }
 }
 

@@ -14,7 +14,7 @@ use super::config::{millis, BreakerConfig, Window};
 use super::window::Tally;
 
 /// Call counters per thread stripe (a power of two).
-const STRIPES: usize = 16;
+pub(super) const STRIPES: usize = 16;
 
 thread_local! {
     static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
@@ -22,7 +22,7 @@ thread_local! {
 
 /// This thread's stripe.
 #[inline]
-fn stripe() -> usize {
+pub(super) fn stripe() -> usize {
     STRIPE.with(|slot| {
         let mut at = slot.get();
         if at == usize::MAX {

@@ -109,10 +109,7 @@ pub trait Classify<T, E>: Clone + Send + Sync + 'static {
 
 impl<T, E> Classify<T, E> for ErrorsFail {
     fn classify(&self, result: &Result<T, E>) -> Outcome {
-        match result {
-            Ok(_) => Outcome::Success,
-            Err(_) => Outcome::Failure,
-        }
+        Outcome::of(result)
     }
 }
 
@@ -187,6 +184,23 @@ impl<S, B: fmt::Debug, C> fmt::Debug for BreakerService<S, B, C> {
         f.debug_struct("BreakerService")
             .field("breaker", &self.breaker)
             .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, C> BreakerService<S, B, C> {
+    /// The service it guards.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The service it guards, to change.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The service it guarded.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 

@@ -10,17 +10,10 @@ use crate::backend::clock::{Clock, MonotonicClock};
 use super::config::BreakerConfig;
 use super::events::{BreakerEvent, Observers};
 use super::fast::FastWindow;
-use super::machine::{enter, step, trips, Decision, Event, Outcome, Phase, State, Transition};
+use super::machine::{
+    enter, step, trips, xorshift, Decision, Event, Outcome, Phase, State, Transition,
+};
 use super::permit::{Permit, Rejected};
-
-const PHASES: [Phase; 6] = [
-    Phase::Closed,
-    Phase::Open,
-    Phase::HalfOpen,
-    Phase::ForcedOpen,
-    Phase::Disabled,
-    Phase::MetricsOnly,
-];
 
 const fn code(phase: Phase) -> u8 {
     phase as u8
@@ -44,7 +37,7 @@ pub(super) struct Shared {
     entropy: AtomicU64,
     transitions: AtomicU64,
     rejections: AtomicU64,
-    observers: Observers,
+    pub(super) observers: Observers,
 }
 
 impl Shared {
@@ -53,11 +46,7 @@ impl Shared {
     }
 
     fn entropy(&self) -> u32 {
-        // xorshift: only its spread matters (the openings' jitter).
-        let mut x = self.entropy.load(Ordering::Relaxed);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = xorshift(self.entropy.load(Ordering::Relaxed));
         self.entropy.store(x, Ordering::Relaxed);
         (x >> 32) as u32
     }
@@ -77,6 +66,9 @@ impl Shared {
         }
         self.open_until.store(state.open_until, Ordering::Release);
         self.phase.store(code(state.phase), Ordering::Release);
+        if let Some(t) = transition {
+            self.observers.moved(t);
+        }
     }
 
     /// Runs `event` under the lock; also returns when the phase it left
@@ -116,7 +108,7 @@ impl Shared {
     #[cold]
     #[inline(never)]
     fn acquire_slow(&self) -> Result<Option<u64>, Rejected> {
-        if PHASES[self.phase.load(Ordering::Acquire) as usize % PHASES.len()] == Phase::Open {
+        if Phase::from_code(self.phase.load(Ordering::Acquire)) == Phase::Open {
             let now = self.clock.now_millis();
             let until = self.open_until.load(Ordering::Acquire);
             if now < until {
@@ -316,7 +308,7 @@ impl LocalBreaker {
 
     /// Where it is now.
     pub fn phase(&self) -> Phase {
-        PHASES[self.shared.phase.load(Ordering::Acquire) as usize % PHASES.len()]
+        Phase::from_code(self.shared.phase.load(Ordering::Acquire))
     }
 
     /// Asks to make a call: a permit that records the call's result (a
@@ -335,14 +327,7 @@ impl LocalBreaker {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        self.call_with(
-            |result: &Result<T, E>| match result {
-                Ok(_) => Outcome::Success,
-                Err(_) => Outcome::Failure,
-            },
-            call,
-        )
-        .await
+        self.call_with(Outcome::of::<T, E>, call).await
     }
 
     /// [`call`](Self::call) with `classify` deciding which results count
@@ -458,8 +443,8 @@ mod tests {
 
     #[test]
     fn phase_codes_index_the_table() {
-        for phase in PHASES {
-            assert_eq!(PHASES[code(phase) as usize], phase);
+        for phase in Phase::ALL {
+            assert_eq!(Phase::from_code(code(phase)), phase);
         }
     }
 }

@@ -26,6 +26,29 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in order of its code (`Phase::ALL[p as usize] == p`).
+    pub const ALL: [Phase; 6] = [
+        Phase::Closed,
+        Phase::Open,
+        Phase::HalfOpen,
+        Phase::ForcedOpen,
+        Phase::Disabled,
+        Phase::MetricsOnly,
+    ];
+
+    /// The phase of a code (`p as u8`); an unknown code reads as closed.
+    pub(crate) fn from_code(code: u8) -> Phase {
+        Phase::ALL
+            .get(usize::from(code))
+            .copied()
+            .unwrap_or(Phase::Closed)
+    }
+
+    /// The phase [`as_str`](Self::as_str) names.
+    pub fn named(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
     /// A short, stable, uppercase name (`"CLOSED"`, `"HALF_OPEN"`, …), as
     /// stored in a readable column.
     pub fn as_str(self) -> &'static str {
@@ -55,6 +78,25 @@ pub enum Outcome {
     Failure,
     /// It says nothing about the resource (a caller's mistake, say).
     Ignored,
+}
+
+impl Outcome {
+    /// The default classification: an `Err` is a failure, an `Ok` a success.
+    pub fn of<T, E>(result: &Result<T, E>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        }
+    }
+}
+
+/// One step of the xorshift generator that draws the openings' jitter
+/// (only its spread matters).
+pub(crate) fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
 }
 
 /// What happens to a breaker.

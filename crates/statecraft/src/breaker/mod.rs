@@ -42,6 +42,7 @@ mod distributed;
 pub mod events;
 mod export;
 mod fast;
+mod hybrid;
 #[cfg(feature = "tower")]
 mod layer;
 mod local;
@@ -61,6 +62,7 @@ pub use config::{BreakerConfig, BreakerConfigBuilder, CloseAfter, Ratio, Window}
 pub use distributed::{DistributedBreaker, DistributedPermit, StoreDown};
 pub use events::{BreakerEvent, EVENT_BUFFER};
 pub use export::ExportedBreaker;
+pub use hybrid::{HybridBreaker, HybridConfig, HybridPermit, HybridStats};
 #[cfg(feature = "tower")]
 pub use layer::{BreakerLayer, BreakerService, Classify, ErrorsFail, Guard};
 pub use local::LocalBreaker;

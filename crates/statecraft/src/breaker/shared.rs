@@ -28,8 +28,9 @@ const POSTGRES: PostgresNative = PostgresNative {
            || ' ' ELSE '' END \
            || coalesce((SELECT detail FROM @breakers@ WHERE key = $1 \
            AND (expires_at IS NULL OR expires_at > clock_timestamp())), '') \
-           ELSE @breaker_step@($1, $2, $3) END",
+           ELSE @breaker_step#@($1, $2, $3) END",
     purge: Some("DELETE FROM @breakers@ WHERE expires_at <= clock_timestamp()"),
+    function: "@breaker_step#@",
     keys: Some(
         "SELECT key FROM @breakers@ WHERE substr(key, 1, length($1::bytea)) = $1::bytea \
          AND (expires_at IS NULL OR expires_at > clock_timestamp()) ORDER BY key",

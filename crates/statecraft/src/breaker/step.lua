@@ -29,7 +29,7 @@ local function split(s, sep)
 end
 
 local function num(x)
-  if x == nil or not string.match(x, '^%d+$') then return nil end
+  if x == nil or #x > 18 or not string.match(x, '^%d+$') then return nil end
   return tonumber(x)
 end
 

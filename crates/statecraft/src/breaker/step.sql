@@ -1,7 +1,9 @@
 -- statecraft: the breaker's step, a copy of breaker::machine::step in
 -- PL/pgSQL (state, input and output as breaker::wire writes them), checked
 -- against the Rust function by tests/breaker_postgres.rs. `@name@` is the
--- identifier "<table>_name" of the backend's table. The statement that
+-- identifier "<table>_name" of the backend's table, `@name#@` that name
+-- with this file's version (so that versions side by side each call their
+-- own functions, and a set-up is skipped where it is done). The statement that
 -- calls it (breaker::shared::POSTGRES) reads the state itself for a peek.
 
 -- One row per breaker, in columns a person can read (resilient-circuit's
@@ -30,13 +32,13 @@ COMMENT ON COLUMN @breakers@.expires_at IS
 COMMENT ON COLUMN @breakers@.detail IS 'the whole state, as the breaker step reads it';
 
 -- Whether part / whole reaches a / b (exactly; whole 0 never does).
-CREATE OR REPLACE FUNCTION @breaker_reached@(a int8, b int8, part int8, whole int8)
+CREATE OR REPLACE FUNCTION @breaker_reached#@(a int8, b int8, part int8, whole int8)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT whole > 0 AND part::numeric * b >= a::numeric * whole
 $$;
 
 -- How long opening number `openings` lasts (breaker::machine::open_duration).
-CREATE OR REPLACE FUNCTION @breaker_open_ms@(
+CREATE OR REPLACE FUNCTION @breaker_open_ms#@(
     open_ms int8, mult int8, max_ms int8, jitter int8, openings int8, entropy int8)
 RETURNS int8 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
@@ -56,7 +58,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION @breaker_step@(p_key bytea, p_input text, p_default_ttl int8)
+CREATE OR REPLACE FUNCTION @breaker_step#@(p_key bytea, p_input text, p_default_ttl int8)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     u32 constant int8 := 4294967295;
@@ -392,8 +394,8 @@ BEGIN
                         IF phase = 'CLOSED' AND (
                             consecutive_cfg > 0 AND consecutive >= consecutive_cfg
                             OR in_window > 0 AND t_failures >= in_window
-                            OR enough AND fr_num > 0 AND @breaker_reached@(fr_num, fr_den, t_failures, t_calls)
-                            OR enough AND sr_num > 0 AND @breaker_reached@(sr_num, sr_den, t_slow, t_calls))
+                            OR enough AND fr_num > 0 AND @breaker_reached#@(fr_num, fr_den, t_failures, t_calls)
+                            OR enough AND sr_num > 0 AND @breaker_reached#@(sr_num, sr_den, t_slow, t_calls))
                         THEN
                             target := 'OPEN';
                         END IF;
@@ -405,13 +407,13 @@ BEGIN
                     ELSIF outcome = 'success' THEN
                         ok := least(ok + 1, u32);
                         IF close_kind = 's' AND ok >= close_a
-                            OR close_kind = 'f' AND @breaker_reached@(close_a, close_b, ok, probes)
+                            OR close_kind = 'f' AND @breaker_reached#@(close_a, close_b, ok, probes)
                         THEN
                             next_phase := 'CLOSED';
                         END IF;
                     ELSE
                         fail := least(fail + 1, u32);
-                        IF close_kind = 's' OR NOT @breaker_reached@(
+                        IF close_kind = 's' OR NOT @breaker_reached#@(
                             close_a, close_b, greatest(probes - fail, 0), probes)
                         THEN
                             next_phase := 'OPEN';
@@ -438,7 +440,7 @@ BEGIN
                     opened_with := CASE WHEN phase = 'HALF_OPEN' THEN fail
                         ELSE greatest(consecutive, coalesce(t_failures, 0)) END;
                     openings := least(openings + 1, u32);
-                    open_until := now_ms + @breaker_open_ms@(open_ms, mult, max_ms, jitter, openings, entropy);
+                    open_until := now_ms + @breaker_open_ms#@(open_ms, mult, max_ms, jitter, openings, entropy);
                 ELSIF target IN ('CLOSED', 'DISABLED', 'METRICS_ONLY') THEN
                     openings := 0;
                     open_until := 0;

@@ -18,29 +18,17 @@ use super::config::{millis, BreakerConfig, CloseAfter, Ratio, Window};
 use super::machine::{Decision, Event, Outcome, Phase, State, Step, Transition};
 use super::window::{Bucket, Calls};
 
-const PHASE_NAMES: [(Phase, &str); 6] = [
-    (Phase::Closed, "CLOSED"),
-    (Phase::Open, "OPEN"),
-    (Phase::HalfOpen, "HALF_OPEN"),
-    (Phase::ForcedOpen, "FORCED_OPEN"),
-    (Phase::Disabled, "DISABLED"),
-    (Phase::MetricsOnly, "METRICS_ONLY"),
-];
-
-/// A decimal number of digits only (no sign, no spaces), as the script
-/// reads them.
+/// A decimal of 1 to 18 digits only (no sign, no spaces) (as every copy of the step reads numbers:
+/// below 10^18, so that PostgreSQL's `int8` holds them).
 pub(crate) fn digits(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty() || text.len() > 18 || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     text.parse().ok()
 }
 
 fn phase_named(name: &str) -> Option<Phase> {
-    PHASE_NAMES
-        .iter()
-        .find(|(_, n)| *n == name)
-        .map(|(p, _)| *p)
+    Phase::named(name)
 }
 
 /// The state as stored.

@@ -175,9 +175,11 @@ macro_rules! operation_layer {
                 update: &'a dyn $crate::backend::atomic::AtomicUpdate,
                 input: &'a [u8],
             ) -> StateFuture<'a, Bytes> {
-                self.run(Operation::UpdateAtomic, move || {
-                    self.inner().update_atomic(key, update, input)
-                })
+                let op = match update.reads_only(input) {
+                    true => Operation::ReadAtomic,
+                    false => Operation::UpdateAtomic,
+                };
+                self.run(op, move || self.inner().update_atomic(key, update, input))
             }
             fn watch_keys<'a>(
                 &'a self,

@@ -19,7 +19,11 @@ use super::pool::Inner;
 /// The updates set up on this backend so far: their statements, with the
 /// table's names in place, by the update's name.
 #[derive(Debug, Default)]
-pub(super) struct Natives(Mutex<HashMap<&'static str, Statements>>);
+pub(super) struct Natives {
+    set_up: Mutex<HashMap<&'static str, Statements>>,
+    /// Held while one update is set up.
+    setting_up: tokio::sync::Mutex<()>,
+}
 
 #[derive(Debug, Clone)]
 struct Statements {
@@ -29,7 +33,7 @@ struct Statements {
 
 impl Natives {
     fn get(&self, name: &str) -> Option<Arc<str>> {
-        self.0
+        self.set_up
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(name)
@@ -37,7 +41,7 @@ impl Natives {
     }
 
     fn insert(&self, name: &'static str, statements: Statements) {
-        self.0
+        self.set_up
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name, statements);
@@ -45,7 +49,7 @@ impl Natives {
 
     /// The purge statements of the updates set up so far.
     pub(super) fn purges(&self) -> Vec<Arc<str>> {
-        self.0
+        self.set_up
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
@@ -54,21 +58,34 @@ impl Natives {
     }
 }
 
+/// A short version of `setup`: FNV-1a, 32 bits, in hex.
+fn version(setup: &str) -> String {
+    let hash = setup.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{hash:08x}")
+}
+
 /// `sql` with every `@name@` replaced by the identifier `"<table>_name"`
-/// (schema-qualified as `table` is).
-pub(super) fn expand(sql: &str, table: &str) -> String {
+/// and every `@name#@` by `"<table>_name_<version>"` (schema-qualified as
+/// `table` is).
+pub(super) fn expand(sql: &str, table: &str, version: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 64);
     let mut rest = sql;
     while let Some(at) = rest.find('@') {
         out.push_str(&rest[..at]);
         let after = &rest[at + 1..];
-        let word = after
-            .find('@')
-            .map(|end| &after[..end])
-            .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        let word = after.find('@').map(|end| &after[..end]).filter(|w| {
+            let name = w.strip_suffix('#').unwrap_or(w);
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        });
         match word {
             Some(word) => {
-                out.push_str(&quoted(&format!("{table}_{word}")));
+                let name = match word.strip_suffix('#') {
+                    Some(name) => format!("{table}_{name}_{version}"),
+                    None => format!("{table}_{word}"),
+                };
+                out.push_str(&quoted(&name));
                 rest = &after[word.len() + 1..];
             }
             None => {
@@ -100,10 +117,7 @@ impl Inner {
                 ),
             )
         })?;
-        let call = match self.natives.get(update.name()) {
-            Some(call) => call,
-            None => self.set_up(update.name(), native).await?,
-        };
+        let call = self.set_up(update.name(), native).await?;
         let default_ttl = self
             .config
             .default_ttl
@@ -132,10 +146,8 @@ impl Inner {
                 format!("{}: no native PostgreSQL listing", update.name()),
             ));
         };
-        if self.natives.get(update.name()).is_none() {
-            self.set_up(update.name(), native).await?;
-        }
-        let sql = expand(keys, &self.config.table);
+        self.set_up(update.name(), native).await?;
+        let sql = expand(keys, &self.config.table, &version(native.setup));
         let mut client = self.client().await?;
         let rows = client.query(&sql, &[&prefix]).await.map_err(pg_error)?;
         rows.iter()
@@ -147,20 +159,42 @@ impl Inner {
             .collect()
     }
 
+    /// The update's statement, once its objects exist: set up by this
+    /// backend once (one set-up at a time), skipped where this version's
+    /// function exists already.
     async fn set_up(&self, name: &'static str, native: PostgresNative) -> Result<Arc<str>> {
+        if let Some(call) = self.natives.get(name) {
+            return Ok(call);
+        }
+        let _one_at_a_time = self.natives.setting_up.lock().await;
+        if let Some(call) = self.natives.get(name) {
+            return Ok(call);
+        }
         let table = self.config.table.as_str();
-        let mut client = self.client().await?.into_object();
-        let tx = client.transaction().await.map_err(pg_error)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        let version = version(native.setup);
+        let function = expand(native.function, table, &version);
+        let mut client = self.client().await?;
+        let present: bool = client
+            .query_one("SELECT to_regproc($1) IS NOT NULL", &[&function])
             .await
+            .and_then(|row| row.try_get(0))
             .map_err(pg_error)?;
-        tx.batch_execute(&expand(native.setup, table))
-            .await
-            .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
-        tracing::info!(table, update = name, "set up a native PostgreSQL update");
-        let call: Arc<str> = Arc::from(expand(native.call, table));
-        let purge = native.purge.map(|sql| Arc::from(expand(sql, table)));
+        if !present {
+            let mut client = client.into_object();
+            let tx = client.transaction().await.map_err(pg_error)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await
+                .map_err(pg_error)?;
+            tx.batch_execute(&expand(native.setup, table, &version))
+                .await
+                .map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+            tracing::info!(table, update = name, %version, "set up a native PostgreSQL update");
+        }
+        let call: Arc<str> = Arc::from(expand(native.call, table, &version));
+        let purge = native
+            .purge
+            .map(|sql| Arc::from(expand(sql, table, &version)));
         self.natives.insert(
             name,
             Statements {
@@ -210,13 +244,15 @@ mod tests {
     #[test]
     fn names_become_the_tables_identifiers() {
         assert_eq!(
-            expand("SELECT @step@($1) FROM @rows@;", "state"),
-            "SELECT \"state_step\"($1) FROM \"state_rows\";"
+            expand("SELECT @step#@($1) FROM @rows@;", "state", "v1"),
+            "SELECT \"state_step_v1\"($1) FROM \"state_rows\";"
         );
         assert_eq!(
-            expand("@step@ a@b c@", "app.state"),
+            expand("@step@ a@b c@", "app.state", "v1"),
             "\"app\".\"state_step\" a@b c@"
         );
-        assert_eq!(expand("x @ y @@ @Up@", "t"), "x @ y @@ @Up@");
+        assert_eq!(expand("x @ y @@ @Up@ @#@", "t", "v1"), "x @ y @@ @Up@ @#@");
+        assert_ne!(version("a"), version("b"));
+        assert_eq!(version("a").len(), 8);
     }
 }

@@ -239,7 +239,7 @@ impl StateBackend for Fallback {
         input: &'a [u8],
     ) -> StateFuture<'a, Bytes> {
         if update.reads_only(input) {
-            return self.route_read(Operation::UpdateAtomic, NONE, move |b| {
+            return self.route_read(Operation::ReadAtomic, NONE, move |b| {
                 b.update_atomic(key, update, input)
             });
         }

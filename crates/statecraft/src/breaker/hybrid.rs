@@ -1,0 +1,717 @@
+//! [`HybridBreaker`]: a shared breaker that decides locally. While the
+//! fleet's breaker is closed, asking and recording are a local breaker's
+//! few atomic operations; the results are counted per thread and flushed
+//! to the store in batches by one background task, where the shared state
+//! machine ([`BreakerStep`](super::BreakerStep)) counts every instance's
+//! results together. A transition is published through the store's
+//! pub/sub, so idle instances learn an opening without making a call, and
+//! the task reconciles with the store's state every so often in case a
+//! message was lost. While the shared breaker is open, asking costs
+//! nothing; once its opening ends, probes are asked of the store (so the
+//! half-open limit holds across instances).
+//!
+//! Bounds, with a [`HybridConfig`]:
+//! - staleness: an instance learns a shared transition within the pub/sub
+//!   delivery time, or at worst within [`reconcile_every`](HybridConfig::reconcile_every);
+//! - over-admission: after the shared breaker opens, an instance that has
+//!   not learned it yet admits the calls it makes in that time; and the
+//!   results of the last [`flush_every`](HybridConfig::flush_every) reach
+//!   the shared window that late (an instance's own evidence opens its
+//!   local breaker at once, and flushes at once);
+//! - results are sent in a batch successes first, then failures (so a
+//!   flush's failures count as the latest); results counted while the
+//!   store does not answer are dropped, not sent stale.
+//!
+//! When the store does not answer, the breaker keeps deciding on this
+//! instance's own evidence, says so ([`BreakerEvent::StoreUnavailable`],
+//! [`HybridStats::store_up`]), and follows the shared state again once
+//! the store answers ([`BreakerEvent::StoreRecovered`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+
+use crate::backend::clock::{Clock, MonotonicClock};
+use crate::backend::error::Result;
+use crate::backend::StateBackend;
+
+use super::config::BreakerConfig;
+use super::distributed::{entropy, DistributedBreaker, StoreDown};
+use super::events::BreakerEvent;
+use super::fast::{stripe, STRIPES};
+use super::local::LocalBreaker;
+use super::machine::{Decision, Event, Outcome, Phase, State};
+use super::permit::{Permit, Rejected};
+use super::shared::{
+    batch_input, parse_peek_at, parse_step_output, BreakerStep, MAX_BATCH, PEEK_AT,
+};
+
+/// How a [`HybridBreaker`] keeps in step with the store.
+#[derive(Debug, Clone)]
+pub struct HybridConfig {
+    /// How often results are flushed to the store (default 20 ms); a local
+    /// opening flushes at once.
+    pub flush_every: Duration,
+    /// How often the shared state is read, in case a pub/sub message was
+    /// lost (default 250 ms): the staleness bound without pub/sub.
+    pub reconcile_every: Duration,
+    /// How long one round trip to the store may take (default 1 s).
+    pub timeout: Duration,
+    /// What an ask that needs the store does when it does not answer.
+    pub store_down: StoreDown,
+    /// Whether transitions are published and listened for (default true).
+    pub pubsub: bool,
+}
+
+impl Default for HybridConfig {
+    fn default() -> Self {
+        HybridConfig {
+            flush_every: Duration::from_millis(20),
+            reconcile_every: Duration::from_millis(250),
+            timeout: Duration::from_secs(1),
+            store_down: StoreDown::FailOpen,
+            pubsub: true,
+        }
+    }
+}
+
+/// What a [`HybridBreaker`] has done with the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HybridStats {
+    /// Batches sent.
+    pub flushes: u64,
+    /// Results they carried.
+    pub flushed: u64,
+    /// Results dropped because the store did not answer.
+    pub dropped: u64,
+    /// Round trips that failed.
+    pub store_errors: u64,
+    /// Shared states learned from pub/sub messages.
+    pub pushed: u64,
+    /// Shared states read by reconciling.
+    pub reconciled: u64,
+    /// Whether the store answered last time.
+    pub store_up: bool,
+}
+
+/// Results not yet flushed, per thread stripe: counts of the four codes
+/// (1 failed + 2 slow).
+#[derive(Default)]
+#[repr(align(128))]
+struct Stripe([AtomicU64; 4]);
+
+/// The shared phase as this instance last learned it, with the end of an
+/// opening on this process's clock.
+struct View {
+    phase: AtomicU8,
+    deadline: AtomicU64,
+}
+
+struct Hybrid {
+    local: LocalBreaker,
+    shared: DistributedBreaker,
+    config: Arc<BreakerConfig>,
+    hybrid: HybridConfig,
+    channel: String,
+    clock: MonotonicClock,
+    view: View,
+    pending: Box<[Stripe]>,
+    wake: Notify,
+    store_up: AtomicBool,
+    figures: [AtomicU64; 6],
+}
+
+const FLUSHES: usize = 0;
+const FLUSHED: usize = 1;
+const DROPPED: usize = 2;
+const ERRORS: usize = 3;
+const PUSHED: usize = 4;
+const RECONCILED: usize = 5;
+
+/// A circuit breaker shared through a store that decides locally (see the
+/// [module](self)).
+///
+/// ```
+/// # #[tokio::main] async fn main() -> statecraft::Result<()> {
+/// use std::sync::Arc;
+/// use statecraft::breaker::{BreakerConfig, HybridBreaker, HybridConfig, Phase};
+/// use statecraft::MemoryBackend;
+///
+/// let store = Arc::new(MemoryBackend::new()); // Redis or PostgreSQL across instances
+/// let config = BreakerConfig::builder().consecutive_failures(2).build()?;
+/// let a = HybridBreaker::start(store.clone(), "search", config.clone(), HybridConfig::default()).await;
+/// let b = HybridBreaker::start(store, "search", config, HybridConfig::default()).await;
+/// for _ in 0..2 {
+///     a.acquire().await.expect("closed").failure().await;
+/// }
+/// b.wait_for(Phase::Open, std::time::Duration::from_secs(1)).await; // pushed, no call
+/// assert!(b.acquire().await.is_err());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct HybridBreaker {
+    inner: Arc<Hybrid>,
+}
+
+impl std::fmt::Debug for HybridBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HybridBreaker")
+            .field("name", &self.inner.local.name())
+            .field("shared", &self.shared_phase())
+            .field("local", &self.inner.local.phase())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HybridBreaker {
+    /// The breaker `name` shared through `store` (the same key and state
+    /// as a [`DistributedBreaker`] of that name). It starts from the shared
+    /// state (closed if the store does not answer) and runs its flush and
+    /// pub/sub tasks on the current Tokio runtime until it is dropped.
+    pub async fn start(
+        store: Arc<dyn StateBackend>,
+        name: impl Into<String>,
+        config: BreakerConfig,
+        hybrid: HybridConfig,
+    ) -> HybridBreaker {
+        let name: String = name.into();
+        let shared = DistributedBreaker::new(store, name.as_str(), config.clone())
+            .timeout(hybrid.timeout)
+            .store_down(hybrid.store_down);
+        let inner = Arc::new(Hybrid {
+            local: LocalBreaker::new(name.as_str(), config.clone()),
+            channel: format!("statecraft:breaker:{name}"),
+            shared,
+            config: Arc::new(config),
+            hybrid,
+            clock: MonotonicClock::new(),
+            view: View {
+                phase: AtomicU8::new(Phase::Closed as u8),
+                deadline: AtomicU64::new(0),
+            },
+            pending: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            wake: Notify::new(),
+            store_up: AtomicBool::new(true),
+            figures: Default::default(),
+        });
+        let breaker = HybridBreaker { inner };
+        // Subscribed before the first read: no transition falls between.
+        let subscription = match breaker.inner.hybrid.pubsub {
+            true => breaker
+                .inner
+                .shared
+                .backend
+                .subscribe(&breaker.inner.channel)
+                .await
+                .ok(),
+            false => None,
+        };
+        breaker.inner.reconcile().await;
+        let weak = Arc::downgrade(&breaker.inner);
+        tokio::spawn(flush_loop(weak.clone()));
+        if breaker.inner.hybrid.pubsub {
+            tokio::spawn(listen_loop(weak, subscription));
+        }
+        breaker
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &str {
+        self.inner.local.name()
+    }
+
+    /// The shared phase as this instance knows it now.
+    pub fn shared_phase(&self) -> Phase {
+        self.inner.view.phase()
+    }
+
+    /// This instance's own breaker (its evidence, its hooks and events,
+    /// including the store's comings and goings).
+    pub fn local(&self) -> &LocalBreaker {
+        &self.inner.local
+    }
+
+    /// What it has done with the store.
+    pub fn stats(&self) -> HybridStats {
+        let f = |i: usize| self.inner.figures[i].load(Ordering::Relaxed);
+        HybridStats {
+            flushes: f(FLUSHES),
+            flushed: f(FLUSHED),
+            dropped: f(DROPPED),
+            store_errors: f(ERRORS),
+            pushed: f(PUSHED),
+            reconciled: f(RECONCILED),
+            store_up: self.inner.store_up.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until the shared phase is `phase` (as learned by pub/sub or
+    /// reconciling), at most `timeout`; returns whether it is.
+    pub async fn wait_for(&self, phase: Phase, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while self.shared_phase() != phase {
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
+    }
+
+    /// Asks to make a call: locally while the shared breaker is closed or
+    /// open, of the store once an opening has ended (a probe).
+    pub async fn acquire(&self) -> std::result::Result<HybridPermit<'_>, Rejected> {
+        let inner = &*self.inner;
+        match inner.view.phase() {
+            Phase::Closed => {
+                let permit = inner.local.acquire()?;
+                Ok(HybridPermit::new(self, Kind::Local(permit)))
+            }
+            Phase::MetricsOnly => Ok(HybridPermit::new(self, Kind::Counted)),
+            Phase::Disabled => Ok(HybridPermit::new(self, Kind::Uncounted)),
+            Phase::Open => {
+                let now = inner.clock.now_millis();
+                let deadline = inner.view.deadline.load(Ordering::Acquire);
+                if now < deadline {
+                    return Err(Rejected::new(Arc::from(self.name()), Some(deadline - now)));
+                }
+                self.ask_store().await
+            }
+            Phase::HalfOpen | Phase::ForcedOpen => self.ask_store().await,
+        }
+    }
+
+    /// An ask of the store's breaker: a probe, a rejection, or closed again.
+    #[cold]
+    async fn ask_store(&self) -> std::result::Result<HybridPermit<'_>, Rejected> {
+        let inner = &*self.inner;
+        match inner.shared.run(Event::Acquire).await {
+            Ok((step, spell)) => {
+                inner.store_answered();
+                if step.transition.is_some() {
+                    inner.reconcile_and_publish().await;
+                }
+                match step.decision {
+                    Decision::Permit { probe: true } => {
+                        Ok(HybridPermit::new(self, Kind::Probe(spell.unwrap_or(0))))
+                    }
+                    Decision::Reject { retry_after_ms } => {
+                        if let Some(ms) = retry_after_ms {
+                            inner.view.set(Phase::Open, inner.clock.now_millis() + ms);
+                        }
+                        Err(Rejected::new(Arc::from(self.name()), retry_after_ms))
+                    }
+                    Decision::Permit { probe: false } | Decision::Done => {
+                        inner.reconcile().await;
+                        let permit = inner.local.acquire()?;
+                        Ok(HybridPermit::new(self, Kind::Local(permit)))
+                    }
+                }
+            }
+            Err(err) => {
+                inner.store_failed(&err);
+                match inner.hybrid.store_down {
+                    StoreDown::FailOpen => Ok(HybridPermit::new(self, Kind::Uncounted)),
+                    StoreDown::FailClosed => Err(Rejected::new(Arc::from(self.name()), None)),
+                }
+            }
+        }
+    }
+
+    /// Holds the shared breaker open for every instance.
+    pub async fn force_open(&self) -> Result<()> {
+        self.operator(Event::ForceOpen).await
+    }
+
+    /// Closes it for every instance, forgetting its history.
+    pub async fn force_close(&self) -> Result<()> {
+        self.operator(Event::ForceClose).await
+    }
+
+    /// A fresh closed breaker for every instance.
+    pub async fn reset(&self) -> Result<()> {
+        self.operator(Event::Reset).await
+    }
+
+    async fn operator(&self, event: Event) -> Result<()> {
+        let inner = &*self.inner;
+        inner.shared.run(event).await?;
+        if matches!(event, Event::ForceClose | Event::Reset) {
+            inner.local.reset();
+        }
+        inner.reconcile_and_publish().await;
+        Ok(())
+    }
+}
+
+impl View {
+    fn phase(&self) -> Phase {
+        Phase::from_code(self.phase.load(Ordering::Acquire))
+    }
+
+    fn set(&self, phase: Phase, deadline: u64) {
+        self.deadline.store(deadline, Ordering::Release);
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+}
+
+impl Hybrid {
+    fn count(&self, outcome: Outcome, slow: bool) {
+        if outcome == Outcome::Ignored {
+            return;
+        }
+        let code = usize::from(outcome == Outcome::Failure) + 2 * usize::from(slow);
+        self.pending[stripe()].0[code].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn bump(&self, figure: usize, by: u64) {
+        self.figures[figure].fetch_add(by, Ordering::Relaxed);
+    }
+
+    fn store_answered(&self) {
+        if !self.store_up.swap(true, Ordering::AcqRel) {
+            let breaker: Arc<str> = Arc::from(self.local.name());
+            tracing::info!(breaker = %breaker, "breaker store answers again");
+            self.local
+                .shared
+                .observers
+                .emit(|| BreakerEvent::StoreRecovered { breaker });
+        }
+    }
+
+    fn store_failed(&self, err: &crate::Error) {
+        self.bump(ERRORS, 1);
+        if self.store_up.swap(false, Ordering::AcqRel) {
+            let breaker: Arc<str> = Arc::from(self.local.name());
+            tracing::warn!(breaker = %breaker, error = %err, "breaker store unavailable");
+            let error = err.to_string();
+            self.local
+                .shared
+                .observers
+                .emit(|| BreakerEvent::StoreUnavailable { breaker, error });
+        }
+    }
+
+    /// Takes on a shared state read at the store's time `store_now`.
+    fn learn(&self, store_now: u64, state: Option<&State>) {
+        let Some(state) = state else {
+            self.view.set(Phase::Closed, 0);
+            return;
+        };
+        let deadline = match state.phase {
+            Phase::Open => self
+                .clock
+                .now_millis()
+                .saturating_add(state.open_until.saturating_sub(store_now)),
+            _ => 0,
+        };
+        self.view.set(state.phase, deadline);
+    }
+
+    /// Reads the shared state (at the store's time) into the view.
+    async fn read(&self) -> Result<Option<(u64, Option<State>, bytes::Bytes)>> {
+        let backend = &self.shared.backend;
+        let read = backend.update_atomic(self.shared.key(), &BreakerStep, PEEK_AT);
+        match tokio::time::timeout(self.hybrid.timeout, read).await {
+            Ok(Ok(raw)) => {
+                let (now, state) = parse_peek_at(&raw)?;
+                Ok(Some((now, state, raw)))
+            }
+            Ok(Err(err)) => Err(err),
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn reconcile(&self) -> Option<bytes::Bytes> {
+        match self.read().await {
+            Ok(Some((now, state, raw))) => {
+                self.store_answered();
+                self.bump(RECONCILED, 1);
+                self.learn(now, state.as_ref());
+                Some(raw)
+            }
+            Ok(None) => {
+                self.store_failed(&crate::Error::new(
+                    crate::ErrorKind::Timeout,
+                    format!("no answer within {:?}", self.hybrid.timeout),
+                ));
+                None
+            }
+            Err(err) => {
+                self.store_failed(&err);
+                None
+            }
+        }
+    }
+
+    /// After a shared transition: the new state into the view, and to the
+    /// other instances.
+    async fn reconcile_and_publish(&self) {
+        let Some(raw) = self.reconcile().await else {
+            return;
+        };
+        if self.hybrid.pubsub {
+            if let Err(err) = self.shared.backend.publish(&self.channel, raw).await {
+                tracing::warn!(breaker = %self.local.name(), error = %err, "breaker transition not published");
+            }
+        }
+    }
+
+    /// Sends the pending results, in batches; returns whether one made the
+    /// shared breaker change phase.
+    async fn flush(&self) -> bool {
+        let mut counts = [0u64; 4];
+        for stripe in self.pending.iter() {
+            for (total, count) in counts.iter_mut().zip(&stripe.0) {
+                *total += count.swap(0, Ordering::Relaxed);
+            }
+        }
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return false;
+        }
+        // Successes first, then failures; more than 16 batches' worth is
+        // scaled down to that, keeping the proportions.
+        let most = 16 * MAX_BATCH as u64;
+        let scale = |n: u64| match total > most {
+            true => (n as u128 * most as u128 / total as u128) as u64,
+            false => n,
+        };
+        let mut results = Vec::with_capacity(total.min(most) as usize);
+        for code in [0usize, 2, 1, 3] {
+            let (failed, slow) = (code & 1 == 1, code & 2 == 2);
+            let n = scale(counts[code]) as usize;
+            results.resize(results.len() + n, (failed, slow));
+        }
+        let mut moved = false;
+        for batch in results.chunks(MAX_BATCH) {
+            let input = batch_input(&self.config, self.local.name(), batch, entropy(), 0);
+            let update = self.shared.backend.update_atomic(
+                self.shared.key(),
+                &BreakerStep,
+                input.as_bytes(),
+            );
+            let answer = match tokio::time::timeout(self.hybrid.timeout, update).await {
+                Ok(Ok(raw)) => parse_step_output(&raw),
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(crate::Error::new(
+                    crate::ErrorKind::Timeout,
+                    format!("no answer within {:?}", self.hybrid.timeout),
+                )),
+            };
+            match answer {
+                Ok((step, _)) => {
+                    self.store_answered();
+                    self.bump(FLUSHES, 1);
+                    self.bump(FLUSHED, batch.len() as u64);
+                    moved |= step.transition.is_some();
+                }
+                Err(err) => {
+                    self.store_failed(&err);
+                    self.bump(DROPPED, batch.len() as u64);
+                }
+            }
+        }
+        moved
+    }
+}
+
+/// Flushes every `flush_every` (or at once when woken), and reconciles
+/// every `reconcile_every`, while the breaker lives.
+async fn flush_loop(weak: Weak<Hybrid>) {
+    let mut reconciled = Instant::now();
+    loop {
+        // Held for one bounded wait and one round: the breaker goes at
+        // most that long after its last handle.
+        let Some(inner) = weak.upgrade() else { return };
+        let woken = tokio::time::timeout(inner.hybrid.flush_every, inner.wake.notified())
+            .await
+            .is_ok();
+        let moved = inner.flush().await;
+        if moved {
+            inner.reconcile_and_publish().await;
+            reconciled = Instant::now();
+        } else if reconciled.elapsed() >= inner.hybrid.reconcile_every || woken {
+            inner.reconcile().await;
+            reconciled = Instant::now();
+        }
+    }
+}
+
+/// Takes on every published shared state; resubscribes after a lost
+/// subscription (reconciling covers the gap).
+async fn listen_loop(weak: Weak<Hybrid>, mut subscription: Option<crate::Subscription>) {
+    loop {
+        let Some(mut stream) = subscription.take() else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Some(inner) = weak.upgrade() else { return };
+            subscription = inner.shared.backend.subscribe(&inner.channel).await.ok();
+            continue;
+        };
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
+            let Some(inner) = weak.upgrade() else { return };
+            match next {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(Ok(message))) => {
+                    if let Ok((now, state)) = parse_peek_at(&message.payload) {
+                        inner.bump(PUSHED, 1);
+                        inner.learn(now, state.as_ref());
+                    }
+                }
+                Ok(Some(Err(_))) => break,
+            }
+        }
+    }
+}
+
+/// Leave to make one call through a [`HybridBreaker`]; record its result
+/// with [`success`](Self::success), [`failure`](Self::failure),
+/// [`ignore`](Self::ignore) or [`record`](Self::record). Dropped
+/// unfinished, it records a failure (a probe's from a task of its own).
+#[must_use = "a dropped permit records a failure"]
+pub struct HybridPermit<'a> {
+    breaker: &'a HybridBreaker,
+    kind: Option<Kind<'a>>,
+    started: Option<Instant>,
+}
+
+enum Kind<'a> {
+    /// Counted locally and in the next flush.
+    Local(Permit<'a>),
+    /// Counted in the next flush only (the shared breaker only counts).
+    Counted,
+    /// Counted nowhere (disabled, or the store did not answer).
+    Uncounted,
+    /// A half-open probe of the store's breaker, of this spell.
+    Probe(u64),
+}
+
+impl std::fmt::Debug for HybridPermit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HybridPermit")
+            .field("breaker", &self.breaker.name())
+            .field("probe", &self.is_probe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> HybridPermit<'a> {
+    fn new(breaker: &'a HybridBreaker, kind: Kind<'a>) -> Self {
+        HybridPermit {
+            started: breaker.inner.config.slow_call().map(|_| Instant::now()),
+            breaker,
+            kind: Some(kind),
+        }
+    }
+
+    /// Whether this call is a half-open probe of the shared breaker.
+    pub fn is_probe(&self) -> bool {
+        matches!(self.kind, Some(Kind::Probe(_)))
+    }
+
+    /// Whether its result will be counted anywhere.
+    pub fn is_counted(&self) -> bool {
+        !matches!(self.kind, Some(Kind::Uncounted) | None)
+    }
+
+    /// The call worked.
+    pub async fn success(self) {
+        self.record(Outcome::Success).await;
+    }
+
+    /// The call failed.
+    pub async fn failure(self) {
+        self.record(Outcome::Failure).await;
+    }
+
+    /// The call says nothing about the protected resource.
+    pub async fn ignore(self) {
+        self.record(Outcome::Ignored).await;
+    }
+
+    fn slow(&self) -> bool {
+        match (self.started, self.breaker.inner.config.slow_call()) {
+            (Some(started), Some(threshold)) => started.elapsed() >= threshold,
+            _ => false,
+        }
+    }
+
+    /// Records `outcome`: locally at once; a probe's in the store, now.
+    pub async fn record(mut self, outcome: Outcome) {
+        let slow = self.slow();
+        let Some(kind) = self.kind.take() else {
+            return;
+        };
+        let inner = &*self.breaker.inner;
+        match kind {
+            Kind::Local(permit) => {
+                let before = inner.local.phase();
+                permit.record(outcome);
+                inner.count(outcome, slow);
+                if before != Phase::Open && inner.local.phase() == Phase::Open {
+                    // This instance's own evidence: the fleet hears it now.
+                    inner.wake.notify_one();
+                }
+            }
+            Kind::Counted => inner.count(outcome, slow),
+            Kind::Uncounted => {}
+            Kind::Probe(spell) => {
+                let event = Event::Record {
+                    outcome,
+                    slow,
+                    probe: Some(spell),
+                };
+                match inner.shared.run(event).await {
+                    Ok((step, _)) => {
+                        inner.store_answered();
+                        if step.transition.is_some() {
+                            inner.reconcile_and_publish().await;
+                        }
+                    }
+                    Err(err) => inner.store_failed(&err),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for HybridPermit<'_> {
+    fn drop(&mut self) {
+        let slow = self.slow();
+        match self.kind.take() {
+            None | Some(Kind::Uncounted) => {}
+            Some(Kind::Local(permit)) => {
+                let inner = &*self.breaker.inner;
+                let before = inner.local.phase();
+                drop(permit); // records the failure locally
+                inner.count(Outcome::Failure, slow);
+                if before != Phase::Open && inner.local.phase() == Phase::Open {
+                    inner.wake.notify_one();
+                }
+            }
+            Some(Kind::Counted) => self.breaker.inner.count(Outcome::Failure, slow),
+            Some(Kind::Probe(spell)) => {
+                let breaker = self.breaker.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let event = Event::Record {
+                            outcome: Outcome::Failure,
+                            slow,
+                            probe: Some(spell),
+                        };
+                        if let Ok((step, _)) = breaker.inner.shared.run(event).await {
+                            if step.transition.is_some() {
+                                breaker.inner.reconcile_and_publish().await;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
