@@ -4,7 +4,9 @@
 //! call that succeeds.
 //!
 //! Per-call time: 11 interleaved rounds of 2,000,000 calls per case on one
-//! thread (median per case and median per-round ratio to recloser). Then
+//! thread (median per case and median per-round ratio to recloser), with
+//! the hybrid breaker (over a memory store, its flush task running) as a
+//! fourth case, also as a ratio to the local breaker. Then
 //! throughput with 2 threads contending on one breaker: 7 interleaved
 //! rounds of 2 × 1,000,000 calls (median calls per second and ratio to
 //! failsafe).
@@ -32,7 +34,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use failsafe::CircuitBreaker as _;
-use statecraft::breaker::{BreakerConfig, DistributedBreaker, LocalBreaker, Window};
+use futures_util::FutureExt;
+use statecraft::breaker::{
+    BreakerConfig, DistributedBreaker, HybridBreaker, HybridConfig, LocalBreaker, Window,
+};
 use statecraft::{PostgresBackend, PostgresConfig, RedisBackend, RedisConfig, StateBackend};
 use statecraft_testkit::{PostgresServer, RedisServer};
 
@@ -67,6 +72,9 @@ struct Cases {
     statecraft: LocalBreaker,
     recloser: recloser::Recloser,
     failsafe: Failsafe,
+    /// Over a memory store, its tasks on `_runtime`.
+    hybrid: HybridBreaker,
+    _runtime: tokio::runtime::Runtime,
 }
 
 fn cases() -> Cases {
@@ -77,7 +85,20 @@ fn cases() -> Cases {
         .open_for(Duration::from_secs(30))
         .build()
         .expect("config");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let hybrid = runtime.block_on(HybridBreaker::start(
+        std::sync::Arc::new(statecraft::MemoryBackend::new()),
+        "bench",
+        config.clone(),
+        HybridConfig::default(),
+    ));
     Cases {
+        hybrid,
+        _runtime: runtime,
         statecraft: LocalBreaker::new("bench", config),
         recloser: recloser::Recloser::custom()
             .error_rate(0.5)
@@ -89,51 +110,83 @@ fn cases() -> Cases {
     }
 }
 
-const NAMES: [&str; 3] = ["statecraft LocalBreaker", "recloser", "failsafe"];
+const NAMES: [&str; 4] = [
+    "statecraft LocalBreaker",
+    "recloser",
+    "failsafe",
+    "statecraft HybridBreaker",
+];
 
-#[inline(never)]
+/// One case's calls (each case a function of its own, so that one's code
+/// layout does not move another's).
 fn run(cases: &Cases, which: usize, calls: usize) {
     match which {
-        0 => {
-            for i in 0..calls {
-                let permit = cases.statecraft.acquire().expect("closed");
-                black_box(i);
-                permit.success();
-            }
-        }
-        1 => {
-            for i in 0..calls {
-                let _ = black_box(cases.recloser.call(|| Ok::<_, ()>(black_box(i))));
-            }
-        }
-        _ => {
-            for i in 0..calls {
-                let _ = black_box(cases.failsafe.call(|| Ok::<_, ()>(black_box(i))));
-            }
-        }
+        0 => run_local(&cases.statecraft, calls),
+        1 => run_recloser(&cases.recloser, calls),
+        2 => run_failsafe(&cases.failsafe, calls),
+        _ => run_hybrid(&cases.hybrid, calls),
+    }
+}
+
+#[inline(never)]
+fn run_local(breaker: &LocalBreaker, calls: usize) {
+    for i in 0..calls {
+        let permit = breaker.acquire().expect("closed");
+        black_box(i);
+        permit.success();
+    }
+}
+
+#[inline(never)]
+fn run_recloser(breaker: &recloser::Recloser, calls: usize) {
+    for i in 0..calls {
+        let _ = black_box(breaker.call(|| Ok::<_, ()>(black_box(i))));
+    }
+}
+
+#[inline(never)]
+fn run_failsafe(breaker: &Failsafe, calls: usize) {
+    for i in 0..calls {
+        let _ = black_box(breaker.call(|| Ok::<_, ()>(black_box(i))));
+    }
+}
+
+#[inline(never)]
+fn run_hybrid(breaker: &HybridBreaker, calls: usize) {
+    // The closed path never waits: each future is ready at once.
+    for i in 0..calls {
+        let permit = breaker
+            .acquire()
+            .now_or_never()
+            .expect("ready at once")
+            .expect("closed");
+        black_box(i);
+        permit.success().now_or_never().expect("ready at once");
     }
 }
 
 fn main() {
     let cases = cases();
     let calls = scale(2_000_000);
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 4];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 4];
+    let mut over_local: Vec<f64> = Vec::new();
     for round in 0..11 {
-        let mut this = [0f64; 3];
-        for k in 0..3 {
-            let which = (k + round) % 3;
+        let mut this = [0f64; 4];
+        for k in 0..4 {
+            let which = (k + round) % 4;
             let started = Instant::now();
             run(&cases, which, calls);
             this[which] = started.elapsed().as_nanos() as f64 / calls as f64;
         }
-        for which in 0..3 {
+        for which in 0..4 {
             times[which].push(this[which]);
             ratios[which].push(this[which] / this[1]);
         }
+        over_local.push(this[3] / this[0]);
     }
     println!("one thread, CLOSED, a call that succeeds ({calls} calls × 11 rounds):");
-    for which in 0..3 {
+    for which in 0..4 {
         println!(
             "  {:<24} {:>8.1} ns/call   × recloser {:.3}",
             NAMES[which],
@@ -141,6 +194,10 @@ fn main() {
             median(ratios[which].clone()),
         );
     }
+    println!(
+        "  HybridBreaker × LocalBreaker     {:.3}",
+        median(over_local)
+    );
     let calls = scale(1_000_000);
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 3];
     let mut over_failsafe: Vec<Vec<f64>> = vec![Vec::new(); 3];

@@ -52,9 +52,10 @@ pub(crate) struct BenchArgs {
     json: bool,
     /// Measure a coordination primitive instead of the backends'
     /// operations: `breaker` (rows `breaker_local_call` on `memory`, and
-    /// `breaker_distributed_call` on each `--backend`, default memory). A
-    /// local call is timed in blocks of 256 (a clock read costs more than
-    /// the call): its p50/p99 are of the blocks' means.
+    /// `breaker_hybrid_call` and `breaker_distributed_call` on each
+    /// `--backend`, default memory). Local and hybrid calls are timed in
+    /// blocks of 256 (a clock read costs more than the call): their
+    /// p50/p99 are of the blocks' means.
     #[arg(long, value_enum)]
     primitive: Option<primitive::Primitive>,
 }

@@ -171,10 +171,16 @@ fn bench_primitive_breaker_prints_local_and_distributed_rows() {
     );
     let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
     let rows = rows.as_array().expect("a JSON array");
-    assert_eq!(rows.len(), 6, "local + 2 stores, × 2 levels: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        10,
+        "local + 2 stores × 2 kinds, × 2 levels: {rows:?}"
+    );
     for (backend, operation, distributed) in [
         ("memory", "breaker_local_call", false),
+        ("redis", "breaker_hybrid_call", true),
         ("redis", "breaker_distributed_call", true),
+        ("postgres", "breaker_hybrid_call", true),
         ("postgres", "breaker_distributed_call", true),
     ] {
         for concurrency in [1, 4] {

@@ -1,20 +1,23 @@
 //! `statecraft bench --primitive breaker`: a protected call (ask, a trivial
 //! call that succeeds, record) through each kind of breaker, in rows with
 //! the same fields as the backends' rows. `breaker_local_call` runs on
-//! `memory` (it touches no store); `breaker_distributed_call` runs once
-//! per `--backend`.
+//! `memory` (it touches no store); `breaker_hybrid_call` and
+//! `breaker_distributed_call` run once per `--backend`.
 
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
-use statecraft::breaker::{BreakerConfig, DistributedBreaker, LocalBreaker, Window};
+use statecraft::breaker::{
+    BreakerConfig, DistributedBreaker, HybridBreaker, HybridConfig, LocalBreaker, Window,
+};
 
 use super::{new_histogram, open_target, BenchArgs, BenchRow, Target, TaskResult};
 
 /// A coordination primitive `statecraft bench` can measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Primitive {
-    /// Circuit breakers: `breaker_local_call`, `breaker_distributed_call`.
+    /// Circuit breakers: `breaker_local_call`, `breaker_hybrid_call`,
+    /// `breaker_distributed_call`.
     Breaker,
 }
 
@@ -52,6 +55,20 @@ pub(super) async fn run(
         // table and function).
         breaker
             .state()
+            .await
+            .map_err(|e| format!("breaker on {spec}: {e}"))?;
+        let hybrid = HybridBreaker::start(
+            target.backend.clone(),
+            format!("{name}-hybrid"),
+            config()?,
+            HybridConfig::default(),
+        )
+        .await;
+        for &concurrency in levels {
+            rows.push(hybrid_row(&target, &hybrid, concurrency, args).await?);
+        }
+        hybrid
+            .reset()
             .await
             .map_err(|e| format!("breaker on {spec}: {e}"))?;
         for &concurrency in levels {
@@ -146,6 +163,64 @@ fn local_calls(breaker: &LocalBreaker, deadline: Instant) -> Result<TaskResult, 
             .record(u64::try_from(mean).unwrap_or(u64::MAX).max(1))
             .map_err(|e| e.to_string())?;
         calls += LOCAL_BLOCK;
+    }
+    Ok(TaskResult { histogram, calls })
+}
+
+/// `concurrency` tasks calling one hybrid breaker on the target (timed in
+/// blocks, as local calls are: the closed path makes no round trip).
+async fn hybrid_row(
+    target: &Target,
+    breaker: &HybridBreaker,
+    concurrency: usize,
+    args: &BenchArgs,
+) -> Result<BenchRow, String> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(args.duration_ms);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let breaker = breaker.clone();
+            tokio::spawn(async move { hybrid_calls(&breaker, deadline).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(
+            task.await
+                .map_err(|e| format!("benchmark task failed: {e}"))??,
+        );
+    }
+    let elapsed = started.elapsed();
+    let caps = target.backend.capabilities();
+    row(
+        target.label.clone(),
+        "breaker_hybrid_call",
+        concurrency,
+        results,
+        elapsed,
+        (caps.persistent, caps.distributed),
+    )
+}
+
+async fn hybrid_calls(breaker: &HybridBreaker, deadline: Instant) -> Result<TaskResult, String> {
+    let mut histogram = new_histogram()?;
+    let mut calls = 0u64;
+    while Instant::now() < deadline {
+        let block = Instant::now();
+        for _ in 0..LOCAL_BLOCK {
+            let permit = breaker
+                .acquire()
+                .await
+                .map_err(|e| format!("breaker_hybrid_call: {e}"))?;
+            permit.success().await;
+        }
+        let mean = block.elapsed().as_nanos() / u128::from(LOCAL_BLOCK);
+        histogram
+            .record(u64::try_from(mean).unwrap_or(u64::MAX).max(1))
+            .map_err(|e| e.to_string())?;
+        calls += LOCAL_BLOCK;
+        // The flush task shares the runtime.
+        tokio::task::yield_now().await;
     }
     Ok(TaskResult { histogram, calls })
 }

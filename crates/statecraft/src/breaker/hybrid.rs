@@ -278,9 +278,10 @@ impl HybridBreaker {
                 if now < deadline {
                     return Err(Rejected::new(Arc::from(self.name()), Some(deadline - now)));
                 }
-                self.ask_store().await
+                // Boxed: the closed path's future stays small.
+                Box::pin(self.ask_store()).await
             }
-            Phase::HalfOpen | Phase::ForcedOpen => self.ask_store().await,
+            Phase::HalfOpen | Phase::ForcedOpen => Box::pin(self.ask_store()).await,
         }
     }
 
@@ -392,6 +393,24 @@ impl Hybrid {
                 .shared
                 .observers
                 .emit(|| BreakerEvent::StoreUnavailable { breaker, error });
+        }
+    }
+
+    /// A probe's result, in the store's breaker.
+    async fn record_probe(&self, outcome: Outcome, slow: bool, spell: u64) {
+        let event = Event::Record {
+            outcome,
+            slow,
+            probe: Some(spell),
+        };
+        match self.shared.run(event).await {
+            Ok((step, _)) => {
+                self.store_answered();
+                if step.transition.is_some() {
+                    self.reconcile_and_publish().await;
+                }
+            }
+            Err(err) => self.store_failed(&err),
         }
     }
 
@@ -660,22 +679,8 @@ impl<'a> HybridPermit<'a> {
             }
             Kind::Counted => inner.count(outcome, slow),
             Kind::Uncounted => {}
-            Kind::Probe(spell) => {
-                let event = Event::Record {
-                    outcome,
-                    slow,
-                    probe: Some(spell),
-                };
-                match inner.shared.run(event).await {
-                    Ok((step, _)) => {
-                        inner.store_answered();
-                        if step.transition.is_some() {
-                            inner.reconcile_and_publish().await;
-                        }
-                    }
-                    Err(err) => inner.store_failed(&err),
-                }
-            }
+            // Boxed: the local path's future stays small.
+            Kind::Probe(spell) => Box::pin(inner.record_probe(outcome, slow, spell)).await,
         }
     }
 }
@@ -699,16 +704,10 @@ impl Drop for HybridPermit<'_> {
                 let breaker = self.breaker.clone();
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(async move {
-                        let event = Event::Record {
-                            outcome: Outcome::Failure,
-                            slow,
-                            probe: Some(spell),
-                        };
-                        if let Ok((step, _)) = breaker.inner.shared.run(event).await {
-                            if step.transition.is_some() {
-                                breaker.inner.reconcile_and_publish().await;
-                            }
-                        }
+                        breaker
+                            .inner
+                            .record_probe(Outcome::Failure, slow, spell)
+                            .await;
                     });
                 }
             }
