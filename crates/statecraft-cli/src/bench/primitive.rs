@@ -65,14 +65,25 @@ pub(super) async fn run(
         )
         .await;
         for &concurrency in levels {
-            rows.push(hybrid_row(&target, &hybrid, concurrency, args).await?);
+            // Timed in blocks, as local calls are: the closed path makes
+            // no round trip.
+            let calls = |deadline| {
+                let hybrid = hybrid.clone();
+                async move { hybrid_calls(&hybrid, deadline).await }
+            };
+            rows.push(tasks_row(&target, "breaker_hybrid_call", concurrency, args, calls).await?);
         }
         hybrid
             .reset()
             .await
             .map_err(|e| format!("breaker on {spec}: {e}"))?;
         for &concurrency in levels {
-            rows.push(distributed_row(&target, &breaker, concurrency, args).await?);
+            let calls = |deadline| {
+                let breaker = breaker.clone();
+                async move { distributed_calls(&breaker, deadline).await }
+            };
+            let operation = "breaker_distributed_call";
+            rows.push(tasks_row(&target, operation, concurrency, args, calls).await?);
         }
         breaker
             .reset()
@@ -167,41 +178,6 @@ fn local_calls(breaker: &LocalBreaker, deadline: Instant) -> Result<TaskResult, 
     Ok(TaskResult { histogram, calls })
 }
 
-/// `concurrency` tasks calling one hybrid breaker on the target (timed in
-/// blocks, as local calls are: the closed path makes no round trip).
-async fn hybrid_row(
-    target: &Target,
-    breaker: &HybridBreaker,
-    concurrency: usize,
-    args: &BenchArgs,
-) -> Result<BenchRow, String> {
-    let started = Instant::now();
-    let deadline = started + Duration::from_millis(args.duration_ms);
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let breaker = breaker.clone();
-            tokio::spawn(async move { hybrid_calls(&breaker, deadline).await })
-        })
-        .collect();
-    let mut results = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        results.push(
-            task.await
-                .map_err(|e| format!("benchmark task failed: {e}"))??,
-        );
-    }
-    let elapsed = started.elapsed();
-    let caps = target.backend.capabilities();
-    row(
-        target.label.clone(),
-        "breaker_hybrid_call",
-        concurrency,
-        results,
-        elapsed,
-        (caps.persistent, caps.distributed),
-    )
-}
-
 async fn hybrid_calls(breaker: &HybridBreaker, deadline: Instant) -> Result<TaskResult, String> {
     let mut histogram = new_histogram()?;
     let mut calls = 0u64;
@@ -225,20 +201,23 @@ async fn hybrid_calls(breaker: &HybridBreaker, deadline: Instant) -> Result<Task
     Ok(TaskResult { histogram, calls })
 }
 
-/// `concurrency` tasks calling one distributed breaker on the target.
-async fn distributed_row(
+/// `concurrency` tasks running `calls(deadline)` against the target: one
+/// row of `operation`.
+async fn tasks_row<F, Fut>(
     target: &Target,
-    breaker: &DistributedBreaker,
+    operation: &'static str,
     concurrency: usize,
     args: &BenchArgs,
-) -> Result<BenchRow, String> {
+    calls: F,
+) -> Result<BenchRow, String>
+where
+    F: Fn(Instant) -> Fut,
+    Fut: std::future::Future<Output = Result<TaskResult, String>> + Send + 'static,
+{
     let started = Instant::now();
     let deadline = started + Duration::from_millis(args.duration_ms);
     let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let breaker = breaker.clone();
-            tokio::spawn(async move { distributed_calls(&breaker, deadline).await })
-        })
+        .map(|_| tokio::spawn(calls(deadline)))
         .collect();
     let mut results = Vec::with_capacity(tasks.len());
     for task in tasks {
@@ -251,7 +230,7 @@ async fn distributed_row(
     let caps = target.backend.capabilities();
     row(
         target.label.clone(),
-        "breaker_distributed_call",
+        operation,
         concurrency,
         results,
         elapsed,

@@ -1,31 +1,4 @@
-//! [`HybridBreaker`]: a shared breaker that decides locally. While the
-//! fleet's breaker is closed, asking and recording are a local breaker's
-//! few atomic operations; the results are counted per thread and flushed
-//! to the store in batches by one background task, where the shared state
-//! machine ([`BreakerStep`](super::BreakerStep)) counts every instance's
-//! results together. A transition is published through the store's
-//! pub/sub, so idle instances learn an opening without making a call, and
-//! the task reconciles with the store's state every so often in case a
-//! message was lost. While the shared breaker is open, asking costs
-//! nothing; once its opening ends, probes are asked of the store (so the
-//! half-open limit holds across instances).
-//!
-//! Bounds, with a [`HybridConfig`]:
-//! - staleness: an instance learns a shared transition within the pub/sub
-//!   delivery time, or at worst within [`reconcile_every`](HybridConfig::reconcile_every);
-//! - over-admission: after the shared breaker opens, an instance that has
-//!   not learned it yet admits the calls it makes in that time; and the
-//!   results of the last [`flush_every`](HybridConfig::flush_every) reach
-//!   the shared window that late (an instance's own evidence opens its
-//!   local breaker at once, and flushes at once);
-//! - results are sent in a batch successes first, then failures (so a
-//!   flush's failures count as the latest); results counted while the
-//!   store does not answer are dropped, not sent stale.
-//!
-//! When the store does not answer, the breaker keeps deciding on this
-//! instance's own evidence, says so ([`BreakerEvent::StoreUnavailable`],
-//! [`HybridStats::store_up`]), and follows the shared state again once
-//! the store answers ([`BreakerEvent::StoreRecovered`]).
+//! [`HybridBreaker`]: a shared breaker that decides locally.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
@@ -131,8 +104,34 @@ const ERRORS: usize = 3;
 const PUSHED: usize = 4;
 const RECONCILED: usize = 5;
 
-/// A circuit breaker shared through a store that decides locally (see the
-/// [module](self)).
+/// A circuit breaker shared through a store that decides locally. While the
+/// fleet's breaker is closed, asking and recording are a local breaker's
+/// few atomic operations; the results are counted per thread and flushed
+/// to the store in batches by one background task, where the shared state
+/// machine ([`BreakerStep`](super::BreakerStep)) counts every instance's
+/// results together. A transition is published through the store's
+/// pub/sub, so idle instances learn an opening without making a call, and
+/// the task reconciles with the store's state every so often in case a
+/// message was lost. While the shared breaker is open, asking costs
+/// nothing; once its opening ends, probes are asked of the store (so the
+/// half-open limit holds across instances).
+///
+/// Bounds, with a [`HybridConfig`]:
+/// - staleness: an instance learns a shared transition within the pub/sub
+///   delivery time, or at worst within [`reconcile_every`](HybridConfig::reconcile_every);
+/// - over-admission: after the shared breaker opens, an instance that has
+///   not learned it yet admits the calls it makes in that time; and the
+///   results of the last [`flush_every`](HybridConfig::flush_every) reach
+///   the shared window that late (an instance's own evidence opens its
+///   local breaker at once, and flushes at once);
+/// - results are sent in a batch successes first, then failures (so a
+///   flush's failures count as the latest); results counted while the
+///   store does not answer are dropped, not sent stale.
+///
+/// When the store does not answer, the breaker keeps deciding on this
+/// instance's own evidence, says so ([`BreakerEvent::StoreUnavailable`],
+/// [`HybridStats::store_up`]), and follows the shared state again once
+/// the store answers ([`BreakerEvent::StoreRecovered`]).
 ///
 /// ```
 /// # #[tokio::main] async fn main() -> statecraft::Result<()> {

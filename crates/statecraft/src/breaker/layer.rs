@@ -68,33 +68,30 @@ pub trait Guard: Clone + Send + Sync + 'static {
         C: FnOnce(&Result<T, E>) -> Outcome + Send + 'static;
 }
 
-impl Guard for LocalBreaker {
-    fn guard<T, E, F, Fut, C>(&self, classify: C, call: F) -> BoxFuture<Result<T, CallError<E>>>
-    where
-        T: Send + 'static,
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-        C: FnOnce(&Result<T, E>) -> Outcome + Send + 'static,
-    {
-        let breaker = self.clone();
-        Box::pin(async move { breaker.call_with(classify, call).await })
-    }
+/// The breakers that guard by their own `call_with`.
+macro_rules! guard_by_call_with {
+    ($($breaker:ty),*) => {$(
+        impl Guard for $breaker {
+            fn guard<T, E, F, Fut, C>(
+                &self,
+                classify: C,
+                call: F,
+            ) -> BoxFuture<Result<T, CallError<E>>>
+            where
+                T: Send + 'static,
+                E: Send + 'static,
+                F: FnOnce() -> Fut + Send + 'static,
+                Fut: Future<Output = Result<T, E>> + Send + 'static,
+                C: FnOnce(&Result<T, E>) -> Outcome + Send + 'static,
+            {
+                let breaker = self.clone();
+                Box::pin(async move { breaker.call_with(classify, call).await })
+            }
+        }
+    )*};
 }
 
-impl Guard for DistributedBreaker {
-    fn guard<T, E, F, Fut, C>(&self, classify: C, call: F) -> BoxFuture<Result<T, CallError<E>>>
-    where
-        T: Send + 'static,
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-        C: FnOnce(&Result<T, E>) -> Outcome + Send + 'static,
-    {
-        let breaker = self.clone();
-        Box::pin(async move { breaker.call_with(classify, call).await })
-    }
-}
+guard_by_call_with!(LocalBreaker, DistributedBreaker);
 
 /// How a [`BreakerLayer`] counts a result by default: an `Err` is a
 /// failure, an `Ok` a success.
