@@ -76,6 +76,47 @@ pub struct HybridStats {
 #[repr(align(128))]
 struct Stripe([AtomicU64; 4]);
 
+/// What an instance tells the others after a transition, and what it
+/// reads when reconciling: the shared phase, the end of an opening and the
+/// store's time then (`<store ms> <PHASE> <open until ms>`: a few bytes,
+/// whatever the window's size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Push {
+    store_now: u64,
+    phase: Phase,
+    open_until: u64,
+}
+
+impl Push {
+    fn of(store_now: u64, state: Option<&State>) -> Push {
+        Push {
+            store_now,
+            phase: state.map_or(Phase::Closed, |s| s.phase),
+            open_until: state.map_or(0, |s| s.open_until),
+        }
+    }
+
+    fn encode(&self) -> String {
+        format!(
+            "{} {} {}",
+            self.store_now,
+            self.phase.as_str(),
+            self.open_until
+        )
+    }
+
+    fn decode(raw: &[u8]) -> Option<Push> {
+        let text = std::str::from_utf8(raw).ok()?;
+        let mut words = text.split(' ');
+        let push = Push {
+            store_now: words.next()?.parse().ok()?,
+            phase: Phase::named(words.next()?)?,
+            open_until: words.next()?.parse().ok()?,
+        };
+        words.next().is_none().then_some(push)
+    }
+}
+
 /// The shared phase as this instance last learned it, with the end of an
 /// opening on this process's clock.
 struct View {
@@ -414,42 +455,38 @@ impl Hybrid {
     }
 
     /// Takes on a shared state read at the store's time `store_now`.
-    fn learn(&self, store_now: u64, state: Option<&State>) {
-        let Some(state) = state else {
-            self.view.set(Phase::Closed, 0);
-            return;
-        };
-        let deadline = match state.phase {
+    fn learn(&self, push: Push) {
+        let deadline = match push.phase {
             Phase::Open => self
                 .clock
                 .now_millis()
-                .saturating_add(state.open_until.saturating_sub(store_now)),
+                .saturating_add(push.open_until.saturating_sub(push.store_now)),
             _ => 0,
         };
-        self.view.set(state.phase, deadline);
+        self.view.set(push.phase, deadline);
     }
 
     /// Reads the shared state (at the store's time) into the view.
-    async fn read(&self) -> Result<Option<(u64, Option<State>, bytes::Bytes)>> {
+    async fn read(&self) -> Result<Option<Push>> {
         let backend = &self.shared.backend;
         let read = backend.update_atomic(self.shared.key(), &BreakerStep, PEEK_AT);
         match tokio::time::timeout(self.hybrid.timeout, read).await {
             Ok(Ok(raw)) => {
                 let (now, state) = parse_peek_at(&raw)?;
-                Ok(Some((now, state, raw)))
+                Ok(Some(Push::of(now, state.as_ref())))
             }
             Ok(Err(err)) => Err(err),
             Err(_) => Ok(None),
         }
     }
 
-    async fn reconcile(&self) -> Option<bytes::Bytes> {
+    async fn reconcile(&self) -> Option<Push> {
         match self.read().await {
-            Ok(Some((now, state, raw))) => {
+            Ok(Some(push)) => {
                 self.store_answered();
                 self.bump(RECONCILED, 1);
-                self.learn(now, state.as_ref());
-                Some(raw)
+                self.learn(push);
+                Some(push)
             }
             Ok(None) => {
                 self.store_failed(&crate::Error::new(
@@ -468,11 +505,12 @@ impl Hybrid {
     /// After a shared transition: the new state into the view, and to the
     /// other instances.
     async fn reconcile_and_publish(&self) {
-        let Some(raw) = self.reconcile().await else {
+        let Some(push) = self.reconcile().await else {
             return;
         };
         if self.hybrid.pubsub {
-            if let Err(err) = self.shared.backend.publish(&self.channel, raw).await {
+            let payload = bytes::Bytes::from(push.encode());
+            if let Err(err) = self.shared.backend.publish(&self.channel, payload).await {
                 tracing::warn!(breaker = %self.local.name(), error = %err, "breaker transition not published");
             }
         }
@@ -576,9 +614,9 @@ async fn listen_loop(weak: Weak<Hybrid>, mut subscription: Option<crate::Subscri
                 Err(_) => continue,
                 Ok(None) => break,
                 Ok(Some(Ok(message))) => {
-                    if let Ok((now, state)) = parse_peek_at(&message.payload) {
+                    if let Some(push) = Push::decode(&message.payload) {
                         inner.bump(PUSHED, 1);
-                        inner.learn(now, state.as_ref());
+                        inner.learn(push);
                     }
                 }
                 Ok(Some(Err(_))) => break,
@@ -710,6 +748,31 @@ impl Drop for HybridPermit<'_> {
                     });
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_push_reads_back_and_nothing_else_does() {
+        let push = Push {
+            store_now: 1_733_000_000_000,
+            phase: Phase::Open,
+            open_until: 1_733_000_030_000,
+        };
+        assert_eq!(Push::decode(push.encode().as_bytes()), Some(push));
+        for bad in [
+            "",
+            "1 OPEN",
+            "1 WHAT 2",
+            "x OPEN 2",
+            "1 OPEN 2 3",
+            "1 OPEN -2",
+        ] {
+            assert_eq!(Push::decode(bad.as_bytes()), None, "{bad:?}");
         }
     }
 }
