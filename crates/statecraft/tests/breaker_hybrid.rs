@@ -472,3 +472,39 @@ async fn a_killed_store_leaves_it_deciding_locally_until_the_store_is_back() {
     assert!(back.is_ok(), "it said the store is back");
     assert!(breaker.stats().store_up);
 }
+
+/// The synchronous forms: decided here while the shared breaker is closed
+/// or open; once an opening ends only the store decides, and a probe's
+/// result goes to the store.
+#[tokio::test]
+async fn try_acquire_and_try_record_decide_here_or_hand_over() {
+    let store: Arc<dyn StateBackend> = Arc::new(statecraft::MemoryBackend::new());
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .open_for(Duration::from_millis(50))
+        .build()
+        .expect("config");
+    let breaker = HybridBreaker::start(store, "sync", config, HybridConfig::default()).await;
+    let permit = breaker
+        .try_acquire()
+        .expect("decided here")
+        .expect("closed");
+    assert!(permit
+        .try_record(statecraft::breaker::Outcome::Failure)
+        .is_ok());
+    assert!(breaker.wait_for(Phase::Open, Duration::from_secs(5)).await);
+    let rejected = breaker.try_acquire().expect("decided here");
+    assert!(rejected.is_err(), "open");
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(
+        breaker.try_acquire().is_none(),
+        "the opening ended: the store decides"
+    );
+    let probe = breaker.acquire().await.expect("a probe");
+    assert!(probe.is_probe());
+    let probe = probe
+        .try_record(statecraft::breaker::Outcome::Success)
+        .expect_err("a probe's result goes to the store");
+    probe.success().await;
+    assert_eq!(breaker.shared_phase(), Phase::Closed);
+}

@@ -304,25 +304,38 @@ impl HybridBreaker {
     /// Asks to make a call: locally while the shared breaker is closed or
     /// open, of the store once an opening has ended (a probe).
     pub async fn acquire(&self) -> std::result::Result<HybridPermit<'_>, Rejected> {
+        match self.try_acquire() {
+            Some(decided) => decided,
+            // Boxed: the closed path's future stays small.
+            None => Box::pin(self.ask_store()).await,
+        }
+    }
+
+    /// Asks without waiting: the answer when this instance decides alone
+    /// (the shared breaker closed, open, disabled or only counting), `None`
+    /// when only the store can (an opening has ended: use
+    /// [`acquire`](Self::acquire)).
+    #[inline]
+    pub fn try_acquire(&self) -> Option<std::result::Result<HybridPermit<'_>, Rejected>> {
         let inner = &*self.inner;
-        match inner.view.phase() {
-            Phase::Closed => {
-                let permit = inner.local.acquire()?;
-                Ok(HybridPermit::new(self, Kind::Local(permit)))
-            }
+        let decided = match inner.view.phase() {
+            Phase::Closed => inner
+                .local
+                .acquire()
+                .map(|permit| HybridPermit::new(self, Kind::Local(permit))),
             Phase::MetricsOnly => Ok(HybridPermit::new(self, Kind::Counted)),
             Phase::Disabled => Ok(HybridPermit::new(self, Kind::Uncounted)),
             Phase::Open => {
                 let now = inner.clock.now_millis();
                 let deadline = inner.view.deadline.load(Ordering::Acquire);
-                if now < deadline {
-                    return Err(Rejected::new(Arc::from(self.name()), Some(deadline - now)));
+                if now >= deadline {
+                    return None;
                 }
-                // Boxed: the closed path's future stays small.
-                Box::pin(self.ask_store()).await
+                Err(Rejected::new(Arc::from(self.name()), Some(deadline - now)))
             }
-            Phase::HalfOpen | Phase::ForcedOpen => Box::pin(self.ask_store()).await,
-        }
+            Phase::HalfOpen | Phase::ForcedOpen => return None,
+        };
+        Some(decided)
     }
 
     /// An ask of the store's breaker: a probe, a rejection, or closed again.
@@ -698,10 +711,24 @@ impl<'a> HybridPermit<'a> {
     }
 
     /// Records `outcome`: locally at once; a probe's in the store, now.
-    pub async fn record(mut self, outcome: Outcome) {
+    pub async fn record(self, outcome: Outcome) {
+        if let Err(probe) = self.try_record(outcome) {
+            // Boxed: the local path's future stays small.
+            Box::pin(probe.record_probe(outcome)).await;
+        }
+    }
+
+    /// Records `outcome` without waiting, unless this is a probe (whose
+    /// result goes to the store: then it is handed back, for
+    /// [`record`](Self::record)).
+    #[inline]
+    pub fn try_record(mut self, outcome: Outcome) -> std::result::Result<(), Self> {
+        if matches!(self.kind, Some(Kind::Probe(_))) {
+            return Err(self);
+        }
         let slow = self.slow();
         let Some(kind) = self.kind.take() else {
-            return;
+            return Ok(());
         };
         let inner = &*self.breaker.inner;
         match kind {
@@ -715,9 +742,15 @@ impl<'a> HybridPermit<'a> {
                 }
             }
             Kind::Counted => inner.count(outcome, slow),
-            Kind::Uncounted => {}
-            // Boxed: the local path's future stays small.
-            Kind::Probe(spell) => Box::pin(inner.record_probe(outcome, slow, spell)).await,
+            Kind::Uncounted | Kind::Probe(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn record_probe(mut self, outcome: Outcome) {
+        let slow = self.slow();
+        if let Some(Kind::Probe(spell)) = self.kind.take() {
+            self.breaker.inner.record_probe(outcome, slow, spell).await;
         }
     }
 }
