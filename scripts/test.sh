@@ -26,5 +26,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-features --all-targets 2>&1 | tee "$log"
 cargo test --workspace --all-features --doc 2>&1 | tee -a "$log"
+# The local breaker under shuttle's scheduler (its own build, beside).
+RUSTFLAGS="--cfg shuttle" cargo test -p statecraft --lib --target-dir target/shuttle shuttle 2>&1 | tee -a "$log"
 # One closing line over every test binary and the doctests.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$log"

@@ -8,7 +8,9 @@
 //! machine); under contention a position may be off by the calls in flight.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
+
+use super::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::config::{millis, BreakerConfig, Window};
 use super::window::Tally;
@@ -27,7 +29,7 @@ pub(super) fn stripe() -> usize {
         let mut at = slot.get();
         if at == usize::MAX {
             static NEXT: AtomicUsize = AtomicUsize::new(0);
-            at = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            at = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STRIPES;
             slot.set(at);
         }
         at

@@ -2,8 +2,9 @@
 //! recording are a few atomic operations (no lock, no allocation); every
 //! other decision takes a short lock and runs the state machine.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
+
+use super::sync::{AtomicU64, AtomicU8, Mutex, MutexGuard, Ordering};
 
 use crate::backend::clock::{Clock, MonotonicClock};
 

@@ -50,6 +50,9 @@ mod machine;
 mod permit;
 mod registry;
 mod shared;
+#[cfg(all(test, shuttle))]
+mod shuttle_tests;
+mod sync;
 mod window;
 mod wire;
 
