@@ -357,3 +357,52 @@ async fn a_killed_store_fails_open_or_closed_within_the_timeout() {
     server.kill();
     check("killed").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_and_events_see_what_this_instances_steps_do() {
+    use statecraft::breaker::{BreakerEvent, Transition};
+    let url = RedisServer::shared().url();
+    let name = unique("hooks");
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .open_for(Duration::from_secs(60))
+        .build()
+        .expect("config");
+    let a = DistributedBreaker::new(redis(&url).await, name.as_str(), config.clone());
+    let b = DistributedBreaker::new(redis(&url).await, name.as_str(), config);
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let opened = opened.clone();
+        a.on_open(move || {
+            opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let (mut a_events, mut b_events) = (a.events(), b.events());
+    a.acquire()
+        .await
+        .expect("closed")
+        .failure()
+        .await
+        .expect("record");
+    assert_eq!(opened.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        a_events.try_recv().ok(),
+        Some(BreakerEvent::Transition {
+            breaker: Arc::from(name.as_str()),
+            transition: Transition {
+                from: Phase::Closed,
+                to: Phase::Open
+            }
+        })
+    );
+    assert!(b.acquire().await.is_err());
+    match b_events.try_recv() {
+        Ok(BreakerEvent::Rejected {
+            retry_after: Some(after),
+            ..
+        }) => assert!(after > Duration::from_secs(50), "{after:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(a_events.try_recv().is_err(), "a saw nothing of b's ask");
+    a.reset().await.expect("reset");
+}

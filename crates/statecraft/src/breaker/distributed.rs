@@ -16,6 +16,7 @@ use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::StateBackend;
 
 use super::config::BreakerConfig;
+use super::events::{observable, Observers};
 use super::machine::{xorshift, Decision, Event, Outcome, Phase, State, Step};
 use super::permit::{CallError, Rejected};
 use super::shared::{parse_step_output, step_input, BreakerStep, PEEK};
@@ -81,6 +82,8 @@ pub struct DistributedBreaker {
     /// the atomic step to ask (open, half-open, forced open): then asking
     /// skips the read and goes straight to the step, one round trip.
     stepping: Arc<std::sync::atomic::AtomicBool>,
+    /// Hooks, events and metrics of what this instance's steps do and see.
+    observers: Arc<Observers>,
 }
 
 impl std::fmt::Debug for DistributedBreaker {
@@ -103,9 +106,11 @@ impl DistributedBreaker {
         config: BreakerConfig,
     ) -> DistributedBreaker {
         let name: String = name.into();
+        let name_arc: Arc<str> = Arc::from(name.as_str());
         DistributedBreaker {
             key: Bytes::from(format!("breaker:{name}")),
-            name: Arc::from(name),
+            observers: Arc::new(Observers::new(name_arc.clone())),
+            name: name_arc,
             backend,
             config: Arc::new(config),
             timeout: Duration::from_secs(1),
@@ -142,7 +147,17 @@ impl DistributedBreaker {
             .backend
             .update_atomic(&self.key, &BreakerStep, input.as_bytes());
         match tokio::time::timeout(self.timeout, update).await {
-            Ok(answer) => parse_step_output(&answer?),
+            Ok(answer) => {
+                let (step, spell) = parse_step_output(&answer?)?;
+                if let Some(t) = step.transition {
+                    self.observers.moved(t);
+                    self.observers.after(t);
+                }
+                if let Decision::Reject { retry_after_ms } = step.decision {
+                    self.observers.rejected(retry_after_ms);
+                }
+                Ok((step, spell))
+            }
             Err(_) => Err(Error::new(
                 ErrorKind::Timeout,
                 format!(
@@ -207,6 +222,7 @@ impl DistributedBreaker {
 
     /// Records a result (one round trip).
     async fn record(&self, outcome: Outcome, slow: bool, probe: Option<u64>) -> Result<()> {
+        self.observers.recorded(outcome, slow);
         self.run(Event::Record {
             outcome,
             slow,
@@ -287,6 +303,19 @@ impl DistributedBreaker {
     /// Lets every call through everywhere, counting, never opening.
     pub async fn metrics_only(&self) -> Result<()> {
         self.run(Event::MetricsOnly).await.map(|_| ())
+    }
+}
+
+observable!(DistributedBreaker, this => this.observers);
+
+impl DistributedBreaker {
+    /// Reports this breaker's calls by outcome, rejections, slow calls,
+    /// the transitions this instance's steps made and the last phase it
+    /// saw, through the `metrics` crate (the names are those of
+    /// [`LocalBreaker::with_metrics`](super::LocalBreaker::with_metrics)).
+    pub fn with_metrics(self) -> Self {
+        self.observers.enable_metrics(Phase::Closed);
+        self
     }
 }
 

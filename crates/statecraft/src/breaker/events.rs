@@ -184,6 +184,65 @@ impl Observers {
     }
 }
 
+/// The hooks and the event stream of a breaker type whose observers
+/// `$observers` reaches (from `$this`, the breaker).
+macro_rules! observable {
+    ($ty:ty, $this:ident => $observers:expr) => {
+        impl $ty {
+            /// Runs `hook` after every transition this breaker makes or
+            /// learns of, once it has taken effect (the breaker may be
+            /// called from it).
+            pub fn on_transition(
+                &self,
+                hook: impl Fn(&$crate::breaker::Transition) + Send + Sync + 'static,
+            ) {
+                let $this = self;
+                $observers.add_after(std::sync::Arc::new(hook));
+            }
+
+            /// Runs `hook` each time the breaker opens (by a rule, or from
+            /// half-open).
+            pub fn on_open(&self, hook: impl Fn() + Send + Sync + 'static) {
+                self.on_entering($crate::breaker::Phase::Open, hook);
+            }
+
+            /// Runs `hook` each time the breaker closes.
+            pub fn on_close(&self, hook: impl Fn() + Send + Sync + 'static) {
+                self.on_entering($crate::breaker::Phase::Closed, hook);
+            }
+
+            /// Runs `hook` each time the breaker goes half-open.
+            pub fn on_half_open(&self, hook: impl Fn() + Send + Sync + 'static) {
+                self.on_entering($crate::breaker::Phase::HalfOpen, hook);
+            }
+
+            fn on_entering(
+                &self,
+                phase: $crate::breaker::Phase,
+                hook: impl Fn() + Send + Sync + 'static,
+            ) {
+                self.on_transition(move |t| {
+                    if t.to == phase {
+                        hook();
+                    }
+                });
+            }
+
+            /// A stream of what the breaker does from now on: transitions,
+            /// rejections and slow calls. A subscriber more than
+            /// [`EVENT_BUFFER`]($crate::breaker::EVENT_BUFFER) events behind
+            /// misses the oldest (and is told how many).
+            pub fn events(
+                &self,
+            ) -> tokio::sync::broadcast::Receiver<$crate::breaker::BreakerEvent> {
+                let $this = self;
+                $observers.subscribe()
+            }
+        }
+    };
+}
+pub(super) use observable;
+
 /// The metrics of one breaker, labelled `breaker = <name>`:
 /// `statecraft_breaker_calls_total` by `outcome` (success, failure,
 /// ignored, rejected), `statecraft_breaker_slow_calls_total`,

@@ -9,7 +9,7 @@ use super::sync::{AtomicU64, AtomicU8, Mutex, MutexGuard, Ordering};
 use crate::backend::clock::{Clock, MonotonicClock};
 
 use super::config::BreakerConfig;
-use super::events::{BreakerEvent, Observers};
+use super::events::Observers;
 use super::fast::FastWindow;
 use super::machine::{
     enter, step, trips, xorshift, Decision, Event, Outcome, Phase, State, Transition,
@@ -375,49 +375,12 @@ impl LocalBreaker {
         self.shared.run(Event::MetricsOnly);
     }
 
-    /// Runs `hook` after every transition, once it has taken effect (the
-    /// breaker may be called from it).
-    pub fn on_transition(&self, hook: impl Fn(&Transition) + Send + Sync + 'static) {
-        self.shared.observers.add_after(Arc::new(hook));
-    }
-
     /// Runs `hook` on every transition before it takes effect: no caller
     /// sees the new phase until it returns. It runs under the breaker's
     /// lock, so it must not call this breaker (that would deadlock) and
     /// should be quick.
     pub fn before_transition(&self, hook: impl Fn(&Transition) + Send + Sync + 'static) {
         self.shared.observers.add_before(Arc::new(hook));
-    }
-
-    /// Runs `hook` each time the breaker opens (by a rule, or from half-open).
-    pub fn on_open(&self, hook: impl Fn() + Send + Sync + 'static) {
-        self.on_entering(Phase::Open, hook);
-    }
-
-    /// Runs `hook` each time the breaker closes.
-    pub fn on_close(&self, hook: impl Fn() + Send + Sync + 'static) {
-        self.on_entering(Phase::Closed, hook);
-    }
-
-    /// Runs `hook` each time the breaker goes half-open.
-    pub fn on_half_open(&self, hook: impl Fn() + Send + Sync + 'static) {
-        self.on_entering(Phase::HalfOpen, hook);
-    }
-
-    fn on_entering(&self, phase: Phase, hook: impl Fn() + Send + Sync + 'static) {
-        self.on_transition(move |t| {
-            if t.to == phase {
-                hook();
-            }
-        });
-    }
-
-    /// A stream of what the breaker does from now on: transitions,
-    /// rejections and slow calls. A subscriber more than
-    /// [`EVENT_BUFFER`](super::EVENT_BUFFER) events behind misses the
-    /// oldest (and is told how many).
-    pub fn events(&self) -> tokio::sync::broadcast::Receiver<BreakerEvent> {
-        self.shared.observers.subscribe()
     }
 
     /// Reports this breaker's calls by outcome, slow calls, transitions
@@ -437,6 +400,8 @@ impl LocalBreaker {
         )
     }
 }
+
+super::events::observable!(LocalBreaker, this => this.shared.observers);
 
 #[cfg(test)]
 mod tests {
