@@ -1,6 +1,6 @@
 //! [`HybridBreaker`]: a shared breaker that decides locally.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -12,11 +12,11 @@ use crate::backend::error::Result;
 use crate::backend::StateBackend;
 
 use super::config::BreakerConfig;
-use super::distributed::{entropy, DistributedBreaker, StoreDown};
-use super::events::BreakerEvent;
+use super::distributed::{entropy, DistributedBreaker};
+use super::events::{observable, BreakerEvent, Observers};
 use super::fast::{stripe, STRIPES};
 use super::local::LocalBreaker;
-use super::machine::{Decision, Event, Outcome, Phase, State};
+use super::machine::{Decision, Event, Outcome, Phase, State, Transition};
 use super::permit::{Permit, Rejected};
 use super::shared::{
     batch_input, parse_peek_at, parse_step_output, BreakerStep, MAX_BATCH, PEEK_AT,
@@ -33,8 +33,6 @@ pub struct HybridConfig {
     pub reconcile_every: Duration,
     /// How long one round trip to the store may take (default 1 s).
     pub timeout: Duration,
-    /// What an ask that needs the store does when it does not answer.
-    pub store_down: StoreDown,
     /// Whether transitions are published and listened for (default true).
     pub pubsub: bool,
 }
@@ -45,7 +43,6 @@ impl Default for HybridConfig {
             flush_every: Duration::from_millis(20),
             reconcile_every: Duration::from_millis(250),
             timeout: Duration::from_secs(1),
-            store_down: StoreDown::FailOpen,
             pubsub: true,
         }
     }
@@ -118,10 +115,11 @@ impl Push {
 }
 
 /// The shared phase as this instance last learned it, with the end of an
-/// opening on this process's clock.
+/// opening on this process's clock, in one word (the phase's code in the
+/// top byte), and the store's time of the newest state learned.
 struct View {
-    phase: AtomicU8,
-    deadline: AtomicU64,
+    word: AtomicU64,
+    newest: AtomicU64,
 }
 
 struct Hybrid {
@@ -136,6 +134,8 @@ struct Hybrid {
     wake: Notify,
     store_up: AtomicBool,
     figures: [AtomicU64; 6],
+    /// The shared transitions learned, and the store's comings and goings.
+    observers: Observers,
 }
 
 const FLUSHES: usize = 0;
@@ -153,24 +153,31 @@ const RECONCILED: usize = 5;
 /// results together. A transition is published through the store's
 /// pub/sub, so idle instances learn an opening without making a call, and
 /// the task reconciles with the store's state every so often in case a
-/// message was lost. While the shared breaker is open, asking costs
-/// nothing; once its opening ends, probes are asked of the store (so the
+/// message was lost. While the shared breaker is open (or forced open),
+/// asking costs nothing; once its opening ends, probes are asked of the
+/// store (so the
 /// half-open limit holds across instances).
 ///
 /// Bounds, with a [`HybridConfig`]:
 /// - staleness: an instance learns a shared transition within the pub/sub
-///   delivery time, or at worst within [`reconcile_every`](HybridConfig::reconcile_every);
+///   delivery time, or at worst within
+///   [`reconcile_every`](HybridConfig::reconcile_every) and a flush's round
+///   trip (a state older than one learned already is ignored);
 /// - over-admission: after the shared breaker opens, an instance that has
 ///   not learned it yet admits the calls it makes in that time; and the
 ///   results of the last [`flush_every`](HybridConfig::flush_every) reach
 ///   the shared window that late (an instance's own evidence opens its
 ///   local breaker at once, and flushes at once);
-/// - results are sent in a batch successes first, then failures (so a
-///   flush's failures count as the latest); results counted while the
+/// - a flush sends one batch of at most [`MAX_BATCH`](super::MAX_BATCH)
+///   results, their kinds spread evenly through it (more results are
+///   scaled down, keeping the proportions: a rule counting failures in a
+///   window then sees fewer than there were); results counted while the
 ///   store does not answer are dropped, not sent stale.
 ///
 /// When the store does not answer, the breaker keeps deciding on this
-/// instance's own evidence, says so ([`BreakerEvent::StoreUnavailable`],
+/// instance's own evidence (also once a shared opening has ended, or while
+/// it is half-open; a forced opening holds until its release reaches it),
+/// says so ([`BreakerEvent::StoreUnavailable`],
 /// [`HybridStats::store_up`]), and follows the shared state again once
 /// the store answers ([`BreakerEvent::StoreRecovered`]).
 ///
@@ -218,9 +225,16 @@ impl HybridBreaker {
         hybrid: HybridConfig,
     ) -> HybridBreaker {
         let name: String = name.into();
-        let shared = DistributedBreaker::new(store, name.as_str(), config.clone())
-            .timeout(hybrid.timeout)
-            .store_down(hybrid.store_down);
+        // No zero intervals: a loop that never waits, a store never in time.
+        let floor = Duration::from_millis(1);
+        let hybrid = HybridConfig {
+            flush_every: hybrid.flush_every.max(floor),
+            reconcile_every: hybrid.reconcile_every.max(hybrid.flush_every).max(floor),
+            timeout: hybrid.timeout.max(floor),
+            ..hybrid
+        };
+        let shared =
+            DistributedBreaker::new(store, name.as_str(), config.clone()).timeout(hybrid.timeout);
         let inner = Arc::new(Hybrid {
             local: LocalBreaker::new(name.as_str(), config.clone()),
             channel: format!("statecraft:breaker:{name}"),
@@ -229,24 +243,19 @@ impl HybridBreaker {
             hybrid,
             clock: MonotonicClock::new(),
             view: View {
-                phase: AtomicU8::new(Phase::Closed as u8),
-                deadline: AtomicU64::new(0),
+                word: AtomicU64::new(0),
+                newest: AtomicU64::new(0),
             },
             pending: (0..STRIPES).map(|_| Stripe::default()).collect(),
             wake: Notify::new(),
             store_up: AtomicBool::new(true),
             figures: Default::default(),
+            observers: Observers::new(Arc::from(name.as_str())),
         });
         let breaker = HybridBreaker { inner };
         // Subscribed before the first read: no transition falls between.
         let subscription = match breaker.inner.hybrid.pubsub {
-            true => breaker
-                .inner
-                .shared
-                .backend
-                .subscribe(&breaker.inner.channel)
-                .await
-                .ok(),
+            true => breaker.inner.subscribe().await,
             false => None,
         };
         breaker.inner.reconcile().await;
@@ -268,8 +277,9 @@ impl HybridBreaker {
         self.inner.view.phase()
     }
 
-    /// This instance's own breaker (its evidence, its hooks and events,
-    /// including the store's comings and goings).
+    /// This instance's own breaker: its own evidence, with its hooks and
+    /// events (the shared breaker's are this one's own
+    /// [`events`](Self::events) and hooks).
     pub fn local(&self) -> &LocalBreaker {
         &self.inner.local
     }
@@ -327,13 +337,21 @@ impl HybridBreaker {
             Phase::Disabled => Ok(HybridPermit::new(self, Kind::Uncounted)),
             Phase::Open => {
                 let now = inner.clock.now_millis();
-                let deadline = inner.view.deadline.load(Ordering::Acquire);
-                if now >= deadline {
+                let (_, deadline) = inner.view.load();
+                if now < deadline {
+                    Err(Rejected::new(Arc::from(self.name()), Some(deadline - now)))
+                } else if inner.store_up.load(Ordering::Relaxed) {
                     return None;
+                } else {
+                    // The store is down: this instance's own evidence.
+                    inner.decide_locally(self)
                 }
-                Err(Rejected::new(Arc::from(self.name()), Some(deadline - now)))
             }
-            Phase::HalfOpen | Phase::ForcedOpen => return None,
+            // Held open until an operator says otherwise (a push, or the
+            // next reconcile, brings the release).
+            Phase::ForcedOpen => Err(Rejected::new(Arc::from(self.name()), None)),
+            Phase::HalfOpen if inner.store_up.load(Ordering::Relaxed) => return None,
+            Phase::HalfOpen => inner.decide_locally(self),
         };
         Some(decided)
     }
@@ -367,10 +385,7 @@ impl HybridBreaker {
             }
             Err(err) => {
                 inner.store_failed(&err);
-                match inner.hybrid.store_down {
-                    StoreDown::FailOpen => Ok(HybridPermit::new(self, Kind::Uncounted)),
-                    StoreDown::FailClosed => Err(Rejected::new(Arc::from(self.name()), None)),
-                }
+                inner.decide_locally(self)
             }
         }
     }
@@ -401,18 +416,45 @@ impl HybridBreaker {
     }
 }
 
+const DEADLINE: u64 = (1 << 56) - 1;
+
 impl View {
+    fn load(&self) -> (Phase, u64) {
+        let word = self.word.load(Ordering::Acquire);
+        (Phase::from_code((word >> 56) as u8), word & DEADLINE)
+    }
+
     fn phase(&self) -> Phase {
-        Phase::from_code(self.phase.load(Ordering::Acquire))
+        self.load().0
     }
 
     fn set(&self, phase: Phase, deadline: u64) {
-        self.deadline.store(deadline, Ordering::Release);
-        self.phase.store(phase as u8, Ordering::Release);
+        self.word.store(
+            (u64::from(phase as u8) << 56) | deadline.min(DEADLINE),
+            Ordering::Release,
+        );
+    }
+
+    /// Sets what the store said at `store_now`, unless a newer state was
+    /// learned already (a push or a read that arrives late).
+    fn learned(&self, store_now: u64, phase: Phase, deadline: u64) {
+        if self.newest.fetch_max(store_now, Ordering::AcqRel) <= store_now {
+            self.set(phase, deadline);
+        }
     }
 }
 
 impl Hybrid {
+    /// A decision on this instance's own evidence (the store is down).
+    fn decide_locally<'a>(
+        &'a self,
+        breaker: &'a HybridBreaker,
+    ) -> std::result::Result<HybridPermit<'a>, Rejected> {
+        self.local
+            .acquire()
+            .map(|permit| HybridPermit::new(breaker, Kind::Local(permit)))
+    }
+
     fn count(&self, outcome: Outcome, slow: bool) {
         if outcome == Outcome::Ignored {
             return;
@@ -429,9 +471,7 @@ impl Hybrid {
         if !self.store_up.swap(true, Ordering::AcqRel) {
             let breaker: Arc<str> = Arc::from(self.local.name());
             tracing::info!(breaker = %breaker, "breaker store answers again");
-            self.local
-                .shared
-                .observers
+            self.observers
                 .emit(|| BreakerEvent::StoreRecovered { breaker });
         }
     }
@@ -442,11 +482,18 @@ impl Hybrid {
             let breaker: Arc<str> = Arc::from(self.local.name());
             tracing::warn!(breaker = %breaker, error = %err, "breaker store unavailable");
             let error = err.to_string();
-            self.local
-                .shared
-                .observers
+            self.observers
                 .emit(|| BreakerEvent::StoreUnavailable { breaker, error });
         }
+    }
+
+    /// The channel's messages, if the store answers in time.
+    async fn subscribe(&self) -> Option<crate::Subscription> {
+        let subscribe = self.shared.backend.subscribe(&self.channel);
+        tokio::time::timeout(self.hybrid.timeout, subscribe)
+            .await
+            .ok()?
+            .ok()
     }
 
     /// A probe's result, in the store's breaker.
@@ -476,7 +523,19 @@ impl Hybrid {
                 .saturating_add(push.open_until.saturating_sub(push.store_now)),
             _ => 0,
         };
-        self.view.set(push.phase, deadline);
+        let before = self.view.phase();
+        self.view.learned(push.store_now, push.phase, deadline);
+        let after = self.view.phase();
+        if before != after {
+            self.observers.moved(Transition {
+                from: before,
+                to: after,
+            });
+            self.observers.after(Transition {
+                from: before,
+                to: after,
+            });
+        }
     }
 
     /// Reads the shared state (at the store's time) into the view.
@@ -523,7 +582,15 @@ impl Hybrid {
         };
         if self.hybrid.pubsub {
             let payload = bytes::Bytes::from(push.encode());
-            if let Err(err) = self.shared.backend.publish(&self.channel, payload).await {
+            let publish = self.shared.backend.publish(&self.channel, payload);
+            let published = match tokio::time::timeout(self.hybrid.timeout, publish).await {
+                Ok(done) => done,
+                Err(_) => Err(crate::Error::new(
+                    crate::ErrorKind::Timeout,
+                    format!("no answer within {:?}", self.hybrid.timeout),
+                )),
+            };
+            if let Err(err) = published {
                 tracing::warn!(breaker = %self.local.name(), error = %err, "breaker transition not published");
             }
         }
@@ -542,50 +609,58 @@ impl Hybrid {
         if total == 0 {
             return false;
         }
-        // Successes first, then failures; more than 16 batches' worth is
-        // scaled down to that, keeping the proportions.
-        let most = 16 * MAX_BATCH as u64;
-        let scale = |n: u64| match total > most {
-            true => (n as u128 * most as u128 / total as u128) as u64,
-            false => n,
+        // One batch, at most MAX_BATCH results (more are scaled down,
+        // keeping the proportions), the codes spread evenly through it, so
+        // that every stretch of it has the flush's mix of results.
+        let size = total.min(MAX_BATCH as u64);
+        let wanted = counts.map(|n| (u128::from(n) * u128::from(size) / u128::from(total)) as u64);
+        let batch = spread(wanted);
+        let input = batch_input(&self.config, self.local.name(), &batch, entropy(), 0);
+        let update =
+            self.shared
+                .backend
+                .update_atomic(self.shared.key(), &BreakerStep, input.as_bytes());
+        let answer = match tokio::time::timeout(self.hybrid.timeout, update).await {
+            Ok(Ok(raw)) => parse_step_output(&raw),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(crate::Error::new(
+                crate::ErrorKind::Timeout,
+                format!("no answer within {:?}", self.hybrid.timeout),
+            )),
         };
-        let mut results = Vec::with_capacity(total.min(most) as usize);
-        for code in [0usize, 2, 1, 3] {
-            let (failed, slow) = (code & 1 == 1, code & 2 == 2);
-            let n = scale(counts[code]) as usize;
-            results.resize(results.len() + n, (failed, slow));
-        }
-        let mut moved = false;
-        for batch in results.chunks(MAX_BATCH) {
-            let input = batch_input(&self.config, self.local.name(), batch, entropy(), 0);
-            let update = self.shared.backend.update_atomic(
-                self.shared.key(),
-                &BreakerStep,
-                input.as_bytes(),
-            );
-            let answer = match tokio::time::timeout(self.hybrid.timeout, update).await {
-                Ok(Ok(raw)) => parse_step_output(&raw),
-                Ok(Err(err)) => Err(err),
-                Err(_) => Err(crate::Error::new(
-                    crate::ErrorKind::Timeout,
-                    format!("no answer within {:?}", self.hybrid.timeout),
-                )),
-            };
-            match answer {
-                Ok((step, _)) => {
-                    self.store_answered();
-                    self.bump(FLUSHES, 1);
-                    self.bump(FLUSHED, batch.len() as u64);
-                    moved |= step.transition.is_some();
-                }
-                Err(err) => {
-                    self.store_failed(&err);
-                    self.bump(DROPPED, batch.len() as u64);
-                }
+        match answer {
+            Ok((step, _)) => {
+                self.store_answered();
+                self.bump(FLUSHES, 1);
+                self.bump(FLUSHED, batch.len() as u64);
+                step.transition.is_some()
+            }
+            Err(err) => {
+                self.store_failed(&err);
+                self.bump(DROPPED, total);
+                false
             }
         }
-        moved
     }
+}
+
+/// `counts[code]` results of each code, interleaved evenly: at each place
+/// the code furthest behind its share comes next.
+fn spread(counts: [u64; 4]) -> Vec<(bool, bool)> {
+    let total: u64 = counts.iter().sum();
+    let mut placed = [0u64; 4];
+    let mut out = Vec::with_capacity(total as usize);
+    for i in 1..=total {
+        let code = (0..4)
+            .filter(|&c| placed[c] < counts[c])
+            .max_by_key(|&c| {
+                i128::from(counts[c]) * i128::from(i) - i128::from(placed[c]) * i128::from(total)
+            })
+            .unwrap_or(0);
+        placed[code] += 1;
+        out.push((code & 1 == 1, code & 2 == 2));
+    }
+    out
 }
 
 /// Flushes every `flush_every` (or at once when woken), and reconciles
@@ -617,7 +692,7 @@ async fn listen_loop(weak: Weak<Hybrid>, mut subscription: Option<crate::Subscri
         let Some(mut stream) = subscription.take() else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let Some(inner) = weak.upgrade() else { return };
-            subscription = inner.shared.backend.subscribe(&inner.channel).await.ok();
+            subscription = inner.subscribe().await;
             continue;
         };
         loop {
@@ -637,6 +712,8 @@ async fn listen_loop(weak: Weak<Hybrid>, mut subscription: Option<crate::Subscri
         }
     }
 }
+
+observable!(HybridBreaker, this => this.inner.observers);
 
 /// Leave to make one call through a [`HybridBreaker`]; record its result
 /// with [`success`](Self::success), [`failure`](Self::failure),
@@ -807,5 +884,25 @@ mod tests {
         ] {
             assert_eq!(Push::decode(bad.as_bytes()), None, "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod spread_tests {
+    use super::spread;
+
+    #[test]
+    fn every_stretch_of_a_batch_has_its_mix() {
+        let batch = spread([1_000, 8, 0, 0]);
+        assert_eq!(batch.len(), 1_008);
+        assert_eq!(batch.iter().filter(|(failed, _)| *failed).count(), 8);
+        // No two failures within 100 places of each other.
+        let at: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].0).collect();
+        assert!(at.windows(2).all(|w| w[1] - w[0] > 100), "{at:?}");
+        assert_eq!(spread([0, 0, 0, 0]), []);
+        assert_eq!(
+            spread([0, 2, 0, 1]),
+            [(true, false), (true, true), (true, false)]
+        );
     }
 }

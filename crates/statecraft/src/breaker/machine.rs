@@ -422,7 +422,7 @@ fn probe_result(config: &BreakerConfig, state: &mut State, outcome: Outcome) -> 
 }
 
 /// Two transitions in one step (OPEN → HALF_OPEN → OPEN) as one.
-fn merge(first: Option<Transition>, second: Option<Transition>) -> Option<Transition> {
+pub(crate) fn merge(first: Option<Transition>, second: Option<Transition>) -> Option<Transition> {
     match (first, second) {
         (Some(a), Some(b)) => (a.from != b.to).then_some(Transition {
             from: a.from,

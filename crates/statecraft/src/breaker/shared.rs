@@ -13,7 +13,7 @@ use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::PutOptions;
 
 use super::config::{millis, BreakerConfig, Window};
-use super::machine::{step, Decision, Event, Outcome, Phase, State, Step, Transition};
+use super::machine::{merge, step, Decision, Event, Outcome, Phase, State, Step};
 use super::wire;
 
 /// The Lua copy of [`step`], kept beside it and checked against it.
@@ -147,18 +147,6 @@ fn events(text: &str) -> Option<Vec<Event>> {
         .collect()
 }
 
-/// Two steps' transitions as one (none if the second undoes the first),
-/// as the copies merge them.
-fn merged(first: Option<Transition>, then: Option<Transition>) -> Option<Transition> {
-    match (first, then) {
-        (Some(a), Some(b)) => (a.from != b.to).then_some(Transition {
-            from: a.from,
-            to: b.to,
-        }),
-        (a, b) => b.or(a),
-    }
-}
-
 /// A stored state's text read back (`None`: damaged, or not a breaker's).
 pub fn decode_state(raw: &[u8]) -> Option<State> {
     wire::decode_state(raw)
@@ -245,7 +233,7 @@ impl AtomicUpdate for BreakerStep {
             let one = step(&config, &mut state, event, now, entropy);
             taken = Step {
                 decision: one.decision,
-                transition: merged(taken.transition, one.transition),
+                transition: merge(taken.transition, one.transition),
             };
         }
         let encoded = wire::encode_state(&state);
