@@ -134,7 +134,8 @@ struct Store {
 
 async fn open_store(spec: &str, table: Option<&str>) -> Result<Store, String> {
     if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        let mut config = PostgresConfig::builder().url(spec);
+        // The services' table must be there: a mistyped name creates none.
+        let mut config = PostgresConfig::builder().url(spec).migrate(false);
         if let Some(table) = table {
             config = config.table(table);
         }

@@ -148,6 +148,13 @@ async fn operators_see_and_steer_breakers_on_postgres() {
     let store: Arc<dyn StateBackend> =
         Arc::new(PostgresBackend::new(config).await.expect("postgres"));
     operate(store, &["--backend", &url, "--table", &table]).await;
+    // A mistyped table is an error, and stays one: nothing was created.
+    let typo = format!("{table}_typo");
+    for _ in 0..2 {
+        let (ok, _, err) = statecraft(&["breaker", "list", "--backend", &url, "--table", &typo]);
+        assert!(!ok);
+        assert!(err.contains("does not exist"), "{err}");
+    }
 }
 
 #[test]

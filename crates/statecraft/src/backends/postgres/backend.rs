@@ -108,7 +108,13 @@ impl PostgresBackend {
             natives: Default::default(),
             config,
         });
-        inner.run(Operation::Migrate, None, migrate(&inner)).await?;
+        if inner.config.migrate {
+            inner.run(Operation::Migrate, None, migrate(&inner)).await?;
+        } else {
+            inner
+                .run(Operation::Connect, None, table_exists(&inner))
+                .await?;
+        }
         crate::backends::anchor::spawn(Arc::downgrade(&inner));
         if let Some(every) = inner.config.purge_interval {
             tokio::spawn(purge_loop(Arc::downgrade(&inner), every));
@@ -119,6 +125,24 @@ impl PostgresBackend {
     /// The table this backend keeps state in.
     pub fn table(&self) -> &str {
         &self.inner.config.table
+    }
+}
+
+/// Fails unless the backend's table exists (connecting without migrations).
+async fn table_exists(inner: &Inner) -> Result<()> {
+    let table = super::config::quoted(&inner.config.table);
+    let mut client = inner.client().await?;
+    let present: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(super::errors::pg_error)?;
+    match present {
+        true => Ok(()),
+        false => Err(Error::new(
+            ErrorKind::Config,
+            format!("table {table} does not exist (and migrations are off)"),
+        )),
     }
 }
 

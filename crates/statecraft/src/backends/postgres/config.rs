@@ -22,6 +22,7 @@ pub struct PostgresConfig {
     pub(super) purge_interval: Option<Duration>,
     pub(super) default_ttl: Option<Duration>,
     pub(super) limits: Limits,
+    pub(super) migrate: bool,
 }
 
 impl PostgresConfig {
@@ -40,6 +41,7 @@ impl PostgresConfig {
                 purge_interval: Some(Duration::from_secs(60)),
                 default_ttl: None,
                 limits: Limits::default(),
+                migrate: true,
             },
         }
     }
@@ -57,6 +59,14 @@ pub struct PostgresConfigBuilder {
 }
 
 impl PostgresConfigBuilder {
+    /// Whether connecting runs the pending migrations (default true).
+    /// `false`: the table must exist already (an operator's tool that
+    /// must not create one by a mistyped name); connecting fails if not.
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.config.migrate = migrate;
+        self
+    }
+
     /// The connection string: `postgres://user:password@host:port/database`
     /// or the `key=value` form libpq accepts.
     pub fn url(mut self, url: impl Into<String>) -> Self {
