@@ -494,13 +494,27 @@ async fn a_killed_store_leaves_it_deciding_locally_until_the_store_is_back() {
 /// result goes to the store.
 #[tokio::test]
 async fn try_acquire_and_try_record_decide_here_or_hand_over() {
-    let store: Arc<dyn StateBackend> = Arc::new(statecraft::MemoryBackend::new());
+    // The store and this instance on one manual clock: the opening ends
+    // when the test says so.
+    let clock = statecraft::ManualClock::new(1_733_000_000_000);
+    let store: Arc<dyn StateBackend> = Arc::new(
+        statecraft::MemoryBackend::builder()
+            .clock(clock.clone())
+            .build(),
+    );
     let config = BreakerConfig::builder()
         .consecutive_failures(1)
-        .open_for(Duration::from_millis(1_500))
+        .open_for(Duration::from_secs(10))
         .build()
         .expect("config");
-    let breaker = HybridBreaker::start(store, "sync", config, HybridConfig::default()).await;
+    let breaker = HybridBreaker::start_with_clock(
+        store,
+        "sync",
+        config,
+        HybridConfig::default(),
+        clock.clone(),
+    )
+    .await;
     let mut shared_events = breaker.events();
     let permit = breaker
         .try_acquire()
@@ -521,7 +535,7 @@ async fn try_acquire_and_try_record_decide_here_or_hand_over() {
     }
     let rejected = breaker.try_acquire().expect("decided here");
     assert!(rejected.is_err(), "open");
-    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    clock.advance(Duration::from_secs(10));
     assert!(
         breaker.try_acquire().is_none(),
         "the opening ended: the store decides"

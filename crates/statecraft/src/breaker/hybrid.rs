@@ -128,7 +128,7 @@ struct Hybrid {
     config: Arc<BreakerConfig>,
     hybrid: HybridConfig,
     channel: String,
-    clock: MonotonicClock,
+    clock: Arc<dyn Clock>,
     view: View,
     pending: Box<[Stripe]>,
     wake: Notify,
@@ -224,6 +224,19 @@ impl HybridBreaker {
         config: BreakerConfig,
         hybrid: HybridConfig,
     ) -> HybridBreaker {
+        Self::start_with_clock(store, name, config, hybrid, MonotonicClock::new()).await
+    }
+
+    /// [`start`](Self::start), this instance reading `clock` (its own
+    /// breaker's time, and the end of a shared opening on it): a
+    /// [`ManualClock`](crate::ManualClock) in tests.
+    pub async fn start_with_clock(
+        store: Arc<dyn StateBackend>,
+        name: impl Into<String>,
+        config: BreakerConfig,
+        hybrid: HybridConfig,
+        clock: impl Clock + Clone + 'static,
+    ) -> HybridBreaker {
         let name: String = name.into();
         // No zero intervals: a loop that never waits, a store never in time.
         let floor = Duration::from_millis(1);
@@ -236,12 +249,12 @@ impl HybridBreaker {
         let shared =
             DistributedBreaker::new(store, name.as_str(), config.clone()).timeout(hybrid.timeout);
         let inner = Arc::new(Hybrid {
-            local: LocalBreaker::new(name.as_str(), config.clone()),
+            local: LocalBreaker::with_clock(name.as_str(), config.clone(), clock.clone()),
             channel: format!("statecraft:breaker:{name}"),
             shared,
             config: Arc::new(config),
             hybrid,
-            clock: MonotonicClock::new(),
+            clock: Arc::new(clock),
             view: View {
                 word: AtomicU64::new(0),
                 newest: AtomicU64::new(0),
