@@ -21,6 +21,17 @@ use statecraft_testkit::{PostgresServer, RedisServer};
 
 const CHILD: &str = "STATECRAFT_HYBRID_CHILD";
 
+/// How long a parent waits for a child's line: long, for a loaded
+/// machine (a child that never sends it fails the test all the same).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The multi-process tests of this binary run one at a time: fewer
+/// processes share the machine's cores at once.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 fn wall_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -171,7 +182,7 @@ impl Children {
             assert!(process.wait().expect("reap").success(), "child {i} failed");
         }
         for i in 0..self.lines.len() {
-            self.next(i, "done", Duration::from_secs(5));
+            self.next(i, "done", WAIT);
         }
     }
 }
@@ -204,7 +215,7 @@ async fn openings_reach_idle_processes(test: &str, url: &str) {
         let opened_at = wall_us();
         breaker.acquire().await.expect("closed").failure().await;
         for i in 0..3 {
-            let line = children.next(i, "learned OPEN", Duration::from_secs(5));
+            let line = children.next(i, "learned OPEN", WAIT);
             let at: u64 = line
                 .rsplit(' ')
                 .next()
@@ -214,11 +225,11 @@ async fn openings_reach_idle_processes(test: &str, url: &str) {
         }
         breaker.reset().await.expect("reset");
         for i in 0..3 {
-            children.next(i, "learned CLOSED", Duration::from_secs(5));
+            children.next(i, "learned CLOSED", WAIT);
         }
     }
     for i in 0..3 {
-        let line = children.next(i, "flushed", Duration::from_secs(5));
+        let line = children.next(i, "flushed", WAIT);
         let words: Vec<&str> = line.split(' ').collect();
         assert_eq!(words[1], "0", "an idle child sent nothing: {line}");
         let pushed: usize = words[3].parse().expect("a count");
@@ -245,6 +256,7 @@ async fn openings_reach_idle_processes_on_redis() {
     if let Ok(spec) = std::env::var(CHILD) {
         return child(&spec).await;
     }
+    let _serial = one_at_a_time().await;
     openings_reach_idle_processes(
         "openings_reach_idle_processes_on_redis",
         &RedisServer::shared().url(),
@@ -257,6 +269,7 @@ async fn openings_reach_idle_processes_on_postgres() {
     if let Ok(spec) = std::env::var(CHILD) {
         return child(&spec).await;
     }
+    let _serial = one_at_a_time().await;
     openings_reach_idle_processes(
         "openings_reach_idle_processes_on_postgres",
         &PostgresServer::shared().url(),
@@ -269,6 +282,7 @@ async fn results_of_several_processes_open_the_shared_breaker() {
     if let Ok(spec) = std::env::var(CHILD) {
         return child(&spec).await;
     }
+    let _serial = one_at_a_time().await;
     let url = RedisServer::shared().url();
     let name = unique("fail3");
     let dir = tempfile::tempdir().expect("dir");
@@ -298,10 +312,7 @@ async fn results_of_several_processes_open_the_shared_breaker() {
             phases, "shared OPEN local CLOSED",
             "child {i}: 3 failures do not open its own breaker; 12 open the shared one"
         );
-        assert_eq!(
-            children.next(i, "open", Duration::from_secs(5)),
-            "open true"
-        );
+        assert_eq!(children.next(i, "open", WAIT), "open true");
     }
     children.finish();
     let shared = DistributedBreaker::new(store(&url).await, name.as_str(), eight_of_sixteen());
