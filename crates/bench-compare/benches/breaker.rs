@@ -12,9 +12,10 @@
 //! failsafe).
 //!
 //! Then the distributed breaker on a loopback Redis (test support): one
-//! protected call (ask + record success, two scripted round trips) against
-//! two plain GETs on one raw redis-crate connection, in 11 interleaved
-//! rounds of 2,000 each.
+//! protected call (ask + record success, two round trips), with the step
+//! loaded as a Redis Function and with it run by EVALSHA, against two plain
+//! GETs on one raw redis-crate connection, in 11 interleaved rounds of
+//! 2,000 each.
 //!
 //! Then the same on a loopback PostgreSQL (test support): the protected
 //! call (a read of the row, then one call of the breaker's PL/pgSQL step)
@@ -28,7 +29,8 @@
 //! and psycopg 3, the library itself is then measured on the same server
 //! (`peers/resilient_circuit_bench.py`, 5 rounds of 100 calls).
 //!
-//! `cargo bench -p bench-compare --bench breaker`
+//! `cargo bench -p bench-compare --bench breaker` (`BREAKER_BENCH_PART` =
+//! `local`, `redis` or `postgres` runs one part).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -163,7 +165,28 @@ fn run_hybrid(breaker: &HybridBreaker, calls: usize) {
     }
 }
 
+/// Which parts to run: `BREAKER_BENCH_PART` = `local`, `redis` or
+/// `postgres` (unset: all; `BREAKER_BENCH_LOCAL_ONLY` set: `local`).
+fn part(name: &str) -> bool {
+    match std::env::var("BREAKER_BENCH_PART") {
+        Ok(part) => part == name,
+        Err(_) => std::env::var_os("BREAKER_BENCH_LOCAL_ONLY").is_none() || name == "local",
+    }
+}
+
 fn main() {
+    if part("local") {
+        local();
+    }
+    if part("redis") {
+        distributed();
+    }
+    if part("postgres") {
+        distributed_postgres();
+    }
+}
+
+fn local() {
     let cases = cases();
     let calls = scale(2_000_000);
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); 4];
@@ -233,11 +256,6 @@ fn main() {
         (0, 0),
         "the breaker stayed closed"
     );
-    if std::env::var_os("BREAKER_BENCH_LOCAL_ONLY").is_some() {
-        return;
-    }
-    distributed();
-    distributed_postgres();
 }
 
 /// The configuration both distributed cases protect their calls with.
@@ -258,13 +276,23 @@ fn distributed() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let config = RedisConfig::builder()
-            .url(server.url())
-            .build()
-            .expect("config");
-        let store: std::sync::Arc<dyn StateBackend> =
-            std::sync::Arc::new(RedisBackend::new(config).await.expect("redis"));
-        let breaker = DistributedBreaker::new(store, "bench", shared_config());
+        let (mut breakers, mut stores) = (Vec::new(), Vec::new());
+        for functions in [true, false] {
+            let config = RedisConfig::builder()
+                .url(server.url())
+                .key_prefix(format!("functions_{functions}:"))
+                .server_functions(functions)
+                .build()
+                .expect("config");
+            let store: std::sync::Arc<dyn StateBackend> =
+                std::sync::Arc::new(RedisBackend::new(config).await.expect("redis"));
+            stores.push(store.clone());
+            breakers.push(DistributedBreaker::new(store, "bench", shared_config()));
+        }
+        let same = &stores[0];
+        same.put(b"plain", bytes::Bytes::from_static(b"v"))
+            .await
+            .expect("put");
         let client = redis::Client::open(server.url()).expect("client");
         let mut raw = client
             .get_multiplexed_async_connection()
@@ -277,16 +305,21 @@ fn distributed() {
             .await
             .expect("set");
         let calls = scale(2_000);
-        let (mut protected, mut plain, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 4];
         for round in 0..11 {
-            let mut this = [0f64; 2];
-            for k in 0..2 {
-                let which = (k + round) % 2;
+            let mut this = [0f64; 4];
+            for k in 0..4 {
+                let which = (k + round) % 4;
                 let started = Instant::now();
                 for _ in 0..calls {
-                    if which == 0 {
+                    if let Some(breaker) = breakers.get(which) {
                         let permit = breaker.acquire().await.expect("closed");
                         permit.success().await.expect("record");
+                    } else if which == 3 {
+                        for _ in 0..2 {
+                            black_box(same.get(b"plain").await.expect("get"));
+                        }
                     } else {
                         for _ in 0..2 {
                             let _: Option<Vec<u8>> = redis::cmd("GET")
@@ -299,17 +332,29 @@ fn distributed() {
                 }
                 this[which] = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
             }
-            protected.push(this[0]);
-            plain.push(this[1]);
-            ratios.push(this[0] / this[1]);
+            for which in 0..4 {
+                times[which].push(this[which]);
+            }
+            // Against the raw client's GETs, and the functions' step
+            // against the backend's own GETs on its connection.
+            for which in 0..2 {
+                ratios[which].push(this[which] / this[2]);
+            }
+            ratios[3].push(this[0] / this[3]);
         }
+        let times: Vec<f64> = times.into_iter().map(median).collect();
+        let ratios: Vec<f64> = ratios.into_iter().map(|r| if r.is_empty() { 0.0 } else { median(r) }).collect();
         println!("distributed breaker on loopback Redis ({calls} calls × 11 rounds):");
         println!(
-            "  protected call (ask + record)  {:>8.1} µs",
-            median(protected)
+            "  protected call, step by FCALL   {:>8.1} µs  (× raw GETs {:.3}, × backend GETs {:.3})",
+            times[0], ratios[0], ratios[3]
         );
-        println!("  two plain GETs, raw client     {:>8.1} µs", median(plain));
-        println!("  ratio                          {:>8.3}", median(ratios));
+        println!(
+            "  protected call, step by EVALSHA {:>8.1} µs  (× raw GETs {:.3})",
+            times[1], ratios[1]
+        );
+        println!("  two plain GETs, raw client      {:>8.1} µs", times[2]);
+        println!("  two GETs through the backend    {:>8.1} µs", times[3]);
     });
 }
 

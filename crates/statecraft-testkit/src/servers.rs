@@ -163,6 +163,17 @@ impl RedisServer {
         Self::start_with(Vec::new(), false, "statecraft-")
     }
 
+    /// Starts a standalone server with more `redis-server` arguments (for
+    /// example `["--rename-command", "FCALL", "\"\""]`, a server that
+    /// answers `FCALL` as an unknown command, as Redis before 7 does).
+    pub fn start_with_args(args: &[&str]) -> RedisServer {
+        Self::start_with(
+            args.iter().map(|arg| arg.to_string()).collect(),
+            false,
+            "statecraft-",
+        )
+    }
+
     /// One standalone server shared by every test of this test binary (each
     /// test keeps to its own key prefix). Killed when the binary exits.
     pub fn shared() -> &'static RedisServer {

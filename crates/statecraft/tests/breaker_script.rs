@@ -14,12 +14,43 @@ use statecraft::{ErrorKind, MemoryBackend, RedisBackend, RedisConfig, StateBacke
 use statecraft_testkit::RedisServer;
 
 async fn redis(prefix: &str) -> RedisBackend {
+    redis_at(&RedisServer::shared().url(), prefix, true).await
+}
+
+/// A backend on `url`; `functions`: whether it loads the step as a Redis
+/// Function (else it runs it by EVALSHA, as on Redis before 7).
+async fn redis_at(url: &str, prefix: &str, functions: bool) -> RedisBackend {
     let config = RedisConfig::builder()
-        .url(RedisServer::shared().url())
+        .url(url)
         .key_prefix(prefix.to_string())
+        .server_functions(functions)
         .build()
         .expect("config");
     RedisBackend::new(config).await.expect("redis")
+}
+
+/// The same run through Redis (as a function, or by EVALSHA) and the
+/// memory backend.
+type Seen = Vec<(Result<bytes::Bytes, ErrorKind>, Option<bytes::Bytes>)>;
+
+fn differential(
+    config: &BreakerConfig,
+    steps: &[(breaker::Input, u64, u32)],
+    functions: bool,
+) -> (Seen, Seen) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("breaker_diff_{}_{n}:", std::process::id());
+        let store = redis_at(&RedisServer::shared().url(), &prefix, functions).await;
+        let native = run(&store, config, steps).await;
+        store.clear().await.expect("clear");
+        (native, run(&MemoryBackend::new(), config, steps).await)
+    })
 }
 
 proptest! {
@@ -27,17 +58,72 @@ proptest! {
 
     #[test]
     fn the_lua_step_decides_as_the_rust_step(config in config(), steps in steps()) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let (native, reference) = runtime.block_on(async {
-            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let store = redis(&format!("breaker_diff_{}_{n}:", std::process::id())).await;
-            let native = run(&store, &config, &steps).await;
-            store.clear().await.expect("clear");
-            (native, run(&MemoryBackend::new(), &config, &steps).await)
-        });
+        let (native, reference) = differential(&config, &steps, true);
         prop_assert_eq!(native, reference);
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    /// The step run per call by EVALSHA, as on a server without functions.
+    #[test]
+    fn the_lua_step_by_evalsha_decides_as_the_rust_step(config in config(), steps in steps()) {
+        let (native, reference) = differential(&config, &steps, false);
+        prop_assert_eq!(native, reference);
+    }
+}
+
+/// The step is loaded once as a Redis Function (only with functions on),
+/// and loaded again, transparently, when the server lost it.
+#[tokio::test]
+async fn the_step_is_a_function_loaded_again_when_lost() {
+    let server = RedisServer::start();
+    let config = BreakerConfig::builder()
+        .consecutive_failures(2)
+        .build()
+        .expect("config");
+    let fail = step_input(
+        &config,
+        "b",
+        Event::Record {
+            outcome: statecraft::breaker::Outcome::Failure,
+            slow: false,
+            probe: None,
+        },
+        0,
+        0,
+    );
+    let by_sha = redis_at(&server.url(), "sha:", false).await;
+    by_sha
+        .update_atomic(b"b", &BreakerStep, fail.as_bytes())
+        .await
+        .expect("step by EVALSHA");
+    assert!(
+        !server.cli(&["FUNCTION", "LIST"]).contains("statecraft_"),
+        "EVALSHA loaded no function"
+    );
+    let store = redis_at(&server.url(), "fn:", true).await;
+    store
+        .update_atomic(b"b", &BreakerStep, fail.as_bytes())
+        .await
+        .expect("first failure");
+    assert!(
+        server
+            .cli(&["FUNCTION", "LIST"])
+            .contains("statecraft_breaker_step_"),
+        "the step was loaded as a function"
+    );
+    assert!(server.cli(&["FUNCTION", "FLUSH"]).contains("OK"));
+    let out = store
+        .update_atomic(b"b", &BreakerStep, fail.as_bytes())
+        .await
+        .expect("second failure, after FUNCTION FLUSH");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "D CLOSED>OPEN",
+        "the second failure in a row opened it: the state survived the flush"
+    );
 }
 
 #[tokio::test]
@@ -107,4 +193,41 @@ async fn peek_at_answers_the_store_time_and_the_state() {
     let store = redis(&format!("breaker_peek_{}:", std::process::id())).await;
     breaker::check_peek_at(&store).await;
     breaker::check_peek_at(&MemoryBackend::new()).await;
+}
+
+/// A server without functions (`FCALL` unknown, as before Redis 7): the
+/// backend finds out on the first call and runs the step by EVALSHA, with
+/// the same answers.
+#[tokio::test]
+async fn a_server_without_functions_runs_the_step_by_evalsha() {
+    let server = RedisServer::start_with_args(&["--rename-command", "FCALL", "\"\""]);
+    let store = redis_at(&server.url(), "old:", true).await;
+    let config = BreakerConfig::builder()
+        .consecutive_failures(2)
+        .build()
+        .expect("config");
+    let fail = step_input(
+        &config,
+        "b",
+        Event::Record {
+            outcome: statecraft::breaker::Outcome::Failure,
+            slow: false,
+            probe: None,
+        },
+        0,
+        0,
+    );
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let out = store
+            .update_atomic(b"b", &BreakerStep, fail.as_bytes())
+            .await
+            .expect("a step on a server without functions");
+        answers.push(String::from_utf8_lossy(&out).into_owned());
+    }
+    assert_eq!(answers, ["D -", "D CLOSED>OPEN"]);
+    assert!(
+        !server.cli(&["FUNCTION", "LIST"]).contains("statecraft_"),
+        "no function was loaded"
+    );
 }

@@ -7,7 +7,8 @@
 //! the same update to whatever `Arc<dyn StateBackend>` it was given, and
 //!
 //! - the memory backend applies it under the key's lock, at its clock;
-//! - Redis runs the update's own Lua copy ([`AtomicUpdate::redis_script`])
+//! - Redis runs the update's own Lua copy ([`AtomicUpdate::redis_function`]
+//!   or [`AtomicUpdate::redis_script`])
 //!   in one round trip, at the server's clock (`TIME`);
 //! - PostgreSQL runs the update's own objects and statement
 //!   ([`AtomicUpdate::postgres`]) in one round trip, at the server's clock
@@ -63,6 +64,17 @@ pub struct AtomicStep {
     pub output: Bytes,
 }
 
+/// A short version of a native copy's source (FNV-1a, 32 bits, in hex):
+/// stores name what they load from it with it, so that two versions of an
+/// update can run side by side.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn source_version(source: &str) -> String {
+    let hash = source.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{hash:08x}")
+}
+
 /// A read-modify-write of one key, decided by a pure function.
 pub trait AtomicUpdate: Send + Sync + fmt::Debug {
     /// A short, stable name (for errors and the native scripts' cache).
@@ -89,6 +101,20 @@ pub trait AtomicUpdate: Send + Sync + fmt::Debug {
     /// [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error.
     /// `None` (the default) runs the compare-and-swap path instead.
     fn redis_script(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The same update as a Redis Lua library: a chunk that sets up what
+    /// it needs and returns the update as a function of `(keys, args)`,
+    /// with `keys[1]`, `args[1]` and `args[2]` as in
+    /// [`redis_script`](Self::redis_script). The Redis backend loads it
+    /// once as a Redis Function (Redis 7 or later) and calls it by
+    /// `FCALL`, so the chunk's set-up and whatever it keeps at its top
+    /// level outlive a call (it may keep caches there, never state that a
+    /// call's answer depends on: the server may lose it at any time); on
+    /// an older server it runs the chunk per call by `EVALSHA`. Taken
+    /// before [`redis_script`](Self::redis_script) when both are given.
+    fn redis_function(&self) -> Option<&'static str> {
         None
     }
 

@@ -16,7 +16,8 @@ use super::config::{millis, BreakerConfig, Window};
 use super::machine::{merge, step, Decision, Event, Outcome, Phase, State, Step};
 use super::wire;
 
-/// The Lua copy of [`step`], kept beside it and checked against it.
+/// The Lua copy of [`step`] (a library: a chunk that returns the step),
+/// kept beside it and checked against it.
 const SCRIPT: &str = include_str!("step.lua");
 
 /// The PL/pgSQL copy, and the readable table it keeps breakers in.
@@ -258,7 +259,7 @@ impl AtomicUpdate for BreakerStep {
         })
     }
 
-    fn redis_script(&self) -> Option<&'static str> {
+    fn redis_function(&self) -> Option<&'static str> {
         Some(SCRIPT)
     }
 

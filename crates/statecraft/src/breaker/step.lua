@@ -1,17 +1,15 @@
 -- statecraft: the breaker's step, a copy of breaker::machine::step in Lua
 -- (state, input and output as breaker::wire writes them). Checked against
--- the Rust function by tests/breaker_script.rs. KEYS[1]: the breaker's key;
--- ARGV[1]: CONFIG|EVENT|entropy|now|ttl_ms|name (now 0: the server's clock),
--- or '?' to read the stored state ('?t': the server's time in ms, a space,
--- and the state). EVENT 'B <codes>' is a batch of records, each a step of
--- its own (code: 1 failed + 2 slow).
-
-if ARGV[1] == '?' then return redis.call('GET', KEYS[1]) or '' end
-if ARGV[1] == '?t' then
-  local t = redis.call('TIME')
-  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  return string.format('%d', ms) .. ' ' .. (redis.call('GET', KEYS[1]) or '')
-end
+-- the Rust function by tests/breaker_script.rs. The chunk returns the step
+-- as a function of (keys, args): the Redis backend loads it once as a
+-- Redis Function library (so the helpers and the parsed configurations
+-- below outlive a call), or runs it per call by EVALSHA on servers without
+-- functions. keys[1]: the breaker's key; args[1]:
+-- CONFIG|EVENT|entropy|now|ttl_ms|name (now 0: the server's clock), or '?'
+-- to read the stored state ('?t': the server's time in ms, a space, and the
+-- state). EVENT 'B <codes>' is a batch of records, each a step of its own
+-- (code: 1 failed + 2 slow). Redis runs one call at a time, so the
+-- chunk-level state a call sets (cfg, now, st, ...) is its own.
 
 local U32 = 4294967295
 
@@ -39,74 +37,113 @@ end
 
 local function fmt(n) return string.format('%d', n) end
 
--- Six fields; the name, last, may itself hold '|'.
-local parts = split(ARGV[1], '|')
-if #parts < 6 then return bad() end
-local c = split(parts[1], ' ')
-if #c ~= 19 then return bad() end
-local cfg = {
-  kind = c[1], size = num(c[2]), buckets = num(c[3]), min_calls = num(c[4]),
-  consecutive = num(c[5]), in_window = num(c[6]), fr_num = num(c[7]), fr_den = num(c[8]),
-  sr_num = num(c[9]), sr_den = num(c[10]), open_ms = num(c[11]), mult = num(c[12]),
-  max_ms = num(c[13]), jitter = num(c[14]), probes = num(c[15]), close_kind = c[16],
-  close_a = num(c[17]), close_b = num(c[18]), max_wait = num(c[19]),
-}
-for _, key in ipairs({'size', 'buckets', 'min_calls', 'consecutive', 'in_window', 'fr_num',
-    'fr_den', 'sr_num', 'sr_den', 'open_ms', 'mult', 'max_ms', 'jitter', 'probes', 'close_a',
-    'close_b', 'max_wait'}) do
-  if cfg[key] == nil then return bad() end
-end
 local function ratio_ok(a, b) return a == 0 or (a > 0 and a <= b) end
-if cfg.kind == 'c' then
-  if cfg.size < 1 then return bad() end
-elseif cfg.kind == 't' then
-  if cfg.buckets < 1 or cfg.size < cfg.buckets or cfg.size % cfg.buckets ~= 0 then return bad() end
-else
-  return bad()
-end
-if cfg.close_kind == 's' then
-  if cfg.close_a < 1 then return bad() end
-elseif cfg.close_kind == 'f' then
-  if cfg.close_a < 1 or cfg.close_a > cfg.close_b then return bad() end
-else
-  return bad()
-end
-if not ratio_ok(cfg.fr_num, cfg.fr_den) or not ratio_ok(cfg.sr_num, cfg.sr_den)
-    or cfg.open_ms < 1 or cfg.mult < 1 or cfg.jitter > 1000 or cfg.probes < 1
-    or cfg.max_wait < 1 then
-  return bad()
-end
-local bucket_ms = 0
-if cfg.kind == 't' then bucket_ms = math.floor(cfg.size / cfg.buckets) end
 
-local e = split(parts[2], ' ')
-local ev = { kind = e[1] }
-if ev.kind == 'B' then
-  ev.codes = e[2] or ''
-  if #e ~= 2 or #ev.codes < 1 or #ev.codes > 4096 or string.find(ev.codes, '[^0-3]') then
-    return bad()
+-- A configuration's text read and checked, or nil.
+local function parse_config(text)
+  local c = split(text, ' ')
+  if #c ~= 19 then return nil end
+  local cfg = {
+    kind = c[1], size = num(c[2]), buckets = num(c[3]), min_calls = num(c[4]),
+    consecutive = num(c[5]), in_window = num(c[6]), fr_num = num(c[7]), fr_den = num(c[8]),
+    sr_num = num(c[9]), sr_den = num(c[10]), open_ms = num(c[11]), mult = num(c[12]),
+    max_ms = num(c[13]), jitter = num(c[14]), probes = num(c[15]), close_kind = c[16],
+    close_a = num(c[17]), close_b = num(c[18]), max_wait = num(c[19]),
+  }
+  for _, key in ipairs({'size', 'buckets', 'min_calls', 'consecutive', 'in_window', 'fr_num',
+      'fr_den', 'sr_num', 'sr_den', 'open_ms', 'mult', 'max_ms', 'jitter', 'probes', 'close_a',
+      'close_b', 'max_wait'}) do
+    if cfg[key] == nil then return nil end
   end
-elseif ev.kind == 'R' then
-  local outcomes = { s = 'success', f = 'failure', i = 'ignored' }
-  ev.outcome = outcomes[e[2] or '']
-  local flags = { ['0'] = false, ['1'] = true }
-  ev.slow = flags[e[3] or '']
-  -- A probe names its half-open spell; '-' is an ordinary call.
-  if e[4] ~= '-' then
-    ev.spell = num(e[4])
-    if ev.spell == nil then return bad() end
+  if cfg.kind == 'c' then
+    if cfg.size < 1 then return nil end
+  elseif cfg.kind == 't' then
+    if cfg.buckets < 1 or cfg.size < cfg.buckets or cfg.size % cfg.buckets ~= 0 then return nil end
+  else
+    return nil
   end
-  if ev.outcome == nil or ev.slow == nil or #e ~= 4 then return bad() end
-elseif not (ev.kind == 'A' or ev.kind == 'FO' or ev.kind == 'FC' or ev.kind == 'RS'
-    or ev.kind == 'DI' or ev.kind == 'MO') or #e ~= 1 then
-  return bad()
+  if cfg.close_kind == 's' then
+    if cfg.close_a < 1 then return nil end
+  elseif cfg.close_kind == 'f' then
+    if cfg.close_a < 1 or cfg.close_a > cfg.close_b then return nil end
+  else
+    return nil
+  end
+  if not ratio_ok(cfg.fr_num, cfg.fr_den) or not ratio_ok(cfg.sr_num, cfg.sr_den)
+      or cfg.open_ms < 1 or cfg.mult < 1 or cfg.jitter > 1000 or cfg.probes < 1
+      or cfg.max_wait < 1 then
+    return nil
+  end
+  cfg.bucket_ms = 0
+  if cfg.kind == 't' then cfg.bucket_ms = math.floor(cfg.size / cfg.buckets) end
+  return cfg
 end
-local entropy, now, ttl = num(parts[3]), num(parts[4]), num(parts[5])
-if entropy == nil or entropy > U32 or now == nil or ttl == nil then return bad() end
-if now == 0 then
+
+-- Configurations already read, by their text (a loaded library keeps them
+-- between calls; a few breakers' worth, then it starts again).
+local CONFIGS, CONFIGS_KEPT = {}, 0
+
+local function config(text)
+  local cfg = CONFIGS[text]
+  if cfg then return cfg end
+  cfg = parse_config(text)
+  if cfg == nil then return nil end
+  if CONFIGS_KEPT >= 64 then CONFIGS, CONFIGS_KEPT = {}, 0 end
+  CONFIGS[text], CONFIGS_KEPT = cfg, CONFIGS_KEPT + 1
+  return cfg
+end
+
+local OUTCOMES = { s = 'success', f = 'failure', i = 'ignored' }
+local FLAGS = { ['0'] = false, ['1'] = true }
+local SIMPLE = { A = true, FO = true, FC = true, RS = true, DI = true, MO = true }
+local MANUAL = { FO = 'FORCED_OPEN', FC = 'CLOSED', RS = 'CLOSED', DI = 'DISABLED', MO = 'METRICS_ONLY' }
+local PHASES = { CLOSED = true, OPEN = true, HALF_OPEN = true, FORCED_OPEN = true,
+  DISABLED = true, METRICS_ONLY = true }
+
+-- An event's text read, or nil.
+local function parse_event(text)
+  local e = split(text, ' ')
+  local ev = { kind = e[1] }
+  if ev.kind == 'B' then
+    ev.codes = e[2] or ''
+    if #e ~= 2 or #ev.codes < 1 or #ev.codes > 4096 or string.find(ev.codes, '[^0-3]') then
+      return nil
+    end
+  elseif ev.kind == 'R' then
+    ev.outcome = OUTCOMES[e[2] or '']
+    ev.slow = FLAGS[e[3] or '']
+    -- A probe names its half-open spell; '-' is an ordinary call.
+    if e[4] ~= '-' then
+      ev.spell = num(e[4])
+      if ev.spell == nil then return nil end
+    end
+    if ev.outcome == nil or ev.slow == nil or #e ~= 4 then return nil end
+  elseif not SIMPLE[ev.kind] or #e ~= 1 then
+    return nil
+  end
+  return ev
+end
+
+-- Events already read, by their text (batches are not kept: each is new).
+local EVENTS, EVENTS_KEPT = {}, 0
+
+local function event(text)
+  local ev = EVENTS[text]
+  if ev then return ev end
+  ev = parse_event(text)
+  if ev == nil or ev.kind == 'B' then return ev end
+  if EVENTS_KEPT >= 64 then EVENTS, EVENTS_KEPT = {}, 0 end
+  EVENTS[text], EVENTS_KEPT = ev, EVENTS_KEPT + 1
+  return ev
+end
+
+local function server_ms()
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+
+-- The call's configuration, clock and jitter, set by each call.
+local cfg, now, entropy
 
 -- The window.
 local function empty()
@@ -121,21 +158,29 @@ local function fresh(at)
     admitted = 0, ok = 0, fail = 0, calls = empty() }
 end
 
-local PHASES = { CLOSED = true, OPEN = true, HALF_OPEN = true, FORCED_OPEN = true,
-  DISABLED = true, METRICS_ONLY = true }
+-- A word of at most 18 digits as a number, or nil.
+local function digits18(x)
+  if x == nil or #x > 18 then return nil end
+  return tonumber(x)
+end
 
 local function decode(raw)
-  local w = split(raw, ' ')
-  if w[1] ~= 'b1' or #w < 10 or not PHASES[w[2]] then return nil end
-  local st = { phase = w[2], since = num(w[3]), open_until = num(w[4]), openings = num(w[5]),
-    consecutive = num(w[6]), admitted = num(w[7]), ok = num(w[8]), fail = num(w[9]) }
-  for _, key in ipairs({'since', 'open_until', 'openings', 'consecutive', 'admitted', 'ok', 'fail'}) do
-    if st[key] == nil then return nil end
+  -- Ten words: the version, the phase, seven numbers and the window (one
+  -- pattern: far cheaper here than splitting and checking each word).
+  local phase, since, open_until, openings, consecutive, admitted, ok, fail, window =
+    string.match(raw, '^b1 ([%u_]+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) ([^ ]*)')
+  if phase == nil or not PHASES[phase] then return nil end
+  local st = { phase = phase, since = digits18(since), open_until = digits18(open_until),
+    openings = digits18(openings), consecutive = digits18(consecutive),
+    admitted = digits18(admitted), ok = digits18(ok), fail = digits18(fail) }
+  if st.since == nil or st.open_until == nil or st.openings == nil or st.consecutive == nil
+      or st.admitted == nil or st.ok == nil or st.fail == nil then
+    return nil
   end
-  for _, key in ipairs({'openings', 'consecutive', 'admitted', 'ok', 'fail'}) do
-    if st[key] > U32 then return nil end
+  if st.openings > U32 or st.consecutive > U32 or st.admitted > U32 or st.ok > U32
+      or st.fail > U32 then
+    return nil
   end
-  local window = w[10]
   if string.sub(window, 1, 2) == 'c:' then
     local codes = string.sub(window, 3)
     if string.find(codes, '[^0-3]') then return nil end
@@ -183,7 +228,7 @@ local function fits(calls)
   end
   if calls.buckets == nil or #calls.buckets > cfg.buckets + 1 then return false end
   for _, b in ipairs(calls.buckets) do
-    if bucket_ms <= 0 or b.start % bucket_ms ~= 0 then return false end
+    if cfg.bucket_ms <= 0 or b.start % cfg.bucket_ms ~= 0 then return false end
   end
   return true
 end
@@ -191,7 +236,7 @@ end
 local function expire(calls, at)
   if cfg.kind ~= 't' then return end
   local horizon = math.max(at - cfg.size, 0)
-  while #calls.buckets > 0 and calls.buckets[1].start + bucket_ms <= horizon do
+  while #calls.buckets > 0 and calls.buckets[1].start + cfg.bucket_ms <= horizon do
     table.remove(calls.buckets, 1)
   end
 end
@@ -206,7 +251,7 @@ local function record(calls, at, failed, slow)
     if #codes > cfg.size then codes = string.sub(codes, -cfg.size) end
     calls.codes = codes
   else
-    local length = math.max(bucket_ms, 1)
+    local length = math.max(cfg.bucket_ms, 1)
     local start = at - at % length
     local last = calls.buckets[#calls.buckets]
     if last ~= nil and last.start >= start then
@@ -222,8 +267,11 @@ local function tally(calls, at)
   local t = { calls = 0, failures = 0, slow = 0 }
   if cfg.kind == 'c' then
     t.calls = #calls.codes
-    t.failures = select(2, string.gsub(calls.codes, '[13]', ''))
-    t.slow = select(2, string.gsub(calls.codes, '[23]', ''))
+    -- Mostly successes while closed: one scan finds none of the others.
+    if string.find(calls.codes, '[1-3]') then
+      t.failures = select(2, string.gsub(calls.codes, '[13]', ''))
+      t.slow = select(2, string.gsub(calls.codes, '[23]', ''))
+    end
   else
     for _, b in ipairs(calls.buckets) do
       t.calls, t.failures, t.slow = t.calls + b.calls, t.failures + b.failures, t.slow + b.slow
@@ -283,21 +331,8 @@ local function merge(a, b)
   return b or a
 end
 
--- The step.
-local raw = redis.call('GET', KEYS[1])
-local baseline
-local st
-if raw then
-  baseline = raw
-  st = decode(raw) or fresh(now)
-else
-  baseline = encode(fresh(now))
-  st = fresh(now)
-end
-if not fits(st.calls) then st.calls = empty() end
-
-local decision, transition = 'D', nil
-local manual = { FO = 'FORCED_OPEN', FC = 'CLOSED', RS = 'CLOSED', DI = 'DISABLED', MO = 'METRICS_ONLY' }
+-- The state a call steps, its decision and its transition.
+local st, decision, transition
 
 -- One event that is not an operator's (an ask, or a result).
 local function one(ev)
@@ -358,28 +393,74 @@ local function one(ev)
   end
 end
 
-if manual[ev.kind] then
-  transition = enter(st, manual[ev.kind], now)
-elseif ev.kind == 'B' then
-  for i = 1, #ev.codes do
-    local code = string.byte(ev.codes, i) - 48
-    local outcome = 'success'
-    if code % 2 == 1 then outcome = 'failure' end
-    one({ kind = 'R', outcome = outcome, slow = code >= 2 })
+-- The step.
+local function run(keys, args)
+  local key, input = keys[1], args[1]
+  if input == '?' then return redis.call('GET', key) or '' end
+  if input == '?t' then
+    return string.format('%d', server_ms()) .. ' ' .. (redis.call('GET', key) or '')
   end
-else
-  one(ev)
+
+  -- Six fields; the name, last, may itself hold '|' (and is not read here).
+  local config_text, event_text, entropy_text, now_text, ttl_text =
+    string.match(input, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|')
+  if config_text == nil then return bad() end
+  cfg = config(config_text)
+  if cfg == nil then return bad() end
+  local ev = event(event_text)
+  if ev == nil then return bad() end
+  local ttl
+  entropy, now, ttl = num(entropy_text), num(now_text), num(ttl_text)
+  if entropy == nil or entropy > U32 or now == nil or ttl == nil then return bad() end
+  if now == 0 then now = server_ms() end
+
+  local raw = redis.call('GET', key)
+  local baseline
+  if raw then
+    baseline = raw
+    st = decode(raw) or fresh(now)
+  else
+    baseline = encode(fresh(now))
+    st = fresh(now)
+  end
+  if not fits(st.calls) then st.calls = empty() end
+
+  -- The commonest step changes nothing: a plain success on a closed count
+  -- window full of successes (the window, the failures in a row and every
+  -- rate stay as they are; nothing can trip). A stored text that is not
+  -- written as encode writes it takes the full step, which rewrites it.
+  if ev.outcome == 'success' and not ev.slow and ev.kind == 'R' and st.phase == 'CLOSED'
+      and st.consecutive == 0 and cfg.kind == 'c' and #st.calls.codes == cfg.size
+      and not string.find(st.calls.codes, '[1-3]') and raw == encode(st) then
+    return 'D -'
+  end
+
+  decision, transition = 'D', nil
+  if MANUAL[ev.kind] then
+    transition = enter(st, MANUAL[ev.kind], now)
+  elseif ev.kind == 'B' then
+    for i = 1, #ev.codes do
+      local code = string.byte(ev.codes, i) - 48
+      local outcome = 'success'
+      if code % 2 == 1 then outcome = 'failure' end
+      one({ kind = 'R', outcome = outcome, slow = code >= 2 })
+    end
+  else
+    one(ev)
+  end
+
+  local encoded = encode(st)
+  if encoded ~= baseline then
+    if st.phase == 'FORCED_OPEN' or st.phase == 'DISABLED' or st.phase == 'METRICS_ONLY' then
+      -- An operator's setting stays until an operator changes it.
+      redis.call('SET', key, encoded)
+    else
+      redis.call('SET', key, encoded, 'PX', math.max(ttl, 1))
+    end
+  end
+  local moved = '-'
+  if transition ~= nil then moved = transition.from .. '>' .. transition.to end
+  return decision .. ' ' .. moved
 end
 
-local encoded = encode(st)
-if encoded ~= baseline then
-  if st.phase == 'FORCED_OPEN' or st.phase == 'DISABLED' or st.phase == 'METRICS_ONLY' then
-    -- An operator's setting stays until an operator changes it.
-    redis.call('SET', KEYS[1], encoded)
-  else
-    redis.call('SET', KEYS[1], encoded, 'PX', math.max(ttl, 1))
-  end
-end
-local moved = '-'
-if transition ~= nil then moved = transition.from .. '>' .. transition.to end
-return decision .. ' ' .. moved
+return run

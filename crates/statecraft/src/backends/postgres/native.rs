@@ -58,12 +58,9 @@ impl Natives {
     }
 }
 
-/// A short version of `setup`: FNV-1a, 32 bits, in hex.
+/// A short version of `setup`.
 fn version(setup: &str) -> String {
-    let hash = setup.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    format!("{hash:08x}")
+    crate::backend::atomic::source_version(setup)
 }
 
 /// `sql` with every `@name@` replaced by the identifier `"<table>_name"`

@@ -128,6 +128,7 @@ impl RedisBackend {
                 )))
             }
         };
+        let functions = config.functions;
         let backend = RedisBackend {
             inner: Arc::new(Inner {
                 name,
@@ -141,7 +142,7 @@ impl RedisBackend {
                 cas: Script::new(CAS_SCRIPT),
                 increment: Script::new(INCREMENT_SCRIPT),
                 get_with_ttl: Script::new(GET_WITH_TTL_SCRIPT),
-                scripts: Default::default(),
+                scripts: super::atomic::Scripts::new(functions),
                 jitter: std::collections::hash_map::RandomState::new(),
                 jitter_seq: AtomicU64::new(0),
             }),

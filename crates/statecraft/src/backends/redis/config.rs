@@ -35,6 +35,7 @@ pub struct RedisConfig {
     pub(super) pipeline_batch: usize,
     pub(super) limits: Limits,
     pub(super) tls_root_cert: Option<Vec<u8>>,
+    pub(super) functions: bool,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -70,7 +71,7 @@ fn redact(url: &str) -> String {
 impl RedisConfig {
     /// A builder with the defaults: no key prefix, no default TTL, 1
     /// multiplexed connection, 3 retries backing off from 10 ms to 1 s, 1 s to connect,
-    /// 1 s per round trip, 1,000 commands per pipeline.
+    /// 1 s per round trip, 1,000 commands per pipeline, server functions on.
     pub fn builder() -> RedisConfigBuilder {
         RedisConfigBuilder {
             url: None,
@@ -87,6 +88,7 @@ impl RedisConfig {
                 pipeline_batch: 1000,
                 limits: Limits::default(),
                 tls_root_cert: None,
+                functions: true,
             },
         }
     }
@@ -192,6 +194,17 @@ impl RedisConfigBuilder {
     /// PEM certificates to trust for `rediss://` instead of the system's.
     pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.config.tls_root_cert = Some(pem.into());
+        self
+    }
+
+    /// Whether native atomic updates that come as a library
+    /// ([`AtomicUpdate::redis_function`](crate::backend::atomic::AtomicUpdate::redis_function))
+    /// are loaded once as a Redis Function and called by `FCALL` (on by
+    /// default; Redis 7 or later, found out on the first call: an older
+    /// server runs them by `EVALSHA`). Off, they always run by `EVALSHA`,
+    /// which sets the library up again on every call.
+    pub fn server_functions(mut self, on: bool) -> Self {
+        self.config.functions = on;
         self
     }
 
