@@ -111,11 +111,12 @@ fn cases() -> Cases {
     }
 }
 
-const NAMES: [&str; 4] = [
+const NAMES: [&str; 5] = [
     "statecraft LocalBreaker",
     "recloser",
     "failsafe",
     "statecraft HybridBreaker",
+    "HybridBreaker, async",
 ];
 
 /// One case's calls (each case a function of its own, so that one's code
@@ -125,7 +126,8 @@ fn run(cases: &Cases, which: usize, calls: usize) {
         0 => run_local(&cases.statecraft, calls),
         1 => run_recloser(&cases.recloser, calls),
         2 => run_failsafe(&cases.failsafe, calls),
-        _ => run_hybrid(&cases.hybrid, calls),
+        3 => run_hybrid(&cases.hybrid, calls),
+        _ => run_hybrid_async(&cases.hybrid, calls),
     }
 }
 
@@ -165,6 +167,22 @@ fn run_hybrid(breaker: &HybridBreaker, calls: usize) {
     }
 }
 
+/// The async forms (`acquire`, `success`), each polled once: the closed
+/// path never waits.
+#[inline(never)]
+fn run_hybrid_async(breaker: &HybridBreaker, calls: usize) {
+    use futures_util::FutureExt;
+    for i in 0..calls {
+        let permit = breaker
+            .acquire()
+            .now_or_never()
+            .expect("decided here")
+            .expect("closed");
+        black_box(i);
+        permit.success().now_or_never().expect("not a probe");
+    }
+}
+
 /// Which parts to run: `BREAKER_BENCH_PART` = `local`, `redis` or
 /// `postgres` (unset: all; `BREAKER_BENCH_LOCAL_ONLY` set: `local`).
 fn part(name: &str) -> bool {
@@ -189,25 +207,26 @@ fn main() {
 fn local() {
     let cases = cases();
     let calls = scale(2_000_000);
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 4];
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 4];
-    let mut over_local: Vec<f64> = Vec::new();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 5];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 5];
+    let (mut over_local, mut async_over_local) = (Vec::new(), Vec::new());
     for round in 0..11 {
-        let mut this = [0f64; 4];
-        for k in 0..4 {
-            let which = (k + round) % 4;
+        let mut this = [0f64; 5];
+        for k in 0..5 {
+            let which = (k + round) % 5;
             let started = Instant::now();
             run(&cases, which, calls);
             this[which] = started.elapsed().as_nanos() as f64 / calls as f64;
         }
-        for which in 0..4 {
+        for which in 0..5 {
             times[which].push(this[which]);
             ratios[which].push(this[which] / this[1]);
         }
         over_local.push(this[3] / this[0]);
+        async_over_local.push(this[4] / this[0]);
     }
     println!("one thread, CLOSED, a call that succeeds ({calls} calls × 11 rounds):");
-    for which in 0..4 {
+    for which in 0..5 {
         println!(
             "  {:<24} {:>8.1} ns/call   × recloser {:.3}",
             NAMES[which],
@@ -216,8 +235,9 @@ fn local() {
         );
     }
     println!(
-        "  HybridBreaker × LocalBreaker     {:.3}",
-        median(over_local)
+        "  HybridBreaker × LocalBreaker     {:.3} (async: {:.3})",
+        median(over_local),
+        median(async_over_local)
     );
     let calls = scale(1_000_000);
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 3];

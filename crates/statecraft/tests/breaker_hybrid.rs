@@ -559,3 +559,30 @@ async fn try_acquire_and_try_record_decide_here_or_hand_over() {
     probe.success().await;
     assert_eq!(breaker.shared_phase(), Phase::Closed);
 }
+
+/// A permit dropped unfinished is a cancelled call: a failure, here and in
+/// the flush that reaches the store.
+#[tokio::test]
+async fn a_dropped_permit_is_a_failure_here_and_in_the_store() {
+    let store: Arc<dyn StateBackend> = Arc::new(statecraft::MemoryBackend::new());
+    let config = BreakerConfig::builder()
+        .consecutive_failures(2)
+        .open_for(Duration::from_secs(60))
+        .build()
+        .expect("config");
+    let breaker = HybridBreaker::start(store, "dropped", config, HybridConfig::default()).await;
+    for _ in 0..2 {
+        let permit = breaker.acquire().await.expect("closed");
+        drop(permit);
+    }
+    assert_eq!(
+        breaker.local().phase(),
+        Phase::Open,
+        "two failures in a row"
+    );
+    assert!(
+        breaker.wait_for(Phase::Open, Duration::from_secs(5)).await,
+        "the flushed failures opened the shared breaker: {:?}",
+        breaker.stats()
+    );
+}

@@ -17,7 +17,7 @@ use super::events::{observable, BreakerEvent, Observers};
 use super::fast::{stripe, STRIPES};
 use super::local::LocalBreaker;
 use super::machine::{Decision, Event, Outcome, Phase, State, Transition};
-use super::permit::{Permit, Rejected};
+use super::permit::Rejected;
 use super::shared::{
     batch_input, parse_peek_at, parse_step_output, BreakerStep, MAX_BATCH, PEEK_AT,
 };
@@ -341,11 +341,28 @@ impl HybridBreaker {
     #[inline]
     pub fn try_acquire(&self) -> Option<std::result::Result<HybridPermit<'_>, Rejected>> {
         let inner = &*self.inner;
-        let decided = match inner.view.phase() {
-            Phase::Closed => inner
-                .local
-                .acquire()
-                .map(|permit| HybridPermit::new(self, Kind::Local(permit))),
+        let phase = inner.view.phase();
+        if phase == Phase::Closed {
+            return Some(match inner.local.shared.acquire() {
+                Ok(spell) => Ok(HybridPermit::new(self, Kind::Local(spell))),
+                Err(rejected) => Err(rejected),
+            });
+        }
+        self.try_acquire_otherwise(phase)
+    }
+
+    /// [`try_acquire`](Self::try_acquire) when the shared breaker is not
+    /// closed.
+    #[cold]
+    #[inline(never)]
+    fn try_acquire_otherwise(
+        &self,
+        phase: Phase,
+    ) -> Option<std::result::Result<HybridPermit<'_>, Rejected>> {
+        let inner = &*self.inner;
+        let decided = match phase {
+            // (Closed is try_acquire's own case.)
+            Phase::Closed => inner.decide_locally(self),
             Phase::MetricsOnly => Ok(HybridPermit::new(self, Kind::Counted)),
             Phase::Disabled => Ok(HybridPermit::new(self, Kind::Uncounted)),
             Phase::Open => {
@@ -391,8 +408,8 @@ impl HybridBreaker {
                     }
                     Decision::Permit { probe: false } | Decision::Done => {
                         inner.reconcile().await;
-                        let permit = inner.local.acquire()?;
-                        Ok(HybridPermit::new(self, Kind::Local(permit)))
+                        let spell = inner.local.shared.acquire()?;
+                        Ok(HybridPermit::new(self, Kind::Local(spell)))
                     }
                 }
             }
@@ -432,11 +449,13 @@ impl HybridBreaker {
 const DEADLINE: u64 = (1 << 56) - 1;
 
 impl View {
+    #[inline]
     fn load(&self) -> (Phase, u64) {
         let word = self.word.load(Ordering::Acquire);
         (Phase::from_code((word >> 56) as u8), word & DEADLINE)
     }
 
+    #[inline]
     fn phase(&self) -> Phase {
         self.load().0
     }
@@ -459,15 +478,19 @@ impl View {
 
 impl Hybrid {
     /// A decision on this instance's own evidence (the store is down).
+    #[cold]
+    #[inline(never)]
     fn decide_locally<'a>(
         &'a self,
         breaker: &'a HybridBreaker,
     ) -> std::result::Result<HybridPermit<'a>, Rejected> {
         self.local
+            .shared
             .acquire()
-            .map(|permit| HybridPermit::new(breaker, Kind::Local(permit)))
+            .map(|spell| HybridPermit::new(breaker, Kind::Local(spell)))
     }
 
+    #[inline]
     fn count(&self, outcome: Outcome, slow: bool) {
         if outcome == Outcome::Ignored {
             return;
@@ -735,13 +758,16 @@ observable!(HybridBreaker, this => this.inner.observers);
 #[must_use = "a dropped permit records a failure"]
 pub struct HybridPermit<'a> {
     breaker: &'a HybridBreaker,
-    kind: Option<Kind<'a>>,
+    kind: Option<Kind>,
     started: Option<Instant>,
 }
 
-enum Kind<'a> {
-    /// Counted locally and in the next flush.
-    Local(Permit<'a>),
+enum Kind {
+    /// Counted locally (a local probe names its spell there) and in the
+    /// next flush. The local breaker's permit is not kept: its own timer
+    /// and drop would double the hybrid's, and the closed path moves this
+    /// permit by value.
+    Local(Option<u64>),
     /// Counted in the next flush only (the shared breaker only counts).
     Counted,
     /// Counted nowhere (disabled, or the store did not answer).
@@ -760,7 +786,8 @@ impl std::fmt::Debug for HybridPermit<'_> {
 }
 
 impl<'a> HybridPermit<'a> {
-    fn new(breaker: &'a HybridBreaker, kind: Kind<'a>) -> Self {
+    #[inline]
+    fn new(breaker: &'a HybridBreaker, kind: Kind) -> Self {
         HybridPermit {
             started: breaker.inner.config.slow_call().map(|_| Instant::now()),
             breaker,
@@ -793,6 +820,7 @@ impl<'a> HybridPermit<'a> {
         self.record(Outcome::Ignored).await;
     }
 
+    #[inline]
     fn slow(&self) -> bool {
         match (self.started, self.breaker.inner.config.slow_call()) {
             (Some(started), Some(threshold)) => started.elapsed() >= threshold,
@@ -822,9 +850,9 @@ impl<'a> HybridPermit<'a> {
         };
         let inner = &*self.breaker.inner;
         match kind {
-            Kind::Local(permit) => {
+            Kind::Local(spell) => {
                 let before = inner.local.phase();
-                permit.record(outcome);
+                inner.local.shared.record(outcome, slow, spell);
                 inner.count(outcome, slow);
                 if before != Phase::Open && inner.local.phase() == Phase::Open {
                     // This instance's own evidence: the fleet hears it now.
@@ -846,14 +874,27 @@ impl<'a> HybridPermit<'a> {
 }
 
 impl Drop for HybridPermit<'_> {
+    #[inline]
     fn drop(&mut self) {
+        // Recorded (the closed path's end): nothing to do, inline.
+        if self.kind.is_some() {
+            self.cancelled();
+        }
+    }
+}
+
+impl HybridPermit<'_> {
+    /// Dropped unfinished: a cancelled call, a failure.
+    #[cold]
+    #[inline(never)]
+    fn cancelled(&mut self) {
         let slow = self.slow();
         match self.kind.take() {
             None | Some(Kind::Uncounted) => {}
-            Some(Kind::Local(permit)) => {
+            Some(Kind::Local(spell)) => {
                 let inner = &*self.breaker.inner;
                 let before = inner.local.phase();
-                drop(permit); // records the failure locally
+                inner.local.shared.record(Outcome::Failure, slow, spell);
                 inner.count(Outcome::Failure, slow);
                 if before != Phase::Open && inner.local.phase() == Phase::Open {
                     inner.wake.notify_one();

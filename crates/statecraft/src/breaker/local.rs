@@ -308,6 +308,7 @@ impl LocalBreaker {
     }
 
     /// Where it is now.
+    #[inline]
     pub fn phase(&self) -> Phase {
         Phase::from_code(self.shared.phase.load(Ordering::Acquire))
     }

@@ -37,6 +37,7 @@ impl Phase {
     ];
 
     /// The phase of a code (`p as u8`); an unknown code reads as closed.
+    #[inline]
     pub(crate) fn from_code(code: u8) -> Phase {
         Phase::ALL
             .get(usize::from(code))

@@ -21,6 +21,7 @@ pub struct Permit<'a> {
 }
 
 impl<'a> Permit<'a> {
+    #[inline]
     pub(super) fn new(shared: &'a Shared, probe: Option<u64>) -> Permit<'a> {
         Permit {
             started: shared.config.slow_call().map(|_| Instant::now()),
@@ -41,16 +42,19 @@ impl<'a> Permit<'a> {
     }
 
     /// The call worked.
+    #[inline]
     pub fn success(self) {
         self.record(Outcome::Success);
     }
 
     /// The call failed.
+    #[inline]
     pub fn failure(self) {
         self.record(Outcome::Failure);
     }
 
     /// The call says nothing about the protected resource.
+    #[inline]
     pub fn ignore(self) {
         self.record(Outcome::Ignored);
     }
