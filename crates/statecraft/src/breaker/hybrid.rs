@@ -343,10 +343,13 @@ impl HybridBreaker {
         let inner = &*self.inner;
         let phase = inner.view.phase();
         if phase == Phase::Closed {
-            return Some(match inner.local.shared.acquire() {
-                Ok(spell) => Ok(HybridPermit::new(self, Kind::Local(spell))),
-                Err(rejected) => Err(rejected),
-            });
+            return Some(
+                inner
+                    .local
+                    .shared
+                    .acquire()
+                    .map(|spell| HybridPermit::new(self, Kind::Local(spell))),
+            );
         }
         self.try_acquire_otherwise(phase)
     }
@@ -488,6 +491,19 @@ impl Hybrid {
             .shared
             .acquire()
             .map(|spell| HybridPermit::new(breaker, Kind::Local(spell)))
+    }
+
+    /// Records a result in the local breaker and for the next flush; a
+    /// local opening is flushed at once.
+    #[inline]
+    fn record_here(&self, outcome: Outcome, slow: bool, spell: Option<u64>) {
+        let before = self.local.phase();
+        self.local.shared.record(outcome, slow, spell);
+        self.count(outcome, slow);
+        if before != Phase::Open && self.local.phase() == Phase::Open {
+            // This instance's own evidence: the fleet hears it now.
+            self.wake.notify_one();
+        }
     }
 
     #[inline]
@@ -850,15 +866,7 @@ impl<'a> HybridPermit<'a> {
         };
         let inner = &*self.breaker.inner;
         match kind {
-            Kind::Local(spell) => {
-                let before = inner.local.phase();
-                inner.local.shared.record(outcome, slow, spell);
-                inner.count(outcome, slow);
-                if before != Phase::Open && inner.local.phase() == Phase::Open {
-                    // This instance's own evidence: the fleet hears it now.
-                    inner.wake.notify_one();
-                }
-            }
+            Kind::Local(spell) => inner.record_here(outcome, slow, spell),
             Kind::Counted => inner.count(outcome, slow),
             Kind::Uncounted | Kind::Probe(_) => {}
         }
@@ -892,13 +900,9 @@ impl HybridPermit<'_> {
         match self.kind.take() {
             None | Some(Kind::Uncounted) => {}
             Some(Kind::Local(spell)) => {
-                let inner = &*self.breaker.inner;
-                let before = inner.local.phase();
-                inner.local.shared.record(Outcome::Failure, slow, spell);
-                inner.count(Outcome::Failure, slow);
-                if before != Phase::Open && inner.local.phase() == Phase::Open {
-                    inner.wake.notify_one();
-                }
+                self.breaker
+                    .inner
+                    .record_here(Outcome::Failure, slow, spell)
             }
             Some(Kind::Counted) => self.breaker.inner.count(Outcome::Failure, slow),
             Some(Kind::Probe(spell)) => {
