@@ -61,7 +61,7 @@ impl AtomicUpdate for BoundedCounter {
         "bounded_counter"
     }
 
-    fn apply(&self, current: Option<&[u8]>, input: &[u8], _now_millis: u64) -> Result<AtomicStep> {
+    fn apply(&self, current: Option<&[u8]>, input: &[u8], _now_micros: u64) -> Result<AtomicStep> {
         if input == b"reset" {
             return Ok(AtomicStep {
                 write: AtomicWrite::Delete,

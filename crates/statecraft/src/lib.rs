@@ -38,13 +38,15 @@
 //!
 //! The coordination primitives build on the contract and get a module
 //! each: [`breaker`] (local, distributed and hybrid circuit breakers, a
-//! tower layer, a registry); limiters, counters and locks are next.
+//! tower layer, a registry) and [`limiter`] (rate limiters: GCRA, token
+//! bucket, sliding and fixed windows); counters and locks are next.
 
 mod backend;
 mod backends;
 pub mod breaker;
 pub mod connect;
 mod layers;
+pub mod limiter;
 pub mod raw;
 
 pub use backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite, PostgresNative};

@@ -81,13 +81,13 @@ pub trait AtomicUpdate: Send + Sync + fmt::Debug {
     fn name(&self) -> &'static str;
 
     /// Decides the update from the key's current value (`None`: absent or
-    /// expired), the caller's `input` and the store's time in milliseconds
+    /// expired), the caller's `input` and the store's time in microseconds
     /// since the Unix epoch. Must be pure and quick: the compare-and-swap
     /// path calls it again when the key changed under it, and the memory
     /// backend calls it while it holds the key's shard lock (so it must not
     /// call any store). An error writes nothing and is returned to the
     /// caller.
-    fn apply(&self, current: Option<&[u8]>, input: &[u8], now_millis: u64) -> Result<AtomicStep>;
+    fn apply(&self, current: Option<&[u8]>, input: &[u8], now_micros: u64) -> Result<AtomicStep>;
 
     /// The same update as a Redis Lua script, run atomically in one round
     /// trip: `KEYS[1]` is the key (with the backend's prefix), `ARGV[1]`
@@ -189,7 +189,7 @@ pub(crate) async fn by_compare_and_swap<B: StateBackend + ?Sized>(
     let mut current = backend.get(key).await?;
     loop {
         let step = update
-            .apply(current.as_deref(), input, SystemClock.now_millis())
+            .apply(current.as_deref(), input, SystemClock.now_micros())
             .map_err(|err| {
                 err.with_key(key)
                     .context(backend.name(), Operation::UpdateAtomic)

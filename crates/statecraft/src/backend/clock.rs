@@ -12,6 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub trait Clock: Send + Sync + fmt::Debug {
     /// Milliseconds since the Unix epoch.
     fn now_millis(&self) -> u64;
+
+    /// Microseconds since the Unix epoch (what a rate limiter decides on);
+    /// by default the milliseconds, times a thousand.
+    fn now_micros(&self) -> u64 {
+        self.now_millis().saturating_mul(1_000)
+    }
 }
 
 /// A cheap monotonic clock: the wall clock read once, when it is created,
@@ -23,7 +29,7 @@ pub trait Clock: Send + Sync + fmt::Debug {
 pub struct MonotonicClock {
     clock: quanta::Clock,
     start: quanta::Instant,
-    start_millis: u64,
+    start_micros: u64,
 }
 
 impl MonotonicClock {
@@ -32,7 +38,7 @@ impl MonotonicClock {
         let clock = quanta::Clock::new();
         MonotonicClock {
             start: clock.now(),
-            start_millis: SystemClock.now_millis(),
+            start_micros: SystemClock.now_micros(),
             clock,
         }
     }
@@ -47,9 +53,14 @@ impl Default for MonotonicClock {
 impl Clock for MonotonicClock {
     #[inline]
     fn now_millis(&self) -> u64 {
+        self.now_micros() / 1_000
+    }
+
+    #[inline]
+    fn now_micros(&self) -> u64 {
         let elapsed = self.clock.now().saturating_duration_since(self.start);
-        self.start_millis
-            .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        self.start_micros
+            .saturating_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
     }
 }
 
@@ -60,23 +71,29 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     #[inline]
     fn now_millis(&self) -> u64 {
+        self.now_micros() / 1_000
+    }
+
+    #[inline]
+    fn now_micros(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
     }
 }
 
-/// A clock that only moves when told to; clones share the same time.
+/// A clock that only moves when told to; clones share the same time,
+/// kept in microseconds.
 #[derive(Debug, Clone)]
 pub struct ManualClock {
-    now: Arc<AtomicU64>,
+    micros: Arc<AtomicU64>,
 }
 
 impl ManualClock {
     /// A clock reading `start_millis` since the Unix epoch.
     pub fn new(start_millis: u64) -> Self {
         ManualClock {
-            now: Arc::new(AtomicU64::new(start_millis)),
+            micros: Arc::new(AtomicU64::new(start_millis.saturating_mul(1_000))),
         }
     }
 
@@ -85,15 +102,20 @@ impl ManualClock {
         Self::new(SystemClock.now_millis())
     }
 
-    /// Moves the clock forward by `by` (rounded down to milliseconds).
+    /// Moves the clock forward by `by` (rounded down to microseconds).
     pub fn advance(&self, by: Duration) {
-        self.now.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+        let by = u64::try_from(by.as_micros()).unwrap_or(u64::MAX);
+        self.micros.fetch_add(by, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now_millis(&self) -> u64 {
-        self.now.load(Ordering::SeqCst)
+        self.now_micros() / 1_000
+    }
+
+    fn now_micros(&self) -> u64 {
+        self.micros.load(Ordering::SeqCst)
     }
 }
 
@@ -114,6 +136,8 @@ mod tests {
         let other = clock.clone();
         clock.advance(Duration::from_millis(250));
         assert_eq!(other.now_millis(), 1_250);
+        clock.advance(Duration::from_micros(1_500));
+        assert_eq!((other.now_millis(), other.now_micros()), (1_251, 1_251_500));
         assert_eq!(expiry_after(10, Duration::from_micros(1)), 11);
         assert_eq!(expiry_after(10, Duration::from_millis(5)), 15);
         assert_eq!(

@@ -184,7 +184,8 @@ impl AtomicUpdate for BreakerStep {
         "breaker_step"
     }
 
-    fn apply(&self, current: Option<&[u8]>, input: &[u8], now_millis: u64) -> Result<AtomicStep> {
+    fn apply(&self, current: Option<&[u8]>, input: &[u8], now_micros: u64) -> Result<AtomicStep> {
+        let now_millis = now_micros / 1_000;
         if input == PEEK {
             return Ok(AtomicStep {
                 write: AtomicWrite::Keep,

@@ -27,7 +27,7 @@ impl Inner {
             _ => None,
         };
         let step = update
-            .apply(current.as_deref(), input, clock.now_millis())
+            .apply(current.as_deref(), input, clock.now_micros())
             .map_err(context)?;
         match step.write {
             AtomicWrite::Keep => {

@@ -1,0 +1,173 @@
+-- statecraft: the limiter's step, a copy of limiter::algorithm::decide in
+-- Lua (input, state and output as limiter::shared writes them), checked
+-- against the Rust function by tests/limiter_native.rs. The chunk returns
+-- the step as a function of (keys, args): the Redis backend loads it once
+-- as a Redis Function library, or runs it per call by EVALSHA on servers
+-- without functions. keys[1]: the limit's key; args[1]:
+-- '<a> <count> <period us> <burst> <cost> <now us>' (now 0: the server's
+-- clock). Every figure stays below 2^53 (the quota's rules, checked here
+-- too), so Lua's doubles compute exactly what the Rust integers do; a
+-- division of two such integers, floored or ceiled, is exact as well.
+
+local EXACT = 9007199254740992 -- 2^53
+local HORIZON = 2251799813685248 -- 2^51: GCRA's furthest look ahead
+local YEAR = 31622400000000 -- 366 days, in us
+local U32 = 4294967295
+
+local function bad(why)
+  return redis.error_reply('statecraft:invalid_argument limiter step: ' .. why)
+end
+
+local function fmt(n) return string.format('%d', n) end
+
+local function num(x)
+  if x == nil or #x == 0 or #x > 16 or not string.match(x, '^%d+$') then return nil end
+  return tonumber(x)
+end
+
+-- The stored state as a list: its letter, then its numbers (nil: none or
+-- damaged).
+local function parse_state(raw)
+  if not raw then return nil end
+  local out = {}
+  for part in string.gmatch(raw, '[^ ]+') do out[#out + 1] = part end
+  if #out == 0 or string.find(raw, '  ', 1, true) or string.sub(raw, 1, 1) == ' '
+      or string.sub(raw, -1) == ' ' then
+    return nil
+  end
+  for i = 2, #out do
+    out[i] = num(out[i])
+    if out[i] == nil then return nil end
+  end
+  return out
+end
+
+local function gcra(count, period, burst, st, cost, now)
+  local interval = math.ceil(period / count)
+  local horizon = burst * interval
+  local tat = now
+  if st and st[1] == 'g' and #st == 2 then tat = math.min(math.max(st[2], now), now + horizon) end
+  local free = now + horizon - tat
+  if cost > burst then return 'L', burst, math.floor(free / interval), 0, tat - now end
+  local new_tat = tat + cost * interval
+  if new_tat > now + horizon then
+    return 'D', burst, math.floor(free / interval), new_tat - now - horizon, tat - now
+  end
+  return 'A', burst, math.floor((now + horizon - new_tat) / interval), 0, new_tat - now,
+    'g ' .. fmt(new_tat), new_tat - now
+end
+
+local function token_bucket(count, period, burst, st, cost, now)
+  local capacity = burst * period
+  local level = capacity
+  if st and st[1] == 't' and #st == 4 and st[2] == period then
+    local stored = math.min(st[3], capacity)
+    local elapsed = math.max(now - st[4], 0)
+    if elapsed < math.ceil((capacity - stored) / count) then level = stored + elapsed * count end
+  end
+  local function until_full(l) return math.ceil((capacity - l) / count) end
+  if cost > burst then return 'L', burst, math.floor(level / period), 0, until_full(level) end
+  local need = cost * period
+  if need > level then
+    return 'D', burst, math.floor(level / period), math.ceil((need - level) / count), until_full(level)
+  end
+  local left = level - need
+  return 'A', burst, math.floor(left / period), 0, until_full(left),
+    't ' .. fmt(period) .. ' ' .. fmt(left) .. ' ' .. fmt(now), until_full(left)
+end
+
+local function sliding_window(count, period, st, cost, now)
+  local window, limit = period, count
+  local start = now - now % window
+  local previous, current = 0, 0
+  if st and st[1] == 's' and #st == 4 then
+    if st[2] == start then
+      previous, current = math.min(st[3], limit), math.min(st[4], limit)
+    elseif st[2] + window == start then
+      previous = math.min(st[4], limit)
+    end
+  end
+  local elapsed = now - start
+  local weight = window - elapsed
+  local budget = limit * window
+  local used = previous * weight + current * window
+  local remaining = math.floor(math.max(budget - used, 0) / window)
+  local reset = 0
+  if current > 0 then reset = weight + window elseif previous > 0 then reset = weight end
+  if cost > limit then return 'L', limit, remaining, 0, reset end
+  if used + cost * window > budget then
+    local retry
+    if current + cost <= limit then
+      retry = window - math.floor((limit - current - cost) * window / previous) - elapsed
+    else
+      retry = weight + window - math.floor((limit - cost) * window / current)
+    end
+    return 'D', limit, remaining, retry, reset
+  end
+  local now_current = current + cost
+  if now_current > 0 then reset = weight + window end
+  return 'A', limit, math.floor((budget - used - cost * window) / window), 0, reset,
+    's ' .. fmt(start) .. ' ' .. fmt(previous) .. ' ' .. fmt(now_current), weight + window
+end
+
+local function fixed_window(count, period, st, cost, now)
+  local window, limit = period, count
+  local start = now - now % window
+  local used = 0
+  if st and st[1] == 'f' and #st == 3 and st[2] == start then used = math.min(st[3], limit) end
+  local ends = start + window - now
+  local reset = 0
+  if used > 0 then reset = ends end
+  if cost > limit then return 'L', limit, limit - used, 0, reset end
+  if used + cost > limit then return 'D', limit, limit - used, ends, reset end
+  if used + cost > 0 then reset = ends else reset = 0 end
+  return 'A', limit, limit - used - cost, 0, reset,
+    'f ' .. fmt(start) .. ' ' .. fmt(used + cost), ends
+end
+
+-- The quota's rules (limiter::quota), so that bad input is refused here
+-- as the Rust step refuses it.
+local function invalid(a, count, period, burst)
+  if count < 1 or burst < 1 or period < 1 or period > YEAR then return 'a figure out of range' end
+  if a == 'g' then
+    if count > period or burst * math.ceil(period / count) > HORIZON then return 'a GCRA quota out of range' end
+  elseif a == 't' then
+    if burst * period + count >= EXACT then return 'a token bucket out of range' end
+  else
+    if burst ~= count or count > U32 or count * period * 2 >= EXACT then
+      return 'a window out of range'
+    end
+  end
+  return nil
+end
+
+local function run(keys, args)
+  local key = keys[1]
+  local a, c, p, b, k, n = string.match(args[1] or '',
+    '^([gtsf]) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  local count, period, burst, cost, now = num(c), num(p), num(b), num(k), num(n)
+  if not (count and period and burst and cost and now) then return bad('malformed input') end
+  local why = invalid(a, count, period, burst)
+  if why then return bad(why) end
+  if now == 0 then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  local st = parse_state(redis.call('GET', key) or nil)
+  local verdict, limit, remaining, retry, reset, state, ttl
+  if a == 'g' then
+    verdict, limit, remaining, retry, reset, state, ttl = gcra(count, period, burst, st, cost, now)
+  elseif a == 't' then
+    verdict, limit, remaining, retry, reset, state, ttl = token_bucket(count, period, burst, st, cost, now)
+  elseif a == 's' then
+    verdict, limit, remaining, retry, reset, state, ttl = sliding_window(count, period, st, cost, now)
+  else
+    verdict, limit, remaining, retry, reset, state, ttl = fixed_window(count, period, st, cost, now)
+  end
+  if state and cost > 0 then
+    redis.call('SET', key, state, 'PX', math.max(math.ceil(math.max(ttl, 1) / 1000), 1))
+  end
+  return verdict .. ' ' .. fmt(limit) .. ' ' .. fmt(remaining) .. ' ' .. fmt(retry) .. ' ' .. fmt(reset)
+end
+
+return run

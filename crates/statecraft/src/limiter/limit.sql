@@ -1,0 +1,239 @@
+-- statecraft: the limiter's step, a copy of limiter::algorithm::decide in
+-- PL/pgSQL (input, state and output as limiter::shared writes them),
+-- checked against the Rust function by tests/limiter_native.rs. `@name@`
+-- is the identifier "<table>_name" of the backend's table, `@name#@` that
+-- name with this file's version. Every figure stays below 2^53, so int8
+-- never overflows; the time is clock_timestamp() in microseconds.
+
+-- One row per limit in use, readable: its key, algorithm and state, when
+-- it was last written and when an unused one is forgotten.
+CREATE TABLE IF NOT EXISTS @limits@ (
+    key bytea PRIMARY KEY,
+    algorithm text NOT NULL,
+    state text NOT NULL,
+    updated_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS @limits_expiry@ ON @limits@ (expires_at);
+COMMENT ON TABLE @limits@ IS
+    'statecraft rate limits: one row per limit in use, written only by the limit step function';
+COMMENT ON COLUMN @limits@.state IS 'the state, as the limit step reads it (limiter::shared)';
+COMMENT ON COLUMN @limits@.expires_at IS 'past it the limit is whole again and the row is purged';
+
+CREATE OR REPLACE FUNCTION @limit_step#@(p_key bytea, p_input text, p_default_ttl int8)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    exact constant int8 := 9007199254740992;
+    horizon_max constant int8 := 2251799813685248;
+    year constant int8 := 31622400000000;
+    u32 constant int8 := 4294967295;
+    m text[];
+    a text;
+    cnt int8;
+    period int8;
+    burst int8;
+    cost int8;
+    now_us int8;
+    raw text;
+    have_row boolean;
+    st text[];
+    sn int8[];
+    written int8;
+    algorithm_name text;
+    -- The decision.
+    verdict text;
+    lim int8;
+    remaining int8 := 0;
+    retry int8 := 0;
+    reset int8 := 0;
+    new_state text;
+    ttl int8;
+    -- Working figures.
+    interval_us int8;
+    horizon int8;
+    tat int8;
+    free int8;
+    new_tat int8;
+    capacity int8;
+    level int8;
+    elapsed int8;
+    need int8;
+    win_start int8;
+    prev int8;
+    cur int8;
+    weight int8;
+    budget int8;
+    used int8;
+    ends int8;
+BEGIN
+    m := regexp_match(p_input,
+        '^([gtsf]) ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16})$');
+    IF m IS NULL THEN
+        RAISE EXCEPTION 'limiter step: malformed input' USING ERRCODE = '22023';
+    END IF;
+    a := m[1];
+    cnt := m[2]::int8;
+    period := m[3]::int8;
+    burst := m[4]::int8;
+    cost := m[5]::int8;
+    now_us := m[6]::int8;
+    IF cnt < 1 OR burst < 1 OR period < 1 OR period > year THEN
+        RAISE EXCEPTION 'limiter step: a figure out of range' USING ERRCODE = '22023';
+    END IF;
+    IF a = 'g' THEN
+        IF cnt > period OR burst::numeric * ((period + cnt - 1) / cnt) > horizon_max THEN
+            RAISE EXCEPTION 'limiter step: a GCRA quota out of range' USING ERRCODE = '22023';
+        END IF;
+    ELSIF a = 't' THEN
+        IF burst::numeric * period + cnt >= exact THEN
+            RAISE EXCEPTION 'limiter step: a token bucket out of range' USING ERRCODE = '22023';
+        END IF;
+    ELSIF burst <> cnt OR cnt > u32 OR cnt::numeric * period * 2 >= exact THEN
+        RAISE EXCEPTION 'limiter step: a window out of range' USING ERRCODE = '22023';
+    END IF;
+    IF now_us = 0 THEN
+        now_us := floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8;
+    END IF;
+
+    LOOP
+        SELECT CASE WHEN expires_at > clock_timestamp() THEN state END INTO raw
+            FROM @limits@ WHERE key = p_key FOR UPDATE;
+        have_row := FOUND;
+
+        -- The stored state: its letter, then only numbers (else none).
+        st := NULL;
+        sn := NULL;
+        IF raw IS NOT NULL AND raw ~ '^[a-z]( [0-9]{1,16})+$' THEN
+            st := string_to_array(raw, ' ');
+            sn := st[2:]::int8[];
+        END IF;
+
+        IF a = 'g' THEN
+            interval_us := (period + cnt - 1) / cnt;
+            horizon := burst * interval_us;
+            lim := burst;
+            tat := now_us;
+            IF st[1] = 'g' AND cardinality(sn) = 1 THEN
+                tat := least(greatest(sn[1], now_us), now_us + horizon);
+            END IF;
+            free := now_us + horizon - tat;
+            IF cost > burst THEN
+                verdict := 'L'; remaining := free / interval_us; reset := tat - now_us;
+            ELSE
+                new_tat := tat + cost * interval_us;
+                IF new_tat > now_us + horizon THEN
+                    verdict := 'D'; remaining := free / interval_us;
+                    retry := new_tat - now_us - horizon; reset := tat - now_us;
+                ELSE
+                    verdict := 'A'; remaining := (now_us + horizon - new_tat) / interval_us;
+                    reset := new_tat - now_us;
+                    new_state := 'g ' || new_tat; ttl := new_tat - now_us;
+                END IF;
+            END IF;
+        ELSIF a = 't' THEN
+            capacity := burst * period;
+            lim := burst;
+            level := capacity;
+            IF st[1] = 't' AND cardinality(sn) = 3 AND sn[1] = period THEN
+                level := least(sn[2], capacity);
+                elapsed := greatest(now_us - sn[3], 0);
+                IF elapsed >= (capacity - level + cnt - 1) / cnt THEN
+                    level := capacity;
+                ELSE
+                    level := level + elapsed * cnt;
+                END IF;
+            END IF;
+            IF cost > burst THEN
+                verdict := 'L'; remaining := level / period;
+                reset := (capacity - level + cnt - 1) / cnt;
+            ELSE
+                need := cost * period;
+                IF need > level THEN
+                    verdict := 'D'; remaining := level / period;
+                    retry := (need - level + cnt - 1) / cnt;
+                    reset := (capacity - level + cnt - 1) / cnt;
+                ELSE
+                    level := level - need;
+                    verdict := 'A'; remaining := level / period;
+                    reset := (capacity - level + cnt - 1) / cnt;
+                    new_state := 't ' || period || ' ' || level || ' ' || now_us; ttl := reset;
+                END IF;
+            END IF;
+        ELSIF a = 's' THEN
+            lim := cnt;
+            win_start := now_us - now_us % period;
+            prev := 0;
+            cur := 0;
+            IF st[1] = 's' AND cardinality(sn) = 3 THEN
+                IF sn[1] = win_start THEN
+                    prev := least(sn[2], cnt); cur := least(sn[3], cnt);
+                ELSIF sn[1] + period = win_start THEN
+                    prev := least(sn[3], cnt);
+                END IF;
+            END IF;
+            elapsed := now_us - win_start;
+            weight := period - elapsed;
+            budget := cnt * period;
+            used := prev * weight + cur * period;
+            remaining := greatest(budget - used, 0) / period;
+            reset := CASE WHEN cur > 0 THEN weight + period WHEN prev > 0 THEN weight ELSE 0 END;
+            IF cost > cnt THEN
+                verdict := 'L';
+            ELSIF used + cost * period > budget THEN
+                verdict := 'D';
+                IF cur + cost <= cnt THEN
+                    retry := period - (cnt - cur - cost) * period / prev - elapsed;
+                ELSE
+                    retry := weight + period - (cnt - cost) * period / cur;
+                END IF;
+            ELSE
+                verdict := 'A';
+                remaining := (budget - used - cost * period) / period;
+                IF cur + cost > 0 THEN reset := weight + period; END IF;
+                new_state := 's ' || win_start || ' ' || prev || ' ' || (cur + cost);
+                ttl := weight + period;
+            END IF;
+        ELSE
+            lim := cnt;
+            win_start := now_us - now_us % period;
+            used := 0;
+            IF st[1] = 'f' AND cardinality(sn) = 2 AND sn[1] = win_start THEN
+                used := least(sn[2], cnt);
+            END IF;
+            ends := win_start + period - now_us;
+            reset := CASE WHEN used > 0 THEN ends ELSE 0 END;
+            remaining := cnt - used;
+            IF cost > cnt THEN
+                verdict := 'L';
+            ELSIF used + cost > cnt THEN
+                verdict := 'D'; retry := ends;
+            ELSE
+                verdict := 'A'; remaining := cnt - used - cost;
+                reset := CASE WHEN used + cost > 0 THEN ends ELSE 0 END;
+                new_state := 'f ' || win_start || ' ' || (used + cost); ttl := ends;
+            END IF;
+        END IF;
+
+        IF verdict = 'A' AND cost > 0 THEN
+            ttl := greatest((greatest(ttl, 1) + 999) / 1000, 1);
+            algorithm_name := CASE a WHEN 'g' THEN 'gcra' WHEN 't' THEN 'token_bucket'
+                WHEN 's' THEN 'sliding_window' ELSE 'fixed_window' END;
+            IF have_row THEN
+                UPDATE @limits@ SET algorithm = algorithm_name, state = new_state,
+                    updated_at = clock_timestamp(),
+                    expires_at = clock_timestamp() + ttl * interval '1 millisecond'
+                    WHERE key = p_key;
+            ELSE
+                INSERT INTO @limits@ (key, algorithm, state, updated_at, expires_at)
+                    VALUES (p_key, algorithm_name, new_state, clock_timestamp(),
+                        clock_timestamp() + ttl * interval '1 millisecond')
+                    ON CONFLICT (key) DO NOTHING;
+                GET DIAGNOSTICS written = ROW_COUNT;
+                -- Another call created the row first: decide again on it.
+                CONTINUE WHEN written = 0;
+            END IF;
+        END IF;
+        RETURN verdict || ' ' || lim || ' ' || remaining || ' ' || retry || ' ' || reset;
+    END LOOP;
+END
+$$;

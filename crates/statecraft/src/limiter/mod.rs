@@ -1,0 +1,51 @@
+//! Rate limiters: four algorithms ([`Algorithm`]), each a pure function
+//! ([`decide`]) of a [`Quota`], the stored [`LimitState`], a request's
+//! cost and the time, that every limiter runs: in this process
+//! ([`LocalLimiter`], and [`KeyedLimiter`] for a limit per key) or in a
+//! store shared by every instance ([`DistributedLimiter`], one atomic
+//! round trip per decision at the store's clock: [`LimitStep`], natively
+//! on Redis and PostgreSQL).
+//!
+//! ```
+//! use std::time::Duration;
+//! use statecraft::limiter::{Algorithm, LocalLimiter, Quota, Verdict};
+//!
+//! // 100 requests a second, at most 10 at once.
+//! let quota = Quota::per_second(100).burst(10).build()?;
+//! let limiter = LocalLimiter::new(quota);
+//! let decision = limiter.check_n(4);
+//! assert!(decision.is_allowed());
+//! assert_eq!((decision.limit, decision.remaining), (10, 6));
+//! // More than the burst never passes, however long one waits.
+//! assert_eq!(limiter.check_n(11).verdict, Verdict::TooLarge);
+//!
+//! // The same quota as a sliding window of one second.
+//! let windowed = Quota::per_second(100).algorithm(Algorithm::SlidingWindow).build()?;
+//! assert_eq!(LocalLimiter::new(windowed).check().remaining, 99);
+//! # Ok::<(), statecraft::Error>(())
+//! ```
+//!
+//! Every decision says whether the request passes, and with it the
+//! limit, what remains, when to retry and when the limit is whole again:
+//! the figures of redis-cell and of the IETF RateLimit headers.
+
+mod algorithm;
+mod cell;
+mod distributed;
+mod keyed;
+mod local;
+mod quota;
+mod shared;
+#[cfg(all(test, shuttle))]
+mod shuttle_tests;
+mod sync;
+
+#[cfg(test)]
+mod tests;
+
+pub use algorithm::{decide, is_idle, Decided, Decision, LimitState, Verdict};
+pub use distributed::{DistributedLimiter, LimiterStats, WhenUnreachable};
+pub use keyed::KeyedLimiter;
+pub use local::LocalLimiter;
+pub use quota::{Algorithm, Quota, QuotaBuilder, MAX_PERIOD};
+pub use shared::{decode_state, encode_output, encode_state, parse_output, step_input, LimitStep};
