@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use statecraft::{ConnectOptions, PutOptions, SledBackend, StateBackend};
 
+mod limiter;
 mod primitive;
 
 /// Options of `statecraft bench`.
@@ -53,7 +54,11 @@ pub(crate) struct BenchArgs {
     /// Measure a coordination primitive instead of the backends'
     /// operations: `breaker` (rows `breaker_local_call` on `memory`, and
     /// `breaker_hybrid_call` and `breaker_distributed_call` on each
-    /// `--backend`, default memory). Local and hybrid calls are timed in
+    /// `--backend`, default memory), `limiter` (`limiter_<algorithm>_local`,
+    /// `limiter_gcra_keyed_local`, and per backend
+    /// `limiter_<algorithm>_distributed` and `limiter_gcra_hybrid`) or
+    /// `counter` (`counter_sharded_local`, and per backend `counter_hybrid`
+    /// and `counter_distributed`). Local and hybrid calls are timed in
     /// blocks of 256 (a clock read costs more than the call): their
     /// p50/p99 are of the blocks' means.
     #[arg(long, value_enum)]

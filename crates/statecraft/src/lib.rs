@@ -39,12 +39,14 @@
 //! The coordination primitives build on the contract and get a module
 //! each: [`breaker`] (local, distributed and hybrid circuit breakers, a
 //! tower layer, a registry) and [`limiter`] (rate limiters: GCRA, token
-//! bucket, sliding and fixed windows); counters and locks are next.
+//! bucket, sliding and fixed windows) and [`counter`] (sharded, distributed
+//! and hybrid counters); locks are next.
 
 mod backend;
 mod backends;
 pub mod breaker;
 pub mod connect;
+pub mod counter;
 mod layers;
 pub mod limiter;
 pub mod raw;

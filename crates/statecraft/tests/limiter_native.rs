@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use statecraft::limiter::{
-    decide, encode_state, step_input, Algorithm, DistributedLimiter, LimitState, LimitStep, Quota,
-    Verdict,
+    decide, encode_state, refund, refund_input, step_input, Algorithm, DistributedLimiter,
+    LimitState, LimitStep, Quota, Verdict,
 };
 use statecraft::{
     AtomicUpdate, AtomicWrite, ErrorKind, Namespaced, PostgresBackend, PostgresConfig,
@@ -54,8 +54,17 @@ fn any_quota() -> impl Strategy<Value = Quota> {
         })
 }
 
-/// One step to check: the stored text (if any), the cost and the time.
-type Case = (Option<String>, u64, u64);
+/// One step to check: the stored text (if any), the cost (negative: a
+/// refund of that many permits) and the time.
+type Case = (Option<String>, i64, u64);
+
+fn input(quota: &Quota, cost: i64, now: u64) -> String {
+    if cost < 0 {
+        refund_input(quota, cost.unsigned_abs(), now)
+    } else {
+        step_input(quota, cost as u64, now)
+    }
+}
 
 /// The steps of a run of requests (gaps scaled to the period), each with
 /// the state the run had left, and now and then a damaged state.
@@ -89,8 +98,18 @@ fn cases() -> impl Strategy<Value = (Quota, Vec<Case>)> {
                     4 => Some("s  1 2".to_string()),
                     _ => state.map(|s| encode_state(&s, &quota)),
                 };
+                // Now and then a lease's rest given back.
+                let cost = if pick == 9 {
+                    -(cost as i64)
+                } else {
+                    cost as i64
+                };
                 cases.push((stored, cost, now));
-                let decided = decide(&quota, state, cost, now);
+                let decided = if cost < 0 {
+                    refund(&quota, state, cost.unsigned_abs(), now)
+                } else {
+                    decide(&quota, state, cost as u64, now)
+                };
                 if let Some(write) = decided.write {
                     state = Some(write);
                 }
@@ -103,7 +122,7 @@ fn cases() -> impl Strategy<Value = (Quota, Vec<Case>)> {
 /// What the Rust step decides for a case: the output, and the value and
 /// TTL (ms) written, if any.
 fn expected(quota: &Quota, (stored, cost, now): &Case) -> (String, Option<(String, u64)>) {
-    let input = step_input(quota, *cost, *now);
+    let input = input(quota, *cost, *now);
     let step = LimitStep
         .apply(stored.as_deref().map(str::as_bytes), input.as_bytes(), 1)
         .expect("a valid input");
@@ -186,7 +205,7 @@ async fn check<P: Probe>(
         let (want_output, want_write) = expected(quota, case);
         let before = case.0.as_deref().filter(|s| !s.is_empty());
         probe.put_state(key, before).await;
-        let input = step_input(quota, case.1, case.2);
+        let input = input(quota, case.1, case.2);
         let sent = std::time::Instant::now();
         let output = probe
             .backend()
@@ -401,10 +420,10 @@ fn the_lua_step_decides_as_the_rust_step_on_a_cluster() {
             let key = unique(&format!("slot{n}"));
             let now = EPOCH + n * 400_000;
             let mut state = None;
-            for cost in [1, 1, 1, 0, 3] {
+            for cost in [1, 1, 1, 0, 3, -2, 1] {
                 let case = (state.clone(), cost, now);
                 let (want, written) = expected(&quota, &case);
-                let input = step_input(&quota, cost, now);
+                let input = input(&quota, cost, now);
                 let got = backend
                     .update_atomic(key.as_bytes(), &LimitStep, input.as_bytes())
                     .await
@@ -423,7 +442,7 @@ async fn bad_input_is_a_typed_error_on_every_path() {
     let redis = on_redis(&RedisServer::shared().url(), true).await;
     let postgres = postgres_probe_async().await;
     let memory = statecraft::MemoryBackend::new();
-    let inputs: [&[u8]; 9] = [
+    let inputs: [&[u8]; 11] = [
         b"",
         b"nonsense",
         b"g 0 1000000 1 1 0",
@@ -433,6 +452,8 @@ async fn bad_input_is_a_typed_error_on_every_path() {
         b"f 10 1000000 3 1 0",
         b"g 10 1000000 1 1 0 7",
         b"g 10 99999999999999999 1 1 0",
+        b"g 10 1000000 1 - 0",
+        b"g 10 1000000 1 --1 0",
     ];
     for input in inputs {
         for backend in [&redis.backend as &dyn StateBackend, &*postgres, &memory] {

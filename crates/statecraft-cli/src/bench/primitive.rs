@@ -1,8 +1,11 @@
-//! `statecraft bench --primitive breaker`: a protected call (ask, a trivial
-//! call that succeeds, record) through each kind of breaker, in rows with
-//! the same fields as the backends' rows. `breaker_local_call` runs on
-//! `memory` (it touches no store); `breaker_hybrid_call` and
-//! `breaker_distributed_call` run once per `--backend`.
+//! `statecraft bench --primitive breaker|limiter|counter`: the
+//! coordination primitives, in rows with the same fields as the backends'
+//! rows. Local rows run on `memory` (they touch no store); the others run
+//! once per `--backend`.
+//!
+//! `breaker`: a protected call (ask, a trivial call that succeeds,
+//! record) through each kind of breaker: `breaker_local_call`,
+//! `breaker_hybrid_call`, `breaker_distributed_call`.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,13 @@ pub(crate) enum Primitive {
     /// Circuit breakers: `breaker_local_call`, `breaker_hybrid_call`,
     /// `breaker_distributed_call`.
     Breaker,
+    /// Rate limiters: `limiter_<algorithm>_local` for each algorithm,
+    /// `limiter_gcra_keyed_local`, `limiter_<algorithm>_distributed`,
+    /// `limiter_gcra_hybrid`.
+    Limiter,
+    /// Counters: `counter_sharded_local`, `counter_hybrid`,
+    /// `counter_distributed`.
+    Counter,
 }
 
 /// The breakers' configuration: open at half the last 100 calls failing
@@ -34,10 +44,22 @@ fn config() -> Result<BreakerConfig, String> {
 
 /// Local calls are timed in blocks of this many (a clock read costs more
 /// than the call); each block's mean is one latency sample.
-const LOCAL_BLOCK: u64 = 256;
+pub(super) const LOCAL_BLOCK: u64 = 256;
 
 pub(super) async fn run(
-    _primitive: Primitive,
+    primitive: Primitive,
+    args: &BenchArgs,
+    specs: &[String],
+    levels: &[usize],
+) -> Result<Vec<BenchRow>, String> {
+    match primitive {
+        Primitive::Breaker => breakers(args, specs, levels).await,
+        Primitive::Limiter => super::limiter::limiters(args, specs, levels).await,
+        Primitive::Counter => super::limiter::counters(args, specs, levels).await,
+    }
+}
+
+async fn breakers(
     args: &BenchArgs,
     specs: &[String],
     levels: &[usize],
@@ -45,7 +67,22 @@ pub(super) async fn run(
     let mut rows = Vec::new();
     let local = LocalBreaker::new("bench", config()?);
     for &concurrency in levels {
-        rows.push(local_row(&local, concurrency, args).await?);
+        let block = || {
+            for i in 0..LOCAL_BLOCK {
+                let permit = local
+                    .acquire()
+                    .map_err(|e| format!("breaker_local_call: {e}"))?;
+                std::hint::black_box(i);
+                permit.success();
+            }
+            Ok(())
+        };
+        rows.push(threads_row(
+            "breaker_local_call",
+            concurrency,
+            args,
+            &block,
+        )?);
     }
     for spec in specs {
         let target = open_target(spec, args.concurrency).await?;
@@ -126,17 +163,20 @@ fn row(
     })
 }
 
-/// `concurrency` OS threads calling one local breaker.
-async fn local_row(
-    breaker: &LocalBreaker,
+/// `concurrency` OS threads each running `block` (a block of
+/// [`LOCAL_BLOCK`] calls) until the run's end: one row of `operation` on
+/// `memory`.
+pub(super) fn threads_row(
+    operation: &'static str,
     concurrency: usize,
     args: &BenchArgs,
+    block: &(dyn Fn() -> Result<(), String> + Sync),
 ) -> Result<BenchRow, String> {
     let started = Instant::now();
     let deadline = started + Duration::from_millis(args.duration_ms);
     let results = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..concurrency)
-            .map(|_| scope.spawn(|| local_calls(breaker, deadline)))
+            .map(|_| scope.spawn(|| blocks(block, deadline)))
             .collect();
         threads
             .into_iter()
@@ -149,7 +189,7 @@ async fn local_row(
     let elapsed = started.elapsed();
     row(
         "memory".into(),
-        "breaker_local_call",
+        operation,
         concurrency,
         results,
         elapsed,
@@ -157,23 +197,50 @@ async fn local_row(
     )
 }
 
-fn local_calls(breaker: &LocalBreaker, deadline: Instant) -> Result<TaskResult, String> {
+fn blocks(
+    block: &(dyn Fn() -> Result<(), String> + Sync),
+    deadline: Instant,
+) -> Result<TaskResult, String> {
     let mut histogram = new_histogram()?;
     let mut calls = 0u64;
     while Instant::now() < deadline {
-        let block = Instant::now();
-        for i in 0..LOCAL_BLOCK {
-            let permit = breaker
-                .acquire()
-                .map_err(|e| format!("breaker_local_call: {e}"))?;
-            std::hint::black_box(i);
-            permit.success();
-        }
-        let mean = block.elapsed().as_nanos() / u128::from(LOCAL_BLOCK);
+        let started = Instant::now();
+        block()?;
+        let mean = started.elapsed().as_nanos() / u128::from(LOCAL_BLOCK);
         histogram
             .record(u64::try_from(mean).unwrap_or(u64::MAX).max(1))
             .map_err(|e| e.to_string())?;
         calls += LOCAL_BLOCK;
+    }
+    Ok(TaskResult { histogram, calls })
+}
+
+/// Calls `call` until `deadline`, timing each: one task's share of a
+/// [`tasks_row`].
+pub(super) async fn timed_calls<F, Fut>(call: F, deadline: Instant) -> Result<TaskResult, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut histogram = new_histogram()?;
+    let mut calls = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        call().await?;
+        calls += 1;
+        histogram
+            .record(
+                u64::try_from(now.elapsed().as_nanos())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .map_err(|e| e.to_string())?;
+        if calls % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
     }
     Ok(TaskResult { histogram, calls })
 }
@@ -203,7 +270,7 @@ async fn hybrid_calls(breaker: &HybridBreaker, deadline: Instant) -> Result<Task
 
 /// `concurrency` tasks running `calls(deadline)` against the target: one
 /// row of `operation`.
-async fn tasks_row<F, Fut>(
+pub(super) async fn tasks_row<F, Fut>(
     target: &Target,
     operation: &'static str,
     concurrency: usize,
@@ -242,13 +309,7 @@ async fn distributed_calls(
     breaker: &DistributedBreaker,
     deadline: Instant,
 ) -> Result<TaskResult, String> {
-    let mut histogram = new_histogram()?;
-    let mut calls = 0u64;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
+    let call = || async {
         let permit = breaker
             .acquire()
             .await
@@ -259,15 +320,7 @@ async fn distributed_calls(
         permit
             .success()
             .await
-            .map_err(|e| format!("breaker_distributed_call: {e}"))?;
-        calls += 1;
-        let took = now.elapsed();
-        histogram
-            .record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1))
-            .map_err(|e| e.to_string())?;
-        if calls % 64 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
-    Ok(TaskResult { histogram, calls })
+            .map_err(|e| format!("breaker_distributed_call: {e}"))
+    };
+    timed_calls(call, deadline).await
 }

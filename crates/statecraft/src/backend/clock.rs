@@ -20,6 +20,16 @@ pub trait Clock: Send + Sync + fmt::Debug {
     }
 }
 
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now_millis(&self) -> u64 {
+        (**self).now_millis()
+    }
+
+    fn now_micros(&self) -> u64 {
+        (**self).now_micros()
+    }
+}
+
 /// A cheap monotonic clock: the wall clock read once, when it is created,
 /// advanced by the CPU's timestamp counter (through `quanta`, which falls
 /// back to the OS's monotonic clock where the counter is unreliable). It
@@ -28,7 +38,9 @@ pub trait Clock: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct MonotonicClock {
     clock: quanta::Clock,
-    start: quanta::Instant,
+    /// The counter's raw reading at the start (scaled per read by a
+    /// multiply and a shift, not by building a `Duration`).
+    start_raw: u64,
     start_micros: u64,
 }
 
@@ -37,7 +49,7 @@ impl MonotonicClock {
     pub fn new() -> Self {
         let clock = quanta::Clock::new();
         MonotonicClock {
-            start: clock.now(),
+            start_raw: clock.raw(),
             start_micros: SystemClock.now_micros(),
             clock,
         }
@@ -58,9 +70,8 @@ impl Clock for MonotonicClock {
 
     #[inline]
     fn now_micros(&self) -> u64 {
-        let elapsed = self.clock.now().saturating_duration_since(self.start);
-        self.start_micros
-            .saturating_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
+        let elapsed = self.clock.delta_as_nanos(self.start_raw, self.clock.raw());
+        self.start_micros.saturating_add(elapsed / 1_000)
     }
 }
 

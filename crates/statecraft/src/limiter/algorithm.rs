@@ -140,6 +140,7 @@ pub fn decide(quota: &Quota, state: Option<LimitState>, cost: u64, now_us: u64) 
     }
 }
 
+#[inline]
 fn too_large(limit: u64, remaining: u64, reset_after_us: u64) -> Decided {
     Decided {
         decision: Decision {
@@ -154,6 +155,7 @@ fn too_large(limit: u64, remaining: u64, reset_after_us: u64) -> Decided {
     }
 }
 
+#[inline]
 fn denied(limit: u64, remaining: u64, retry_after_us: u64, reset_after_us: u64) -> Decided {
     Decided {
         decision: Decision {
@@ -168,6 +170,7 @@ fn denied(limit: u64, remaining: u64, retry_after_us: u64, reset_after_us: u64) 
     }
 }
 
+#[inline]
 fn allowed(
     cost: u64,
     limit: u64,
@@ -192,29 +195,34 @@ fn allowed(
 /// GCRA: a request of `cost` passes when the theoretical arrival time it
 /// leads to is at most `burst × interval` ahead of now.
 #[inline]
-fn gcra(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64) -> Decided {
-    let interval = quota.interval_us();
+pub(super) fn gcra(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64) -> Decided {
+    // (Never 0: a quota's rules. Said here, a division the caller does not
+    // read is left out of the compiled check.)
+    let interval = quota.interval_us().max(1);
     let burst = quota.burst();
     let horizon = burst * interval;
+    // The furthest the arrival time may be (saturating only for a time
+    // near the end of u64, which no clock reads).
+    let end = now.saturating_add(horizon);
     let tat = match state {
         // A valid state is never more than the horizon ahead; one that is
         // (a store's clock stepped back) counts as a full horizon.
-        Some(LimitState::Gcra { tat_us }) => tat_us.clamp(now, now + horizon),
+        Some(LimitState::Gcra { tat_us }) => tat_us.clamp(now, end),
         _ => now,
     };
     // Headroom left before this request: at most `horizon`.
-    let free = (now + horizon).saturating_sub(tat);
+    let free = end - tat;
     if cost > burst {
         return too_large(burst, free / interval, tat - now);
     }
-    let new_tat = tat + cost * interval;
-    if new_tat > now + horizon {
-        return denied(burst, free / interval, new_tat - now - horizon, tat - now);
+    let new_tat = tat.saturating_add(cost * interval);
+    if new_tat > end {
+        return denied(burst, free / interval, new_tat - end, tat - now);
     }
     allowed(
         cost,
         burst,
-        (now + horizon - new_tat) / interval,
+        (end - new_tat) / interval,
         new_tat - now,
         LimitState::Gcra { tat_us: new_tat },
         new_tat - now,
@@ -226,24 +234,11 @@ fn gcra(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64) -> Decide
 /// tokens if they are there.
 #[inline]
 fn token_bucket(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64) -> Decided {
-    let period = quota.period_us();
-    let rate = quota.count();
+    let period = quota.period_us().max(1);
+    let rate = quota.count().max(1);
     let burst = quota.burst();
     let capacity = burst * period;
-    let level = match state {
-        Some(LimitState::TokenBucket { level, at_us }) => {
-            let level = level.min(capacity);
-            let elapsed = now.saturating_sub(at_us);
-            // Full once the elapsed time covers what is missing (this
-            // keeps elapsed × rate below capacity + rate).
-            if elapsed >= (capacity - level).div_ceil(rate) {
-                capacity
-            } else {
-                level + elapsed * rate
-            }
-        }
-        _ => capacity,
-    };
+    let level = refilled(quota, state, now);
     let until_full = |level: u64| (capacity - level).div_ceil(rate);
     if cost > burst {
         return too_large(burst, level / period, until_full(level));
@@ -276,7 +271,7 @@ fn token_bucket(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64) -
 /// numbers (× W) so that nothing rounds.
 #[inline]
 fn sliding_window(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64) -> Decided {
-    let window = quota.period_us();
+    let window = quota.period_us().max(1);
     let limit = quota.count();
     let start = now - now % window;
     let (previous, current) = match state {
@@ -284,10 +279,12 @@ fn sliding_window(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64)
             start_us,
             previous,
             current,
-        }) if start_us == start => (previous.min(limit), current.min(limit)),
+            // A window ahead of this one (the clock that decides stepped
+            // back) counts as this one: its permits are not forgotten.
+        }) if start_us >= start => (previous.min(limit), current.min(limit)),
         Some(LimitState::SlidingWindow {
             start_us, current, ..
-        }) if start_us + window == start => (current.min(limit), 0),
+        }) if start.checked_sub(window) == Some(start_us) => (current.min(limit), 0),
         _ => (0, 0),
     };
     let elapsed = now - start;
@@ -305,7 +302,9 @@ fn sliding_window(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64)
     if cost > limit {
         return too_large(limit, remaining, reset_after);
     }
-    if used + cost * window > budget {
+    // (A limit lowered since can leave more used than the budget: a
+    // request of 0 still only asks.)
+    if cost > 0 && used + cost * window > budget {
         let retry_after = if current + cost <= limit {
             // Within this window, once the previous one weighs little
             // enough: previous × (W − e) ≤ (limit − current − cost) × W.
@@ -342,11 +341,12 @@ fn sliding_window(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64)
 /// the windows aligned to the epoch.
 #[inline]
 fn fixed_window(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64) -> Decided {
-    let window = quota.period_us();
+    let window = quota.period_us().max(1);
     let limit = quota.count();
     let start = now - now % window;
     let used = match state {
-        Some(LimitState::FixedWindow { start_us, used }) if start_us == start => used.min(limit),
+        // A window ahead of this one counts as this one, as above.
+        Some(LimitState::FixedWindow { start_us, used }) if start_us >= start => used.min(limit),
         _ => 0,
     };
     let ends = start + window - now;
@@ -368,6 +368,112 @@ fn fixed_window(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64) -
         },
         ends,
     )
+}
+
+/// Gives back `permits` taken earlier and not used (a lease's rest),
+/// at `now_us`: the state as if they had never been taken (never more
+/// than a whole limit), and what a request of 0 would report after it.
+/// Permits taken in an earlier window than the last two (or already
+/// refilled) are gone: nothing changes for them.
+///
+/// ```
+/// use statecraft::limiter::{decide, refund, Quota};
+///
+/// let quota = Quota::per_second(10).burst(5).build()?;
+/// let taken = decide(&quota, None, 5, 0);
+/// assert_eq!(taken.decision.remaining, 0);
+/// let back = refund(&quota, taken.write, 3, 0);
+/// assert_eq!(back.decision.remaining, 3);
+/// # Ok::<(), statecraft::Error>(())
+/// ```
+pub fn refund(quota: &Quota, state: Option<LimitState>, permits: u64, now_us: u64) -> Decided {
+    let now = now_us;
+    let given = match (quota.algorithm(), state) {
+        (Algorithm::Gcra, Some(LimitState::Gcra { tat_us })) => {
+            let horizon = quota.burst() * quota.interval_us();
+            let tat = tat_us.clamp(now, now.saturating_add(horizon));
+            let back = permits.min(quota.burst()) * quota.interval_us();
+            Some(LimitState::Gcra {
+                tat_us: tat.saturating_sub(back).max(now),
+            })
+        }
+        (Algorithm::TokenBucket, Some(LimitState::TokenBucket { .. })) => {
+            let capacity = quota.burst() * quota.period_us();
+            let back = permits.min(quota.burst()) * quota.period_us();
+            Some(LimitState::TokenBucket {
+                level: (refilled(quota, state, now) + back).min(capacity),
+                at_us: now,
+            })
+        }
+        (
+            Algorithm::SlidingWindow,
+            Some(LimitState::SlidingWindow {
+                start_us,
+                previous,
+                current,
+            }),
+        ) => {
+            let window = quota.period_us();
+            let start = now - now % window;
+            let limit = quota.count();
+            let counts = if start_us == start {
+                Some((previous.min(limit), current.min(limit)))
+            } else if start.checked_sub(window) == Some(start_us) {
+                Some((current.min(limit), 0))
+            } else {
+                None
+            };
+            // The previous window's first: it weighs less, so a refund of
+            // permits taken in this window is under-credited, never over.
+            counts.map(|(previous, current)| {
+                let from_previous = permits.min(previous);
+                let from_current = (permits - from_previous).min(current);
+                LimitState::SlidingWindow {
+                    start_us: start,
+                    previous: previous - from_previous,
+                    current: current - from_current,
+                }
+            })
+        }
+        (Algorithm::FixedWindow, Some(LimitState::FixedWindow { start_us, used })) => {
+            let window = quota.period_us();
+            let start = now - now % window;
+            (start_us == start).then(|| LimitState::FixedWindow {
+                start_us: start,
+                used: used.min(quota.count()) - permits.min(used.min(quota.count())),
+            })
+        }
+        _ => None,
+    };
+    let peek = decide(quota, given.or(state), 0, now);
+    Decided {
+        decision: peek.decision,
+        write: given.filter(|_| permits > 0),
+        ttl_us: state_ttl(quota, given, now).max(1),
+    }
+}
+
+/// A token bucket's level at `now` (full without a state).
+#[inline]
+fn refilled(quota: &Quota, state: Option<LimitState>, now: u64) -> u64 {
+    let capacity = quota.burst() * quota.period_us();
+    match state {
+        Some(LimitState::TokenBucket { level, at_us }) => {
+            let level = level.min(capacity);
+            let elapsed = now.saturating_sub(at_us);
+            if elapsed >= (capacity - level).div_ceil(quota.count()) {
+                capacity
+            } else {
+                level + elapsed * quota.count()
+            }
+        }
+        _ => capacity,
+    }
+}
+
+/// How long `state` matters after `now` (µs; 0: it decides as none).
+fn state_ttl(quota: &Quota, state: Option<LimitState>, now: u64) -> u64 {
+    decide(quota, state, 0, now).decision.reset_after_us
 }
 
 /// Whether `state` decides as no state at all at `now` (the limit is

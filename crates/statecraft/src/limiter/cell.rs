@@ -4,7 +4,7 @@
 //! sequence lock, so that a change takes effect on the next decision
 //! without a lock on the hot path.
 
-use super::algorithm::{decide, Decision, LimitState};
+use super::algorithm::{decide, gcra, Decision, LimitState};
 use super::quota::{Algorithm, Quota};
 use super::sync::{AtomicU128, AtomicU64, Mutex, Ordering};
 
@@ -40,7 +40,7 @@ impl StateCell {
                 let mut current = tat.load(Ordering::Acquire);
                 loop {
                     let state = (current != NO_TAT).then_some(LimitState::Gcra { tat_us: current });
-                    let decided = decide(quota, state, cost, now);
+                    let decided = gcra(quota, state, cost, now);
                     let Some(LimitState::Gcra { tat_us }) = decided.write else {
                         return decided.decision;
                     };

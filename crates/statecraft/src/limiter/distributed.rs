@@ -14,9 +14,16 @@ use super::algorithm::{Decision, Verdict};
 use super::cell::QuotaCell;
 use super::local::{same_algorithm, LocalLimiter};
 use super::quota::Quota;
-use super::shared::{parse_output, step_input, LimitStep};
+use super::shared::{parse_output, refund_input, step_input, LimitStep};
+use crate::backend::clock::{Clock, MonotonicClock};
 use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::StateBackend;
+
+/// `name` with `%` and `:` escaped, so that it never holds the `:` that
+/// separates a limit's name from its keys.
+fn escaped(name: &str) -> String {
+    name.replace('%', "%25").replace(':', "%3A")
+}
 
 /// What a shared limiter decides when its store cannot answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +38,22 @@ pub enum WhenUnreachable {
     /// Decide by this quota in this process, until the store answers
     /// again.
     Local(Quota),
+}
+
+/// A decision made without the store: `verdict`, a denial to be retried
+/// after the quota's interval.
+pub(super) fn by_policy(verdict: Verdict, quota: &Quota) -> Decision {
+    Decision {
+        verdict,
+        limit: quota.burst(),
+        remaining: 0,
+        retry_after_us: if verdict == Verdict::Denied {
+            quota.interval_us()
+        } else {
+            0
+        },
+        reset_after_us: 0,
+    }
 }
 
 /// How the limiter's decisions went, since it was built.
@@ -75,7 +98,8 @@ pub struct DistributedLimiter {
     quota: QuotaCell,
     timeout: Duration,
     unreachable: WhenUnreachable,
-    fallback: Option<LocalLimiter>,
+    clock: Arc<dyn Clock>,
+    fallback: Option<LocalLimiter<Arc<dyn Clock>>>,
     by_store: AtomicU64,
     without_store: AtomicU64,
 }
@@ -94,18 +118,20 @@ impl fmt::Debug for DistributedLimiter {
 
 impl DistributedLimiter {
     /// The limit `name` in `backend` (its key is `limiter:<name>`, a key
-    /// of it `limiter:<name>:<key>`; on PostgreSQL their rows are in the
-    /// table `<table>_limits`), with a 1 s store timeout, returning the
-    /// store's errors.
+    /// of it `limiter:<name>:<key>`, with `%` and `:` in the name written
+    /// `%25` and `%3A` so that no two limits share a key; on PostgreSQL
+    /// their rows are in the table `<table>_limits`), with a 1 s store
+    /// timeout, returning the store's errors.
     pub fn new(backend: Arc<dyn StateBackend>, name: impl Into<String>, quota: Quota) -> Self {
         let name: String = name.into();
         DistributedLimiter {
-            key: Bytes::from(format!("limiter:{name}")),
+            key: Bytes::from(format!("limiter:{}", escaped(&name))),
             name: Arc::from(name),
             backend,
             quota: QuotaCell::new(quota),
             timeout: Duration::from_secs(1),
             unreachable: WhenUnreachable::Error,
+            clock: Arc::new(MonotonicClock::new()),
             fallback: None,
             by_store: AtomicU64::new(0),
             without_store: AtomicU64::new(0),
@@ -121,11 +147,25 @@ impl DistributedLimiter {
     /// What it decides when the store does not answer in time (default
     /// [`WhenUnreachable::Error`]).
     pub fn when_unreachable(mut self, policy: WhenUnreachable) -> Self {
-        self.fallback = match policy {
-            WhenUnreachable::Local(quota) => Some(LocalLimiter::new(quota)),
+        self.unreachable = policy;
+        self.with_fallback()
+    }
+
+    /// The process's clock (a monotonic one unless told), read only by the
+    /// local fallback of [`WhenUnreachable::Local`]: every decision made
+    /// through the store is made at the store's clock.
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self.with_fallback()
+    }
+
+    fn with_fallback(mut self) -> Self {
+        self.fallback = match self.unreachable {
+            WhenUnreachable::Local(quota) => {
+                Some(LocalLimiter::with_clock(quota, self.clock.clone()))
+            }
             _ => None,
         };
-        self.unreachable = policy;
         self
     }
 
@@ -207,6 +247,34 @@ impl DistributedLimiter {
         }
     }
 
+    /// Gives back `permits` taken and not used (a lease's rest): the
+    /// limit as if they had never been taken (one round trip; nothing is
+    /// decided without the store).
+    pub async fn refund(&self, permits: u64) -> Result<Decision> {
+        let quota = self.quota.load();
+        let input = refund_input(&quota, permits, 0);
+        let raw = tokio::time::timeout(
+            self.timeout,
+            self.backend
+                .update_atomic(&self.key, &LimitStep, input.as_bytes()),
+        )
+        .await
+        .map_err(|_| self.timed_out())??;
+        parse_output(&raw)
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "limiter {:?}: the store took longer than {:?}",
+                self.name, self.timeout
+            ),
+        )
+        .temporary(true)
+        .maybe_applied(true)
+    }
+
     async fn run(&self, key: Bytes, quota: &Quota, cost: u64) -> Result<Decision> {
         let input = step_input(quota, cost, 0);
         let update = self
@@ -214,15 +282,7 @@ impl DistributedLimiter {
             .update_atomic(&key, &LimitStep, input.as_bytes());
         let answer = match tokio::time::timeout(self.timeout, update).await {
             Ok(answer) => answer,
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "limiter {:?}: the store took longer than {:?}",
-                    self.name, self.timeout
-                ),
-            )
-            .temporary(true)
-            .maybe_applied(true)),
+            Err(_) => Err(self.timed_out()),
         };
         match answer.and_then(|raw| parse_output(&raw)) {
             Ok(decision) => {
@@ -249,17 +309,7 @@ impl DistributedLimiter {
         tracing::warn!(limiter = %self.name, error = %err, policy = ?self.unreachable,
             "the store did not answer: deciding without it");
         Ok(match (verdict, &self.fallback) {
-            (Some(verdict), _) => Decision {
-                verdict,
-                limit: quota.burst(),
-                remaining: 0,
-                retry_after_us: if verdict == Verdict::Denied {
-                    quota.interval_us()
-                } else {
-                    0
-                },
-                reset_after_us: 0,
-            },
+            (Some(verdict), _) => by_policy(verdict, quota),
             (None, Some(local)) => local.check_n(cost),
             (None, None) => return Err(err),
         })

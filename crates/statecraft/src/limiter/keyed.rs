@@ -10,13 +10,16 @@ use dashmap::DashMap;
 
 use super::algorithm::{is_idle, Decision};
 use super::cell::{QuotaCell, StateCell};
-use super::local::{same_algorithm, until_ready};
+use super::local::{same_algorithm, starts_afresh, until_ready};
 use super::quota::Quota;
 use crate::backend::clock::{Clock, MonotonicClock};
 use crate::backend::error::Result;
 
 /// The fewest keys at which a sweep for idle ones starts.
-const SWEEP_FLOOR: usize = 1024;
+const SWEEP_FLOOR: usize = 4096;
+
+/// How long a key stays after its limit is whole again, by default.
+const IDLE_GRACE: Duration = Duration::from_secs(10);
 
 /// One key's limit.
 #[derive(Debug)]
@@ -31,13 +34,14 @@ struct Entry {
 /// map), with a default quota and per-key ones.
 ///
 /// Memory stays bounded under a flood of distinct keys: when the map has
-/// doubled since the last sweep (and holds at least 1,024 keys), the next
-/// new key sweeps it and drops every key whose limit is whole again
-/// (nothing taken that still counts). So it holds at most twice the keys
-/// used within one reset time (a period, or for a bucket the time it
-/// takes to refill), plus the keys with their own quota (kept until
-/// [`remove_quota_for`](Self::remove_quota_for)). [`reclaim`](Self::reclaim)
-/// sweeps at once.
+/// doubled since the last sweep (and holds at least 4,096 keys), the next
+/// new key sweeps it and drops every key whose limit has been whole again
+/// (nothing taken that still counts) for the
+/// [`reclaim_after`](Self::reclaim_after) grace (10 s). So it holds at
+/// most twice the keys used within one reset time (a period, or for a
+/// bucket the time it takes to refill) plus the grace, plus the keys with
+/// their own quota (kept until [`remove_quota_for`](Self::remove_quota_for)).
+/// [`reclaim`](Self::reclaim) sweeps at once.
 ///
 /// ```
 /// use statecraft::limiter::{KeyedLimiter, Quota};
@@ -57,6 +61,8 @@ pub struct KeyedLimiter<K, C: Clock = MonotonicClock> {
     clock: C,
     /// The number of keys after the last sweep.
     swept: AtomicUsize,
+    /// How long a whole limit is kept before a sweep drops it (µs).
+    grace_us: u64,
 }
 
 impl<K: Hash + Eq + fmt::Debug, C: Clock> fmt::Debug for KeyedLimiter<K, C> {
@@ -84,7 +90,16 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
             entries: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             clock,
             swept: AtomicUsize::new(0),
+            grace_us: IDLE_GRACE.as_micros() as u64,
         }
+    }
+
+    /// How long a key whose limit is whole again is kept before a sweep
+    /// drops it (default 10 s): a key in steady use is then not dropped
+    /// and added again between its requests.
+    pub fn reclaim_after(mut self, grace: Duration) -> Self {
+        self.grace_us = u64::try_from(grace.as_micros()).unwrap_or(u64::MAX);
+        self
     }
 
     /// Decides one permit for `key`.
@@ -132,8 +147,14 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
     /// Replaces the default quota; every key without its own uses it
     /// from its next decision. The algorithm cannot change.
     pub fn set_quota(&self, quota: Quota) -> Result<()> {
-        same_algorithm(&self.default.load(), &quota)?;
+        let old = self.default.load();
+        same_algorithm(&old, &quota)?;
         self.default.store(quota);
+        if starts_afresh(&old, &quota) {
+            for entry in self.entries.iter().filter(|entry| entry.quota.is_none()) {
+                entry.cell.clear();
+            }
+        }
         Ok(())
     }
 
@@ -142,20 +163,25 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
     pub fn set_quota_for(&self, key: K, quota: Quota) -> Result<()> {
         let default = self.default.load();
         same_algorithm(&default, &quota)?;
-        self.entries
-            .entry(key)
-            .or_insert_with(|| Entry {
-                cell: StateCell::new(default.algorithm()),
-                quota: None,
-            })
-            .quota = Some(quota);
+        let mut entry = self.entries.entry(key).or_insert_with(|| Entry {
+            cell: StateCell::new(default.algorithm()),
+            quota: None,
+        });
+        if starts_afresh(&entry.quota.unwrap_or(default), &quota) {
+            entry.cell.clear();
+        }
+        entry.quota = Some(quota);
         Ok(())
     }
 
     /// Puts `key` back on the default quota.
     pub fn remove_quota_for(&self, key: &K) {
         if let Some(mut entry) = self.entries.get_mut(key) {
-            entry.quota = None;
+            if let Some(own) = entry.quota.take() {
+                if starts_afresh(&own, &self.default.load()) {
+                    entry.cell.clear();
+                }
+            }
         }
     }
 
@@ -179,14 +205,17 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
     /// Drops every key whose limit is whole again and that has no quota of
     /// its own; returns how many keys are left.
     pub fn reclaim(&self) -> usize {
-        let now = self.clock.now_micros();
+        // Whatever happens, sweeps go on afterwards.
+        let _swept = Swept(self);
         let default = self.default.load();
         self.entries.retain(|_, entry| {
-            entry.quota.is_some() || !is_idle(&default, entry.cell.state(default.algorithm()), now)
+            // The time is read under the shard's lock: no decision on
+            // this key can be newer than it.
+            // Whole since `grace` ago: whole then, nothing taken since.
+            let then = self.clock.now_micros().saturating_sub(self.grace_us);
+            entry.quota.is_some() || !is_idle(&default, entry.cell.state(default.algorithm()), then)
         });
-        let left = self.entries.len();
-        self.swept.store(left, Ordering::Relaxed);
-        left
+        self.entries.len()
     }
 
     fn sweep_if_grown(&self) {
@@ -202,5 +231,15 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
                 self.reclaim();
             }
         }
+    }
+}
+
+/// Records the number of keys when a sweep ends, even by a panic (in a
+/// key's `Hash` or `Eq`), so that sweeping goes on.
+struct Swept<'a, K: Hash + Eq, C: Clock>(&'a KeyedLimiter<K, C>);
+
+impl<K: Hash + Eq, C: Clock> Drop for Swept<'_, K, C> {
+    fn drop(&mut self) {
+        self.0.swept.store(self.0.entries.len(), Ordering::Relaxed);
     }
 }

@@ -5,7 +5,7 @@
 -- as a Redis Function library, or runs it per call by EVALSHA on servers
 -- without functions. keys[1]: the limit's key; args[1]:
 -- '<a> <count> <period us> <burst> <cost> <now us>' (now 0: the server's
--- clock). Every figure stays below 2^53 (the quota's rules, checked here
+-- clock; a cost of '-<n>' gives n permits back). Every figure stays below 2^53 (the quota's rules, checked here
 -- too), so Lua's doubles compute exactly what the Rust integers do; a
 -- division of two such integers, floored or ceiled, is exact as well.
 
@@ -81,7 +81,8 @@ local function sliding_window(count, period, st, cost, now)
   local start = now - now % window
   local previous, current = 0, 0
   if st and st[1] == 's' and #st == 4 then
-    if st[2] == start then
+    -- A window ahead (the clock stepped back) counts as this one.
+    if st[2] >= start then
       previous, current = math.min(st[3], limit), math.min(st[4], limit)
     elseif st[2] + window == start then
       previous = math.min(st[4], limit)
@@ -95,7 +96,7 @@ local function sliding_window(count, period, st, cost, now)
   local reset = 0
   if current > 0 then reset = weight + window elseif previous > 0 then reset = weight end
   if cost > limit then return 'L', limit, remaining, 0, reset end
-  if used + cost * window > budget then
+  if cost > 0 and used + cost * window > budget then
     local retry
     if current + cost <= limit then
       retry = window - math.floor((limit - current - cost) * window / previous) - elapsed
@@ -114,7 +115,7 @@ local function fixed_window(count, period, st, cost, now)
   local window, limit = period, count
   local start = now - now % window
   local used = 0
-  if st and st[1] == 'f' and #st == 3 and st[2] == start then used = math.min(st[3], limit) end
+  if st and st[1] == 'f' and #st == 3 and st[2] >= start then used = math.min(st[3], limit) end
   local ends = start + window - now
   local reset = 0
   if used > 0 then reset = ends end
@@ -123,6 +124,50 @@ local function fixed_window(count, period, st, cost, now)
   if used + cost > 0 then reset = ends else reset = 0 end
   return 'A', limit, limit - used - cost, 0, reset,
     'f ' .. fmt(start) .. ' ' .. fmt(used + cost), ends
+end
+
+-- The state after giving back `permits` (limiter::algorithm::refund), or
+-- nil when there is nothing to give them back to.
+local function refund(a, count, period, burst, st, permits, now)
+  if a == 'g' and st and st[1] == 'g' and #st == 2 then
+    local interval = math.ceil(period / count)
+    local tat = math.min(math.max(st[2], now), now + burst * interval)
+    return 'g ' .. fmt(math.max(tat - math.min(permits, burst) * interval, now))
+  elseif a == 't' and st and st[1] == 't' and #st == 4 and st[2] == period then
+    local capacity = burst * period
+    local level = capacity
+    local stored = math.min(st[3], capacity)
+    local elapsed = math.max(now - st[4], 0)
+    if elapsed < math.ceil((capacity - stored) / count) then level = stored + elapsed * count end
+    level = math.min(level + math.min(permits, burst) * period, capacity)
+    return 't ' .. fmt(period) .. ' ' .. fmt(level) .. ' ' .. fmt(now)
+  elseif a == 's' and st and st[1] == 's' and #st == 4 and
+      (st[2] == now - now % period or st[2] + period == now - now % period) then
+    local start = now - now % period
+    local previous, current = 0, 0
+    if st[2] == start then
+      previous, current = math.min(st[3], count), math.min(st[4], count)
+    else
+      previous = math.min(st[4], count)
+    end
+    -- The previous window's first (a refund is under-credited, never over).
+    local from_previous = math.min(permits, previous)
+    local from_current = math.min(permits - from_previous, current)
+    return 's ' .. fmt(start) .. ' ' .. fmt(previous - from_previous) .. ' ' ..
+      fmt(current - from_current)
+  elseif a == 'f' and st and st[1] == 'f' and #st == 3 and st[2] == now - now % period then
+    local used = math.min(st[3], count)
+    return 'f ' .. fmt(st[2]) .. ' ' .. fmt(used - math.min(permits, used))
+  end
+  return nil
+end
+
+local function decide(a, count, period, burst, st, cost, now)
+  if a == 'g' then return gcra(count, period, burst, st, cost, now)
+  elseif a == 't' then return token_bucket(count, period, burst, st, cost, now)
+  elseif a == 's' then return sliding_window(count, period, st, cost, now)
+  end
+  return fixed_window(count, period, st, cost, now)
 end
 
 -- The quota's rules (limiter::quota), so that bad input is refused here
@@ -141,10 +186,14 @@ local function invalid(a, count, period, burst)
   return nil
 end
 
+local function px(ttl) return math.max(math.ceil(math.max(ttl, 1) / 1000), 1) end
+
 local function run(keys, args)
   local key = keys[1]
   local a, c, p, b, k, n = string.match(args[1] or '',
-    '^([gtsf]) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+    '^([gtsf]) (%d+) (%d+) (%d+) (%-?%d+) (%d+)$')
+  local giving = k ~= nil and string.sub(k, 1, 1) == '-'
+  if giving then k = string.sub(k, 2) end
   local count, period, burst, cost, now = num(c), num(p), num(b), num(k), num(n)
   if not (count and period and burst and cost and now) then return bad('malformed input') end
   local why = invalid(a, count, period, burst)
@@ -155,17 +204,15 @@ local function run(keys, args)
   end
   local st = parse_state(redis.call('GET', key) or nil)
   local verdict, limit, remaining, retry, reset, state, ttl
-  if a == 'g' then
-    verdict, limit, remaining, retry, reset, state, ttl = gcra(count, period, burst, st, cost, now)
-  elseif a == 't' then
-    verdict, limit, remaining, retry, reset, state, ttl = token_bucket(count, period, burst, st, cost, now)
-  elseif a == 's' then
-    verdict, limit, remaining, retry, reset, state, ttl = sliding_window(count, period, st, cost, now)
+  if giving then
+    local given = refund(a, count, period, burst, st, cost, now)
+    local after = st
+    if given then after = parse_state(given) end
+    verdict, limit, remaining, retry, reset = decide(a, count, period, burst, after, 0, now)
+    if given and cost > 0 then redis.call('SET', key, given, 'PX', px(reset)) end
   else
-    verdict, limit, remaining, retry, reset, state, ttl = fixed_window(count, period, st, cost, now)
-  end
-  if state and cost > 0 then
-    redis.call('SET', key, state, 'PX', math.max(math.ceil(math.max(ttl, 1) / 1000), 1))
+    verdict, limit, remaining, retry, reset, state, ttl = decide(a, count, period, burst, st, cost, now)
+    if state and cost > 0 then redis.call('SET', key, state, 'PX', px(ttl)) end
   end
   return verdict .. ' ' .. fmt(limit) .. ' ' .. fmt(remaining) .. ' ' .. fmt(retry) .. ' ' .. fmt(reset)
 end

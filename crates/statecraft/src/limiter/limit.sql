@@ -33,6 +33,9 @@ DECLARE
     period int8;
     burst int8;
     cost int8;
+    ask int8;
+    giving boolean;
+    given text;
     now_us int8;
     raw text;
     have_row boolean;
@@ -67,7 +70,7 @@ DECLARE
     ends int8;
 BEGIN
     m := regexp_match(p_input,
-        '^([gtsf]) ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16})$');
+        '^([gtsf]) ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16}) (-?[0-9]{1,16}) ([0-9]{1,16})$');
     IF m IS NULL THEN
         RAISE EXCEPTION 'limiter step: malformed input' USING ERRCODE = '22023';
     END IF;
@@ -75,7 +78,10 @@ BEGIN
     cnt := m[2]::int8;
     period := m[3]::int8;
     burst := m[4]::int8;
-    cost := m[5]::int8;
+    -- A cost of -n gives n permits back (limiter::algorithm::refund).
+    giving := left(m[5], 1) = '-';
+    cost := ltrim(m[5], '-')::int8;
+    ask := CASE WHEN giving THEN 0 ELSE cost END;
     now_us := m[6]::int8;
     IF cnt < 1 OR burst < 1 OR period < 1 OR period > year THEN
         RAISE EXCEPTION 'limiter step: a figure out of range' USING ERRCODE = '22023';
@@ -108,6 +114,47 @@ BEGIN
             sn := st[2:]::int8[];
         END IF;
 
+        given := NULL;
+        IF giving THEN
+            IF a = 'g' AND st[1] = 'g' AND cardinality(sn) = 1 THEN
+                interval_us := (period + cnt - 1) / cnt;
+                tat := least(greatest(sn[1], now_us), now_us + burst * interval_us);
+                given := 'g ' || greatest(tat - least(cost, burst) * interval_us, now_us);
+            ELSIF a = 't' AND st[1] = 't' AND cardinality(sn) = 3 AND sn[1] = period THEN
+                capacity := burst * period;
+                level := least(sn[2], capacity);
+                elapsed := greatest(now_us - sn[3], 0);
+                IF elapsed >= (capacity - level + cnt - 1) / cnt THEN
+                    level := capacity;
+                ELSE
+                    level := level + elapsed * cnt;
+                END IF;
+                level := least(level + least(cost, burst) * period, capacity);
+                given := 't ' || period || ' ' || level || ' ' || now_us;
+            ELSIF a = 's' AND st[1] = 's' AND cardinality(sn) = 3
+                    AND (sn[1] = now_us - now_us % period OR sn[1] + period = now_us - now_us % period) THEN
+                win_start := now_us - now_us % period;
+                prev := 0;
+                cur := 0;
+                IF sn[1] = win_start THEN
+                    prev := least(sn[2], cnt); cur := least(sn[3], cnt);
+                ELSE
+                    prev := least(sn[3], cnt);
+                END IF;
+                -- The previous window's first (under-credited, never over).
+                used := least(cost, prev);
+                given := 's ' || win_start || ' ' || (prev - used) || ' ' || (cur - least(cost - used, cur));
+            ELSIF a = 'f' AND st[1] = 'f' AND cardinality(sn) = 2
+                    AND sn[1] = now_us - now_us % period THEN
+                used := least(sn[2], cnt);
+                given := 'f ' || sn[1] || ' ' || (used - least(cost, used));
+            END IF;
+            IF given IS NOT NULL THEN
+                st := string_to_array(given, ' ');
+                sn := st[2:]::int8[];
+            END IF;
+        END IF;
+
         IF a = 'g' THEN
             interval_us := (period + cnt - 1) / cnt;
             horizon := burst * interval_us;
@@ -117,10 +164,10 @@ BEGIN
                 tat := least(greatest(sn[1], now_us), now_us + horizon);
             END IF;
             free := now_us + horizon - tat;
-            IF cost > burst THEN
+            IF ask > burst THEN
                 verdict := 'L'; remaining := free / interval_us; reset := tat - now_us;
             ELSE
-                new_tat := tat + cost * interval_us;
+                new_tat := tat + ask * interval_us;
                 IF new_tat > now_us + horizon THEN
                     verdict := 'D'; remaining := free / interval_us;
                     retry := new_tat - now_us - horizon; reset := tat - now_us;
@@ -143,11 +190,11 @@ BEGIN
                     level := level + elapsed * cnt;
                 END IF;
             END IF;
-            IF cost > burst THEN
+            IF ask > burst THEN
                 verdict := 'L'; remaining := level / period;
                 reset := (capacity - level + cnt - 1) / cnt;
             ELSE
-                need := cost * period;
+                need := ask * period;
                 IF need > level THEN
                     verdict := 'D'; remaining := level / period;
                     retry := (need - level + cnt - 1) / cnt;
@@ -165,7 +212,8 @@ BEGIN
             prev := 0;
             cur := 0;
             IF st[1] = 's' AND cardinality(sn) = 3 THEN
-                IF sn[1] = win_start THEN
+                -- A window ahead (the clock stepped back) counts as this one.
+                IF sn[1] >= win_start THEN
                     prev := least(sn[2], cnt); cur := least(sn[3], cnt);
                 ELSIF sn[1] + period = win_start THEN
                     prev := least(sn[3], cnt);
@@ -177,44 +225,49 @@ BEGIN
             used := prev * weight + cur * period;
             remaining := greatest(budget - used, 0) / period;
             reset := CASE WHEN cur > 0 THEN weight + period WHEN prev > 0 THEN weight ELSE 0 END;
-            IF cost > cnt THEN
+            IF ask > cnt THEN
                 verdict := 'L';
-            ELSIF used + cost * period > budget THEN
+            ELSIF ask > 0 AND used + ask * period > budget THEN
                 verdict := 'D';
-                IF cur + cost <= cnt THEN
-                    retry := period - (cnt - cur - cost) * period / prev - elapsed;
+                IF cur + ask <= cnt THEN
+                    retry := period - (cnt - cur - ask) * period / prev - elapsed;
                 ELSE
-                    retry := weight + period - (cnt - cost) * period / cur;
+                    retry := weight + period - (cnt - ask) * period / cur;
                 END IF;
             ELSE
                 verdict := 'A';
-                remaining := (budget - used - cost * period) / period;
-                IF cur + cost > 0 THEN reset := weight + period; END IF;
-                new_state := 's ' || win_start || ' ' || prev || ' ' || (cur + cost);
+                remaining := (budget - used - ask * period) / period;
+                IF cur + ask > 0 THEN reset := weight + period; END IF;
+                new_state := 's ' || win_start || ' ' || prev || ' ' || (cur + ask);
                 ttl := weight + period;
             END IF;
         ELSE
             lim := cnt;
             win_start := now_us - now_us % period;
             used := 0;
-            IF st[1] = 'f' AND cardinality(sn) = 2 AND sn[1] = win_start THEN
+            IF st[1] = 'f' AND cardinality(sn) = 2 AND sn[1] >= win_start THEN
                 used := least(sn[2], cnt);
             END IF;
             ends := win_start + period - now_us;
             reset := CASE WHEN used > 0 THEN ends ELSE 0 END;
             remaining := cnt - used;
-            IF cost > cnt THEN
+            IF ask > cnt THEN
                 verdict := 'L';
-            ELSIF used + cost > cnt THEN
+            ELSIF used + ask > cnt THEN
                 verdict := 'D'; retry := ends;
             ELSE
-                verdict := 'A'; remaining := cnt - used - cost;
-                reset := CASE WHEN used + cost > 0 THEN ends ELSE 0 END;
-                new_state := 'f ' || win_start || ' ' || (used + cost); ttl := ends;
+                verdict := 'A'; remaining := cnt - used - ask;
+                reset := CASE WHEN used + ask > 0 THEN ends ELSE 0 END;
+                new_state := 'f ' || win_start || ' ' || (used + ask); ttl := ends;
             END IF;
         END IF;
 
-        IF verdict = 'A' AND cost > 0 THEN
+        IF giving THEN
+            -- The state given back lives as long as it matters.
+            new_state := given;
+            ttl := reset;
+        END IF;
+        IF (giving AND given IS NOT NULL AND cost > 0) OR (NOT giving AND verdict = 'A' AND ask > 0) THEN
             ttl := greatest((greatest(ttl, 1) + 999) / 1000, 1);
             algorithm_name := CASE a WHEN 'g' THEN 'gcra' WHEN 't' THEN 'token_bucket'
                 WHEN 's' THEN 'sliding_window' ELSE 'fixed_window' END;

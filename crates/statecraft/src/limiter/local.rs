@@ -10,9 +10,13 @@ use super::quota::Quota;
 use crate::backend::clock::{Clock, MonotonicClock};
 use crate::backend::error::{Error, ErrorKind, Result};
 
-/// A rate limit in this process: lock-free, one atomic compare-and-swap
-/// per decision (GCRA on a 64-bit word, the other algorithms on a 128-bit
-/// one), no allocation.
+/// A rate limit in this process: one atomic compare-and-swap per
+/// decision (GCRA on a 64-bit word, the other algorithms on a 128-bit
+/// one), no lock and no allocation (a [`set_quota`](Self::set_quota)
+/// holds decisions back for the few instructions it takes). A clock that
+/// only tells milliseconds (one implementing just
+/// [`Clock::now_millis`]) makes its GCRA release permits by the
+/// millisecond.
 ///
 /// ```
 /// use statecraft::limiter::{LocalLimiter, Quota};
@@ -88,11 +92,16 @@ impl<C: Clock> LocalLimiter<C> {
     }
 
     /// Replaces the quota: the next decision uses it, on the state there
-    /// is (a changed period starts the windows afresh). The algorithm
-    /// cannot change (its state would mean nothing to another one).
+    /// is (a changed period starts the windows and the token bucket
+    /// afresh: their state is counted in periods). The algorithm cannot
+    /// change (its state would mean nothing to another one).
     pub fn set_quota(&self, quota: Quota) -> Result<()> {
-        same_algorithm(&self.quota.load(), &quota)?;
+        let old = self.quota.load();
+        same_algorithm(&old, &quota)?;
         self.quota.store(quota);
+        if starts_afresh(&old, &quota) {
+            self.cell.clear();
+        }
         Ok(())
     }
 
@@ -115,6 +124,12 @@ pub(super) fn same_algorithm(old: &Quota, new: &Quota) -> Result<()> {
             new.algorithm()
         ),
     ))
+}
+
+/// Whether a change from `old` to `new` leaves the state meaningless: a
+/// token bucket's level is counted in units of its period.
+pub(super) fn starts_afresh(old: &Quota, new: &Quota) -> bool {
+    old.algorithm() == super::quota::Algorithm::TokenBucket && old.period_us() != new.period_us()
 }
 
 /// `until_ready` for any check: sleeps each denial's retry-after while the

@@ -4,7 +4,8 @@
 //! ([`LocalLimiter`], and [`KeyedLimiter`] for a limit per key) or in a
 //! store shared by every instance ([`DistributedLimiter`], one atomic
 //! round trip per decision at the store's clock: [`LimitStep`], natively
-//! on Redis and PostgreSQL).
+//! on Redis and PostgreSQL), or spent here from leases of the shared limit
+//! ([`HybridLimiter`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -27,12 +28,19 @@
 //!
 //! Every decision says whether the request passes, and with it the
 //! limit, what remains, when to retry and when the limit is whole again:
-//! the figures of redis-cell and of the IETF RateLimit headers.
+//! the figures of redis-cell and of the IETF RateLimit headers
+//! ([`RateLimitHeaders`] formats them; with the `tower` feature,
+//! [`RateLimitLayer`] limits an HTTP service by a key of each request and
+//! answers 429 with them).
 
 mod algorithm;
 mod cell;
 mod distributed;
+mod headers;
+mod hybrid;
 mod keyed;
+#[cfg(feature = "tower")]
+mod layer;
 mod local;
 mod quota;
 mod shared;
@@ -43,9 +51,15 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
-pub use algorithm::{decide, is_idle, Decided, Decision, LimitState, Verdict};
+pub use algorithm::{decide, is_idle, refund, Decided, Decision, LimitState, Verdict};
 pub use distributed::{DistributedLimiter, LimiterStats, WhenUnreachable};
+pub use headers::RateLimitHeaders;
+pub use hybrid::{HybridLimiter, HybridLimiterConfig, HybridLimiterStats};
 pub use keyed::KeyedLimiter;
+#[cfg(feature = "tower")]
+pub use layer::{Limits, RateLimit, RateLimitLayer};
 pub use local::LocalLimiter;
 pub use quota::{Algorithm, Quota, QuotaBuilder, MAX_PERIOD};
-pub use shared::{decode_state, encode_output, encode_state, parse_output, step_input, LimitStep};
+pub use shared::{
+    decode_state, encode_output, encode_state, parse_output, refund_input, step_input, LimitStep,
+};

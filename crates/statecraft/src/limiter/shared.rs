@@ -7,8 +7,9 @@
 //! Texts on the wire, all numbers in decimal:
 //!
 //! - input: `<a> <count> <period µs> <burst> <cost> <now µs>`, `<a>` the
-//!   algorithm's letter (`g`, `t`, `s`, `f`) and `now` 0 for the store's
-//!   clock (tests pass their own);
+//!   algorithm's letter (`g`, `t`, `s`, `f`), `now` 0 for the store's
+//!   clock (tests pass their own), and a cost of `-<n>` a [`refund`] of
+//!   `n` permits;
 //! - state: `g <tat>`, `t <period> <level> <at>`, `s <start> <previous>
 //!   <current>` or `f <start> <used>` (a token bucket's level is in units
 //!   of its period, so it carries the period: another period starts it
@@ -24,7 +25,7 @@ use crate::backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite, PostgresNati
 use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::PutOptions;
 
-use super::algorithm::{decide, Decision, LimitState, Verdict};
+use super::algorithm::{decide, refund, Decision, LimitState, Verdict};
 use super::quota::{Algorithm, Quota};
 
 /// The Lua copy of [`decide`] (a library: a chunk that returns the step).
@@ -78,6 +79,25 @@ pub fn step_input(quota: &Quota, cost: u64, now_us: u64) -> String {
     )
 }
 
+/// The input of a [`LimitStep`] that gives back `permits` unused ones
+/// ([`refund`]); its output is what a request of 0 reports after it.
+pub fn refund_input(quota: &Quota, permits: u64, now_us: u64) -> String {
+    format!(
+        "{} {} {} {} -{permits} {now_us}",
+        letter(quota.algorithm()),
+        quota.count(),
+        quota.period_us(),
+        quota.burst()
+    )
+}
+
+/// A request's cost, or a refund's permits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Take(u64),
+    Refund(u64),
+}
+
 /// A decimal of at most 16 digits (every figure is below 2^53).
 fn digits(text: &str) -> Option<u64> {
     (!text.is_empty() && text.len() <= 16 && text.bytes().all(|b| b.is_ascii_digit()))
@@ -85,7 +105,7 @@ fn digits(text: &str) -> Option<u64> {
         .flatten()
 }
 
-fn parse_input(input: &[u8]) -> Result<(Quota, u64, u64)> {
+fn parse_input(input: &[u8]) -> Result<(Quota, Asked, u64)> {
     let bad = |why: &str| {
         Error::new(
             ErrorKind::InvalidArgument,
@@ -107,7 +127,19 @@ fn parse_input(input: &[u8]) -> Result<(Quota, u64, u64)> {
             .and_then(digits)
             .ok_or_else(|| bad("a malformed figure"))
     };
-    let (count, period, burst, cost, now) = (figure()?, figure()?, figure()?, figure()?, figure()?);
+    let (count, period, burst) = (figure()?, figure()?, figure()?);
+    let asked = match parts.next() {
+        Some(cost) => match cost.strip_prefix('-') {
+            Some(permits) => digits(permits).map(Asked::Refund),
+            None => digits(cost).map(Asked::Take),
+        },
+        None => None,
+    }
+    .ok_or_else(|| bad("a malformed cost"))?;
+    let now = parts
+        .next()
+        .and_then(digits)
+        .ok_or_else(|| bad("a malformed time"))?;
     if parts.next().is_some() {
         return Err(bad("more than six fields"));
     }
@@ -117,7 +149,7 @@ fn parse_input(input: &[u8]) -> Result<(Quota, u64, u64)> {
         _ if burst == count => builder,
         _ => return Err(bad("a window's burst that is not its count")),
     };
-    Ok((builder.build()?, cost, now))
+    Ok((builder.build()?, asked, now))
 }
 
 /// The stored state's text.
@@ -214,15 +246,21 @@ impl AtomicUpdate for LimitStep {
     }
 
     fn apply(&self, current: Option<&[u8]>, input: &[u8], now_micros: u64) -> Result<AtomicStep> {
-        let (quota, cost, now) = parse_input(input)?;
+        let (quota, asked, now) = parse_input(input)?;
         let now = if now == 0 { now_micros } else { now };
         let state = current.and_then(|raw| decode_state(raw, &quota));
-        let decided = decide(&quota, state, cost, now);
+        let decided = match asked {
+            Asked::Take(cost) => decide(&quota, state, cost, now),
+            Asked::Refund(permits) => refund(&quota, state, permits, now),
+        };
         let write = match decided.write {
             Some(state) => AtomicWrite::Put {
                 value: Bytes::from(encode_state(&state, &quota)),
+                // A millisecond more than the state matters: a store that
+                // counts expiry in whole milliseconds from a time it
+                // rounded down never expires it early.
                 options: PutOptions::new()
-                    .ttl(Duration::from_millis(decided.ttl_us.div_ceil(1_000).max(1))),
+                    .ttl(Duration::from_millis(decided.ttl_us.div_ceil(1_000) + 1)),
             },
             None => AtomicWrite::Keep,
         };

@@ -132,6 +132,33 @@ proptest! {
         }
     }
 
+    /// Giving back what was just taken leaves the limit as it was (a
+    /// sliding window: at most as it was).
+    #[test]
+    fn a_refund_undoes_what_was_taken(
+        quota in any_quota(), start in 0u64..1_000_000_000, requests in requests(), cost in 1u64..6
+    ) {
+        let runs = run(&quota, start, &requests);
+        let (now, _, _, _) = *runs.last().expect("a request");
+        let before = runs.iter().fold(None, |state, (at, cost, _, _)| {
+            decide(&quota, state, *cost, *at).write.or(state)
+        });
+        let taken = decide(&quota, before, cost, now);
+        if taken.decision.is_allowed() {
+            let back = refund(&quota, taken.write, cost, now);
+            let was = decide(&quota, before, 0, now).decision;
+            prop_assert_eq!(decide(&quota, back.write, 0, now).decision, back.decision);
+            if quota.algorithm() == Algorithm::SlidingWindow {
+                // Given back from the previous window first: never more
+                // than was taken.
+                prop_assert!(taken.decision.remaining <= back.decision.remaining);
+                prop_assert!(back.decision.remaining <= was.remaining);
+            } else {
+                prop_assert_eq!(back.decision, was);
+            }
+        }
+    }
+
     /// Where the interval is a whole number of microseconds the token
     /// bucket decides exactly as GCRA.
     #[test]
@@ -252,7 +279,8 @@ fn a_changed_quota_decides_the_next_request() {
 #[test]
 fn keys_have_their_own_quota_and_idle_ones_are_reclaimed() {
     let clock = ManualClock::new(1_000);
-    let limiter = KeyedLimiter::with_clock(quota(Algorithm::Gcra, 1, 1_000_000, 1), clock.clone());
+    let limiter = KeyedLimiter::with_clock(quota(Algorithm::Gcra, 1, 1_000_000, 1), clock.clone())
+        .reclaim_after(Duration::ZERO);
     limiter
         .set_quota_for(0u32, quota(Algorithm::Gcra, 5, 1_000_000, 5))
         .expect("the same algorithm");
@@ -280,6 +308,13 @@ fn keys_have_their_own_quota_and_idle_ones_are_reclaimed() {
     assert_eq!(limiter.quota_for(&0).burst(), 5);
     limiter.remove_quota_for(&0);
     assert_eq!(limiter.reclaim(), 0);
+    // By default a whole limit is kept for 10 s before it is dropped.
+    let kept = KeyedLimiter::with_clock(quota(Algorithm::Gcra, 1, 1_000_000, 1), clock.clone());
+    assert!(kept.check(&1u32).is_allowed());
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(kept.reclaim(), 1, "whole for 9 s");
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(kept.reclaim(), 0, "whole for 10 s");
 }
 
 /// A clock that reads tokio's (paused) time.
@@ -334,4 +369,35 @@ fn limiters_are_send_and_sync() {
     shared::<LocalLimiter>();
     shared::<KeyedLimiter<String>>();
     shared::<Quota>();
+}
+
+#[tokio::test]
+async fn a_hybrid_limiter_spends_leases_and_gives_the_rest_back() {
+    let store: Arc<dyn crate::StateBackend> = Arc::new(crate::MemoryBackend::new());
+    let limit = quota(Algorithm::Gcra, 100, 1_000_000, 100);
+    let hybrid = HybridLimiter::new(store.clone(), "h", limit, HybridLimiterConfig::default());
+    let started = std::time::Instant::now();
+    let mut admitted = 0u64;
+    for _ in 0..300 {
+        if hybrid.check().await.expect("decision").is_allowed() {
+            admitted += 1;
+        }
+    }
+    // The burst, plus what the rate refilled meanwhile.
+    let refilled = (started.elapsed().as_millis() as u64) / 10 + 1;
+    assert!(
+        (100..=100 + refilled).contains(&admitted),
+        "admitted {admitted}"
+    );
+    let stats = hybrid.stats();
+    assert!(
+        stats.leases * 5 <= admitted,
+        "a lease per decision: {stats:?}"
+    );
+    hybrid.close().await.expect("give back");
+    let stats = hybrid.stats();
+    assert_eq!(stats.leased - stats.returned, admitted, "{stats:?}");
+    // What was given back is the shared limit's again.
+    let shared = DistributedLimiter::new(store, "h", limit);
+    assert!(shared.check_n(0).await.expect("peek").remaining >= stats.returned);
 }
