@@ -8,11 +8,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::error::{Error, ErrorKind, Result};
 
-/// A fraction `num / den` with `0 < num ≤ den`.
+/// A fraction `num / den` with `0 < num ≤ den` (also when read from a
+/// file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RatioSpec")]
 pub struct Ratio {
     num: u32,
     den: u32,
+}
+
+/// A ratio as written in a file.
+#[derive(Deserialize)]
+struct RatioSpec {
+    num: u32,
+    den: u32,
+}
+
+impl TryFrom<RatioSpec> for Ratio {
+    type Error = Error;
+
+    fn try_from(spec: RatioSpec) -> Result<Ratio> {
+        Ratio::new(spec.num, spec.den)
+    }
 }
 
 impl Ratio {
@@ -70,7 +87,9 @@ pub enum CloseAfter {
 }
 
 /// A validated breaker configuration; see [`BreakerConfig::builder`].
+/// One read from a file (serde) is checked by the same rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Unchecked")]
 pub struct BreakerConfig {
     pub(crate) window: Window,
     pub(crate) min_calls: u32,
@@ -276,7 +295,91 @@ impl BreakerConfigBuilder {
             return Err(invalid(conflict));
         }
         let window = self.window.unwrap_or(Window::Count(100));
-        match window {
+        let failure_rate = self
+            .failure_rate
+            .map(|(num, den)| Ratio::new(num, den))
+            .transpose()?;
+        let (slow_call, slow_rate) = match self.slow {
+            Some((threshold, num, den)) => (Some(threshold), Some(Ratio::new(num, den)?)),
+            None => (None, None),
+        };
+        let min_calls = match (self.min_calls, window) {
+            (Some(n), _) => n,
+            (None, Window::Count(size)) => size.min(10),
+            (None, Window::Time { .. }) => 10,
+        };
+        let open_for = self.open_for.unwrap_or(Duration::from_secs(30));
+        let (backoff_multiplier, max_open_for) = self.backoff.unwrap_or((1, open_for));
+        let probes = self.probes.unwrap_or(1);
+        let config = BreakerConfig {
+            window,
+            min_calls,
+            consecutive_failures: self.consecutive_failures,
+            failures_in_window: self.failures_in_window,
+            failure_rate,
+            slow_rate,
+            slow_call,
+            open_for,
+            backoff_multiplier,
+            max_open_for,
+            jitter_permille: self.jitter_permille.unwrap_or(0),
+            probes,
+            close_after: self.close_after.unwrap_or(CloseAfter::Successes(1)),
+            half_open_max_wait: self.half_open_max_wait.unwrap_or(Duration::from_secs(60)),
+        };
+        config.check()?;
+        Ok(config)
+    }
+}
+
+/// A configuration as written in a file, checked into a [`BreakerConfig`].
+#[derive(Deserialize)]
+struct Unchecked {
+    window: Window,
+    min_calls: u32,
+    consecutive_failures: Option<u32>,
+    failures_in_window: Option<u32>,
+    failure_rate: Option<Ratio>,
+    slow_rate: Option<Ratio>,
+    slow_call: Option<Duration>,
+    open_for: Duration,
+    backoff_multiplier: u32,
+    max_open_for: Duration,
+    jitter_permille: u32,
+    probes: u32,
+    close_after: CloseAfter,
+    half_open_max_wait: Duration,
+}
+
+impl TryFrom<Unchecked> for BreakerConfig {
+    type Error = Error;
+
+    fn try_from(raw: Unchecked) -> Result<BreakerConfig> {
+        let config = BreakerConfig {
+            window: raw.window,
+            min_calls: raw.min_calls,
+            consecutive_failures: raw.consecutive_failures,
+            failures_in_window: raw.failures_in_window,
+            failure_rate: raw.failure_rate,
+            slow_rate: raw.slow_rate,
+            slow_call: raw.slow_call,
+            open_for: raw.open_for,
+            backoff_multiplier: raw.backoff_multiplier,
+            max_open_for: raw.max_open_for,
+            jitter_permille: raw.jitter_permille,
+            probes: raw.probes,
+            close_after: raw.close_after,
+            half_open_max_wait: raw.half_open_max_wait,
+        };
+        config.check()?;
+        Ok(config)
+    }
+}
+
+impl BreakerConfig {
+    /// The rules every configuration keeps, built or read.
+    fn check(&self) -> Result<()> {
+        match self.window {
             Window::Count(n) if !(1..=10_000).contains(&n) => {
                 return Err(invalid(format!(
                     "a count window holds 1 to 10,000 calls, not {n}"
@@ -301,27 +404,24 @@ impl BreakerConfigBuilder {
             }
             Window::Count(_) => {}
         }
-        let positive = |name: &str, n: Option<u32>| match n {
-            Some(0) => Err(invalid(format!("{name} must be at least 1"))),
-            other => Ok(other),
-        };
-        let consecutive_failures = positive("consecutive_failures", self.consecutive_failures)?;
-        let failures_in_window = positive("the failure count", self.failures_in_window)?;
-        let failure_rate = self
-            .failure_rate
-            .map(|(num, den)| Ratio::new(num, den))
-            .transpose()?;
-        let (slow_call, slow_rate) = match self.slow {
-            Some((threshold, _, _)) if threshold.is_zero() => {
-                return Err(invalid("the slow-call threshold must be positive".into()))
-            }
-            Some((threshold, num, den)) => (Some(threshold), Some(Ratio::new(num, den)?)),
-            None => (None, None),
-        };
-        if consecutive_failures.is_none()
-            && failures_in_window.is_none()
-            && failure_rate.is_none()
-            && slow_rate.is_none()
+        if self.consecutive_failures == Some(0) {
+            return Err(invalid("consecutive_failures must be at least 1".into()));
+        }
+        if self.failures_in_window == Some(0) {
+            return Err(invalid("the failure count must be at least 1".into()));
+        }
+        if matches!(self.slow_call, Some(threshold) if threshold.is_zero()) {
+            return Err(invalid("the slow-call threshold must be positive".into()));
+        }
+        if self.slow_call.is_some() != self.slow_rate.is_some() {
+            return Err(invalid(
+                "a slow-call rule has both a threshold and a rate".into(),
+            ));
+        }
+        if self.consecutive_failures.is_none()
+            && self.failures_in_window.is_none()
+            && self.failure_rate.is_none()
+            && self.slow_rate.is_none()
         {
             return Err(invalid(
                 "no rule to open on: set consecutive_failures, failures_within, failure_limit, \
@@ -329,68 +429,63 @@ impl BreakerConfigBuilder {
                     .into(),
             ));
         }
-        let min_calls = match (self.min_calls, window) {
-            (Some(0), _) => return Err(invalid("min_calls must be at least 1".into())),
-            (Some(n), Window::Count(size)) if n > size => {
+        match (self.min_calls, self.window) {
+            (0, _) => return Err(invalid("min_calls must be at least 1".into())),
+            (n, Window::Count(size)) if n > size => {
                 return Err(invalid(format!(
                     "min_calls {n} exceeds the count window of {size}: the rates could never open"
                 )))
             }
-            (Some(n), _) => n,
-            (None, Window::Count(size)) => size.min(10),
-            (None, Window::Time { .. }) => 10,
-        };
-        if let (Some(n), Window::Count(size)) = (failures_in_window, window) {
+            _ => {}
+        }
+        if let (Some(n), Window::Count(size)) = (self.failures_in_window, self.window) {
             if n > size {
                 return Err(invalid(format!(
                     "{n} failures can never fit in a window of the last {size} calls"
                 )));
             }
         }
-        let open_for = self.open_for.unwrap_or(Duration::from_secs(30));
-        if millis(open_for) == 0 {
+        if millis(self.open_for) == 0 {
             return Err(invalid("open_for must be at least 1 ms".into()));
         }
-        let (backoff_multiplier, max_open_for) = self.backoff.unwrap_or((1, open_for));
-        if backoff_multiplier == 0 {
+        if self.backoff_multiplier == 0 {
             return Err(invalid("the back-off multiplier must be at least 1".into()));
         }
-        if max_open_for < open_for {
+        if self.max_open_for < self.open_for {
             return Err(invalid(format!(
-                "the longest opening ({max_open_for:?}) is shorter than the first ({open_for:?})"
+                "the longest opening ({:?}) is shorter than the first ({:?})",
+                self.max_open_for, self.open_for
             )));
         }
-        let jitter_permille = self.jitter_permille.unwrap_or(0);
-        if jitter_permille > 1000 {
+        if self.jitter_permille > 1000 {
             return Err(invalid(format!(
-                "jitter is at most 1000 ‰ of the opening, not {jitter_permille}"
+                "jitter is at most 1000 ‰ of the opening, not {}",
+                self.jitter_permille
             )));
         }
-        let probes = self.probes.unwrap_or(1);
-        if probes == 0 {
+        if self.probes == 0 {
             return Err(invalid(
                 "a half-open breaker admits at least 1 probe".into(),
             ));
         }
-        let close_after = self.close_after.unwrap_or(CloseAfter::Successes(1));
-        if let CloseAfter::Successes(n) = close_after {
-            if n == 0 || n > probes {
+        if let CloseAfter::Successes(n) = self.close_after {
+            if n == 0 || n > self.probes {
                 return Err(invalid(format!(
-                    "closing after {n} successes needs 1 ≤ {n} ≤ probes ({probes})"
+                    "closing after {n} successes needs 1 ≤ {n} ≤ probes ({})",
+                    self.probes
                 )));
             }
         }
-        let half_open_max_wait = self.half_open_max_wait.unwrap_or(Duration::from_secs(60));
-        if millis(half_open_max_wait) == 0 {
+        if millis(self.half_open_max_wait) == 0 {
             return Err(invalid("the half-open wait must be at least 1 ms".into()));
         }
         // Longer spans would lose precision in a store's script (its
         // numbers are doubles, exact to 2^53 ms with a timestamp added).
         let longest = Duration::from_millis(1 << 40);
         let spans = [
-            ("open_for", open_for),
-            ("the longest opening", max_open_for),
-            ("the half-open wait", half_open_max_wait),
+            ("open_for", self.open_for),
+            ("the longest opening", self.max_open_for),
+            ("the half-open wait", self.half_open_max_wait),
         ];
         for (name, span) in spans {
             if span > longest {
@@ -399,29 +494,14 @@ impl BreakerConfigBuilder {
                 )));
             }
         }
-        if let Window::Time { size, .. } = window {
+        if let Window::Time { size, .. } = self.window {
             if size > longest {
                 return Err(invalid(format!(
                     "a time window is at most 2^40 ms, not {size:?}"
                 )));
             }
         }
-        Ok(BreakerConfig {
-            window,
-            min_calls,
-            consecutive_failures,
-            failures_in_window,
-            failure_rate,
-            slow_rate,
-            slow_call,
-            open_for,
-            backoff_multiplier,
-            max_open_for,
-            jitter_permille,
-            probes,
-            close_after,
-            half_open_max_wait,
-        })
+        Ok(())
     }
 }
 
@@ -515,5 +595,36 @@ mod tests {
         let tiny = Ratio::new(1, u32::MAX).expect("ratio");
         assert!(tiny.reached(1, u64::from(u32::MAX)) && !tiny.reached(1, u64::from(u32::MAX) + 1));
         assert!(!tiny.reached(0, 1));
+    }
+
+    #[test]
+    fn a_configuration_read_from_a_file_is_checked() {
+        let config = BreakerConfig::builder()
+            .failure_rate(1, 2)
+            .half_open(3, CloseAfter::Fraction(Ratio::new(2, 3).expect("ratio")))
+            .build()
+            .expect("valid");
+        let text = serde_json::to_string(&config).expect("serializes");
+        let back: BreakerConfig = serde_json::from_str(&text).expect("reads back");
+        assert_eq!(back, config);
+        for (from, to, why) in [
+            ("\"probes\":3", "\"probes\":0", "at least 1 probe"),
+            (
+                "\"jitter_permille\":0",
+                "\"jitter_permille\":5000",
+                "jitter",
+            ),
+            (
+                "\"num\":1,\"den\":2",
+                "\"num\":3,\"den\":2",
+                "0 < numerator",
+            ),
+            ("\"min_calls\":10", "\"min_calls\":0", "min_calls"),
+        ] {
+            assert!(text.contains(from), "{text} lacks {from}");
+            let bad = text.replace(from, to);
+            let err = serde_json::from_str::<BreakerConfig>(&bad).expect_err("invalid");
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
     }
 }

@@ -18,15 +18,16 @@ const NO_STATE: u128 = u128::MAX;
 pub(super) enum StateCell {
     /// GCRA's theoretical arrival time.
     Narrow(AtomicU64),
-    /// The other algorithms' figures, packed.
-    Wide(AtomicU128),
+    /// The other algorithms' figures, packed (boxed, so that a cell is
+    /// two words and a keyed limiter's entry small).
+    Wide(Box<AtomicU128>),
 }
 
 impl StateCell {
     pub(super) fn new(algorithm: Algorithm) -> StateCell {
         match algorithm {
             Algorithm::Gcra => StateCell::Narrow(AtomicU64::new(NO_TAT)),
-            _ => StateCell::Wide(AtomicU128::new(NO_STATE)),
+            _ => StateCell::Wide(Box::new(AtomicU128::new(NO_STATE))),
         }
     }
 

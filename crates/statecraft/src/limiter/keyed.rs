@@ -25,8 +25,9 @@ const IDLE_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 struct Entry {
     cell: StateCell,
-    /// The key's own quota; `None`: the limiter's default.
-    quota: Option<Quota>,
+    /// The key's own quota; `None`: the limiter's default (boxed: few
+    /// keys have one, and entries stay three words).
+    quota: Option<Box<Quota>>,
 }
 
 /// A limit per key, each decided as a [`LocalLimiter`](super::LocalLimiter)
@@ -112,7 +113,11 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
     pub fn check_n(&self, key: &K, cost: u64) -> Decision {
         let now = self.clock.now_micros();
         if let Some(entry) = self.entries.get(key) {
-            let quota = entry.quota.unwrap_or_else(|| self.default.load());
+            let quota = entry
+                .quota
+                .as_deref()
+                .copied()
+                .unwrap_or_else(|| self.default.load());
             return entry.cell.decide(&quota, cost, now);
         }
         self.sweep_if_grown();
@@ -121,7 +126,7 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
             cell: StateCell::new(default.algorithm()),
             quota: None,
         });
-        let quota = entry.quota.unwrap_or(default);
+        let quota = entry.quota.as_deref().copied().unwrap_or(default);
         entry.cell.decide(&quota, cost, now)
     }
 
@@ -140,7 +145,7 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
     pub fn quota_for(&self, key: &K) -> Quota {
         self.entries
             .get(key)
-            .and_then(|entry| entry.quota)
+            .and_then(|entry| entry.quota.as_deref().copied())
             .unwrap_or_else(|| self.default.load())
     }
 
@@ -167,10 +172,10 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
             cell: StateCell::new(default.algorithm()),
             quota: None,
         });
-        if starts_afresh(&entry.quota.unwrap_or(default), &quota) {
+        if starts_afresh(&entry.quota.as_deref().copied().unwrap_or(default), &quota) {
             entry.cell.clear();
         }
-        entry.quota = Some(quota);
+        entry.quota = Some(Box::new(quota));
         Ok(())
     }
 

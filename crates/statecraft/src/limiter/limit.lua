@@ -25,28 +25,28 @@ local function num(x)
   return tonumber(x)
 end
 
--- The stored state as a list: its letter, then its numbers (nil: none or
--- damaged).
-local function parse_state(raw)
+-- The shape of each algorithm's stored state (limiter::shared).
+local SHAPES = {
+  g = '^g (%d+)$',
+  t = '^t (%d+) (%d+) (%d+)$',
+  s = '^s (%d+) (%d+) (%d+)$',
+  f = '^f (%d+) (%d+)$',
+}
+
+-- The stored state of algorithm `a` as a list: its letter, then its
+-- numbers (nil: none, damaged, or another algorithm's).
+local function parse_state(raw, a)
   if not raw then return nil end
-  local out = {}
-  for part in string.gmatch(raw, '[^ ]+') do out[#out + 1] = part end
-  if #out == 0 or string.find(raw, '  ', 1, true) or string.sub(raw, 1, 1) == ' '
-      or string.sub(raw, -1) == ' ' then
-    return nil
-  end
-  for i = 2, #out do
-    out[i] = num(out[i])
-    if out[i] == nil then return nil end
-  end
-  return out
+  local x, y, z = string.match(raw, SHAPES[a])
+  if not x or #x > 16 or (y and #y > 16) or (z and #z > 16) then return nil end
+  return { a, tonumber(x), y and tonumber(y), z and tonumber(z) }
 end
 
 local function gcra(count, period, burst, st, cost, now)
   local interval = math.ceil(period / count)
   local horizon = burst * interval
   local tat = now
-  if st and st[1] == 'g' and #st == 2 then tat = math.min(math.max(st[2], now), now + horizon) end
+  if st and st[1] == 'g' then tat = math.min(math.max(st[2], now), now + horizon) end
   local free = now + horizon - tat
   if cost > burst then return 'L', burst, math.floor(free / interval), 0, tat - now end
   local new_tat = tat + cost * interval
@@ -60,7 +60,7 @@ end
 local function token_bucket(count, period, burst, st, cost, now)
   local capacity = burst * period
   local level = capacity
-  if st and st[1] == 't' and #st == 4 and st[2] == period then
+  if st and st[1] == 't' and st[2] == period then
     local stored = math.min(st[3], capacity)
     local elapsed = math.max(now - st[4], 0)
     if elapsed < math.ceil((capacity - stored) / count) then level = stored + elapsed * count end
@@ -80,7 +80,7 @@ local function sliding_window(count, period, st, cost, now)
   local window, limit = period, count
   local start = now - now % window
   local previous, current = 0, 0
-  if st and st[1] == 's' and #st == 4 then
+  if st and st[1] == 's' then
     -- A window ahead (the clock stepped back) counts as this one.
     if st[2] >= start then
       previous, current = math.min(st[3], limit), math.min(st[4], limit)
@@ -115,7 +115,7 @@ local function fixed_window(count, period, st, cost, now)
   local window, limit = period, count
   local start = now - now % window
   local used = 0
-  if st and st[1] == 'f' and #st == 3 and st[2] >= start then used = math.min(st[3], limit) end
+  if st and st[1] == 'f' and st[2] >= start then used = math.min(st[3], limit) end
   local ends = start + window - now
   local reset = 0
   if used > 0 then reset = ends end
@@ -129,11 +129,11 @@ end
 -- The state after giving back `permits` (limiter::algorithm::refund), or
 -- nil when there is nothing to give them back to.
 local function refund(a, count, period, burst, st, permits, now)
-  if a == 'g' and st and st[1] == 'g' and #st == 2 then
+  if a == 'g' and st and st[1] == 'g' then
     local interval = math.ceil(period / count)
     local tat = math.min(math.max(st[2], now), now + burst * interval)
     return 'g ' .. fmt(math.max(tat - math.min(permits, burst) * interval, now))
-  elseif a == 't' and st and st[1] == 't' and #st == 4 and st[2] == period then
+  elseif a == 't' and st and st[1] == 't' and st[2] == period then
     local capacity = burst * period
     local level = capacity
     local stored = math.min(st[3], capacity)
@@ -141,7 +141,7 @@ local function refund(a, count, period, burst, st, permits, now)
     if elapsed < math.ceil((capacity - stored) / count) then level = stored + elapsed * count end
     level = math.min(level + math.min(permits, burst) * period, capacity)
     return 't ' .. fmt(period) .. ' ' .. fmt(level) .. ' ' .. fmt(now)
-  elseif a == 's' and st and st[1] == 's' and #st == 4 and
+  elseif a == 's' and st and st[1] == 's' and
       (st[2] == now - now % period or st[2] + period == now - now % period) then
     local start = now - now % period
     local previous, current = 0, 0
@@ -155,7 +155,7 @@ local function refund(a, count, period, burst, st, permits, now)
     local from_current = math.min(permits - from_previous, current)
     return 's ' .. fmt(start) .. ' ' .. fmt(previous - from_previous) .. ' ' ..
       fmt(current - from_current)
-  elseif a == 'f' and st and st[1] == 'f' and #st == 3 and st[2] == now - now % period then
+  elseif a == 'f' and st and st[1] == 'f' and st[2] == now - now % period then
     local used = math.min(st[3], count)
     return 'f ' .. fmt(st[2]) .. ' ' .. fmt(used - math.min(permits, used))
   end
@@ -188,33 +188,52 @@ end
 
 local function px(ttl) return math.max(math.ceil(math.max(ttl, 1) / 1000), 1) end
 
+-- Quotas seen, parsed and checked (at most 64 kept): a call's answer never
+-- depends on this cache, which the server may drop at any time.
+local QUOTAS, QUOTAS_KEPT = {}, 0
+
+local function quota_of(text)
+  local q = QUOTAS[text]
+  if q then return q end
+  local a, c, p, b = string.match(text, '^([gtsf]) (%d+) (%d+) (%d+)$')
+  local count, period, burst = num(c), num(p), num(b)
+  if not (a and count and period and burst) then return nil, 'malformed input' end
+  local why = invalid(a, count, period, burst)
+  if why then return nil, why end
+  if QUOTAS_KEPT >= 64 then QUOTAS, QUOTAS_KEPT = {}, 0 end
+  q = { a, count, period, burst }
+  QUOTAS[text], QUOTAS_KEPT = q, QUOTAS_KEPT + 1
+  return q
+end
+
 local function run(keys, args)
   local key = keys[1]
-  local a, c, p, b, k, n = string.match(args[1] or '',
-    '^([gtsf]) (%d+) (%d+) (%d+) (%-?%d+) (%d+)$')
-  local giving = k ~= nil and string.sub(k, 1, 1) == '-'
+  local head, k, n = string.match(args[1] or '', '^(.-) (%-?%d+) (%d+)$')
+  if not head then return bad('malformed input') end
+  local giving = string.sub(k, 1, 1) == '-'
   if giving then k = string.sub(k, 2) end
-  local count, period, burst, cost, now = num(c), num(p), num(b), num(k), num(n)
-  if not (count and period and burst and cost and now) then return bad('malformed input') end
-  local why = invalid(a, count, period, burst)
-  if why then return bad(why) end
+  local cost, now = num(k), num(n)
+  if not (cost and now) then return bad('malformed input') end
+  local q, why = quota_of(head)
+  if not q then return bad(why) end
+  local a, count, period, burst = q[1], q[2], q[3], q[4]
   if now == 0 then
     local t = redis.call('TIME')
     now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   end
-  local st = parse_state(redis.call('GET', key) or nil)
+  local st = parse_state(redis.call('GET', key) or nil, a)
   local verdict, limit, remaining, retry, reset, state, ttl
   if giving then
     local given = refund(a, count, period, burst, st, cost, now)
     local after = st
-    if given then after = parse_state(given) end
+    if given then after = parse_state(given, a) end
     verdict, limit, remaining, retry, reset = decide(a, count, period, burst, after, 0, now)
     if given and cost > 0 then redis.call('SET', key, given, 'PX', px(reset)) end
   else
     verdict, limit, remaining, retry, reset, state, ttl = decide(a, count, period, burst, st, cost, now)
     if state and cost > 0 then redis.call('SET', key, state, 'PX', px(ttl)) end
   end
-  return verdict .. ' ' .. fmt(limit) .. ' ' .. fmt(remaining) .. ' ' .. fmt(retry) .. ' ' .. fmt(reset)
+  return string.format('%s %d %d %d %d', verdict, limit, remaining, retry, reset)
 end
 
 return run
