@@ -140,32 +140,29 @@ impl Inner {
     async fn flush(&self) -> Result<i64> {
         let _one = self.flushing.lock().await;
         // Counted in flight before it leaves `pending`, so that `total`
-        // never dips (it may count a concurrent add twice for an instant).
-        let delta = self.pending.sum();
+        // does not dip (for an instant it may count an add made meanwhile
+        // twice, or not yet).
+        self.in_flight.store(self.pending.sum(), Ordering::Release);
+        let delta = self.pending.take();
         self.in_flight.store(delta, Ordering::Release);
-        let taken = self.pending.take();
-        self.in_flight.store(taken, Ordering::Release);
-        let delta = taken;
+        // Until the store has it, the delta is pending again if this
+        // flush fails or is dropped mid-trip (a caller's timeout).
+        let mut unsent = Unsent { inner: self, delta };
         if delta == 0 {
-            self.in_flight.store(0, Ordering::Release);
             return self.store.get().await.inspect(|total| {
                 self.known.store(*total, Ordering::Release);
             });
         }
-        let sent = self.store.add(delta).await;
-        // Landed or back to pending: no longer in flight.
-        let _landed = InFlight(&self.in_flight);
-        match sent {
+        match self.store.add(delta).await {
             Ok(total) => {
                 self.known.store(total, Ordering::Release);
                 self.flushes.fetch_add(1, Ordering::Relaxed);
+                unsent.delta = 0;
                 Ok(total)
             }
             Err(err) => {
-                // Pending again, for the next flush. (An answer lost after
-                // the store applied it would count twice: the store's
-                // increment is not idempotent.)
-                self.pending.add(delta);
+                // (An answer lost after the store applied it counts twice:
+                // the store's increment is not idempotent.)
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 Err(err)
             }
@@ -173,13 +170,19 @@ impl Inner {
     }
 }
 
-/// Clears the in-flight sum when a flush's answer is in (after `known`
-/// or `pending` has it back).
-struct InFlight<'a>(&'a AtomicI64);
+/// A flush's delta while it is on its way: put back in `pending` unless
+/// the store took it, and no longer in flight either way.
+struct Unsent<'a> {
+    inner: &'a Inner,
+    delta: i64,
+}
 
-impl Drop for InFlight<'_> {
+impl Drop for Unsent<'_> {
     fn drop(&mut self) {
-        self.0.store(0, Ordering::Release);
+        if self.delta != 0 {
+            self.inner.pending.add(self.delta);
+        }
+        self.inner.in_flight.store(0, Ordering::Release);
     }
 }
 

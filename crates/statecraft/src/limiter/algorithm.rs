@@ -322,7 +322,7 @@ fn sliding_window(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64)
     allowed(
         cost,
         limit,
-        (budget - used - cost * window) / window,
+        budget.saturating_sub(used + cost * window) / window,
         if current > 0 {
             weight + window
         } else {

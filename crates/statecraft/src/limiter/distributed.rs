@@ -4,6 +4,7 @@
 //! instances' clocks do not matter.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,7 +91,11 @@ pub struct LimiterStats {
 /// takes effect on the next decision of every instance that makes it, and
 /// the store keeps no configuration that could go stale. Every key written
 /// has a TTL, set in the same atomic step: the time after which having no
-/// state decides the same (so an abandoned limit costs nothing).
+/// state decides the same (so an abandoned limit costs nothing). On
+/// PostgreSQL a decision's commit does not wait for the disk
+/// (`synchronous_commit = off` for that transaction): a crash of the
+/// server may forget its last moments of decisions, as Redis without
+/// `fsync` may.
 pub struct DistributedLimiter {
     backend: Arc<dyn StateBackend>,
     name: Arc<str>,
@@ -261,6 +266,19 @@ impl DistributedLimiter {
         .await
         .map_err(|_| self.timed_out())??;
         parse_output(&raw)
+    }
+
+    /// A refund of `permits` that needs nothing of this limiter: for a
+    /// task spawned when its owner is dropped (its answer is not awaited).
+    pub(super) fn refund_later(&self, permits: u64) -> impl Future<Output = ()> + Send + 'static {
+        let (backend, key, timeout) = (self.backend.clone(), self.key.clone(), self.timeout);
+        let input = refund_input(&self.quota.load(), permits, 0);
+        async move {
+            let refund = backend.update_atomic(&key, &LimitStep, input.as_bytes());
+            if let Ok(Err(err)) = tokio::time::timeout(timeout, refund).await {
+                tracing::debug!(error = %err, "a dropped lease was not given back");
+            }
+        }
     }
 
     fn timed_out(&self) -> Error {

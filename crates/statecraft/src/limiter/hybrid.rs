@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::algorithm::{Decision, Verdict};
 use super::distributed::{by_policy, DistributedLimiter, WhenUnreachable};
 use super::local::LocalLimiter;
-use super::quota::Quota;
+use super::quota::{Algorithm, Quota};
 use crate::backend::clock::{Clock, MonotonicClock};
 use crate::backend::error::Result;
 use crate::backend::StateBackend;
@@ -80,6 +80,10 @@ struct Inner {
     /// The last lease: when it was granted and its size (for the rate).
     granted_at: AtomicU64,
     granted: AtomicU64,
+    /// Until when the store remembers the current lease's permits (µs of
+    /// `clock`: the grant's time plus its reset time). A refund after it
+    /// would credit permits the shared limit has already refilled.
+    remembered_until: AtomicU64,
     /// Until when it decides without the store (µs of `clock`; 0: it asks).
     degraded_until: AtomicU64,
     fallback: Option<LocalLimiter>,
@@ -99,14 +103,18 @@ struct Inner {
 /// lease's size follows this instance's rate (what it spent of the last
 /// one, over how long, times [`lease_window`](HybridLimiterConfig::lease_window)),
 /// and what is left of it is given back when it expires
-/// ([`lease_ttl`](HybridLimiterConfig::lease_ttl)) and on
-/// [`close`](Self::close).
+/// ([`lease_ttl`](HybridLimiterConfig::lease_ttl)), on
+/// [`close`](Self::close), and when the last handle is dropped inside a
+/// tokio runtime (by a task: a drop cannot wait).
 ///
 /// **Over-admission bound.** Every permit spent was granted by the shared
-/// limit, so over any stretch of time `T` the instances together admit at
-/// most `burst + rate × (T + lease_ttl)`, and at most one lease
-/// (≤ `max_lease`) per instance more than the shared limit would have
-/// admitted in `T` by itself. A decision's `remaining` is what this
+/// limit, and a refund gives back only what the limit has not refilled
+/// since the grant, so the limit's own bound holds for the grants; a
+/// permit is spent at most `lease_ttl` after its grant. Over any stretch
+/// of time `T` the instances together admit at most
+/// `burst + rate × (T + lease_ttl)`, and at most one lease (≤ `max_lease`)
+/// per instance more than the shared limit would have admitted in `T` by
+/// itself. A decision's `remaining` is what this
 /// instance's lease has left, not the shared limit's.
 ///
 /// ```
@@ -161,6 +169,7 @@ impl HybridLimiter {
                 expires: AtomicU64::new(0),
                 granted_at: AtomicU64::new(0),
                 granted: AtomicU64::new(0),
+                remembered_until: AtomicU64::new(0),
                 degraded_until: AtomicU64::new(0),
                 fallback,
                 leasing: tokio::sync::Mutex::new(()),
@@ -199,10 +208,18 @@ impl HybridLimiter {
     #[inline]
     pub fn try_check(&self, cost: u64) -> Option<Decision> {
         let inner = &*self.inner;
-        let now = inner.clock.now_micros();
-        if cost > inner.shared.quota().burst() {
-            return None;
+        let quota = inner.shared.quota();
+        if cost > quota.burst() {
+            // Never, wherever it is decided.
+            return Some(Decision {
+                verdict: Verdict::TooLarge,
+                limit: quota.burst(),
+                remaining: 0,
+                retry_after_us: 0,
+                reset_after_us: 0,
+            });
         }
+        let now = inner.clock.now_micros();
         if inner.degraded_until.load(Ordering::Relaxed) > now {
             return Some(inner.without_store(cost));
         }
@@ -234,6 +251,13 @@ impl HybridLimiter {
         if let Some(decision) = self.try_check(cost) {
             return Ok(decision);
         }
+        if cost == 0 {
+            // Only asks: no lease for it.
+            return match inner.shared.check_n(0).await {
+                Ok(decision) => Ok(decision),
+                Err(err) => inner.unreachable(err, 0),
+            };
+        }
         inner.lease(cost).await
     }
 
@@ -241,7 +265,7 @@ impl HybridLimiter {
     /// takes a new lease if it is asked again.
     pub async fn close(&self) -> Result<()> {
         let _one = self.inner.leasing.lock().await;
-        self.inner.give_back().await
+        self.inner.give_back(self.inner.clock.now_micros()).await
     }
 
     /// What it has done.
@@ -253,6 +277,20 @@ impl HybridLimiter {
             returned: inner.returned.load(Ordering::Relaxed),
             decided_without_store: inner.without_store.load(Ordering::Relaxed),
             degraded: inner.degraded_until.load(Ordering::Relaxed) > inner.clock.now_micros(),
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle dropped: what is left of a live lease goes back to
+    /// the store, by a task on the runtime (if there is one).
+    fn drop(&mut self) {
+        let left = *self.left.get_mut();
+        let back = self.returnable(left, self.clock.now_micros());
+        if back > 0 {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(self.shared.refund_later(back));
+            }
         }
     }
 }
@@ -302,8 +340,15 @@ impl Inner {
     /// and spends `cost` of it.
     async fn lease(&self, cost: u64) -> Result<Decision> {
         let now = self.clock.now_micros();
-        if self.expires.load(Ordering::Acquire) <= now {
-            self.give_back().await.ok();
+        // The rest of the last lease (expired, or too small for this
+        // request) goes back first, never riding along with the new one.
+        self.give_back(now).await.ok();
+        if self.said_degraded.load(Ordering::Relaxed) {
+            // Asking a store that was down: the other requests go on by the
+            // policy until it answers (or the timeout passes).
+            let timeout = self.config.timeout.as_micros() as u64;
+            self.degraded_until
+                .store(now.saturating_add(timeout), Ordering::Relaxed);
         }
         let size = self.lease_size(cost, now);
         let mut granted = match self.shared.check_n(size).await {
@@ -311,9 +356,10 @@ impl Inner {
             Err(err) => return self.unreachable(err, cost),
         };
         let mut size = size;
-        if granted.verdict == Verdict::Denied && granted.remaining >= cost && size > cost {
-            // Not a whole lease left: take what there is.
-            size = granted.remaining;
+        if granted.verdict == Verdict::Denied && size > cost {
+            // Not a whole lease left: take what there is, or ask for just
+            // the cost (whose denial has the true retry-after).
+            size = granted.remaining.max(cost);
             granted = match self.shared.check_n(size).await {
                 Ok(decision) => decision,
                 Err(err) => return self.unreachable(err, cost),
@@ -328,27 +374,46 @@ impl Inner {
         self.granted.store(size, Ordering::Relaxed);
         self.granted_at.store(now, Ordering::Relaxed);
         let ttl = self.config.lease_ttl.as_micros() as u64;
+        self.remembered_until.store(
+            now.saturating_add(granted.reset_after_us),
+            Ordering::Relaxed,
+        );
         self.left.fetch_add(size - cost, Ordering::AcqRel);
         self.expires
             .store(now.saturating_add(ttl), Ordering::Release);
         Ok(self.spent(self.left.load(Ordering::Acquire)))
     }
 
-    /// Gives what is left of the lease back to the store.
-    async fn give_back(&self) -> Result<()> {
+    /// Of `left` unspent permits, how many the store still remembers at
+    /// `now` and may take back: for a bucket, what has not refilled since
+    /// the grant (at one permit an interval); for a window, all of them
+    /// while the windows that counted them last; after that, none.
+    fn returnable(&self, left: u64, now: u64) -> u64 {
+        let until = self.remembered_until.load(Ordering::Relaxed);
+        if left == 0 || now >= until {
+            return 0;
+        }
+        let quota = self.shared.quota();
+        match quota.algorithm() {
+            Algorithm::Gcra | Algorithm::TokenBucket => {
+                left.min((until - now) / quota.interval_us().max(1))
+            }
+            _ => left,
+        }
+    }
+
+    /// Gives what is left of the lease back to the store (what it still
+    /// remembers of it; the rest it has refilled already).
+    async fn give_back(&self, now: u64) -> Result<()> {
         let left = self.left.swap(0, Ordering::AcqRel);
         self.expires.store(0, Ordering::Release);
-        if left == 0 {
+        let back = self.returnable(left, now);
+        if back == 0 {
             return Ok(());
         }
-        match self.shared.refund(left).await {
-            Ok(_) => {
-                self.returned.fetch_add(left, Ordering::Relaxed);
-                Ok(())
-            }
-            // Lost: the shared limit refills them in time.
-            Err(err) => Err(err),
-        }
+        self.shared.refund(back).await?;
+        self.returned.fetch_add(back, Ordering::Relaxed);
+        Ok(())
     }
 
     fn unreachable(&self, err: crate::Error, cost: u64) -> Result<Decision> {
@@ -369,6 +434,7 @@ impl Inner {
 
     fn recovered(&self) {
         if self.said_degraded.swap(false, Ordering::Relaxed) {
+            self.degraded_until.store(0, Ordering::Relaxed);
             tracing::info!(limiter = %self.shared.name(), "the store answers again");
         }
     }

@@ -107,7 +107,7 @@ local function sliding_window(count, period, st, cost, now)
   end
   local now_current = current + cost
   if now_current > 0 then reset = weight + window end
-  return 'A', limit, math.floor((budget - used - cost * window) / window), 0, reset,
+  return 'A', limit, math.floor(math.max(budget - used - cost * window, 0) / window), 0, reset,
     's ' .. fmt(start) .. ' ' .. fmt(previous) .. ' ' .. fmt(now_current), weight + window
 end
 

@@ -69,6 +69,11 @@ DECLARE
     used int8;
     ends int8;
 BEGIN
+    -- A limit's state is soft: this transaction's commit does not wait
+    -- for its WAL to reach the disk (a server crash forgets at most the
+    -- last moments of decisions, as Redis without fsync does), so that
+    -- one hot limit is not held to one decision per disk flush.
+    PERFORM set_config('synchronous_commit', 'off', true);
     m := regexp_match(p_input,
         '^([gtsf]) ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16}) (-?[0-9]{1,16}) ([0-9]{1,16})$');
     IF m IS NULL THEN
@@ -236,7 +241,7 @@ BEGIN
                 END IF;
             ELSE
                 verdict := 'A';
-                remaining := (budget - used - ask * period) / period;
+                remaining := greatest(budget - used - ask * period, 0) / period;
                 IF cur + ask > 0 THEN reset := weight + period; END IF;
                 new_state := 's ' || win_start || ' ' || prev || ' ' || (cur + ask);
                 ttl := weight + period;

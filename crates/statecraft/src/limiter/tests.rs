@@ -191,6 +191,24 @@ proptest! {
 }
 
 #[test]
+fn a_request_of_zero_only_asks_even_over_a_lowered_limit() {
+    // Counts of a limit of 10 read by a limit of 5, early in the window:
+    // more is used than the budget holds.
+    let quota = quota(Algorithm::SlidingWindow, 5, 3_000_000, 5);
+    let state = LimitState::SlidingWindow {
+        start_us: 3_000_000,
+        previous: 10,
+        current: 9,
+    };
+    let asked = decide(&quota, Some(state), 0, 3_100_000);
+    assert_eq!(
+        (asked.decision.verdict, asked.decision.remaining),
+        (Verdict::Allowed, 0)
+    );
+    assert!(!is_idle(&quota, Some(state), 1_000));
+}
+
+#[test]
 fn a_sliding_window_weighs_the_previous_window() {
     let quota = quota(Algorithm::SlidingWindow, 10, 1_000_000, 10);
     let mut state = None;
@@ -374,8 +392,14 @@ fn limiters_are_send_and_sync() {
 #[tokio::test]
 async fn a_hybrid_limiter_spends_leases_and_gives_the_rest_back() {
     let store: Arc<dyn crate::StateBackend> = Arc::new(crate::MemoryBackend::new());
-    let limit = quota(Algorithm::Gcra, 100, 1_000_000, 100);
-    let hybrid = HybridLimiter::new(store.clone(), "h", limit, HybridLimiterConfig::default());
+    // A rate that refills nothing meanwhile; a lease window long enough
+    // that a slow machine still sees a busy instance.
+    let limit = quota(Algorithm::Gcra, 100, 3_600_000_000, 100);
+    let config = HybridLimiterConfig {
+        lease_window: Duration::from_secs(10),
+        ..HybridLimiterConfig::default()
+    };
+    let hybrid = HybridLimiter::new(store.clone(), "h", limit, config);
     let started = std::time::Instant::now();
     let mut admitted = 0u64;
     for _ in 0..300 {
@@ -383,11 +407,20 @@ async fn a_hybrid_limiter_spends_leases_and_gives_the_rest_back() {
             admitted += 1;
         }
     }
-    // The burst, plus what the rate refilled meanwhile.
-    let refilled = (started.elapsed().as_millis() as u64) / 10 + 1;
+    // The burst, plus what the rate refilled meanwhile (one per 36 s).
+    let refilled = started.elapsed().as_secs() / 36 + 1;
     assert!(
         (100..=100 + refilled).contains(&admitted),
         "admitted {admitted}"
+    );
+    // Asking takes nothing; too much never passes, and is said so here.
+    assert_eq!(
+        hybrid.check_n(0).await.expect("ask").verdict,
+        Verdict::Allowed
+    );
+    assert_eq!(
+        hybrid.try_check(101).map(|d| d.verdict),
+        Some(Verdict::TooLarge)
     );
     let stats = hybrid.stats();
     assert!(
@@ -400,4 +433,57 @@ async fn a_hybrid_limiter_spends_leases_and_gives_the_rest_back() {
     // What was given back is the shared limit's again.
     let shared = DistributedLimiter::new(store, "h", limit);
     assert!(shared.check_n(0).await.expect("peek").remaining >= stats.returned);
+}
+
+#[tokio::test]
+async fn a_dropped_hybrid_limiter_gives_its_lease_back() {
+    let store: Arc<dyn crate::StateBackend> = Arc::new(crate::MemoryBackend::new());
+    let limit = quota(Algorithm::Gcra, 1, 3_600_000_000, 100);
+    let shared = DistributedLimiter::new(store.clone(), "d", limit);
+    let hybrid = HybridLimiter::new(store, "d", limit, HybridLimiterConfig::default());
+    for _ in 0..2 {
+        assert!(hybrid.check().await.expect("decision").is_allowed());
+    }
+    let leased = hybrid.stats().leased;
+    assert!(leased > 2, "a lease bigger than the checks: {leased}");
+    let held = shared.check_n(0).await.expect("peek").remaining;
+    assert_eq!(held, 100 - leased);
+    drop(hybrid);
+    for _ in 0..100 {
+        if shared.check_n(0).await.expect("peek").remaining == 98 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the lease's rest never came back");
+}
+
+#[tokio::test]
+async fn a_lease_the_limit_has_refilled_since_is_not_given_back() {
+    let store: Arc<dyn crate::StateBackend> = Arc::new(crate::MemoryBackend::new());
+    // A permit a millisecond, ten at once.
+    let limit = quota(Algorithm::Gcra, 1_000, 1_000_000, 10);
+    let config = HybridLimiterConfig {
+        lease_window: Duration::from_secs(10),
+        max_lease: Some(10),
+        ..HybridLimiterConfig::default()
+    };
+    let hybrid = HybridLimiter::new(store.clone(), "r", limit, config);
+    for _ in 0..2 {
+        assert!(hybrid.check().await.expect("decision").is_allowed());
+    }
+    assert!(hybrid.stats().leased > 2);
+    // The limit refills; another instance then takes all of it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let shared = DistributedLimiter::new(store, "r", limit);
+    let mut drained = 0;
+    while shared.check().await.expect("decision").is_allowed() {
+        drained += 1;
+    }
+    assert!(drained >= 10, "drained {drained}");
+    hybrid.close().await.expect("close");
+    // The lease's rest was refilled long ago: giving it back now would
+    // credit the other instance with permits it never had.
+    assert_eq!(hybrid.stats().returned, 0);
+    assert!(!shared.check().await.expect("decision").is_allowed());
 }
