@@ -13,6 +13,8 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 \
+  || ls /usr/lib/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || need_apt+=(faketime)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""

@@ -2,8 +2,7 @@
 //! Redis Cluster, or one PostgreSQL): 4 processes × 64 tasks hammering one
 //! limit admit at most its burst plus its rate over the run, and at least
 //! 95% of that; the same with the processes' clocks skewed by ±5 s (each
-//! child's limiter reads a fake clock that far off: the store's clock
-//! decides); every limiter key has a TTL afterwards, also after the
+//! child's whole wall clock, by libfaketime: the store's clock decides); every limiter key has a TTL afterwards, also after the
 //! connections were cut mid-run; a killed store gives the configured
 //! policy within the timeout.
 
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use statecraft::limiter::{
     Algorithm, DistributedLimiter, HybridLimiter, HybridLimiterConfig, Quota, WhenUnreachable,
 };
-use statecraft::{Clock, MonotonicClock, RedisBackend, RedisConfig, StateBackend};
+use statecraft::{MonotonicClock, RedisBackend, RedisConfig, StateBackend};
 use statecraft_testkit::{Fault, FaultProxy, PostgresServer, RedisCluster, RedisServer};
 
 const CHILD: &str = "STATECRAFT_LIMITER_CHILD";
@@ -43,21 +42,24 @@ fn wall_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// A clock `skew_us` off the machine's (either way).
-#[derive(Debug)]
-struct Skewed {
-    clock: MonotonicClock,
-    skew_us: i64,
-}
-
-impl Clock for Skewed {
-    fn now_millis(&self) -> u64 {
-        self.now_micros() / 1_000
-    }
-
-    fn now_micros(&self) -> u64 {
-        self.clock.now_micros().saturating_add_signed(self.skew_us)
-    }
+/// libfaketime, which shifts a process's wall clock (`FAKETIME`): under
+/// `/usr/lib/<arch>/faketime/` or `/usr/lib/faketime/`.
+fn faketime() -> std::path::PathBuf {
+    let library = "libfaketimeMT.so.1";
+    let arches = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("faketime").join(library));
+    std::iter::once(std::path::PathBuf::from("/usr/lib/faketime").join(library))
+        .chain(arches)
+        .find(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "libfaketime is missing: the skewed-clock tests need it \
+                 (apt-get install faketime; scripts/test.sh installs it)"
+            )
+        })
 }
 
 async fn store(url: &str) -> Arc<dyn StateBackend> {
@@ -75,7 +77,11 @@ async fn store(url: &str) -> Arc<dyn StateBackend> {
         .expect("the test store accepts connections")
 }
 
-/// A child process: `mode|url|name|algorithm|millis|skew_us`. It prints
+/// A child process: `mode|url|name|algorithm|millis|skew_s|parent µs`,
+/// its wall clock `skew_s` seconds off (by libfaketime, which its parent
+/// preloads), `parent µs` the parent's wall clock when it spawned it. It
+/// prints `skew <µs>` (its clock against the parent's, plus its start-up
+/// time), then its times with the skew taken off:
 /// `start <µs>`, then `admitted <n>`, `without_store <n>`, `slowest <ms>`,
 /// `allowed_without_store <n>`, `end <µs>` and `done`.
 async fn child(spec: &str) {
@@ -83,9 +89,13 @@ async fn child(spec: &str) {
     let (mode, url, name) = (parts[0], parts[1], parts[2]);
     let algorithm = Algorithm::from_name(parts[3]).expect("an algorithm");
     let millis: u64 = parts[4].parse().expect("millis");
-    let skew_us: i64 = parts[5].parse().expect("skew");
+    let skew_us: i64 = parts[5].parse::<i64>().expect("skew") * 1_000_000;
+    let parent_us: i64 = parts[6].parse().expect("the parent's time");
+    let wall = || wall_micros().saturating_add_signed(-skew_us);
+    let seen = wall_micros() as i64 - parent_us;
     // Ends the test harness's "test … " line: what follows is ours.
     println!();
+    println!("skew {seen}");
     let store = store(url).await;
     let policy = match mode {
         "hammer" | "hybrid" => WhenUnreachable::Error,
@@ -106,13 +116,11 @@ async fn child(spec: &str) {
             DistributedLimiter::new(store, name, quota(algorithm))
                 .timeout(timeout)
                 .when_unreachable(policy)
-                .with_clock(Skewed {
-                    clock: MonotonicClock::new(),
-                    skew_us,
-                }),
+                // The process's clock, skewed with it.
+                .with_clock(MonotonicClock::new()),
         ))
     });
-    let started = wall_micros();
+    let started = wall();
     println!("start {started}");
     println!("until {}", started + millis * 1_000);
     let until = Instant::now() + Duration::from_millis(millis);
@@ -174,7 +182,7 @@ async fn child(spec: &str) {
         denied += d;
         errors += e;
     }
-    println!("end {}", wall_micros());
+    println!("end {}", wall());
     if let Limiter::Hybrid(hybrid) = &*limiter {
         hybrid.close().await.expect("give the lease back");
         println!("leases {}", hybrid.stats().leases);
@@ -233,13 +241,27 @@ fn children(test: &str, specs: &[String], processes: usize, during: impl FnOnce(
     let exe = std::env::current_exe().expect("test binary");
     let spawned: Vec<_> = (0..processes)
         .map(|n| {
-            Command::new(&exe)
+            let spec = &specs[n % specs.len()];
+            let skew: i64 = spec
+                .rsplit('|')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let mut command = Command::new(&exe);
+            command
                 .args(["--exact", test, "--nocapture", "--test-threads", "1"])
-                .env(CHILD, &specs[n % specs.len()])
+                .env(CHILD, format!("{spec}|{}", wall_micros()))
                 .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn a child process")
+                .stderr(Stdio::inherit());
+            if skew != 0 {
+                // The child's wall clock, shifted; its monotonic clock (and
+                // so its timers) left alone.
+                command
+                    .env("LD_PRELOAD", faketime())
+                    .env("FAKETIME", format!("{skew:+}"))
+                    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            }
+            (skew, command.spawn().expect("spawn a child process"))
         })
         .collect();
     during();
@@ -247,7 +269,7 @@ fn children(test: &str, specs: &[String], processes: usize, during: impl FnOnce(
         start: u64::MAX,
         ..Report::default()
     };
-    for mut process in spawned {
+    for (skew, mut process) in spawned {
         let stdout = process.stdout.take().expect("stdout");
         let lines: Vec<String> = BufReader::new(stdout)
             .lines()
@@ -260,6 +282,16 @@ fn children(test: &str, specs: &[String], processes: usize, during: impl FnOnce(
         assert!(
             lines.iter().any(|l| l == "done"),
             "a child did not finish: {lines:?}"
+        );
+        // The child's clock was as far off as asked (plus its start-up).
+        let seen = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("skew ").and_then(|n| n.parse::<i64>().ok()))
+            .expect("the child says its skew");
+        let off = seen - skew * 1_000_000;
+        assert!(
+            (-500_000..3_000_000).contains(&off),
+            "a child asked to run {skew} s off ran {seen} µs off"
         );
         for line in &lines {
             let Some((what, n)) = line.split_once(' ') else {
@@ -369,7 +401,7 @@ async fn skewed_process_clocks_change_nothing_on_redis() {
         return child(&spec).await;
     }
     let _serial = one_at_a_time().await;
-    let skews = [5_000_000, -5_000_000, 4_000_000, -4_500_000];
+    let skews = [5, -5, 4, -4];
     hammer(
         "skewed_process_clocks_change_nothing_on_redis",
         &RedisServer::shared().url(),
@@ -390,7 +422,7 @@ async fn processes_share_one_limit_on_redis_cluster() {
         &RedisCluster::shared().url(),
         "hammer",
         Algorithm::Gcra,
-        &[5_000_000, -5_000_000],
+        &[5, -5],
     );
 }
 
@@ -405,7 +437,7 @@ async fn processes_share_one_limit_on_postgres() {
         &PostgresServer::shared().url(),
         "hammer",
         Algorithm::Gcra,
-        &[5_000_000, -5_000_000],
+        &[5, -5],
     );
 }
 
