@@ -202,3 +202,86 @@ fn bench_primitive_breaker_prints_local_and_distributed_rows() {
         }
     }
 }
+
+/// Runs `statecraft bench --primitive <primitive> --json` against a Redis
+/// and a PostgreSQL and returns its rows.
+fn primitive_rows(primitive: &str) -> Vec<serde_json::Value> {
+    let redis = statecraft_testkit::RedisServer::start();
+    let postgres = statecraft_testkit::PostgresServer::start();
+    let output = Command::new(env!("CARGO_BIN_EXE_statecraft"))
+        .args(["bench", "--primitive", primitive, "--json"])
+        .args(["--duration-ms", "100", "--concurrency", "2"])
+        .args(["--backend", &redis.url(), "--backend", &postgres.url()])
+        .output()
+        .expect("run statecraft bench");
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    rows.as_array().expect("a JSON array").clone()
+}
+
+/// Every `(backend, operation, distributed)` has a row at concurrency 1
+/// and 2 with the backends' fields.
+fn assert_rows(rows: &[serde_json::Value], expected: &[(&str, String, bool)]) {
+    assert_eq!(rows.len(), expected.len() * 2, "{rows:?}");
+    for (backend, operation, distributed) in expected {
+        let (backend, operation, distributed) = (*backend, operation.as_str(), *distributed);
+        for concurrency in [1, 2] {
+            let row = rows
+                .iter()
+                .find(|r| {
+                    r["backend"] == backend
+                        && r["operation"] == operation
+                        && r["concurrency"] == concurrency
+                })
+                .unwrap_or_else(|| panic!("no {operation} row on {backend} ×{concurrency}"));
+            let ops = row["ops_per_sec"].as_f64().expect("ops_per_sec");
+            let p50 = row["p50_us"].as_f64().expect("p50_us");
+            let p99 = row["p99_us"].as_f64().expect("p99_us");
+            assert!(ops > 0.0 && p50 > 0.0 && p99 >= p50, "{row}");
+            assert_eq!(row["distributed"], distributed, "{row}");
+            assert!(row["calls"].as_u64().expect("calls") > 0, "{row}");
+        }
+    }
+}
+
+/// `--primitive limiter`: a decision by each algorithm locally, keyed, in
+/// each store and by leases, in rows named by primitive, algorithm and
+/// placement.
+#[test]
+fn bench_primitive_limiter_prints_a_row_per_algorithm_and_placement() {
+    let rows = primitive_rows("limiter");
+    let mut expected = vec![("memory", "limiter_gcra_keyed_local".to_string(), false)];
+    for algorithm in ["gcra", "token_bucket", "sliding_window", "fixed_window"] {
+        expected.push(("memory", format!("limiter_{algorithm}_local"), false));
+        for backend in ["redis", "postgres"] {
+            expected.push((backend, format!("limiter_{algorithm}_distributed"), true));
+        }
+    }
+    for backend in ["redis", "postgres"] {
+        expected.push((backend, "limiter_gcra_hybrid".to_string(), true));
+    }
+    assert_rows(&rows, &expected);
+}
+
+/// `--primitive counter`: an add to a sharded counter, and through each
+/// store, batched and one round trip each.
+#[test]
+fn bench_primitive_counter_prints_local_hybrid_and_distributed_rows() {
+    let rows = primitive_rows("counter");
+    let expected = [
+        ("memory", "counter_sharded_local", false),
+        ("redis", "counter_hybrid", true),
+        ("redis", "counter_distributed", true),
+        ("postgres", "counter_hybrid", true),
+        ("postgres", "counter_distributed", true),
+    ];
+    let expected: Vec<_> = expected
+        .into_iter()
+        .map(|(backend, operation, distributed)| (backend, operation.to_string(), distributed))
+        .collect();
+    assert_rows(&rows, &expected);
+}

@@ -20,8 +20,8 @@ use statecraft::limiter::{
     Quota,
 };
 
-use super::primitive::{tasks_row, threads_row, timed_calls, LOCAL_BLOCK};
-use super::{new_histogram, open_target, BenchArgs, BenchRow, TaskResult};
+use super::primitive::{async_blocks, tasks_row, threads_row, timed_calls, LOCAL_BLOCK};
+use super::{open_target, BenchArgs, BenchRow, TaskResult};
 
 /// A quota that admits everything a run asks of it.
 fn roomy(algorithm: Algorithm) -> Result<Quota, String> {
@@ -175,28 +175,17 @@ pub(super) async fn limiters(
     Ok(rows)
 }
 
-/// Hybrid checks timed in blocks, as local calls are: most make no round
+/// Hybrid checks, timed in blocks as local calls are: most make no round
 /// trip.
 async fn hybrid_checks(hybrid: &HybridLimiter, deadline: Instant) -> Result<TaskResult, String> {
-    let mut histogram = new_histogram()?;
-    let mut calls = 0u64;
-    while Instant::now() < deadline {
-        let block = Instant::now();
-        for _ in 0..LOCAL_BLOCK {
-            match hybrid.check().await {
-                Ok(decision) if decision.is_allowed() => {}
-                Ok(decision) => return Err(format!("limiter_gcra_hybrid: {decision:?}")),
-                Err(e) => return Err(format!("limiter_gcra_hybrid: {e}")),
-            }
+    let call = || async {
+        match hybrid.check().await {
+            Ok(decision) if decision.is_allowed() => Ok(()),
+            Ok(decision) => Err(format!("limiter_gcra_hybrid: {decision:?}")),
+            Err(e) => Err(format!("limiter_gcra_hybrid: {e}")),
         }
-        let mean = block.elapsed().as_nanos() / u128::from(LOCAL_BLOCK);
-        histogram
-            .record(u64::try_from(mean).unwrap_or(u64::MAX).max(1))
-            .map_err(|e| e.to_string())?;
-        calls += LOCAL_BLOCK;
-        tokio::task::yield_now().await;
-    }
-    Ok(TaskResult { histogram, calls })
+    };
+    async_blocks(call, deadline).await
 }
 
 pub(super) async fn counters(

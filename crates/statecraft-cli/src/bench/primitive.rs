@@ -246,23 +246,38 @@ where
 }
 
 async fn hybrid_calls(breaker: &HybridBreaker, deadline: Instant) -> Result<TaskResult, String> {
+    let call = || async {
+        let permit = breaker
+            .acquire()
+            .await
+            .map_err(|e| format!("breaker_hybrid_call: {e}"))?;
+        permit.success().await;
+        Ok(())
+    };
+    async_blocks(call, deadline).await
+}
+
+/// Calls `call` until `deadline` in blocks of [`LOCAL_BLOCK`] (most of
+/// them make no round trip: a clock read would cost more), each block's
+/// mean one latency sample; yields between blocks, for the tasks sharing
+/// the runtime (a hybrid's flush).
+pub(super) async fn async_blocks<F, Fut>(call: F, deadline: Instant) -> Result<TaskResult, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let mut histogram = new_histogram()?;
     let mut calls = 0u64;
     while Instant::now() < deadline {
         let block = Instant::now();
         for _ in 0..LOCAL_BLOCK {
-            let permit = breaker
-                .acquire()
-                .await
-                .map_err(|e| format!("breaker_hybrid_call: {e}"))?;
-            permit.success().await;
+            call().await?;
         }
         let mean = block.elapsed().as_nanos() / u128::from(LOCAL_BLOCK);
         histogram
             .record(u64::try_from(mean).unwrap_or(u64::MAX).max(1))
             .map_err(|e| e.to_string())?;
         calls += LOCAL_BLOCK;
-        // The flush task shares the runtime.
         tokio::task::yield_now().await;
     }
     Ok(TaskResult { histogram, calls })

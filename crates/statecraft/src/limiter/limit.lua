@@ -57,14 +57,18 @@ local function gcra(count, period, burst, st, cost, now)
     'g ' .. fmt(new_tat), new_tat - now
 end
 
+-- A token bucket's level at `now` (limiter::algorithm's `refilled`).
+local function refilled(count, period, capacity, st, now)
+  if not (st and st[1] == 't' and st[2] == period) then return capacity end
+  local stored = math.min(st[3], capacity)
+  local elapsed = math.max(now - st[4], 0)
+  if elapsed < math.ceil((capacity - stored) / count) then return stored + elapsed * count end
+  return capacity
+end
+
 local function token_bucket(count, period, burst, st, cost, now)
   local capacity = burst * period
-  local level = capacity
-  if st and st[1] == 't' and st[2] == period then
-    local stored = math.min(st[3], capacity)
-    local elapsed = math.max(now - st[4], 0)
-    if elapsed < math.ceil((capacity - stored) / count) then level = stored + elapsed * count end
-  end
+  local level = refilled(count, period, capacity, st, now)
   local function until_full(l) return math.ceil((capacity - l) / count) end
   if cost > burst then return 'L', burst, math.floor(level / period), 0, until_full(level) end
   local need = cost * period
@@ -135,11 +139,8 @@ local function refund(a, count, period, burst, st, permits, now)
     return 'g ' .. fmt(math.max(tat - math.min(permits, burst) * interval, now))
   elseif a == 't' and st and st[1] == 't' and st[2] == period then
     local capacity = burst * period
-    local level = capacity
-    local stored = math.min(st[3], capacity)
-    local elapsed = math.max(now - st[4], 0)
-    if elapsed < math.ceil((capacity - stored) / count) then level = stored + elapsed * count end
-    level = math.min(level + math.min(permits, burst) * period, capacity)
+    local level = math.min(refilled(count, period, capacity, st, now) + math.min(permits, burst) * period,
+      capacity)
     return 't ' .. fmt(period) .. ' ' .. fmt(level) .. ' ' .. fmt(now)
   elseif a == 's' and st and st[1] == 's' and
       (st[2] == now - now % period or st[2] + period == now - now % period) then

@@ -20,6 +20,22 @@ COMMENT ON TABLE @limits@ IS
 COMMENT ON COLUMN @limits@.state IS 'the state, as the limit step reads it (limiter::shared)';
 COMMENT ON COLUMN @limits@.expires_at IS 'past it the limit is whole again and the row is purged';
 
+-- A token bucket's level at `now_us` (limiter::algorithm's `refilled`):
+-- the stored level refilled by `cnt` a µs since `at`, up to `capacity`.
+CREATE OR REPLACE FUNCTION @limit_level#@(
+    stored int8, at int8, now_us int8, capacity int8, cnt int8)
+RETURNS int8 LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    level int8 := least(stored, capacity);
+    elapsed int8 := greatest(now_us - at, 0);
+BEGIN
+    IF elapsed >= (capacity - level + cnt - 1) / cnt THEN
+        RETURN capacity;
+    END IF;
+    RETURN level + elapsed * cnt;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION @limit_step#@(p_key bytea, p_input text, p_default_ttl int8)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -127,13 +143,7 @@ BEGIN
                 given := 'g ' || greatest(tat - least(cost, burst) * interval_us, now_us);
             ELSIF a = 't' AND st[1] = 't' AND cardinality(sn) = 3 AND sn[1] = period THEN
                 capacity := burst * period;
-                level := least(sn[2], capacity);
-                elapsed := greatest(now_us - sn[3], 0);
-                IF elapsed >= (capacity - level + cnt - 1) / cnt THEN
-                    level := capacity;
-                ELSE
-                    level := level + elapsed * cnt;
-                END IF;
+                level := @limit_level#@(sn[2], sn[3], now_us, capacity, cnt);
                 level := least(level + least(cost, burst) * period, capacity);
                 given := 't ' || period || ' ' || level || ' ' || now_us;
             ELSIF a = 's' AND st[1] = 's' AND cardinality(sn) = 3
@@ -187,13 +197,7 @@ BEGIN
             lim := burst;
             level := capacity;
             IF st[1] = 't' AND cardinality(sn) = 3 AND sn[1] = period THEN
-                level := least(sn[2], capacity);
-                elapsed := greatest(now_us - sn[3], 0);
-                IF elapsed >= (capacity - level + cnt - 1) / cnt THEN
-                    level := capacity;
-                ELSE
-                    level := level + elapsed * cnt;
-                END IF;
+                level := @limit_level#@(sn[2], sn[3], now_us, capacity, cnt);
             END IF;
             IF ask > burst THEN
                 verdict := 'L'; remaining := level / period;
