@@ -734,11 +734,19 @@ impl PostgresServer {
     ///
     /// Every PostgreSQL backend runs in its own process group, so killing
     /// the postmaster's group is not enough: a backend could still answer
-    /// a query on an open connection before it noticed. The backends are
-    /// found through `/proc` (children of the postmaster) and killed first.
+    /// a query on an open connection before it noticed. The postmaster is
+    /// stopped first (so that it forks no backend for a client that
+    /// reconnects meanwhile), then its backends, found through `/proc`, are
+    /// killed, then it is.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let postmaster = child.id();
+            if let Ok(pid) = libc::pid_t::try_from(postmaster) {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(pid, libc::SIGSTOP);
+                }
+            }
             let children: Vec<libc::pid_t> = std::fs::read_dir("/proc")
                 .into_iter()
                 .flatten()
