@@ -156,61 +156,36 @@ fn bench_measures_a_cached_stack_with_its_l1_figures() {
 /// backends' fields.
 #[test]
 fn bench_primitive_breaker_prints_local_and_distributed_rows() {
-    let redis = statecraft_testkit::RedisServer::start();
-    let postgres = statecraft_testkit::PostgresServer::start();
-    let output = Command::new(env!("CARGO_BIN_EXE_statecraft"))
-        .args(["bench", "--primitive", "breaker", "--json"])
-        .args(["--duration-ms", "100", "--concurrency", "4"])
-        .args(["--backend", &redis.url(), "--backend", &postgres.url()])
-        .output()
-        .expect("run statecraft bench");
-    assert!(
-        output.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
-    let rows = rows.as_array().expect("a JSON array");
-    assert_eq!(
-        rows.len(),
-        10,
-        "local + 2 stores × 2 kinds, × 2 levels: {rows:?}"
-    );
-    for (backend, operation, distributed) in [
+    let rows = primitive_rows("breaker", 4);
+    let expected = [
         ("memory", "breaker_local_call", false),
         ("redis", "breaker_hybrid_call", true),
         ("redis", "breaker_distributed_call", true),
         ("postgres", "breaker_hybrid_call", true),
         ("postgres", "breaker_distributed_call", true),
-    ] {
-        for concurrency in [1, 4] {
-            let row = rows
-                .iter()
-                .find(|r| {
-                    r["backend"] == backend
-                        && r["operation"] == operation
-                        && r["concurrency"] == concurrency
-                })
-                .unwrap_or_else(|| panic!("no {operation} row on {backend} ×{concurrency}"));
-            let ops = row["ops_per_sec"].as_f64().expect("ops_per_sec");
-            let p50 = row["p50_us"].as_f64().expect("p50_us");
-            let p99 = row["p99_us"].as_f64().expect("p99_us");
-            assert!(ops > 0.0 && p50 > 0.0 && p99 >= p50, "{row}");
-            assert_eq!(row["distributed"], distributed, "{row}");
-            assert_eq!(row["batch_size"], 1, "{row}");
-            assert!(row["calls"].as_u64().expect("calls") > 0, "{row}");
-        }
-    }
+    ];
+    let expected: Vec<_> = expected
+        .into_iter()
+        .map(|(backend, operation, distributed)| (backend, operation.to_string(), distributed))
+        .collect();
+    assert_rows(&rows, &expected, 4);
+    assert!(rows.iter().all(|row| row["batch_size"] == 1), "{rows:?}");
 }
 
-/// Runs `statecraft bench --primitive <primitive> --json` against a Redis
-/// and a PostgreSQL and returns its rows.
-fn primitive_rows(primitive: &str) -> Vec<serde_json::Value> {
+/// Runs `statecraft bench --primitive <primitive> --json` at concurrency
+/// 1 and `concurrency` against a Redis and a PostgreSQL, and returns its
+/// rows.
+fn primitive_rows(primitive: &str, concurrency: u64) -> Vec<serde_json::Value> {
     let redis = statecraft_testkit::RedisServer::start();
     let postgres = statecraft_testkit::PostgresServer::start();
     let output = Command::new(env!("CARGO_BIN_EXE_statecraft"))
         .args(["bench", "--primitive", primitive, "--json"])
-        .args(["--duration-ms", "100", "--concurrency", "2"])
+        .args([
+            "--duration-ms",
+            "100",
+            "--concurrency",
+            &concurrency.to_string(),
+        ])
         .args(["--backend", &redis.url(), "--backend", &postgres.url()])
         .output()
         .expect("run statecraft bench");
@@ -224,12 +199,12 @@ fn primitive_rows(primitive: &str) -> Vec<serde_json::Value> {
 }
 
 /// Every `(backend, operation, distributed)` has a row at concurrency 1
-/// and 2 with the backends' fields.
-fn assert_rows(rows: &[serde_json::Value], expected: &[(&str, String, bool)]) {
+/// and `level` with the backends' fields.
+fn assert_rows(rows: &[serde_json::Value], expected: &[(&str, String, bool)], level: u64) {
     assert_eq!(rows.len(), expected.len() * 2, "{rows:?}");
     for (backend, operation, distributed) in expected {
         let (backend, operation, distributed) = (*backend, operation.as_str(), *distributed);
-        for concurrency in [1, 2] {
+        for concurrency in [1, level] {
             let row = rows
                 .iter()
                 .find(|r| {
@@ -253,7 +228,7 @@ fn assert_rows(rows: &[serde_json::Value], expected: &[(&str, String, bool)]) {
 /// placement.
 #[test]
 fn bench_primitive_limiter_prints_a_row_per_algorithm_and_placement() {
-    let rows = primitive_rows("limiter");
+    let rows = primitive_rows("limiter", 2);
     let mut expected = vec![("memory", "limiter_gcra_keyed_local".to_string(), false)];
     for algorithm in ["gcra", "token_bucket", "sliding_window", "fixed_window"] {
         expected.push(("memory", format!("limiter_{algorithm}_local"), false));
@@ -264,14 +239,14 @@ fn bench_primitive_limiter_prints_a_row_per_algorithm_and_placement() {
     for backend in ["redis", "postgres"] {
         expected.push((backend, "limiter_gcra_hybrid".to_string(), true));
     }
-    assert_rows(&rows, &expected);
+    assert_rows(&rows, &expected, 2);
 }
 
 /// `--primitive counter`: an add to a sharded counter, and through each
 /// store, batched and one round trip each.
 #[test]
 fn bench_primitive_counter_prints_local_hybrid_and_distributed_rows() {
-    let rows = primitive_rows("counter");
+    let rows = primitive_rows("counter", 2);
     let expected = [
         ("memory", "counter_sharded_local", false),
         ("redis", "counter_hybrid", true),
@@ -283,5 +258,5 @@ fn bench_primitive_counter_prints_local_hybrid_and_distributed_rows() {
         .into_iter()
         .map(|(backend, operation, distributed)| (backend, operation.to_string(), distributed))
         .collect();
-    assert_rows(&rows, &expected);
+    assert_rows(&rows, &expected, 2);
 }

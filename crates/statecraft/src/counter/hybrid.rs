@@ -207,7 +207,9 @@ mod tests {
     use super::*;
     use crate::MemoryBackend;
 
-    #[tokio::test]
+    // Tokio's time is paused: the flush task's ticks come as the test
+    // advances it, not by waiting.
+    #[tokio::test(start_paused = true)]
     async fn adds_reach_the_store_within_the_flush_interval() {
         let store: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
         let every = Duration::from_millis(20);
@@ -221,7 +223,8 @@ mod tests {
         assert_eq!((here.pending(), here.total()), (50, 50));
         assert_eq!(shared.get().await.expect("get"), 0, "nothing flushed yet");
         // The bound: one interval (plus a round trip, and a tick's slack).
-        tokio::time::sleep(every * 3).await;
+        tokio::time::advance(every * 3).await;
+        tokio::task::yield_now().await;
         assert_eq!(shared.get().await.expect("get"), 150);
         assert_eq!(here.pending(), 0);
         assert!(here.stats().flushes >= 1);
