@@ -17,9 +17,11 @@
 //!   2 × 10,000,000 adds, the median adds per second and the ratio.
 //! - `redis`: on a loopback Redis (test support), one decision of the
 //!   `DistributedLimiter` (GCRA, the step as a Redis Function) against a
-//!   plain `INCR` on one raw redis-crate connection and against the
-//!   backend's own `increment`: 11 interleaved rounds of 2,000 each, the
-//!   median time per call and the ratios.
+//!   plain `INCR` on one raw redis-crate connection, against the
+//!   backend's own `increment`, and against the same function called by
+//!   a raw `FCALL` (the server's share of the gap apart from the
+//!   client's): 11 interleaved rounds of 2,000 each, the median time per
+//!   call and the ratios.
 //!
 //! `cargo bench -p bench-compare --bench limiter` (`LIMITER_BENCH_PART` =
 //! `local`, `keyed`, `counter` or `redis` runs one part).
@@ -286,10 +288,22 @@ fn redis() {
         // Untimed: the first call loads the function.
         assert!(limiter.check().await.expect("decision").is_allowed());
         let calls = scale(2_000);
-        let mut times = vec![Vec::new(); 3];
+        let function: String = redis::cmd("FUNCTION")
+            .arg("LIST")
+            .query_async::<redis::Value>(&mut raw)
+            .await
+            .map(|v| format!("{v:?}"))
+            .expect("list");
+        let function = function
+            .split('"')
+            .find(|s| s.starts_with("statecraft_limit"))
+            .expect("the function")
+            .to_string();
+        let input = "g 1000000 1000000 2147483648 1 0";
+        let mut times = vec![Vec::new(); 4];
         for round in 0..11 {
-            for k in 0..3 {
-                let which = (k + round) % 3;
+            for k in 0..4 {
+                let which = (k + round) % 4;
                 let started = Instant::now();
                 for _ in 0..calls {
                     match which {
@@ -300,6 +314,17 @@ fn redis() {
                                 .query_async(&mut raw)
                                 .await
                                 .expect("incr");
+                        }
+                        3 => {
+                            let _: Vec<u8> = redis::cmd("FCALL")
+                                .arg(&function)
+                                .arg(1)
+                                .arg("raw:limit")
+                                .arg(input)
+                                .arg(0)
+                                .query_async(&mut raw)
+                                .await
+                                .expect("fcall");
                         }
                         _ => {
                             backend
@@ -324,6 +349,10 @@ fn redis() {
         println!(
             "  backend increment                {:>7.1} µs",
             median(times[2].clone())
+        );
+        println!(
+            "  raw FCALL of the same function   {:>7.1} µs",
+            median(times[3].clone())
         );
         println!(
             "  limiter × raw INCR               {:>7.3}",

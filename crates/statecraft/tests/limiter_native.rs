@@ -445,7 +445,7 @@ async fn bad_input_is_a_typed_error_on_every_path() {
     let redis = on_redis(&RedisServer::shared().url(), true).await;
     let postgres = postgres_probe_async().await;
     let memory = statecraft::MemoryBackend::new();
-    let inputs: [&[u8]; 11] = [
+    let inputs: [&[u8]; 13] = [
         b"",
         b"nonsense",
         b"g 0 1000000 1 1 0",
@@ -457,6 +457,8 @@ async fn bad_input_is_a_typed_error_on_every_path() {
         b"g 10 99999999999999999 1 1 0",
         b"g 10 1000000 1 - 0",
         b"g 10 1000000 1 --1 0",
+        b"g 10 1000000 1 99999999999999999 0",
+        b"g 10 1000000 1 1 99999999999999999",
     ];
     for input in inputs {
         for backend in [&redis.backend as &dyn StateBackend, &*postgres, &memory] {

@@ -196,10 +196,21 @@ fn allowed(
 /// leads to is at most `burst × interval` ahead of now.
 #[inline]
 pub(super) fn gcra(quota: &Quota, state: Option<LimitState>, cost: u64, now: u64) -> Decided {
+    gcra_of(quota.interval_us(), quota.burst(), state, cost, now)
+}
+
+/// [`gcra`] given only the two figures of the quota it reads.
+#[inline(always)]
+pub(super) fn gcra_of(
+    interval: u64,
+    burst: u64,
+    state: Option<LimitState>,
+    cost: u64,
+    now: u64,
+) -> Decided {
     // (Never 0: a quota's rules. Said here, a division the caller does not
     // read is left out of the compiled check.)
-    let interval = quota.interval_us().max(1);
-    let burst = quota.burst();
+    let interval = interval.max(1);
     let horizon = burst * interval;
     // The furthest the arrival time may be (saturating only for a time
     // near the end of u64, which no clock reads).

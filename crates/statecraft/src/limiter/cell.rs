@@ -4,7 +4,7 @@
 //! sequence lock, so that a change takes effect on the next decision
 //! without a lock on the hot path.
 
-use super::algorithm::{decide, gcra, Decision, LimitState};
+use super::algorithm::{decide, gcra_of, Decision, LimitState};
 use super::quota::{Algorithm, Quota};
 use super::sync::{AtomicU128, AtomicU64, Mutex, Ordering};
 
@@ -38,37 +38,22 @@ impl StateCell {
     pub(super) fn decide(&self, quota: &Quota, cost: u64, now: u64) -> Decision {
         match self {
             StateCell::Narrow(tat) => {
-                let mut current = tat.load(Ordering::Acquire);
-                loop {
-                    let state = (current != NO_TAT).then_some(LimitState::Gcra { tat_us: current });
-                    let decided = gcra(quota, state, cost, now);
-                    let Some(LimitState::Gcra { tat_us }) = decided.write else {
-                        return decided.decision;
-                    };
-                    match tat.compare_exchange_weak(
-                        current,
-                        tat_us,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => return decided.decision,
-                        Err(now_there) => current = now_there,
-                    }
-                }
+                decide_narrow(tat, quota.interval_us(), quota.burst(), cost, now)
             }
-            StateCell::Wide(cell) => {
-                let mut current = cell.load();
-                loop {
-                    let decided = decide(quota, unpack(quota.algorithm(), current), cost, now);
-                    let Some(write) = decided.write else {
-                        return decided.decision;
-                    };
-                    match cell.compare_exchange(current, pack(write)) {
-                        Ok(_) => return decided.decision,
-                        Err(now_there) => current = now_there,
-                    }
-                }
+            StateCell::Wide(cell) => decide_wide(cell, quota, cost, now),
+        }
+    }
+
+    /// [`decide`](Self::decide) by the quota in `quota` as it is now (for
+    /// GCRA only the two figures it reads).
+    #[inline]
+    pub(super) fn decide_by(&self, quota: &QuotaCell, cost: u64, now: u64) -> Decision {
+        match self {
+            StateCell::Narrow(tat) => {
+                let [interval, burst] = quota.load_gcra();
+                decide_narrow(tat, interval, burst, cost, now)
             }
+            StateCell::Wide(cell) => decide_wide(cell, &quota.load(), cost, now),
         }
     }
 
@@ -88,6 +73,41 @@ impl StateCell {
         match self {
             StateCell::Narrow(tat) => tat.store(NO_TAT, Ordering::Release),
             StateCell::Wide(cell) => cell.store(NO_STATE),
+        }
+    }
+}
+
+/// GCRA's decision on its one word: small enough to be inlined into the
+/// caller, so that the figures a caller does not read (a remaining count
+/// is a division) are left out of the compiled check.
+#[inline(always)]
+fn decide_narrow(tat: &AtomicU64, interval: u64, burst: u64, cost: u64, now: u64) -> Decision {
+    let mut current = tat.load(Ordering::Acquire);
+    loop {
+        let state = (current != NO_TAT).then_some(LimitState::Gcra { tat_us: current });
+        let decided = gcra_of(interval, burst, state, cost, now);
+        let Some(LimitState::Gcra { tat_us }) = decided.write else {
+            return decided.decision;
+        };
+        match tat.compare_exchange_weak(current, tat_us, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return decided.decision,
+            Err(now_there) => current = now_there,
+        }
+    }
+}
+
+/// The other algorithms' decision on their 128-bit word.
+#[inline]
+fn decide_wide(cell: &AtomicU128, quota: &Quota, cost: u64, now: u64) -> Decision {
+    let mut current = cell.load();
+    loop {
+        let decided = decide(quota, unpack(quota.algorithm(), current), cost, now);
+        let Some(write) = decided.write else {
+            return decided.decision;
+        };
+        match cell.compare_exchange(current, pack(write)) {
+            Ok(_) => return decided.decision,
+            Err(now_there) => current = now_there,
         }
     }
 }
@@ -171,6 +191,24 @@ impl QuotaCell {
             let after = self.sequence.load(Ordering::Acquire);
             if before == after && before % 2 == 0 {
                 return Quota::from_words(words);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// GCRA's two figures of the quota (its interval and burst, µs and
+    /// permits), read as [`load`](Self::load) reads the whole.
+    #[inline]
+    pub(super) fn load_gcra(&self) -> [u64; 2] {
+        loop {
+            let before = self.sequence.load(Ordering::Acquire);
+            let figures = [
+                self.words[Quota::INTERVAL_WORD].load(Ordering::Acquire),
+                self.words[Quota::BURST_WORD].load(Ordering::Acquire),
+            ];
+            let after = self.sequence.load(Ordering::Acquire);
+            if before == after && before % 2 == 0 {
+                return figures;
             }
             std::hint::spin_loop();
         }

@@ -113,21 +113,23 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
     pub fn check_n(&self, key: &K, cost: u64) -> Decision {
         let now = self.clock.now_micros();
         if let Some(entry) = self.entries.get(key) {
-            let quota = entry
-                .quota
-                .as_deref()
-                .copied()
-                .unwrap_or_else(|| self.default.load());
-            return entry.cell.decide(&quota, cost, now);
+            return self.decide(&entry, cost, now);
         }
         self.sweep_if_grown();
-        let default = self.default.load();
         let entry = self.entries.entry(key.clone()).or_insert_with(|| Entry {
-            cell: StateCell::new(default.algorithm()),
+            cell: StateCell::new(self.default.load().algorithm()),
             quota: None,
         });
-        let quota = entry.quota.as_deref().copied().unwrap_or(default);
-        entry.cell.decide(&quota, cost, now)
+        self.decide(&entry, cost, now)
+    }
+
+    /// Decides on `entry`'s cell by its own quota or the default.
+    #[inline]
+    fn decide(&self, entry: &Entry, cost: u64, now: u64) -> Decision {
+        match entry.quota.as_deref() {
+            Some(quota) => entry.cell.decide(quota, cost, now),
+            None => entry.cell.decide_by(&self.default, cost, now),
+        }
     }
 
     /// Waits until `cost` permits pass for `key`, for at most `max_wait`

@@ -209,12 +209,10 @@ end
 
 local function run(keys, args)
   local key = keys[1]
-  local head, k, n = string.match(args[1] or '', '^(.-) (%-?%d+) (%d+)$')
-  if not head then return bad('malformed input') end
-  local giving = string.sub(k, 1, 1) == '-'
-  if giving then k = string.sub(k, 2) end
-  local cost, now = num(k), num(n)
-  if not (cost and now) then return bad('malformed input') end
+  local head, giving, k, n = string.match(args[1] or '', '^([gtsf] %d+ %d+ %d+) (%-?)(%d+) (%d+)$')
+  if not head or #k > 16 or #n > 16 then return bad('malformed input') end
+  giving = giving == '-'
+  local cost, now = tonumber(k), tonumber(n)
   local q, why = quota_of(head)
   if not q then return bad(why) end
   local a, count, period, burst = q[1], q[2], q[3], q[4]
@@ -229,10 +227,10 @@ local function run(keys, args)
     local after = st
     if given then after = parse_state(given, a) end
     verdict, limit, remaining, retry, reset = decide(a, count, period, burst, after, 0, now)
-    if given and cost > 0 then redis.call('SET', key, given, 'PX', px(reset)) end
+    if given and cost > 0 then redis.call('SET', key, given, 'PX', fmt(px(reset))) end
   else
     verdict, limit, remaining, retry, reset, state, ttl = decide(a, count, period, burst, st, cost, now)
-    if state and cost > 0 then redis.call('SET', key, state, 'PX', px(ttl)) end
+    if state and cost > 0 then redis.call('SET', key, state, 'PX', fmt(px(ttl))) end
   end
   return string.format('%s %d %d %d %d', verdict, limit, remaining, retry, reset)
 end

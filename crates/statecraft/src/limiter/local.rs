@@ -74,8 +74,8 @@ impl<C: Clock> LocalLimiter<C> {
     /// Decides `cost` permits at once: all or none (0 only asks).
     #[inline]
     pub fn check_n(&self, cost: u64) -> Decision {
-        let quota = self.quota.load();
-        self.cell.decide(&quota, cost, self.clock.now_micros())
+        self.cell
+            .decide_by(&self.quota, cost, self.clock.now_micros())
     }
 
     /// Waits until `cost` permits pass, for at most `max_wait` (of tokio's

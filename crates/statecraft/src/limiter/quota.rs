@@ -199,6 +199,11 @@ impl Quota {
         Duration::from_micros(self.interval_us)
     }
 
+    /// Where [`to_words`](Self::to_words) puts the interval.
+    pub(crate) const INTERVAL_WORD: usize = 4;
+    /// Where [`to_words`](Self::to_words) puts the burst.
+    pub(crate) const BURST_WORD: usize = 3;
+
     /// The quota as five words, for a lock-free cell.
     pub(crate) fn to_words(self) -> [u64; 5] {
         let algorithm = Algorithm::ALL
@@ -449,6 +454,10 @@ mod tests {
         for algorithm in Algorithm::ALL {
             assert_eq!(Algorithm::from_name(algorithm.name()), Some(algorithm));
         }
+        let words = quota.to_words();
+        assert_eq!(words[Quota::INTERVAL_WORD], quota.interval_us());
+        assert_eq!(words[Quota::BURST_WORD], quota.burst());
+        assert_eq!(Quota::from_words(words), quota);
     }
 
     #[test]
