@@ -74,6 +74,46 @@ proptest! {
     }
 }
 
+/// The function remembers a stored text that a plain success leaves as it
+/// is (a closed count window full of successes) and answers it without
+/// reading it again; any other text, under the same configuration, is
+/// stepped in full. A failure then a success must move the window as the
+/// Rust step moves it, with such a text remembered.
+#[test]
+fn a_remembered_unchanged_state_is_only_its_own_text() {
+    use statecraft::breaker::Outcome;
+    let config = BreakerConfig::builder()
+        .failure_limit(2, 2)
+        .build()
+        .expect("config");
+    let record = |outcome| {
+        (
+            breaker::Input::One(Event::Record {
+                outcome,
+                slow: false,
+                probe: None,
+            }),
+            10,
+            7,
+        )
+    };
+    let mut steps = vec![record(Outcome::Success); 4];
+    steps.extend([record(Outcome::Failure), record(Outcome::Success)]);
+    steps.extend(vec![record(Outcome::Success); 3]);
+    let (native, reference) = differential(&config, &steps, true);
+    assert_eq!(native, reference);
+    let windows: Vec<_> = native
+        .iter()
+        .map(|(_, stored)| {
+            let text = String::from_utf8_lossy(stored.as_deref().unwrap_or_default()).into_owned();
+            text.rsplit(' ').next().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(windows[3], "c:00", "{windows:?}");
+    assert_eq!(windows[5], "c:10", "{windows:?}");
+    assert_eq!(windows[6], "c:00", "{windows:?}");
+}
+
 /// The step is loaded once as a Redis Function (only with functions on),
 /// and loaded again, transparently, when the server lost it.
 #[tokio::test]
