@@ -49,6 +49,7 @@ pub mod connect;
 pub mod counter;
 mod layers;
 pub mod limiter;
+pub mod lock;
 pub mod raw;
 
 pub use backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite, PostgresNative};

@@ -38,11 +38,14 @@ pub enum ErrorKind {
     Unsupported,
     /// Any other failure reported by the backend.
     Backend,
+    /// A lock's lease (or a leadership) is no longer held: it ran out, or
+    /// another holder took it.
+    Lost,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order (so that `ALL[kind.index()] == kind`).
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::KeyTooLarge,
         ErrorKind::ValueTooLarge,
         ErrorKind::InvalidKey,
@@ -57,6 +60,7 @@ impl ErrorKind {
         ErrorKind::Corrupt,
         ErrorKind::Unsupported,
         ErrorKind::Backend,
+        ErrorKind::Lost,
     ];
 
     /// The position of this kind in [`ALL`](Self::ALL).
@@ -82,6 +86,7 @@ impl ErrorKind {
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Backend => "backend",
+            ErrorKind::Lost => "lost",
         }
     }
 

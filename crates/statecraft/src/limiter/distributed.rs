@@ -22,7 +22,7 @@ use crate::backend::StateBackend;
 
 /// `name` with `%` and `:` escaped, so that it never holds the `:` that
 /// separates a limit's name from its keys.
-fn escaped(name: &str) -> String {
+pub(crate) fn escaped(name: &str) -> String {
     name.replace('%', "%25").replace(':', "%3A")
 }
 

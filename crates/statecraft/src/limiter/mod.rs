@@ -52,6 +52,7 @@ mod sync;
 mod tests;
 
 pub use algorithm::{decide, is_idle, refund, Decided, Decision, LimitState, Verdict};
+pub(crate) use distributed::escaped;
 pub use distributed::{DistributedLimiter, LimiterStats, WhenUnreachable};
 pub use headers::RateLimitHeaders;
 pub use hybrid::{HybridLimiter, HybridLimiterConfig, HybridLimiterStats};

@@ -1,0 +1,132 @@
+-- statecraft: the lock's step, a copy of lock::machine::lock_step in Lua
+-- (input, state and output as lock::shared writes them), checked against
+-- the Rust function by tests/lock_native.rs. The chunk returns the step as
+-- a function of (keys, args): the Redis backend loads it once as a Redis
+-- Function library, or runs it per call by EVALSHA on servers without
+-- functions. keys[1]: the lock's key; args[1]: 'a <owner> <lease us> <now
+-- us>', 'e <owner> <token> <lease us> <now us>', 'r <owner> <token> <now
+-- us>' (now 0: the server's clock), or '?' (the server's time and the
+-- state). Every figure has at most 16 digits (below 2^53), so Lua's
+-- doubles compute exactly what the Rust integers do.
+
+local RETAIN = 3600000000 -- us a key outlives a lease or a release
+local MAX_LEASE = 31622400000000 -- 366 days, in us
+-- (Spelled out: a library's top level runs before `string` is there.)
+local OWNER = '^' .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
+  .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
+  .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
+  .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]$'
+
+local function bad()
+  return redis.error_reply('statecraft:invalid_argument lock step: malformed input')
+end
+
+local function fmt(n) return string.format('%d', n) end
+
+local function num(x)
+  if x == nil or #x == 0 or #x > 16 or not string.match(x, '^%d+$') then return nil end
+  return tonumber(x)
+end
+
+local function owner(x)
+  if x == nil or not string.match(x, OWNER) then return nil end
+  return x
+end
+
+local function lease(x)
+  local n = num(x)
+  if n == nil or n < 1 or n > MAX_LEASE then return nil end
+  return n
+end
+
+local function words(s)
+  local out = {}
+  for w in string.gmatch(s, '[^ ]+') do out[#out + 1] = w end
+  return out
+end
+
+-- The stored state as { kind, owner, token, expires } ('h') or
+-- { kind, nil, last token } ('f'); nil: none, or a text the step does not
+-- write (counted as no lock).
+local function decode(raw)
+  if not raw then return nil end
+  if string.find(raw, '  ', 1, true) or string.sub(raw, 1, 1) == ' '
+      or string.sub(raw, -1) == ' ' then
+    return nil
+  end
+  local w = words(raw)
+  if w[1] == 'h' and #w == 4 then
+    local o, t, e = owner(w[2]), num(w[3]), num(w[4])
+    if o and t and e then return { 'h', o, t, e } end
+  elseif w[1] == 'f' and #w == 2 then
+    local t = num(w[2])
+    if t then return { 'f', nil, t } end
+  end
+  return nil
+end
+
+local function encode(st)
+  if st[1] == 'h' then return 'h ' .. st[2] .. ' ' .. fmt(st[3]) .. ' ' .. fmt(st[4]) end
+  return 'f ' .. fmt(st[3])
+end
+
+local function server_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function px(ttl) return fmt(math.max(math.ceil(ttl / 1000), 1)) end
+
+local function run(keys, args)
+  local key, input = keys[1], args[1] or ''
+  if input == '?' then
+    local st = decode(redis.call('GET', key) or nil)
+    local text = ''
+    if st then text = encode(st) end
+    return fmt(server_us()) .. ' ' .. text
+  end
+  if string.find(input, '  ', 1, true) or string.sub(input, 1, 1) == ' '
+      or string.sub(input, -1) == ' ' then
+    return bad()
+  end
+  local w = words(input)
+  local op, who, token, ls, now = w[1], nil, nil, nil, nil
+  if op == 'a' and #w == 4 then
+    who, ls, now = owner(w[2]), lease(w[3]), num(w[4])
+    if not (who and ls and now) then return bad() end
+  elseif op == 'e' and #w == 5 then
+    who, token, ls, now = owner(w[2]), num(w[3]), lease(w[4]), num(w[5])
+    if not (who and token and ls and now) then return bad() end
+  elseif op == 'r' and #w == 4 then
+    who, token, now = owner(w[2]), num(w[3]), num(w[4])
+    if not (who and token and now) then return bad() end
+  else
+    return bad()
+  end
+  if now == 0 then now = server_us() end
+
+  local st = decode(redis.call('GET', key) or nil)
+  -- The holder while its lease runs.
+  local held = st and st[1] == 'h' and st[4] > now
+  local function hold(t, l)
+    redis.call('SET', key, encode({ 'h', who, t, now + l }), 'PX', px(l + RETAIN))
+    return 'H ' .. fmt(t) .. ' ' .. fmt(l)
+  end
+  if op == 'a' then
+    if held and st[2] == who then return hold(st[3], ls) end
+    if held then return 'B ' .. fmt(st[3]) .. ' ' .. fmt(st[4] - now) end
+    local last = 0
+    if st then last = st[3] end
+    return hold(math.max(last + 1, now), ls)
+  elseif op == 'e' then
+    if held and st[2] == who and st[3] == token then return hold(token, ls) end
+    return 'N'
+  end
+  if st and st[1] == 'h' and st[2] == who and st[3] == token then
+    redis.call('SET', key, 'f ' .. fmt(token), 'PX', px(RETAIN))
+    return 'R ' .. fmt(token)
+  end
+  return 'N'
+end
+
+return run

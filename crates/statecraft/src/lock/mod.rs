@@ -1,0 +1,37 @@
+//! Locks with fencing tokens: named locks in a shared store ([`Locks`]),
+//! each acquisition with a token that strictly increases per name, leases
+//! the store's clock ends, releases and renewals by the holder only, an
+//! opt-in watchdog, a "lost" signal, and writes fenced by the token
+//! ([`fenced_put`]).
+//!
+//! The step is written once ([`lock_step`]); the Redis copy runs it in
+//! one round trip at the server's clock, any other store by
+//! compare-and-swap (at the client's clock: prefer Redis, or the memory
+//! backend within one process).
+//!
+//! **Fencing tokens.** An acquisition's token is the store's clock in
+//! microseconds, raised past the last token the lock's key remembers:
+//! `max(last + 1, now)`. Tokens of one lock so strictly increase while the
+//! key lives (it outlives a release by [`RETAIN_US`]), and also after it
+//! is gone (forgotten, or lost with a store restarted without
+//! persistence): a new token is then the store's time, later than every
+//! token given before — as long as the store's wall clock did not step
+//! back past them, the one case in which tokens can go backwards. (No
+//! lock is acquired more than once a microsecond: each acquisition waits
+//! for the previous holder's release, a round trip.)
+
+mod distributed;
+mod fenced;
+mod machine;
+mod shared;
+
+pub use distributed::{LockConfig, LockGuard, Locks};
+pub use fenced::{fenced_get, fenced_put, Fenced, FencedWrite};
+pub use machine::{
+    lock_step, LockAnswer, LockOp, LockState, LockStepped, Owner, MAX_LEASE_US, RETAIN_US,
+};
+pub use shared::{
+    decode_state, encode_state, op_input, parse_answer, parse_input, parse_peek, LockStep, PEEK,
+};
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,376 @@
+//! The lock's step as a pure function (properties over random operation
+//! sequences), its wire texts, and [`Locks`] over the memory backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::machine::{lock_step, LockAnswer, LockOp, LockState, Owner, RETAIN_US};
+use super::shared::{decode_state, encode_state, op_input, parse_input};
+use super::*;
+use crate::{AtomicUpdate, ErrorKind, ManualClock, MemoryBackend, StateBackend};
+
+fn owner(n: u8) -> Owner {
+    Owner([n; 16])
+}
+
+/// A generated operation: by one of three owners, with the token of the
+/// last holding it saw (or another), and a lease.
+#[derive(Debug, Clone)]
+enum Op {
+    Acquire(u8, u64),
+    Extend(u8, bool, u64),
+    Release(u8, bool),
+}
+
+fn ops() -> impl Strategy<Value = Vec<(Op, u64)>> {
+    let who = 0u8..3;
+    let lease = 1u64..5_000;
+    let op = prop_oneof![
+        (who.clone(), lease.clone()).prop_map(|(w, l)| Op::Acquire(w, l)),
+        (who.clone(), any::<bool>(), lease).prop_map(|(w, t, l)| Op::Extend(w, t, l)),
+        (who, any::<bool>()).prop_map(|(w, t)| Op::Release(w, t)),
+    ];
+    let dt = prop_oneof![Just(0u64), 0u64..3_000];
+    prop::collection::vec((op, dt), 1..80)
+}
+
+proptest! {
+    /// Never two holders; a new holding's token is above every token
+    /// given before; only the holder extends or releases.
+    #[test]
+    fn the_step_keeps_one_holder_and_raises_tokens(ops in ops()) {
+        let mut now = 1_000_000u64;
+        let mut state: Option<LockState> = None;
+        let mut highest = 0u64;
+        // The token each owner last held.
+        let mut tokens = [0u64; 3];
+        for (op, dt) in ops {
+            now += dt;
+            let before = state.and_then(|s| s.holder(now));
+            let op = match op {
+                Op::Acquire(w, lease_us) => LockOp::Acquire { owner: owner(w), lease_us },
+                Op::Extend(w, right, lease_us) => LockOp::Extend {
+                    owner: owner(w),
+                    token: if right { tokens[w as usize] } else { tokens[w as usize] + 1 },
+                    lease_us,
+                },
+                Op::Release(w, right) => LockOp::Release {
+                    owner: owner(w),
+                    token: if right { tokens[w as usize] } else { tokens[w as usize] + 1 },
+                },
+            };
+            let stepped = lock_step(state, op, now);
+            match (op, stepped.answer) {
+                (LockOp::Acquire { owner: who, lease_us }, LockAnswer::Held { token, lease_us: left }) => {
+                    prop_assert_eq!(left, lease_us);
+                    match before {
+                        // A retried acquisition gets its own token back.
+                        Some((held_by, held, _)) => {
+                            prop_assert_eq!(held_by, who);
+                            prop_assert_eq!(token, held);
+                        }
+                        None => {
+                            prop_assert!(token > highest, "{} after {}", token, highest);
+                            prop_assert!(token >= now);
+                            highest = token;
+                        }
+                    }
+                    tokens[who.0[0] as usize] = token;
+                }
+                (LockOp::Acquire { owner: who, .. }, LockAnswer::Busy { token, retry_after_us }) => {
+                    let (held_by, held, expires) = before.expect("busy only while held");
+                    prop_assert!(held_by != who);
+                    prop_assert_eq!((token, retry_after_us), (held, expires - now));
+                }
+                (LockOp::Extend { owner: who, token, .. }, LockAnswer::Held { token: kept, .. }) => {
+                    prop_assert_eq!(before.map(|b| (b.0, b.1)), Some((who, token)));
+                    prop_assert_eq!(kept, token);
+                }
+                (LockOp::Release { owner: who, token }, LockAnswer::Released { token: given }) => {
+                    prop_assert_eq!(given, token);
+                    let theirs = matches!(state, Some(LockState::Held { owner, token: t, .. })
+                        if owner == who && t == token);
+                    prop_assert!(theirs, "released by another: {:?}", state);
+                }
+                (_, LockAnswer::NotHeld) => prop_assert!(stepped.write.is_none()),
+                (op, answer) => prop_assert!(false, "{:?} answered {:?}", op, answer),
+            }
+            if let Some(written) = stepped.write {
+                prop_assert!(stepped.ttl_us >= RETAIN_US);
+                prop_assert_eq!(written.token() >= state.map_or(0, |s| s.token()), true);
+                state = Some(written);
+            }
+            // The stored text reads back as written.
+            if let Some(s) = state {
+                prop_assert_eq!(decode_state(encode_state(&s).as_bytes()), Some(s));
+            }
+        }
+    }
+
+    /// Every op's input reads back as the op.
+    #[test]
+    fn inputs_read_back(w in 0u8..255, token in 0u64..1 << 53, lease_us in 1u64..1 << 40, now in 0u64..1 << 53) {
+        for op in [
+            LockOp::Acquire { owner: owner(w), lease_us },
+            LockOp::Extend { owner: owner(w), token, lease_us },
+            LockOp::Release { owner: owner(w), token },
+        ] {
+            prop_assert_eq!(parse_input(op_input(op, now).as_bytes()).ok(), Some((op, now)));
+        }
+    }
+}
+
+#[test]
+fn tokens_outlive_the_key_by_the_store_clock() {
+    // Forgotten (no state): the token is the store's time, above any
+    // given before it.
+    let first = lock_step(
+        None,
+        LockOp::Acquire {
+            owner: owner(1),
+            lease_us: 10,
+        },
+        5_000,
+    );
+    assert_eq!(
+        first.answer,
+        LockAnswer::Held {
+            token: 5_000,
+            lease_us: 10
+        }
+    );
+    // Remembered and ahead of the clock: one past the last.
+    let free = LockState::Free { last_token: 9_000 };
+    let next = lock_step(
+        Some(free),
+        LockOp::Acquire {
+            owner: owner(2),
+            lease_us: 10,
+        },
+        6_000,
+    );
+    assert_eq!(
+        next.answer,
+        LockAnswer::Held {
+            token: 9_001,
+            lease_us: 10
+        }
+    );
+}
+
+#[test]
+fn malformed_inputs_and_owners_are_refused() {
+    for input in [
+        &b""[..],
+        b"a",
+        b"a 00 10 0",
+        b"a 0123456789abcdef0123456789ABCDEF 10 0",
+        b"a 0123456789abcdef0123456789abcdef 0 0",
+        b"a 0123456789abcdef0123456789abcdef 99999999999999999 0",
+        b"a  0123456789abcdef0123456789abcdef 10 0",
+        b"e 0123456789abcdef0123456789abcdef 10 0",
+        b"r 0123456789abcdef0123456789abcdef 1 0 0",
+        b"x 0123456789abcdef0123456789abcdef 1 0",
+    ] {
+        let err = LockStep.apply(None, input, 1).expect_err("malformed input");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{input:?}");
+    }
+    let owner = Owner::random().expect("randomness");
+    assert_eq!(Owner::from_hex(&owner.to_hex()), Some(owner));
+    assert_ne!(Owner::random().expect("randomness"), owner);
+}
+
+fn memory(clock: &ManualClock) -> Arc<dyn StateBackend> {
+    Arc::new(MemoryBackend::builder().clock(clock.clone()).build())
+}
+
+#[tokio::test]
+async fn one_holder_at_a_time_and_release_by_drop() {
+    let clock = ManualClock::new(1_000);
+    let locks = Locks::new(memory(&clock));
+    let lease = Duration::from_secs(10);
+    let guard = locks
+        .try_lock("a", lease)
+        .await
+        .expect("store")
+        .expect("free");
+    assert!(locks.try_lock("a", lease).await.expect("store").is_none());
+    // Another name is another lock.
+    let other = locks
+        .try_lock("b", lease)
+        .await
+        .expect("store")
+        .expect("free");
+    assert_eq!(
+        locks.holder("a").await.expect("peek").map(|h| h.0),
+        Some(guard.token())
+    );
+    let token = guard.token();
+    drop(guard);
+    // The release runs in the background: the next acquisition waits for
+    // it (woken by its publication, or polling).
+    let next = locks
+        .lock("a", lease, Duration::from_secs(5))
+        .await
+        .expect("released");
+    assert!(next.token() > token);
+    next.unlock().await.expect("held");
+    other.unlock().await.expect("held");
+    assert_eq!(locks.holder("a").await.expect("peek"), None);
+    assert!(locks.last_token("a").await.expect("peek") > token);
+}
+
+#[tokio::test]
+async fn a_lease_the_store_ended_is_lost_for_its_holder() {
+    let clock = ManualClock::new(1_000);
+    let locks = Locks::new(memory(&clock));
+    let guard = locks
+        .try_lock("a", Duration::from_secs(2))
+        .await
+        .expect("store")
+        .expect("free");
+    // The store's clock ends the lease; another takes the lock.
+    clock.advance(Duration::from_secs(3));
+    let second = locks
+        .try_lock("a", Duration::from_secs(2))
+        .await
+        .expect("store")
+        .expect("the lease ran out");
+    assert!(second.token() > guard.token());
+    let err = guard
+        .extend(Duration::from_secs(2))
+        .await
+        .expect_err("lost");
+    assert_eq!(err.kind(), ErrorKind::Lost);
+    assert!(guard.is_lost());
+    guard.lost().await;
+    let err = guard.unlock().await.expect_err("not the holder");
+    assert_eq!(err.kind(), ErrorKind::Lost);
+    // The second holding is untouched by the first one's release.
+    assert_eq!(
+        locks.holder("a").await.expect("peek").map(|h| h.0),
+        Some(second.token())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lost_signal_fires_when_the_lease_runs_out_locally() {
+    let clock = ManualClock::new(1_000);
+    let locks = Locks::new(memory(&clock));
+    let guard = locks
+        .try_lock("a", Duration::from_secs(1))
+        .await
+        .expect("store")
+        .expect("free");
+    assert!(!guard.is_lost());
+    tokio::time::sleep(Duration::from_millis(980)).await;
+    assert!(!guard.is_lost(), "lost before 99% of the lease");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::task::yield_now().await;
+    assert!(guard.is_lost(), "not lost after the lease");
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_keeps_the_lock_until_release_and_stops_there() {
+    let clock = ManualClock::new(1_000);
+    let backend = memory(&clock);
+    let locks = Locks::with_config(backend, LockConfig::default().renewing());
+    let guard = locks
+        .try_lock("a", Duration::from_secs(3))
+        .await
+        .expect("store")
+        .expect("free");
+    for _ in 0..10 {
+        // Time passes on both clocks; the watchdog renews in between.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        clock.advance(Duration::from_secs(1));
+    }
+    assert!(!guard.is_lost());
+    let (token, left) = locks.holder("a").await.expect("peek").expect("held");
+    assert_eq!(token, guard.token());
+    assert!(left > Duration::from_secs(1), "{left:?}");
+    guard.unlock().await.expect("held");
+    // No renewal after the release: the lock stays free.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(locks.holder("a").await.expect("peek"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_lock_stops_the_work_when_the_lease_is_lost() {
+    let clock = ManualClock::new(1_000);
+    let locks = Locks::new(memory(&clock));
+    let done = locks
+        .with_lock("a", Duration::from_secs(5), Duration::ZERO, || async { 7 })
+        .await
+        .expect("free");
+    assert_eq!(done, 7);
+    assert_eq!(locks.holder("a").await.expect("peek"), None);
+    let err = locks
+        .with_lock("a", Duration::from_secs(1), Duration::ZERO, || {
+            tokio::time::sleep(Duration::from_secs(60))
+        })
+        .await
+        .expect_err("lost mid-work");
+    assert_eq!(err.kind(), ErrorKind::Lost);
+}
+
+#[tokio::test]
+async fn a_waiter_gives_up_at_its_deadline_naming_the_holder() {
+    let clock = ManualClock::new(1_000);
+    let locks = Locks::new(memory(&clock));
+    let guard = locks
+        .try_lock("a", Duration::from_secs(60))
+        .await
+        .expect("store")
+        .expect("free");
+    let err = locks
+        .lock("a", Duration::from_secs(1), Duration::from_millis(50))
+        .await
+        .expect_err("held");
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(
+        err.to_string().contains(&guard.token().to_string()),
+        "{err}"
+    );
+    let err = locks
+        .try_lock("a", Duration::ZERO)
+        .await
+        .expect_err("no lease");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_fenced_write_refuses_an_older_token() {
+    let clock = ManualClock::new(1_000);
+    let backend = memory(&clock);
+    assert_eq!(
+        fenced_put(&*backend, b"r", 5, b"five")
+            .await
+            .expect("store"),
+        Fenced::Written
+    );
+    assert_eq!(
+        fenced_put(&*backend, b"r", 5, b"again")
+            .await
+            .expect("store"),
+        Fenced::Written
+    );
+    assert_eq!(
+        fenced_put(&*backend, b"r", 4, b"old").await.expect("store"),
+        Fenced::Stale { highest: 5 }
+    );
+    assert_eq!(
+        fenced_put(&*backend, b"r", 9, b"new \x00 bytes")
+            .await
+            .expect("store"),
+        Fenced::Written
+    );
+    let (token, value) = fenced_get(&*backend, b"r")
+        .await
+        .expect("store")
+        .expect("set");
+    assert_eq!((token, value.as_ref()), (9, &b"new \x00 bytes"[..]));
+    assert_eq!(fenced_get(&*backend, b"none").await.expect("store"), None);
+}

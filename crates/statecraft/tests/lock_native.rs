@@ -1,0 +1,279 @@
+//! The lock's Lua copies (`src/lock/lock.lua`, `src/lock/fenced.lua`)
+//! against the Rust steps, on a real Redis (single node and Cluster)
+//! started by the test support: random operation sequences by a few
+//! owners at a clock the test sets, through Redis's native path and
+//! through the memory backend's (which runs the Rust step under the key's
+//! lock). Every answer and every stored state must be the same, and every
+//! key the lock writes has a TTL.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use statecraft::lock::{
+    fenced_put, op_input, parse_answer, Fenced, FencedWrite, LockAnswer, LockOp, LockStep, Locks,
+    Owner, PEEK,
+};
+use statecraft::{ErrorKind, MemoryBackend, RedisBackend, RedisConfig, StateBackend};
+use statecraft_testkit::{RedisCluster, RedisServer};
+
+fn unique(tag: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{tag}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Around now in µs.
+const EPOCH: u64 = 1_764_000_000_000_000;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn redis_at(url: &str, functions: bool) -> RedisBackend {
+    let config = RedisConfig::builder()
+        .url(url)
+        .key_prefix(unique("lock_diff") + ":")
+        .server_functions(functions)
+        .build()
+        .expect("config");
+    RedisBackend::new(config).await.expect("redis")
+}
+
+/// A generated step: an op by one of three owners (with the token it last
+/// held, or a wrong one), and how far the clock moves first; now and then
+/// a damaged state is stored first.
+#[derive(Debug, Clone)]
+enum Step {
+    Acquire(u8, u64),
+    Extend(u8, bool, u64),
+    Release(u8, bool),
+    Damage,
+}
+
+fn steps() -> impl Strategy<Value = Vec<(Step, u64)>> {
+    let who = 0u8..3;
+    let lease = prop_oneof![1u64..5_000, 1_000_000u64..5_000_000];
+    let step = prop_oneof![
+        4 => (who.clone(), lease.clone()).prop_map(|(w, l)| Step::Acquire(w, l)),
+        2 => (who.clone(), any::<bool>(), lease).prop_map(|(w, t, l)| Step::Extend(w, t, l)),
+        2 => (who, any::<bool>()).prop_map(|(w, t)| Step::Release(w, t)),
+        1 => Just(Step::Damage),
+    ];
+    // No time between two steps now and then: a token then has to rise
+    // past the last one, not to the clock.
+    let dt = prop_oneof![2 => Just(0u64), 3 => 0u64..3_000, 3 => 0u64..3_000_000];
+    prop::collection::vec((step, dt), 1..40)
+}
+
+type Seen = Vec<(Result<String, ErrorKind>, Option<bytes::Bytes>)>;
+
+async fn run(store: &dyn StateBackend, steps: &[(Step, u64)]) -> Seen {
+    let key = b"lock:diff";
+    let mut now = EPOCH;
+    let mut tokens = [0u64; 3];
+    let mut seen = Vec::new();
+    for (step, dt) in steps {
+        now += dt;
+        let owner = |w: u8| Owner([w + 1; 16]);
+        let op = match *step {
+            Step::Acquire(w, lease_us) => LockOp::Acquire {
+                owner: owner(w),
+                lease_us,
+            },
+            Step::Extend(w, right, lease_us) => LockOp::Extend {
+                owner: owner(w),
+                token: tokens[w as usize] + u64::from(!right),
+                lease_us,
+            },
+            Step::Release(w, right) => LockOp::Release {
+                owner: owner(w),
+                token: tokens[w as usize] + u64::from(!right),
+            },
+            Step::Damage => {
+                store
+                    .put_with(
+                        key,
+                        bytes::Bytes::from_static(b"h zz 1 2"),
+                        statecraft::PutOptions::new().ttl(Duration::from_secs(60)),
+                    )
+                    .await
+                    .expect("put");
+                continue;
+            }
+        };
+        let answer = store
+            .update_atomic(key, &LockStep, op_input(op, now).as_bytes())
+            .await
+            .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+            .map_err(|err| err.kind());
+        if let (Ok(text), LockOp::Acquire { owner, .. }) = (&answer, op) {
+            if let Ok(LockAnswer::Held { token, .. }) = parse_answer(text.as_bytes()) {
+                tokens[owner.0[0] as usize - 1] = token;
+            }
+        }
+        seen.push((answer, store.get(key).await.expect("get")));
+        let ttl = store.ttl(key).await.expect("ttl");
+        assert!(
+            !matches!(ttl, statecraft::KeyTtl::Persistent),
+            "a lock key without a TTL after {step:?}"
+        );
+    }
+    seen
+}
+
+fn differential(steps: &[(Step, u64)], functions: bool) -> (Seen, Seen) {
+    runtime().block_on(async {
+        let redis = redis_at(&RedisServer::shared().url(), functions).await;
+        let native = run(&redis, steps).await;
+        redis.clear().await.expect("clear");
+        (native, run(&MemoryBackend::new(), steps).await)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn the_lua_lock_step_decides_as_the_rust_step(steps in steps()) {
+        let (native, reference) = differential(&steps, true);
+        prop_assert_eq!(native, reference);
+    }
+
+    #[test]
+    fn the_lua_fenced_write_decides_as_the_rust_step(
+        writes in prop::collection::vec((0u64..20, prop::collection::vec(any::<u8>(), 0..12)), 1..30),
+        damaged in any::<bool>(),
+    ) {
+        let (native, reference) = runtime().block_on(async {
+            let redis = redis_at(&RedisServer::shared().url(), true).await;
+            let memory = MemoryBackend::new();
+            let mut seen = [Vec::new(), Vec::new()];
+            for (n, store) in [&redis as &dyn StateBackend, &memory].into_iter().enumerate() {
+                if damaged {
+                    store.put(b"r", bytes::Bytes::from_static(b"not fenced")).await.expect("put");
+                }
+                for (token, value) in &writes {
+                    let answer = fenced_put(store, b"r", *token, value).await.map_err(|e| e.kind());
+                    seen[n].push((answer, store.get(b"r").await.expect("get")));
+                }
+            }
+            redis.clear().await.expect("clear");
+            let [native, reference] = seen;
+            (native, reference)
+        });
+        prop_assert_eq!(native, reference);
+    }
+}
+
+#[test]
+fn the_step_by_evalsha_decides_as_the_rust_step() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(40));
+    runner
+        .run(&steps(), |steps| {
+            let (native, reference) = differential(&steps, false);
+            prop_assert_eq!(native, reference);
+            Ok(())
+        })
+        .expect("the EVALSHA copy agrees");
+}
+
+#[tokio::test]
+async fn bad_input_is_a_typed_error_on_both_paths() {
+    let redis = redis_at(&RedisServer::shared().url(), true).await;
+    let memory = MemoryBackend::new();
+    let owner = "0123456789abcdef0123456789abcdef";
+    let inputs = [
+        String::new(),
+        "nonsense".into(),
+        format!("a {owner} 0 0"),
+        format!("a {owner} 99999999999999999 0"),
+        format!("a {} 10 0", owner.to_uppercase()),
+        format!("a  {owner} 10 0"),
+        format!("a {owner} 10 0 "),
+        format!("e {owner} 1 10"),
+        format!("r {owner} x 0"),
+    ];
+    for input in &inputs {
+        for store in [&redis as &dyn StateBackend, &memory] {
+            let err = store
+                .update_atomic(b"bad", &LockStep, input.as_bytes())
+                .await
+                .expect_err("malformed input");
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{input:?}: {err}");
+        }
+    }
+    for input in [&b"5"[..], b"x 1", b" 1"] {
+        for store in [&redis as &dyn StateBackend, &memory] {
+            let err = store
+                .update_atomic(b"bad", &FencedWrite, input)
+                .await
+                .expect_err("malformed input");
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{input:?}: {err}");
+        }
+    }
+    // A peek answers the server's time (near this machine's) and no state.
+    let raw = redis
+        .update_atomic(b"none", &LockStep, PEEK)
+        .await
+        .expect("peek");
+    let (now, state) = statecraft::lock::parse_peek(&raw).expect("parses");
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    assert!(now.abs_diff(wall) < 5_000_000, "{now} vs {wall}");
+    assert_eq!(state, None);
+}
+
+#[tokio::test]
+async fn locks_work_on_a_redis_cluster() {
+    let config = RedisConfig::builder()
+        .url(RedisCluster::shared().url())
+        .key_prefix(unique("lock_cluster") + ":")
+        .build()
+        .expect("config");
+    let backend: Arc<dyn StateBackend> =
+        Arc::new(RedisBackend::new(config).await.expect("cluster"));
+    let locks = Locks::new(backend.clone());
+    let lease = Duration::from_secs(5);
+    let mut last = 0;
+    for n in 0..24 {
+        let name = format!("cluster-{n}");
+        let guard = locks
+            .try_lock(&name, lease)
+            .await
+            .expect("store")
+            .expect("free");
+        assert!(locks.try_lock(&name, lease).await.expect("store").is_none());
+        assert!(guard.token() > 0);
+        let written = fenced_put(&*backend, name.as_bytes(), guard.token(), b"v")
+            .await
+            .expect("store");
+        assert_eq!(written, Fenced::Written);
+        let stale = fenced_put(&*backend, name.as_bytes(), guard.token() - 1, b"old")
+            .await
+            .expect("store");
+        assert_eq!(
+            stale,
+            Fenced::Stale {
+                highest: guard.token()
+            }
+        );
+        last = last.max(guard.token());
+        guard.unlock().await.expect("held");
+        let again = locks
+            .try_lock(&name, lease)
+            .await
+            .expect("store")
+            .expect("free");
+        assert!(again.token() > last);
+        again.unlock().await.expect("held");
+    }
+}

@@ -1,0 +1,324 @@
+//! Locks across OS processes sharing one Redis (the test binary runs
+//! itself as the children): 8 processes × 200 acquisitions of one lock,
+//! each holder logging its entry and exit to one append-only file — never
+//! two holders, tokens strictly rising; a holder SIGKILLed frees the lock
+//! after its lease and not before; a holder SIGSTOPped past its lease,
+//! while another takes the lock and writes, has its next fenced write
+//! refused on resuming and its guard reports the lease lost.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use statecraft::lock::{fenced_get, fenced_put, Fenced, Locks};
+use statecraft::{RedisBackend, RedisConfig, StateBackend};
+use statecraft_testkit::RedisServer;
+
+const CHILD: &str = "STATECRAFT_LOCK_CHILD";
+
+fn wall_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn unique(tag: &str) -> String {
+    format!("{tag}-{}-{}", std::process::id(), wall_micros())
+}
+
+async fn store(url: &str) -> Arc<dyn StateBackend> {
+    let config = RedisConfig::builder()
+        .url(url)
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .expect("config");
+    Arc::new(RedisBackend::new(config).await.expect("redis"))
+}
+
+/// A child process: `mode|url|name|…`.
+///
+/// - `turns|url|name|log|n`: `n` times takes the lock (waiting), appends
+///   `enter <token> <pid>` and `exit <token> <pid>` to `log` around a
+///   short hold, and releases it;
+/// - `hold|url|name|lease ms`: takes the lock, prints `sent <wall µs>`
+///   (before it asked) and `held <token>`, then sleeps until killed;
+/// - `paused|url|name|lease ms|resource`: takes the lock, prints `held
+///   <token>`, waits for a line on stdin, then tries a fenced write of
+///   `child` and prints `write written` or `write stale <highest>`, and
+///   `lost yes` or `lost no` (whether its guard said so within 2 s).
+///
+/// Each prints `done` at its end.
+async fn child(spec: &str) {
+    let parts: Vec<&str> = spec.split('|').collect();
+    let (mode, url, name) = (parts[0], parts[1], parts[2]);
+    // Ends the test harness's "test … " line: what follows is ours.
+    println!();
+    let store = store(url).await;
+    let locks = Locks::new(store.clone());
+    match mode {
+        "turns" => {
+            let log_path = parts[3];
+            let n: usize = parts[4].parse().expect("n");
+            let mut log = std::fs::OpenOptions::new()
+                .append(true)
+                .open(log_path)
+                .expect("the log");
+            let pid = std::process::id();
+            for i in 0..n {
+                let guard = locks
+                    .lock(name, Duration::from_secs(5), Duration::from_secs(60))
+                    .await
+                    .expect("the lock within a minute");
+                let token = guard.token();
+                // One write each: O_APPEND puts it at the file's end as
+                // one piece, in the order the writes happen.
+                log.write_all(format!("enter {token} {pid}\n").as_bytes())
+                    .expect("log");
+                if i % 7 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
+                log.write_all(format!("exit {token} {pid}\n").as_bytes())
+                    .expect("log");
+                guard.unlock().await.expect("still held");
+            }
+        }
+        "hold" => {
+            let lease = Duration::from_millis(parts[3].parse().expect("lease"));
+            let sent = wall_micros();
+            let guard = locks
+                .lock(name, lease, Duration::from_secs(10))
+                .await
+                .expect("the lock");
+            println!("sent {sent}");
+            println!("held {}", guard.token());
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(guard);
+        }
+        "paused" => {
+            let lease = Duration::from_millis(parts[3].parse().expect("lease"));
+            let resource = parts[4];
+            let guard = locks
+                .lock(name, lease, Duration::from_secs(10))
+                .await
+                .expect("the lock");
+            println!("held {}", guard.token());
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).expect("stdin");
+            match fenced_put(&*store, resource.as_bytes(), guard.token(), b"child")
+                .await
+                .expect("the store")
+            {
+                Fenced::Written => println!("write written"),
+                Fenced::Stale { highest } => println!("write stale {highest}"),
+            }
+            let lost = tokio::time::timeout(Duration::from_secs(2), guard.lost()).await;
+            println!("lost {}", if lost.is_ok() { "yes" } else { "no" });
+        }
+        other => panic!("unknown child mode {other}"),
+    }
+    println!("done");
+}
+
+fn spawn(test: &str, spec: &str, stdin: bool) -> Child {
+    let exe = std::env::current_exe().expect("test binary");
+    Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(CHILD, spec)
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn a child process")
+}
+
+/// Reads `child`'s stdout until a line starts with `prefix`: the rest.
+fn wait_line(lines: &mut impl Iterator<Item = String>, prefix: &str) -> String {
+    lines
+        .find_map(|line| line.strip_prefix(prefix).map(str::to_string))
+        .unwrap_or_else(|| panic!("the child ended without a {prefix:?} line"))
+}
+
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_take_turns_on_one_lock_on_redis() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child(&spec).await;
+    }
+    let url = RedisServer::shared().url();
+    let name = unique("turns");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("holders.log");
+    std::fs::write(&log, "").expect("log");
+    let (processes, each) = (8, 200);
+    let spec = format!("turns|{url}|{name}|{}|{each}", log.display());
+    let started = Instant::now();
+    let children: Vec<Child> = (0..processes)
+        .map(|_| spawn("processes_take_turns_on_one_lock_on_redis", &spec, false))
+        .collect();
+    for mut child in children {
+        let stdout = child.stdout.take().expect("stdout");
+        let lines: Vec<String> = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        assert!(
+            child.wait().expect("reap").success(),
+            "a child failed: {lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l == "done"),
+            "a child did not finish: {lines:?}"
+        );
+    }
+    let elapsed = started.elapsed();
+    // The checker: replayed in the order the writes happened, every entry
+    // finds nobody inside, every exit is the one inside, and tokens rise.
+    let text = std::fs::read_to_string(&log).expect("log");
+    let mut inside: Option<(u64, u32)> = None;
+    let mut last_token = 0u64;
+    let mut entries = 0;
+    for (n, line) in text.lines().enumerate() {
+        let words: Vec<&str> = line.split(' ').collect();
+        let (what, token, pid) = match words.as_slice() {
+            [what, token, pid] => (
+                *what,
+                token.parse::<u64>().expect("token"),
+                pid.parse::<u32>().expect("pid"),
+            ),
+            _ => panic!("line {n} is damaged: {line:?}"),
+        };
+        match what {
+            "enter" => {
+                assert_eq!(
+                    inside, None,
+                    "line {n}: {pid} entered while {inside:?} held the lock"
+                );
+                assert!(
+                    token > last_token,
+                    "line {n}: token {token} after {last_token}"
+                );
+                last_token = token;
+                inside = Some((token, pid));
+                entries += 1;
+            }
+            "exit" => {
+                assert_eq!(inside, Some((token, pid)), "line {n}: an exit by another");
+                inside = None;
+            }
+            other => panic!("line {n}: {other:?}"),
+        }
+    }
+    assert_eq!(inside, None);
+    assert_eq!(entries, processes * each);
+    println!(
+        "{entries} acquisitions by {processes} processes in {:.2} s ({:.0} µs a handover)",
+        elapsed.as_secs_f64(),
+        elapsed.as_micros() as f64 / entries as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_frees_the_lock_after_its_lease_on_redis() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child(&spec).await;
+    }
+    let url = RedisServer::shared().url();
+    let name = unique("killed");
+    let lease = Duration::from_millis(1_500);
+    let mut holder = spawn(
+        "a_killed_holder_frees_the_lock_after_its_lease_on_redis",
+        &format!("hold|{url}|{name}|{}", lease.as_millis()),
+        false,
+    );
+    let stdout = holder.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let sent: u64 = wait_line(&mut lines, "sent ").parse().expect("µs");
+    let token: u64 = wait_line(&mut lines, "held ").parse().expect("token");
+    holder.kill().expect("SIGKILL");
+    holder.wait().expect("reap");
+    let locks = Locks::new(store(&url).await);
+    let taken = loop {
+        if let Some(guard) = locks.try_lock(&name, lease).await.expect("store") {
+            break (wall_micros(), guard);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            wall_micros() < sent + 10 * lease.as_micros() as u64,
+            "the lock stayed taken long after its lease"
+        );
+    };
+    let (at, guard) = taken;
+    let lease_us = lease.as_micros() as u64;
+    // Not before the lease ran out (it started after `sent`), and soon
+    // after (the holder asked and answered within a second).
+    assert!(
+        at >= sent + lease_us,
+        "taken {} µs after the holder asked",
+        at - sent
+    );
+    assert!(
+        at <= sent + lease_us + 1_000_000,
+        "taken {} µs after the holder asked",
+        at - sent
+    );
+    assert!(guard.token() > token);
+    guard.unlock().await.expect("held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_is_fenced_off_and_told_on_redis() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child(&spec).await;
+    }
+    let url = RedisServer::shared().url();
+    let name = unique("paused");
+    let resource = unique("resource");
+    let lease = Duration::from_millis(800);
+    let mut holder = spawn(
+        "a_paused_holder_is_fenced_off_and_told_on_redis",
+        &format!("paused|{url}|{name}|{}|{resource}", lease.as_millis()),
+        true,
+    );
+    let stdout = holder.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let first: u64 = wait_line(&mut lines, "held ").parse().expect("token");
+    signal(&holder, "-STOP");
+    let store = store(&url).await;
+    let locks = Locks::new(store.clone());
+    // Taken as soon as the paused holder's lease runs out.
+    let guard = locks
+        .lock(&name, Duration::from_secs(10), Duration::from_secs(5))
+        .await
+        .expect("free after the lease");
+    assert!(guard.token() > first);
+    assert_eq!(
+        fenced_put(&*store, resource.as_bytes(), guard.token(), b"parent")
+            .await
+            .expect("store"),
+        Fenced::Written
+    );
+    signal(&holder, "-CONT");
+    let mut stdin = holder.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("stdin");
+    drop(stdin);
+    let write = wait_line(&mut lines, "write ");
+    assert_eq!(write, format!("stale {}", guard.token()));
+    assert_eq!(wait_line(&mut lines, "lost "), "yes");
+    assert!(holder.wait().expect("reap").success());
+    let (token, value) = fenced_get(&*store, resource.as_bytes())
+        .await
+        .expect("store")
+        .expect("written");
+    assert_eq!((token, value.as_ref()), (guard.token(), &b"parent"[..]));
+    guard.unlock().await.expect("held");
+}
