@@ -12,6 +12,7 @@ use serde::Serialize;
 use statecraft::{ConnectOptions, PutOptions, SledBackend, StateBackend};
 
 mod limiter;
+mod lock;
 mod primitive;
 
 /// Options of `statecraft bench`.
@@ -58,7 +59,9 @@ pub(crate) struct BenchArgs {
     /// `limiter_gcra_keyed_local`, and per backend
     /// `limiter_<algorithm>_distributed` and `limiter_gcra_hybrid`) or
     /// `counter` (`counter_sharded_local`, and per backend `counter_hybrid`
-    /// and `counter_distributed`). Local and hybrid calls are timed in
+    /// and `counter_distributed`) or `lock` (per backend
+    /// `lock_acquire_release`, `lock_handover` and
+    /// `semaphore_acquire_release`). Local and hybrid calls are timed in
     /// blocks of 256 (a clock read costs more than the call): their
     /// p50/p99 are of the blocks' means.
     #[arg(long, value_enum)]

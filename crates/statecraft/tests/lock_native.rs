@@ -1,5 +1,5 @@
-//! The lock's Lua copies (`src/lock/lock.lua`, `src/lock/fenced.lua`)
-//! against the Rust steps, on a real Redis (single node and Cluster)
+//! The lock's Lua copies (`src/lock/lock.lua`, `src/lock/fenced.lua`,
+//! `src/lock/permits.lua`) against the Rust steps, on a real Redis (single node and Cluster)
 //! started by the test support: random operation sequences by a few
 //! owners at a clock the test sets, through Redis's native path and
 //! through the memory backend's (which runs the Rust step under the key's
@@ -12,11 +12,14 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use statecraft::lock::{
-    fenced_put, op_input, parse_answer, Fenced, FencedWrite, LockAnswer, LockOp, LockStep, Locks,
-    Owner, PEEK,
+    fenced_put, op_input, parse_answer, semaphore_input, Fenced, FencedWrite, LockAnswer, LockOp,
+    LockStep, Locks, Owner, Semaphore, SemaphoreOp, SemaphoreStep, PEEK,
 };
-use statecraft::{ErrorKind, MemoryBackend, RedisBackend, RedisConfig, StateBackend};
-use statecraft_testkit::{RedisCluster, RedisServer};
+use statecraft::{
+    ErrorKind, MemoryBackend, Namespaced, PostgresBackend, PostgresConfig, RedisBackend,
+    RedisConfig, StateBackend,
+};
+use statecraft_testkit::{PostgresServer, RedisCluster, RedisServer};
 
 fn unique(tag: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -75,7 +78,10 @@ fn steps() -> impl Strategy<Value = Vec<(Step, u64)>> {
 
 type Seen = Vec<(Result<String, ErrorKind>, Option<bytes::Bytes>)>;
 
-async fn run(store: &dyn StateBackend, steps: &[(Step, u64)]) -> Seen {
+/// What is seen of the lock's state after a step: the stored text, or
+/// (`peek`: a store that keeps it in a table of its own) the state a
+/// [`PEEK`] answers.
+async fn run(store: &dyn StateBackend, steps: &[(Step, u64)], peek: bool) -> Seen {
     let key = b"lock:diff";
     let mut now = EPOCH;
     let mut tokens = [0u64; 3];
@@ -97,6 +103,8 @@ async fn run(store: &dyn StateBackend, steps: &[(Step, u64)]) -> Seen {
                 owner: owner(w),
                 token: tokens[w as usize] + u64::from(!right),
             },
+            // A table's typed columns hold no damaged state.
+            Step::Damage if peek => continue,
             Step::Damage => {
                 store
                     .put_with(
@@ -119,6 +127,16 @@ async fn run(store: &dyn StateBackend, steps: &[(Step, u64)]) -> Seen {
                 tokens[owner.0[0] as usize - 1] = token;
             }
         }
+        if peek {
+            let raw = store
+                .update_atomic(key, &LockStep, PEEK)
+                .await
+                .expect("peek");
+            let state = raw.splitn(2, |b| *b == b' ').nth(1).unwrap_or_default();
+            let state = (!state.is_empty()).then(|| bytes::Bytes::copy_from_slice(state));
+            seen.push((answer, state));
+            continue;
+        }
         seen.push((answer, store.get(key).await.expect("get")));
         let ttl = store.ttl(key).await.expect("ttl");
         assert!(
@@ -129,12 +147,24 @@ async fn run(store: &dyn StateBackend, steps: &[(Step, u64)]) -> Seen {
     seen
 }
 
+/// The PostgreSQL backend the differential tests share (its table set up
+/// by the first step), and a key of its own for each case.
+async fn postgres() -> Namespaced<PostgresBackend> {
+    let config = PostgresConfig::builder()
+        .url(PostgresServer::shared().url())
+        .table("lock_diff")
+        .build()
+        .expect("config");
+    let backend = PostgresBackend::new(config).await.expect("postgres");
+    Namespaced::new(backend, unique("case") + ":")
+}
+
 fn differential(steps: &[(Step, u64)], functions: bool) -> (Seen, Seen) {
     runtime().block_on(async {
         let redis = redis_at(&RedisServer::shared().url(), functions).await;
-        let native = run(&redis, steps).await;
+        let native = run(&redis, steps, false).await;
         redis.clear().await.expect("clear");
-        (native, run(&MemoryBackend::new(), steps).await)
+        (native, run(&MemoryBackend::new(), steps, false).await)
     })
 }
 
@@ -144,6 +174,15 @@ proptest! {
     #[test]
     fn the_lua_lock_step_decides_as_the_rust_step(steps in steps()) {
         let (native, reference) = differential(&steps, true);
+        prop_assert_eq!(native, reference);
+    }
+
+    #[test]
+    fn the_postgres_lock_step_decides_as_the_rust_step(steps in steps()) {
+        let (native, reference) = runtime().block_on(async {
+            let native = run(&postgres().await, &steps, true).await;
+            (native, run(&MemoryBackend::new(), &steps, true).await)
+        });
         prop_assert_eq!(native, reference);
     }
 
@@ -168,6 +207,127 @@ proptest! {
             redis.clear().await.expect("clear");
             let [native, reference] = seen;
             (native, reference)
+        });
+        prop_assert_eq!(native, reference);
+    }
+}
+
+/// A generated semaphore step: an op by one of five owners (asking with
+/// 1 to 3 permits: processes may disagree), and how far the clock moves
+/// first; now and then a damaged or doubled state is stored first.
+#[derive(Debug, Clone)]
+enum PermitStep {
+    Acquire(u8, u64, u64),
+    Extend(u8, u64),
+    Release(u8),
+    Store(&'static str),
+}
+
+fn permit_steps() -> impl Strategy<Value = Vec<(PermitStep, u64)>> {
+    let who = 0u8..5;
+    let lease = prop_oneof![1u64..5_000, 1_000_000u64..5_000_000];
+    let step = prop_oneof![
+        5 => (who.clone(), 1u64..4, lease.clone()).prop_map(|(w, p, l)| PermitStep::Acquire(w, p, l)),
+        2 => (who.clone(), lease).prop_map(|(w, l)| PermitStep::Extend(w, l)),
+        3 => who.prop_map(PermitStep::Release),
+        1 => prop_oneof![
+            Just("m zz 1"),
+            Just("h 01010101010101010101010101010101 1 2"),
+            // The first owner twice: its first entry is the one that counts.
+            Just("m 01010101010101010101010101010101 1764000009000000 01010101010101010101010101010101 1764000001000000"),
+        ].prop_map(PermitStep::Store),
+    ];
+    let dt = prop_oneof![2 => Just(0u64), 3 => 0u64..3_000, 3 => 0u64..3_000_000];
+    prop::collection::vec((step, dt), 1..40)
+}
+
+async fn run_permits(store: &dyn StateBackend, steps: &[(PermitStep, u64)], peek: bool) -> Seen {
+    let key = b"semaphore:diff";
+    let mut now = EPOCH;
+    let mut seen = Vec::new();
+    for (step, dt) in steps {
+        now += dt;
+        let owner = |w: u8| Owner([w + 1; 16]);
+        let op = match *step {
+            PermitStep::Acquire(w, permits, lease_us) => SemaphoreOp::Acquire {
+                owner: owner(w),
+                permits,
+                lease_us,
+            },
+            PermitStep::Extend(w, lease_us) => SemaphoreOp::Extend {
+                owner: owner(w),
+                lease_us,
+            },
+            PermitStep::Release(w) => SemaphoreOp::Release { owner: owner(w) },
+            // A table's typed columns hold no damaged state.
+            PermitStep::Store(_) if peek => continue,
+            PermitStep::Store(text) => {
+                store
+                    .put_with(
+                        key,
+                        bytes::Bytes::from_static(text.as_bytes()),
+                        statecraft::PutOptions::new().ttl(Duration::from_secs(60)),
+                    )
+                    .await
+                    .expect("put");
+                continue;
+            }
+        };
+        let answer = store
+            .update_atomic(key, &SemaphoreStep, semaphore_input(op, now).as_bytes())
+            .await
+            .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+            .map_err(|err| err.kind());
+        if peek {
+            let raw = store
+                .update_atomic(key, &SemaphoreStep, PEEK)
+                .await
+                .expect("peek");
+            let state = raw.splitn(2, |b| *b == b' ').nth(1).unwrap_or_default();
+            let state = (!state.is_empty()).then(|| bytes::Bytes::copy_from_slice(state));
+            seen.push((answer, state));
+            continue;
+        }
+        seen.push((answer, store.get(key).await.expect("get")));
+        let ttl = store.ttl(key).await.expect("ttl");
+        assert!(
+            !matches!(ttl, statecraft::KeyTtl::Persistent),
+            "a semaphore key without a TTL after {step:?}"
+        );
+    }
+    seen
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    #[test]
+    fn the_lua_semaphore_step_decides_as_the_rust_step(steps in permit_steps()) {
+        let (native, reference) = runtime().block_on(async {
+            let redis = redis_at(&RedisServer::shared().url(), true).await;
+            let native = run_permits(&redis, &steps, false).await;
+            redis.clear().await.expect("clear");
+            (native, run_permits(&MemoryBackend::new(), &steps, false).await)
+        });
+        prop_assert_eq!(native, reference);
+    }
+
+    #[test]
+    fn the_postgres_semaphore_step_decides_as_the_rust_step(steps in permit_steps()) {
+        let (native, reference) = runtime().block_on(async {
+            let native = run_permits(&postgres().await, &steps, true).await;
+            (native, run_permits(&MemoryBackend::new(), &steps, true).await)
+        });
+        prop_assert_eq!(native, reference);
+    }
+
+    #[test]
+    fn the_lua_semaphore_peek_answers_as_the_rust_step(steps in permit_steps()) {
+        let (native, reference) = runtime().block_on(async {
+            let redis = redis_at(&RedisServer::shared().url(), true).await;
+            let native = run_permits(&redis, &steps, true).await;
+            redis.clear().await.expect("clear");
+            (native, run_permits(&MemoryBackend::new(), &steps, true).await)
         });
         prop_assert_eq!(native, reference);
     }
@@ -201,8 +361,9 @@ async fn bad_input_is_a_typed_error_on_both_paths() {
         format!("e {owner} 1 10"),
         format!("r {owner} x 0"),
     ];
+    let postgres = postgres().await;
     for input in &inputs {
-        for store in [&redis as &dyn StateBackend, &memory] {
+        for store in [&redis as &dyn StateBackend, &memory, &postgres] {
             let err = store
                 .update_atomic(b"bad", &LockStep, input.as_bytes())
                 .await
@@ -214,6 +375,27 @@ async fn bad_input_is_a_typed_error_on_both_paths() {
         for store in [&redis as &dyn StateBackend, &memory] {
             let err = store
                 .update_atomic(b"bad", &FencedWrite, input)
+                .await
+                .expect_err("malformed input");
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{input:?}: {err}");
+        }
+    }
+    let inputs = [
+        String::new(),
+        format!("a {owner} 0 10 0"),
+        format!("a {owner} 4097 10 0"),
+        format!("a {owner} 2 0 0"),
+        format!("a {owner} 2 99999999999999999 0"),
+        format!("a {owner} 2 10 99999999999999999"),
+        format!("a {} 2 10 0", owner.to_uppercase()),
+        format!("a  {owner} 2 10 0"),
+        format!("e {owner} 10"),
+        format!("r {owner} 1 0"),
+    ];
+    for input in &inputs {
+        for store in [&redis as &dyn StateBackend, &memory, &postgres] {
+            let err = store
+                .update_atomic(b"bad", &SemaphoreStep, input.as_bytes())
                 .await
                 .expect_err("malformed input");
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{input:?}: {err}");
@@ -275,5 +457,28 @@ async fn locks_work_on_a_redis_cluster() {
             .expect("free");
         assert!(again.token() > last);
         again.unlock().await.expect("held");
+    }
+    // Semaphores too, each on its own slot.
+    for n in 0..8 {
+        let semaphore = Semaphore::new(backend.clone(), &format!("cluster-{n}"), 2).expect("new");
+        let a = semaphore
+            .try_acquire(lease)
+            .await
+            .expect("store")
+            .expect("free");
+        let b = semaphore
+            .try_acquire(lease)
+            .await
+            .expect("store")
+            .expect("free");
+        assert!(semaphore.try_acquire(lease).await.expect("store").is_none());
+        a.release().await.expect("held");
+        let c = semaphore
+            .try_acquire(lease)
+            .await
+            .expect("store")
+            .expect("free");
+        b.release().await.expect("held");
+        c.release().await.expect("held");
     }
 }

@@ -4,14 +4,17 @@
 //! two holders, tokens strictly rising; a holder SIGKILLed frees the lock
 //! after its lease and not before; a holder SIGSTOPped past its lease,
 //! while another takes the lock and writes, has its next fenced write
-//! refused on resuming and its guard reports the lease lost.
+//! refused on resuming and its guard reports the lease lost. Semaphores
+//! the same way: 6 processes × 60 permits of 3, logged — never more than
+//! 3 inside, and more than one at times; a SIGKILLed holder's permit
+//! comes back after its lease.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use statecraft::lock::{fenced_get, fenced_put, Fenced, Locks};
+use statecraft::lock::{fenced_get, fenced_put, Fenced, Locks, Semaphore};
 use statecraft::{RedisBackend, RedisConfig, StateBackend};
 use statecraft_testkit::RedisServer;
 
@@ -41,8 +44,12 @@ async fn store(url: &str) -> Arc<dyn StateBackend> {
 /// - `turns|url|name|log|n`: `n` times takes the lock (waiting), appends
 ///   `enter <token> <pid>` and `exit <token> <pid>` to `log` around a
 ///   short hold, and releases it;
+/// - `permits|url|name|log|n|permits`: `n` times takes a permit of the
+///   semaphore (waiting), appends `enter <pid>` and `exit <pid>` to `log`
+///   around a short hold, and gives it back;
 /// - `hold|url|name|lease ms`: takes the lock, prints `sent <wall µs>`
 ///   (before it asked) and `held <token>`, then sleeps until killed;
+///   `hold-permit|…` the same with the semaphore's only permit (`held 0`);
 /// - `paused|url|name|lease ms|resource`: takes the lock, prints `held
 ///   <token>`, waits for a line on stdin, then tries a fenced write of
 ///   `child` and prints `write written` or `write stale <highest>`, and
@@ -84,6 +91,42 @@ async fn child(spec: &str) {
                     .expect("log");
                 guard.unlock().await.expect("still held");
             }
+        }
+        "permits" => {
+            let log_path = parts[3];
+            let n: usize = parts[4].parse().expect("n");
+            let permits: u64 = parts[5].parse().expect("permits");
+            let semaphore = Semaphore::new(store.clone(), name, permits).expect("semaphore");
+            let mut log = std::fs::OpenOptions::new()
+                .append(true)
+                .open(log_path)
+                .expect("the log");
+            let pid = std::process::id();
+            for i in 0..n {
+                let permit = semaphore
+                    .acquire(Duration::from_secs(5), Duration::from_secs(60))
+                    .await
+                    .expect("a permit within a minute");
+                log.write_all(format!("enter {pid}\n").as_bytes())
+                    .expect("log");
+                tokio::time::sleep(Duration::from_millis(1 + (i % 3) as u64)).await;
+                log.write_all(format!("exit {pid}\n").as_bytes())
+                    .expect("log");
+                permit.release().await.expect("still held");
+            }
+        }
+        "hold-permit" => {
+            let lease = Duration::from_millis(parts[3].parse().expect("lease"));
+            let semaphore = Semaphore::new(store.clone(), name, 1).expect("semaphore");
+            let sent = wall_micros();
+            let permit = semaphore
+                .acquire(lease, Duration::from_secs(10))
+                .await
+                .expect("the permit");
+            println!("sent {sent}");
+            println!("held 0");
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(permit);
         }
         "hold" => {
             let lease = Duration::from_millis(parts[3].parse().expect("lease"));
@@ -321,4 +364,112 @@ async fn a_paused_holder_is_fenced_off_and_told_on_redis() {
         .expect("written");
     assert_eq!((token, value.as_ref()), (guard.token(), &b"parent"[..]));
     guard.unlock().await.expect("held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_share_n_permits_on_redis() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child(&spec).await;
+    }
+    let url = RedisServer::shared().url();
+    let name = unique("permits");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("permits.log");
+    std::fs::write(&log, "").expect("log");
+    let (processes, each, permits) = (6, 60, 3);
+    let spec = format!("permits|{url}|{name}|{}|{each}|{permits}", log.display());
+    let children: Vec<Child> = (0..processes)
+        .map(|_| spawn("processes_share_n_permits_on_redis", &spec, false))
+        .collect();
+    for mut child in children {
+        let stdout = child.stdout.take().expect("stdout");
+        let lines: Vec<String> = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        assert!(
+            child.wait().expect("reap").success(),
+            "a child failed: {lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l == "done"),
+            "a child did not finish: {lines:?}"
+        );
+    }
+    // The checker: replayed in the order the writes happened, never more
+    // than `permits` inside, each exit by one inside.
+    let text = std::fs::read_to_string(&log).expect("log");
+    let mut inside: Vec<u32> = Vec::new();
+    let (mut entries, mut most) = (0, 0);
+    for (n, line) in text.lines().enumerate() {
+        let (what, pid) = line
+            .split_once(' ')
+            .and_then(|(what, pid)| Some((what, pid.parse::<u32>().ok()?)))
+            .unwrap_or_else(|| panic!("line {n} is damaged: {line:?}"));
+        match what {
+            "enter" => {
+                assert!(!inside.contains(&pid), "line {n}: {pid} entered twice");
+                inside.push(pid);
+                assert!(
+                    inside.len() <= permits,
+                    "line {n}: {} inside: {inside:?}",
+                    inside.len()
+                );
+                most = most.max(inside.len());
+                entries += 1;
+            }
+            "exit" => {
+                let at = inside.iter().position(|p| *p == pid);
+                let at = at.unwrap_or_else(|| panic!("line {n}: {pid} left without entering"));
+                inside.remove(at);
+            }
+            other => panic!("line {n}: {other:?}"),
+        }
+    }
+    assert!(inside.is_empty());
+    assert_eq!(entries, processes * each);
+    assert!(
+        most > 1,
+        "never more than one holder: not a counting semaphore"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holders_permit_comes_back_after_its_lease_on_redis() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child(&spec).await;
+    }
+    let url = RedisServer::shared().url();
+    let name = unique("killed-permit");
+    let lease = Duration::from_millis(1_500);
+    let mut holder = spawn(
+        "a_killed_holders_permit_comes_back_after_its_lease_on_redis",
+        &format!("hold-permit|{url}|{name}|{}", lease.as_millis()),
+        false,
+    );
+    let stdout = holder.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let sent: u64 = wait_line(&mut lines, "sent ").parse().expect("µs");
+    wait_line(&mut lines, "held ");
+    holder.kill().expect("SIGKILL");
+    holder.wait().expect("reap");
+    let semaphore = Semaphore::new(store(&url).await, &name, 1).expect("semaphore");
+    let (at, permit) = loop {
+        if let Some(permit) = semaphore.try_acquire(lease).await.expect("store") {
+            break (wall_micros(), permit);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            wall_micros() < sent + 10 * lease.as_micros() as u64,
+            "the permit stayed taken long after its lease"
+        );
+    };
+    let lease_us = lease.as_micros() as u64;
+    assert!(at >= sent + lease_us, "taken {} µs after", at - sent);
+    assert!(
+        at <= sent + lease_us + 1_000_000,
+        "taken {} µs after",
+        at - sent
+    );
+    permit.release().await.expect("held");
 }

@@ -1,4 +1,4 @@
-//! `statecraft bench --primitive breaker|limiter|counter`: the
+//! `statecraft bench --primitive breaker|limiter|counter|lock`: the
 //! coordination primitives, in rows with the same fields as the backends'
 //! rows. Local rows run on `memory` (they touch no store); the others run
 //! once per `--backend`.
@@ -29,6 +29,9 @@ pub(crate) enum Primitive {
     /// Counters: `counter_sharded_local`, `counter_hybrid`,
     /// `counter_distributed`.
     Counter,
+    /// Locks and semaphores: `lock_acquire_release`, `lock_handover`,
+    /// `semaphore_acquire_release`.
+    Lock,
 }
 
 /// The breakers' configuration: open at half the last 100 calls failing
@@ -56,6 +59,7 @@ pub(super) async fn run(
         Primitive::Breaker => breakers(args, specs, levels).await,
         Primitive::Limiter => super::limiter::limiters(args, specs, levels).await,
         Primitive::Counter => super::limiter::counters(args, specs, levels).await,
+        Primitive::Lock => super::lock::locks(args, specs, levels).await,
     }
 }
 

@@ -2,12 +2,17 @@
 //! each acquisition with a token that strictly increases per name, leases
 //! the store's clock ends, releases and renewals by the holder only, an
 //! opt-in watchdog, a "lost" signal, and writes fenced by the token
-//! ([`fenced_put`]).
+//! ([`fenced_put`]); leader election on a lock, the term its token
+//! ([`Election`]); counting semaphores whose permits are leases
+//! ([`Semaphore`]).
 //!
-//! The step is written once ([`lock_step`]); the Redis copy runs it in
-//! one round trip at the server's clock, any other store by
-//! compare-and-swap (at the client's clock: prefer Redis, or the memory
-//! backend within one process).
+//! Each step is written once ([`lock_step`], [`semaphore_step`]); the
+//! Redis copies (Lua) and the PostgreSQL copies (PL/pgSQL, on tables whose
+//! columns a person can read: `<table>_locks`, `<table>_semaphores`) run
+//! it in one round trip at the server's clock, the memory backend under
+//! the key's lock; sled by compare-and-swap, at the client's clock (fine
+//! within one process, which is all sled serves). A fenced write is one
+//! round trip on Redis, compare-and-swap elsewhere (no clock involved).
 //!
 //! **Fencing tokens.** An acquisition's token is the store's clock in
 //! microseconds, raised past the last token the lock's key remembers:
@@ -21,17 +26,30 @@
 //! for the previous holder's release, a round trip.)
 
 mod distributed;
+mod election;
 mod fenced;
+mod guard;
 mod machine;
+mod permits;
+mod semaphore;
 mod shared;
 
-pub use distributed::{LockConfig, LockGuard, Locks};
+pub use distributed::{LockGuard, Locks};
+pub use election::{Election, Leader, LeaderChange, LeaderChanges, Leadership};
 pub use fenced::{fenced_get, fenced_put, Fenced, FencedWrite};
+pub use guard::LockConfig;
 pub use machine::{
     lock_step, LockAnswer, LockOp, LockState, LockStepped, Owner, MAX_LEASE_US, RETAIN_US,
 };
+pub use permits::{
+    decode_holders, encode_holders, parse_holders, semaphore_input, semaphore_step, SemaphoreOp,
+    SemaphoreStep, LINGER_US, MAX_PERMITS,
+};
+pub use semaphore::{Semaphore, SemaphorePermit};
 pub use shared::{
     decode_state, encode_state, op_input, parse_answer, parse_input, parse_peek, LockStep, PEEK,
 };
+#[cfg(test)]
+mod semaphore_tests;
 #[cfg(test)]
 mod tests;

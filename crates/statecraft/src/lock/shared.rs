@@ -17,7 +17,7 @@
 
 use bytes::Bytes;
 
-use crate::backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite};
+use crate::backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite, PostgresNative};
 use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::PutOptions;
 
@@ -26,6 +26,18 @@ use super::machine::{lock_step, LockAnswer, LockOp, LockState, Owner, MAX_LEASE_
 /// The Lua copy of [`lock_step`] (a library: a chunk that returns the
 /// step).
 const SCRIPT: &str = include_str!("lock.lua");
+
+/// The PostgreSQL copy: a readable table of locks and one function.
+const POSTGRES: PostgresNative = PostgresNative {
+    setup: include_str!("lock.sql"),
+    call: "SELECT @lock_step#@($1, $2, $3)",
+    purge: Some("DELETE FROM @locks@ WHERE expires_at <= clock_timestamp()"),
+    function: "@lock_step#@",
+    keys: Some(
+        "SELECT key FROM @locks@ WHERE substr(key, 1, length($1::bytea)) = $1::bytea \
+         AND expires_at > clock_timestamp() ORDER BY key",
+    ),
+};
 
 /// The input that reads the store's time and the lock's state: its output
 /// is `<now µs> <state>`, as [`parse_peek`] reads it.
@@ -52,7 +64,7 @@ pub fn op_input(op: LockOp, now_us: u64) -> String {
 }
 
 /// A decimal of 1 to 16 digits.
-fn digits(text: &str) -> Option<u64> {
+pub(super) fn digits(text: &str) -> Option<u64> {
     (!text.is_empty() && text.len() <= 16 && text.bytes().all(|b| b.is_ascii_digit()))
         .then(|| text.parse().ok())
         .flatten()
@@ -138,7 +150,7 @@ pub fn decode_state(raw: &[u8]) -> Option<LockState> {
 }
 
 /// An answer's text.
-fn encode_answer(answer: LockAnswer) -> String {
+pub(super) fn encode_answer(answer: LockAnswer) -> String {
     match answer {
         LockAnswer::Held { token, lease_us } => format!("H {token} {lease_us}"),
         LockAnswer::Busy {
@@ -232,6 +244,10 @@ impl AtomicUpdate for LockStep {
 
     fn redis_function(&self) -> Option<&'static str> {
         Some(SCRIPT)
+    }
+
+    fn postgres(&self) -> Option<PostgresNative> {
+        Some(POSTGRES)
     }
 
     fn reads_only(&self, input: &[u8]) -> bool {

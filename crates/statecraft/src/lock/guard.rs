@@ -1,0 +1,454 @@
+//! What locks and semaphores share: the store and its bounded round
+//! trips, the wait for a release, and a holding (a lease kept, renewed,
+//! told lost and released on drop).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backend::atomic::AtomicUpdate;
+use crate::backend::error::{Error, ErrorKind, Result};
+use crate::backend::StateBackend;
+
+use super::machine::{LockAnswer, LockOp, Owner, MAX_LEASE_US};
+use super::permits::{semaphore_input, SemaphoreOp, SemaphoreStep};
+use super::shared::{op_input, parse_answer, LockStep};
+
+/// How [`Locks`](super::Locks) and [`Semaphore`](super::Semaphore)s talk
+/// to the store and keep leases.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LockConfig {
+    /// The bound on each round trip (default 1 s): an acquisition, an
+    /// extension or a release not answered within it fails with
+    /// [`Timeout`](ErrorKind::Timeout).
+    pub timeout: Duration,
+    /// The longest a waiter sleeps between tries when no release wakes it
+    /// (default 500 ms): releases are published to waiters on stores with
+    /// pub/sub, and a waiter otherwise tries again when the holder's lease
+    /// runs out or after this long.
+    pub poll_every: Duration,
+    /// Whether a holding renews its lease by itself (a watchdog, default
+    /// off): every third of the lease, until it is released or lost.
+    pub renew: bool,
+}
+
+impl Default for LockConfig {
+    fn default() -> Self {
+        LockConfig {
+            timeout: Duration::from_secs(1),
+            poll_every: Duration::from_millis(500),
+            renew: false,
+        }
+    }
+}
+
+impl LockConfig {
+    /// The same, renewing its leases (see [`renew`](Self::renew)).
+    pub fn renewing(mut self) -> Self {
+        self.renew = true;
+        self
+    }
+}
+
+/// The store locks and semaphores live in, with their configuration.
+pub(super) struct Store {
+    pub(super) backend: Arc<dyn StateBackend>,
+    pub(super) config: LockConfig,
+}
+
+impl Store {
+    /// One step of `update` on `key`, bounded by the configured timeout.
+    pub(super) async fn round_trip(
+        &self,
+        key: &[u8],
+        update: &dyn AtomicUpdate,
+        input: &[u8],
+    ) -> Result<Bytes> {
+        let step = self.backend.update_atomic(key, update, input);
+        match tokio::time::timeout(self.config.timeout, step).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the lock store did not answer within {:?}",
+                    self.config.timeout
+                ),
+            )),
+        }
+    }
+
+    /// Tries `attempt` until it holds or `wait` has passed, woken between
+    /// tries by a release published on `channel` (where the store has
+    /// pub/sub), by the holder's lease running out, or every
+    /// [`poll_every`](LockConfig::poll_every). `what` names the wait in
+    /// the timeout's error.
+    pub(super) async fn wait_for<F, Fut>(
+        &self,
+        channel: &str,
+        what: &str,
+        wait: Duration,
+        mut attempt: F,
+    ) -> Result<Holding>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Acquired>>,
+    {
+        let started = Instant::now();
+        let mut releases = None;
+        let mut subscribed = false;
+        loop {
+            let busy = match attempt().await {
+                Ok(Acquired::Held(holding)) => return Ok(holding),
+                Ok(Acquired::Busy { token, retry_after }) => Some((token, retry_after)),
+                // The same owner asks again: an acquisition that took the
+                // lease unanswered is answered by the next try.
+                Err(err) if err.is_temporary() => None,
+                Err(err) => return Err(err),
+            };
+            let elapsed = started.elapsed();
+            if elapsed >= wait {
+                let holder = busy.map_or("unknown".to_string(), |(token, _)| token.to_string());
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("{what}: still busy ({holder}) after waiting {wait:?}"),
+                ));
+            }
+            if !subscribed {
+                subscribed = true;
+                let subscribe = self.backend.subscribe(channel);
+                releases = tokio::time::timeout(self.config.timeout, subscribe)
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                // A release between the try and the subscription is seen
+                // by trying once more at once.
+                continue;
+            }
+            let nap = busy
+                .map_or(self.config.poll_every, |(_, retry_after)| retry_after)
+                .min(self.config.poll_every)
+                .min(wait - elapsed);
+            match releases.as_mut() {
+                Some(subscription) => {
+                    let woken = tokio::time::timeout(nap, subscription.next_message()).await;
+                    if let Ok(None | Some(Err(_))) = woken {
+                        // The subscription ended: poll from now on.
+                        releases = None;
+                    }
+                }
+                None => tokio::time::sleep(nap).await,
+            }
+        }
+    }
+}
+
+/// An acquisition's outcome.
+pub(super) enum Acquired {
+    /// Taken.
+    Held(Holding),
+    /// Taken by others: the lock's token or the permits' holders, and
+    /// when the soonest lease runs out.
+    Busy { token: u64, retry_after: Duration },
+}
+
+/// A lease in µs (1 µs to [`MAX_LEASE_US`]).
+pub(super) fn lease_us(lease: Duration) -> Result<u64> {
+    let us = u64::try_from(lease.as_micros()).unwrap_or(u64::MAX);
+    if (1..=MAX_LEASE_US).contains(&us) {
+        Ok(us)
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("a lease must be 1 µs to 366 days, not {lease:?}"),
+        ))
+    }
+}
+
+/// What a holder may count on: `left` from `sent`, less 1 % for drift.
+pub(super) fn local_deadline(sent: Instant, left_us: u64) -> Instant {
+    sent + Duration::from_micros(left_us - left_us / 100)
+}
+
+/// What is held: a lock's holding (with its token) or a semaphore's
+/// permit.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Kind {
+    Lock { token: u64 },
+    Permit,
+}
+
+/// A lease held in the store.
+pub(super) struct Lease {
+    pub(super) store: Arc<Store>,
+    pub(super) name: String,
+    pub(super) key: Bytes,
+    pub(super) channel: String,
+    pub(super) owner: Owner,
+    pub(super) kind: Kind,
+    pub(super) lease: Duration,
+    /// Until when the lease surely runs, by this process's clock.
+    deadline: Mutex<Instant>,
+    lost: watch::Sender<bool>,
+    keeper: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Lease {
+    fn deadline(&self) -> Instant {
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_deadline(&self, deadline: Instant) {
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = deadline;
+    }
+
+    fn lose(&self) {
+        self.lost.send_replace(true);
+    }
+
+    fn stop_keeper(&self) {
+        if let Some(keeper) = self
+            .keeper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            keeper.abort();
+        }
+    }
+
+    /// The step and its input that `op` asks for (`Some(lease)`: extend,
+    /// `None`: release).
+    fn input(&self, extend_us: Option<u64>) -> (&'static dyn AtomicUpdate, String) {
+        let owner = self.owner;
+        match (self.kind, extend_us) {
+            (Kind::Lock { token }, Some(lease_us)) => (
+                &LockStep,
+                op_input(
+                    LockOp::Extend {
+                        owner,
+                        token,
+                        lease_us,
+                    },
+                    0,
+                ),
+            ),
+            (Kind::Lock { token }, None) => {
+                (&LockStep, op_input(LockOp::Release { owner, token }, 0))
+            }
+            (Kind::Permit, Some(lease_us)) => (
+                &SemaphoreStep,
+                semaphore_input(SemaphoreOp::Extend { owner, lease_us }, 0),
+            ),
+            (Kind::Permit, None) => (
+                &SemaphoreStep,
+                semaphore_input(SemaphoreOp::Release { owner }, 0),
+            ),
+        }
+    }
+
+    /// One extension by `lease` from now.
+    async fn extend(&self, lease: Duration) -> Result<()> {
+        let (update, input) = self.input(Some(lease_us(lease)?));
+        let sent = Instant::now();
+        let raw = self
+            .store
+            .round_trip(&self.key, update, input.as_bytes())
+            .await?;
+        match parse_answer(&raw)? {
+            LockAnswer::Held { lease_us, .. } => {
+                self.set_deadline(local_deadline(sent, lease_us));
+                Ok(())
+            }
+            _ => {
+                self.lose();
+                Err(self.lost_error())
+            }
+        }
+    }
+
+    pub(super) fn lost_error(&self) -> Error {
+        let what = match self.kind {
+            Kind::Lock { token } => format!("lock {:?}: the holding of token {token}", self.name),
+            Kind::Permit => format!("semaphore {:?}: the permit", self.name),
+        };
+        Error::new(ErrorKind::Lost, format!("{what} is lost"))
+    }
+
+    /// Keeps the lease: renews it every third of the lease (with
+    /// renewal on), or marks it lost when it runs out.
+    async fn keep(self: Arc<Self>, renew: bool) {
+        loop {
+            let deadline = self.deadline();
+            if !renew {
+                tokio::time::sleep_until(deadline).await;
+                if Instant::now() >= self.deadline() {
+                    self.lose();
+                    return;
+                }
+                continue;
+            }
+            let lease = self.lease;
+            let renew_at = (deadline - lease.mul_f64(2.0 / 3.0)).max(Instant::now());
+            tokio::time::sleep_until(renew_at).await;
+            // A renewal still unanswered when the lease runs out is too
+            // late: the holding counts as lost then, not when it answers.
+            let extended = tokio::select! {
+                extended = self.extend(lease) => extended,
+                () = tokio::time::sleep_until(deadline) => {
+                    self.lose();
+                    return;
+                }
+            };
+            match extended {
+                Ok(()) => {}
+                Err(err) if err.kind() == ErrorKind::Lost => return,
+                Err(err) => {
+                    tracing::warn!(lock = %self.name, error = %err,
+                        "a lease's renewal failed: trying again while the lease runs");
+                    // Tries again soon (from the top: the renewal time has
+                    // passed), or counts the holding lost when the lease
+                    // runs out first.
+                    let retry = (lease / 10).min(Duration::from_millis(100));
+                    let next = Instant::now() + retry;
+                    if next >= deadline {
+                        tokio::time::sleep_until(deadline).await;
+                        self.lose();
+                        return;
+                    }
+                    tokio::time::sleep_until(next).await;
+                }
+            }
+        }
+    }
+
+    async fn release(&self) -> Result<()> {
+        let (update, input) = self.input(None);
+        let raw = self
+            .store
+            .round_trip(&self.key, update, input.as_bytes())
+            .await?;
+        let answer = parse_answer(&raw)?;
+        // Waiters are woken (at most once: a waiter that misses it polls).
+        let publish = self.store.backend.publish(&self.channel, Bytes::new());
+        let _ = tokio::time::timeout(self.store.config.timeout, publish).await;
+        match answer {
+            LockAnswer::Released { .. } => Ok(()),
+            _ => {
+                self.lose();
+                Err(self.lost_error())
+            }
+        }
+    }
+}
+
+/// A [`Lease`] owned by a guard: kept while it lives, released when
+/// dropped (in the background, on the runtime it was taken on) or by
+/// [`release`](Self::release).
+pub(super) struct Holding {
+    pub(super) lease: Arc<Lease>,
+    released: bool,
+}
+
+impl Holding {
+    /// Starts keeping a lease the store just granted: `deadline` by this
+    /// process's clock.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start(
+        store: Arc<Store>,
+        name: &str,
+        key: Bytes,
+        channel: String,
+        owner: Owner,
+        kind: Kind,
+        lease: Duration,
+        deadline: Instant,
+    ) -> Holding {
+        let renew = store.config.renew;
+        let held = Arc::new(Lease {
+            store,
+            name: name.to_string(),
+            key,
+            channel,
+            owner,
+            kind,
+            lease,
+            deadline: Mutex::new(deadline),
+            lost: watch::channel(false).0,
+            keeper: Mutex::new(None),
+        });
+        let keeper = tokio::spawn(held.clone().keep(renew));
+        *held.keeper.lock().unwrap_or_else(PoisonError::into_inner) = Some(keeper);
+        Holding {
+            lease: held,
+            released: false,
+        }
+    }
+
+    /// Lost: told so, or past the deadline by the clock now (a process
+    /// resumed after a pause past its lease knows at once, before its
+    /// keeper runs).
+    pub(super) fn is_lost(&self) -> bool {
+        if *self.lease.lost.borrow() {
+            return true;
+        }
+        if Instant::now() >= self.lease.deadline() {
+            self.lease.lose();
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut lost = self.lease.lost.subscribe();
+        async move {
+            // The sender lives in the holding's lease: an error means it
+            // is gone, which only a released guard allows.
+            let _ = lost.wait_for(|lost| *lost).await;
+        }
+    }
+
+    pub(super) fn remaining(&self) -> Duration {
+        self.lease
+            .deadline()
+            .saturating_duration_since(Instant::now())
+    }
+
+    pub(super) async fn extend(&self, lease: Duration) -> Result<()> {
+        if self.is_lost() {
+            return Err(self.lease.lost_error());
+        }
+        self.lease.extend(lease).await
+    }
+
+    /// Releases the lease now (renewal stops first).
+    pub(super) async fn release(&mut self) -> Result<()> {
+        self.released = true;
+        self.lease.stop_keeper();
+        self.lease.release().await
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        self.lease.stop_keeper();
+        // Released in the background; without a runtime, the lease runs
+        // out by itself.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let lease = self.lease.clone();
+            runtime.spawn(async move {
+                if let Err(err) = lease.release().await {
+                    tracing::debug!(lock = %lease.name, error = %err, "a dropped lease's release failed");
+                }
+            });
+        }
+    }
+}
