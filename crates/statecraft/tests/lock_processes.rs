@@ -1,5 +1,5 @@
-//! Locks across OS processes sharing one Redis (the test binary runs
-//! itself as the children): 8 processes × 200 acquisitions of one lock,
+//! Locks across OS processes sharing one Redis or PostgreSQL (the test
+//! binary runs itself as the children): 8 processes × 200 acquisitions of one lock,
 //! each holder logging its entry and exit to one append-only file — never
 //! two holders, tokens strictly rising; a holder SIGKILLed frees the lock
 //! after its lease and not before; a holder SIGSTOPped past its lease,
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use statecraft::lock::{fenced_get, fenced_put, Fenced, Locks, Semaphore};
 use statecraft::{RedisBackend, RedisConfig, StateBackend};
-use statecraft_testkit::RedisServer;
+use statecraft_testkit::{PostgresServer, RedisServer};
 
 const CHILD: &str = "STATECRAFT_LOCK_CHILD";
 
@@ -31,6 +31,12 @@ fn unique(tag: &str) -> String {
 }
 
 async fn store(url: &str) -> Arc<dyn StateBackend> {
+    if !url.starts_with("redis://") {
+        let options = statecraft::ConnectOptions::new().postgres_table("lock_processes");
+        return statecraft::connect_with(url, &options)
+            .await
+            .expect("the test store accepts connections");
+    }
     let config = RedisConfig::builder()
         .url(url)
         .response_timeout(Duration::from_secs(2))
@@ -198,16 +204,29 @@ async fn processes_take_turns_on_one_lock_on_redis() {
         return child(&spec).await;
     }
     let url = RedisServer::shared().url();
+    take_turns("processes_take_turns_on_one_lock_on_redis", &url, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_take_turns_on_one_lock_on_postgres() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child(&spec).await;
+    }
+    let url = PostgresServer::shared().url();
+    take_turns("processes_take_turns_on_one_lock_on_postgres", &url, 100);
+}
+
+/// 8 processes × `each` turns on one lock in the store at `url`, checked
+/// by their log.
+fn take_turns(test: &str, url: &str, each: usize) {
     let name = unique("turns");
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("holders.log");
     std::fs::write(&log, "").expect("log");
-    let (processes, each) = (8, 200);
+    let processes = 8;
     let spec = format!("turns|{url}|{name}|{}|{each}", log.display());
     let started = Instant::now();
-    let children: Vec<Child> = (0..processes)
-        .map(|_| spawn("processes_take_turns_on_one_lock_on_redis", &spec, false))
-        .collect();
+    let children: Vec<Child> = (0..processes).map(|_| spawn(test, &spec, false)).collect();
     for mut child in children {
         let stdout = child.stdout.take().expect("stdout");
         let lines: Vec<String> = BufReader::new(stdout)
@@ -324,11 +343,26 @@ async fn a_paused_holder_is_fenced_off_and_told_on_redis() {
         return child(&spec).await;
     }
     let url = RedisServer::shared().url();
+    paused_holder("a_paused_holder_is_fenced_off_and_told_on_redis", &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_is_fenced_off_and_told_on_postgres() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child(&spec).await;
+    }
+    let url = PostgresServer::shared().url();
+    paused_holder("a_paused_holder_is_fenced_off_and_told_on_postgres", &url).await;
+}
+
+/// A holder SIGSTOPped past its lease while the parent takes the lock and
+/// writes: resumed, its fenced write is refused and it is told.
+async fn paused_holder(test: &str, url: &str) {
     let name = unique("paused");
     let resource = unique("resource");
     let lease = Duration::from_millis(800);
     let mut holder = spawn(
-        "a_paused_holder_is_fenced_off_and_told_on_redis",
+        test,
         &format!("paused|{url}|{name}|{}|{resource}", lease.as_millis()),
         true,
     );
@@ -336,7 +370,7 @@ async fn a_paused_holder_is_fenced_off_and_told_on_redis() {
     let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
     let first: u64 = wait_line(&mut lines, "held ").parse().expect("token");
     signal(&holder, "-STOP");
-    let store = store(&url).await;
+    let store = store(url).await;
     let locks = Locks::new(store.clone());
     // Taken as soon as the paused holder's lease runs out.
     let guard = locks
@@ -371,16 +405,33 @@ async fn processes_share_n_permits_on_redis() {
     if let Ok(spec) = std::env::var(CHILD) {
         return child(&spec).await;
     }
-    let url = RedisServer::shared().url();
+    share_permits(
+        "processes_share_n_permits_on_redis",
+        &RedisServer::shared().url(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_share_n_permits_on_postgres() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child(&spec).await;
+    }
+    share_permits(
+        "processes_share_n_permits_on_postgres",
+        &PostgresServer::shared().url(),
+    );
+}
+
+/// 6 processes × 60 permits of 3 in the store at `url`, checked by their
+/// log.
+fn share_permits(test: &str, url: &str) {
     let name = unique("permits");
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("permits.log");
     std::fs::write(&log, "").expect("log");
     let (processes, each, permits) = (6, 60, 3);
     let spec = format!("permits|{url}|{name}|{}|{each}|{permits}", log.display());
-    let children: Vec<Child> = (0..processes)
-        .map(|_| spawn("processes_share_n_permits_on_redis", &spec, false))
-        .collect();
+    let children: Vec<Child> = (0..processes).map(|_| spawn(test, &spec, false)).collect();
     for mut child in children {
         let stdout = child.stdout.take().expect("stdout");
         let lines: Vec<String> = BufReader::new(stdout)

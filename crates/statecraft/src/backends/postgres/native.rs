@@ -18,11 +18,32 @@ use super::pool::Inner;
 
 /// The updates set up on this backend so far: their statements, with the
 /// table's names in place, by the update's name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Natives {
     set_up: Mutex<HashMap<&'static str, Statements>>,
     /// Held while one update is set up.
     setting_up: tokio::sync::Mutex<()>,
+    /// One native call at a time per lane (a key's hash picks its lane):
+    /// the calls of one process on one hot key wait here, one after
+    /// another, rather than as many server backends queued on the key's
+    /// row lock — which, many deep on two cores, stalls the server for
+    /// hundreds of milliseconds at a time.
+    lanes: Box<[tokio::sync::Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// How many lanes native calls go through.
+const LANES: usize = 64;
+
+impl Default for Natives {
+    fn default() -> Self {
+        Natives {
+            set_up: Mutex::default(),
+            setting_up: tokio::sync::Mutex::default(),
+            lanes: (0..LANES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -32,6 +53,13 @@ struct Statements {
 }
 
 impl Natives {
+    /// The lane of `key`.
+    fn lane(&self, key: &[u8]) -> &tokio::sync::Mutex<()> {
+        use std::hash::BuildHasher;
+        let at = self.hasher.hash_one(key) as usize % self.lanes.len();
+        &self.lanes[at]
+    }
+
     fn get(&self, name: &str) -> Option<Arc<str>> {
         self.set_up
             .lock()
@@ -119,6 +147,7 @@ impl Inner {
             .config
             .default_ttl
             .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let _lane = self.natives.lane(key).lock().await;
         let mut client = self.client().await?;
         let row = client
             .query_one(&call, &[&key, &input, &default_ttl])
@@ -182,11 +211,22 @@ impl Inner {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
                 .await
                 .map_err(pg_error)?;
-            tx.batch_execute(&expand(native.setup, table, &version))
+            // Another process may have set it up while this one waited for
+            // the lock: set up again, its `CREATE INDEX` would wait for
+            // every write in flight on the table and hold up the ones
+            // after it.
+            let done: bool = tx
+                .query_one("SELECT to_regproc($1) IS NOT NULL", &[&function])
                 .await
+                .and_then(|row| row.try_get(0))
                 .map_err(pg_error)?;
+            if !done {
+                tx.batch_execute(&expand(native.setup, table, &version))
+                    .await
+                    .map_err(pg_error)?;
+                tracing::info!(table, update = name, %version, "set up a native PostgreSQL update");
+            }
             tx.commit().await.map_err(pg_error)?;
-            tracing::info!(table, update = name, %version, "set up a native PostgreSQL update");
         }
         let call: Arc<str> = Arc::from(expand(native.call, table, &version));
         let purge = native
