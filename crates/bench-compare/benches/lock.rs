@@ -12,13 +12,17 @@
 //!    peer: `SET NX PX` retried every 50 ms, released by a compare-and-DEL
 //!    script (the usual polling lock), 5 interleaved rounds of 2 s each.
 //!
+//! 3. Redlock over 3 loopback Redis servers (requests to the three sent
+//!    at once) against the same lock on one of them: acquire + release,
+//!    11 interleaved rounds of 1,000.
+//!
 //! `cargo bench -p bench-compare --bench lock`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use statecraft::lock::Locks;
+use statecraft::lock::{Locks, Redlock};
 use statecraft::{RedisBackend, RedisConfig, StateBackend};
 use statecraft_testkit::RedisServer;
 use tokio::sync::watch;
@@ -70,6 +74,7 @@ fn main() {
     runtime.block_on(async {
         uncontended(&server.url()).await;
         handover(&server.url()).await;
+        redlock(&server).await;
     });
 }
 
@@ -274,5 +279,47 @@ async fn handover(url: &str) {
         "  SET NX PX polled every {POLL:?}: p50 {:>8.1} µs  p99 {:>8.1} µs  ({n_polling} handovers)",
         quantile(&mut polling, 0.5),
         quantile(&mut polling, 0.99)
+    );
+}
+
+async fn redlock(first: &RedisServer) {
+    let others = [RedisServer::start(), RedisServer::start()];
+    let mut servers = vec![store(&first.url(), true).await];
+    for server in &others {
+        servers.push(store(&server.url(), true).await);
+    }
+    let single = Locks::new(servers[0].clone());
+    let redlock = Redlock::new(servers).expect("redlock");
+    let calls = scale(1_000);
+    let (mut times, mut ratios): (Vec<Vec<f64>>, Vec<f64>) = (vec![Vec::new(); 2], Vec::new());
+    for round in 0..11 {
+        let mut this = [0f64; 2];
+        for k in 0..2 {
+            let which = (k + round) % 2;
+            let started = Instant::now();
+            for _ in 0..calls {
+                let guard = if which == 0 {
+                    redlock.try_lock("redlock", LEASE).await
+                } else {
+                    single.try_lock("single", LEASE).await
+                };
+                let guard = guard.expect("store").expect("free");
+                guard.unlock().await.expect("held");
+            }
+            this[which] = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
+        }
+        times[0].push(this[0]);
+        times[1].push(this[1]);
+        ratios.push(this[0] / this[1]);
+    }
+    println!("Redlock over 3 loopback Redis servers ({calls} calls × 11 rounds):");
+    println!(
+        "  acquire + release, Redlock of 3 {:>8.1} µs  (× one server {:.3})",
+        median(times[0].clone()),
+        median(ratios)
+    );
+    println!(
+        "  acquire + release, one server   {:>8.1} µs",
+        median(times[1].clone())
     );
 }

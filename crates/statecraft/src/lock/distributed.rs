@@ -63,12 +63,12 @@ impl std::fmt::Debug for Locks {
 }
 
 /// A lock's key: `lock:<name>`, the name's `%` and `:` escaped.
-fn key_of(name: &str) -> Bytes {
+pub(super) fn key_of(name: &str) -> Bytes {
     Bytes::from(format!("lock:{}", crate::limiter::escaped(name)))
 }
 
 /// The channel a lock's releases are published on.
-fn channel_of(name: &str) -> String {
+pub(super) fn channel_of(name: &str) -> String {
     format!("statecraft:lock:{}", crate::limiter::escaped(name))
 }
 
@@ -221,12 +221,13 @@ impl std::fmt::Debug for LockGuard {
 }
 
 impl LockGuard {
+    pub(super) fn from_holding(holding: Holding) -> LockGuard {
+        LockGuard { holding }
+    }
+
     /// The fencing token of this holding.
     pub fn token(&self) -> u64 {
-        match self.holding.lease.kind {
-            Kind::Lock { token } => token,
-            Kind::Permit => 0,
-        }
+        self.holding.lease.kind.token()
     }
 
     /// The lock's name.

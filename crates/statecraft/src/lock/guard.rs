@@ -17,6 +17,7 @@ use crate::backend::StateBackend;
 
 use super::machine::{LockAnswer, LockOp, Owner, MAX_LEASE_US};
 use super::permits::{semaphore_input, SemaphoreOp, SemaphoreStep};
+use super::redlock::{extend_all, release_all, Granted};
 use super::shared::{op_input, parse_answer, LockStep};
 
 /// How [`Locks`](super::Locks) and [`Semaphore`](super::Semaphore)s talk
@@ -175,12 +176,23 @@ pub(super) fn local_deadline(sent: Instant, left_us: u64) -> Instant {
     sent + Duration::from_micros(left_us - left_us / 100)
 }
 
-/// What is held: a lock's holding (with its token) or a semaphore's
-/// permit.
-#[derive(Debug, Clone, Copy)]
+/// What is held: a lock's holding (with its token), a semaphore's
+/// permit, or a Redlock holding (the stores that granted it).
+#[derive(Clone)]
 pub(super) enum Kind {
     Lock { token: u64 },
     Permit,
+    Redlock { token: u64, granted: Arc<Granted> },
+}
+
+impl Kind {
+    /// The fencing token (0: a permit has none).
+    pub(super) fn token(&self) -> u64 {
+        match self {
+            Kind::Lock { token } | Kind::Redlock { token, .. } => *token,
+            Kind::Permit => 0,
+        }
+    }
 }
 
 /// A lease held in the store.
@@ -223,24 +235,31 @@ impl Lease {
     }
 
     /// The step and its input that `op` asks for (`Some(lease)`: extend,
-    /// `None`: release).
+    /// `None`: release) of a holding in one store.
     fn input(&self, extend_us: Option<u64>) -> (&'static dyn AtomicUpdate, String) {
         let owner = self.owner;
-        match (self.kind, extend_us) {
-            (Kind::Lock { token }, Some(lease_us)) => (
+        match (&self.kind, extend_us) {
+            (Kind::Lock { token } | Kind::Redlock { token, .. }, Some(lease_us)) => (
                 &LockStep,
                 op_input(
                     LockOp::Extend {
                         owner,
-                        token,
+                        token: *token,
                         lease_us,
                     },
                     0,
                 ),
             ),
-            (Kind::Lock { token }, None) => {
-                (&LockStep, op_input(LockOp::Release { owner, token }, 0))
-            }
+            (Kind::Lock { token } | Kind::Redlock { token, .. }, None) => (
+                &LockStep,
+                op_input(
+                    LockOp::Release {
+                        owner,
+                        token: *token,
+                    },
+                    0,
+                ),
+            ),
             (Kind::Permit, Some(lease_us)) => (
                 &SemaphoreStep,
                 semaphore_input(SemaphoreOp::Extend { owner, lease_us }, 0),
@@ -254,8 +273,20 @@ impl Lease {
 
     /// One extension by `lease` from now.
     async fn extend(&self, lease: Duration) -> Result<()> {
-        let (update, input) = self.input(Some(lease_us(lease)?));
+        let lease_us = lease_us(lease)?;
         let sent = Instant::now();
+        if let Kind::Redlock { granted, .. } = &self.kind {
+            if extend_all(granted, &self.key, self.owner, lease_us).await? {
+                let deadline = local_deadline(sent, lease_us)
+                    .checked_sub(Duration::from_millis(2))
+                    .unwrap_or(sent);
+                self.set_deadline(deadline);
+                return Ok(());
+            }
+            self.lose();
+            return Err(self.lost_error());
+        }
+        let (update, input) = self.input(Some(lease_us));
         let raw = self
             .store
             .round_trip(&self.key, update, input.as_bytes())
@@ -273,8 +304,11 @@ impl Lease {
     }
 
     pub(super) fn lost_error(&self) -> Error {
-        let what = match self.kind {
+        let what = match &self.kind {
             Kind::Lock { token } => format!("lock {:?}: the holding of token {token}", self.name),
+            Kind::Redlock { token, .. } => {
+                format!("redlock {:?}: the holding of token {token}", self.name)
+            }
             Kind::Permit => format!("semaphore {:?}: the permit", self.name),
         };
         Error::new(ErrorKind::Lost, format!("{what} is lost"))
@@ -328,22 +362,24 @@ impl Lease {
     }
 
     async fn release(&self) -> Result<()> {
-        let (update, input) = self.input(None);
-        let raw = self
-            .store
-            .round_trip(&self.key, update, input.as_bytes())
-            .await?;
-        let answer = parse_answer(&raw)?;
+        let released = if let Kind::Redlock { granted, .. } = &self.kind {
+            release_all(granted, &self.key, self.owner).await
+        } else {
+            let (update, input) = self.input(None);
+            let raw = self
+                .store
+                .round_trip(&self.key, update, input.as_bytes())
+                .await?;
+            matches!(parse_answer(&raw)?, LockAnswer::Released { .. })
+        };
         // Waiters are woken (at most once: a waiter that misses it polls).
         let publish = self.store.backend.publish(&self.channel, Bytes::new());
         let _ = tokio::time::timeout(self.store.config.timeout, publish).await;
-        match answer {
-            LockAnswer::Released { .. } => Ok(()),
-            _ => {
-                self.lose();
-                Err(self.lost_error())
-            }
+        if released {
+            return Ok(());
         }
+        self.lose();
+        Err(self.lost_error())
     }
 }
 

@@ -4,7 +4,8 @@
 //! opt-in watchdog, a "lost" signal, and writes fenced by the token
 //! ([`fenced_put`]); leader election on a lock, the term its token
 //! ([`Election`]); counting semaphores whose permits are leases
-//! ([`Semaphore`]).
+//! ([`Semaphore`]); one lock over several independent servers, held by a
+//! majority ([`Redlock`]).
 //!
 //! Each step is written once ([`lock_step`], [`semaphore_step`]); the
 //! Redis copies (Lua) and the PostgreSQL copies (PL/pgSQL, on tables whose
@@ -31,6 +32,7 @@ mod fenced;
 mod guard;
 mod machine;
 mod permits;
+mod redlock;
 mod semaphore;
 mod shared;
 
@@ -45,6 +47,7 @@ pub use permits::{
     decode_holders, encode_holders, parse_holders, semaphore_input, semaphore_step, SemaphoreOp,
     SemaphoreStep, LINGER_US, MAX_PERMITS,
 };
+pub use redlock::Redlock;
 pub use semaphore::{Semaphore, SemaphorePermit};
 pub use shared::{
     decode_state, encode_state, op_input, parse_answer, parse_input, parse_peek, LockStep, PEEK,

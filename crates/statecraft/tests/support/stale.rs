@@ -204,11 +204,23 @@ pub(crate) async fn never_stale(
             );
         }
     }
+    // The cut may still be on here too: stats that need the store are
+    // asked again, for a while.
     let hits = |stats: BackendStats| stats.details.get("l1_hits").copied().unwrap_or(0);
-    let (hits_a, hits_b) = (
-        hits(a.stats().await.expect("stats")),
-        hits(b.stats().await.expect("stats")),
-    );
+    let stats_of = |instance: Arc<dyn StateBackend>| async move {
+        let started = Instant::now();
+        loop {
+            match instance.stats().await {
+                Ok(stats) => break stats,
+                Err(err) if err.is_temporary() && started.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(err) => panic!("stats: {err}"),
+            }
+        }
+    };
+    let [first, second] = instances.clone();
+    let (hits_a, hits_b) = (hits(stats_of(first).await), hits(stats_of(second).await));
     let report = Report {
         reads: reads.load(Ordering::Relaxed),
         failed_reads: failed_reads.load(Ordering::Relaxed),
