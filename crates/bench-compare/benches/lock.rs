@@ -43,12 +43,14 @@ fn scale(n: usize) -> usize {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// The `q` quantile (NaN for no samples).
 fn quantile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
+    let at = (v.len().saturating_sub(1) as f64 * q).round() as usize;
+    v.get(at).copied().unwrap_or(f64::NAN)
 }
 
 const LEASE: Duration = Duration::from_secs(30);

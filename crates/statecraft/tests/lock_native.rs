@@ -150,13 +150,19 @@ async fn run(store: &dyn StateBackend, steps: &[(Step, u64)], peek: bool) -> See
 /// The PostgreSQL backend the differential tests share (its table set up
 /// by the first step), and a key of its own for each case.
 async fn postgres() -> Namespaced<PostgresBackend> {
+    postgres_under(unique("case") + ":").await
+}
+
+/// A backend of its own (its own connections) on the shared table, under
+/// `prefix`.
+async fn postgres_under(prefix: String) -> Namespaced<PostgresBackend> {
     let config = PostgresConfig::builder()
         .url(PostgresServer::shared().url())
         .table("lock_diff")
         .build()
         .expect("config");
     let backend = PostgresBackend::new(config).await.expect("postgres");
-    Namespaced::new(backend, unique("case") + ":")
+    Namespaced::new(backend, prefix)
 }
 
 fn differential(steps: &[(Step, u64)], functions: bool) -> (Seen, Seen) {
@@ -481,4 +487,93 @@ async fn locks_work_on_a_redis_cluster() {
         b.release().await.expect("held");
         c.release().await.expect("held");
     }
+}
+
+/// Two acquisitions (by two backends) of a lock whose row has expired
+/// and was not purged yet, waiting together for its row lock: the first
+/// takes it over, the second finds it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_row_taken_over_by_two_at_once_has_one_holder_on_postgres() {
+    let url = PostgresServer::shared().url();
+    // Two backends (as two processes): calls of one backend on one key
+    // wait for each other before they reach the server.
+    let prefix = unique("expired") + ":";
+    let stores = [
+        Arc::new(postgres_under(prefix.clone()).await),
+        Arc::new(postgres_under(prefix).await),
+    ];
+    let store = stores[0].clone();
+    let owner = |n: u8| Owner([n; 16]);
+    let acquire = |n: u8| {
+        op_input(
+            LockOp::Acquire {
+                owner: owner(n),
+                lease_us: 60_000_000,
+            },
+            0,
+        )
+    };
+    store
+        .update_atomic(b"lock:x", &LockStep, acquire(1).as_bytes())
+        .await
+        .expect("acquire");
+    let (mut operator, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    // The row's key: the namespace's prefix, then the lock's key.
+    let row: (Vec<u8>,) = {
+        let found = operator
+            .query_one(
+                "SELECT key FROM lock_diff_locks WHERE key LIKE '%lock:x' \
+                 ORDER BY updated_at DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .expect("the row");
+        (found.get(0),)
+    };
+    operator
+        .execute(
+            "UPDATE lock_diff_locks SET expires_at = clock_timestamp() - interval '1 second' \
+             WHERE key = $1",
+            &[&row.0],
+        )
+        .await
+        .expect("expire the row");
+    let tx = operator.transaction().await.expect("begin");
+    tx.execute(
+        "SELECT 1 FROM lock_diff_locks WHERE key = $1 FOR UPDATE",
+        &[&row.0],
+    )
+    .await
+    .expect("lock the row");
+    let asks: Vec<_> = [2u8, 3]
+        .into_iter()
+        .map(|n| {
+            let (store, input) = (stores[usize::from(n) - 2].clone(), acquire(n));
+            tokio::spawn(async move {
+                let raw = store
+                    .update_atomic(b"lock:x", &LockStep, input.as_bytes())
+                    .await
+                    .expect("acquire");
+                parse_answer(&raw).expect("an answer")
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.commit().await.expect("commit");
+    let mut answers = Vec::new();
+    for ask in asks {
+        answers.push(ask.await.expect("task"));
+    }
+    let held = answers
+        .iter()
+        .filter(|a| matches!(a, LockAnswer::Held { .. }))
+        .count();
+    let busy = answers
+        .iter()
+        .filter(|a| matches!(a, LockAnswer::Busy { .. }))
+        .count();
+    assert_eq!((held, busy), (1, 1), "{answers:?}");
 }

@@ -322,14 +322,15 @@ async fn a_killed_holder_frees_the_lock_after_its_lease_on_redis() {
     let (at, guard) = taken;
     let lease_us = lease.as_micros() as u64;
     // Not before the lease ran out (it started after `sent`), and soon
-    // after (the holder asked and answered within a second).
+    // after (the holder's ask and answer, and this process's start, took
+    // well under two seconds).
     assert!(
         at >= sent + lease_us,
         "taken {} µs after the holder asked",
         at - sent
     );
     assert!(
-        at <= sent + lease_us + 1_000_000,
+        at <= sent + lease_us + 2_000_000,
         "taken {} µs after the holder asked",
         at - sent
     );
@@ -518,7 +519,7 @@ async fn a_killed_holders_permit_comes_back_after_its_lease_on_redis() {
     let lease_us = lease.as_micros() as u64;
     assert!(at >= sent + lease_us, "taken {} µs after", at - sent);
     assert!(
-        at <= sent + lease_us + 1_000_000,
+        at <= sent + lease_us + 2_000_000,
         "taken {} µs after",
         at - sent
     );

@@ -56,6 +56,19 @@ pub(super) async fn locks(
             };
             rows.push(tasks_row(&target, "lock_acquire_release", concurrency, args, calls).await?);
         }
+        // Untimed first: a few handovers, which set up what waiting takes
+        // (the store's subscription: on PostgreSQL a listening connection).
+        let warm = Turns::new(locks.clone(), format!("{prefix}-warm"));
+        let until = Instant::now() + Duration::from_millis(200);
+        let warming: Vec<_> = (0..2)
+            .map(|_| {
+                let warm = warm.clone();
+                tokio::spawn(async move { warm.take(until).await })
+            })
+            .collect();
+        for task in warming {
+            task.await.map_err(|e| format!("lock_handover: {e}"))??;
+        }
         let mut contention: Vec<usize> = levels.iter().map(|&n| n.max(2)).collect();
         contention.dedup();
         for contenders in contention {

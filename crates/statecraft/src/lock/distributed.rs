@@ -101,7 +101,10 @@ impl Locks {
     /// (woken by the holder's release where the store has pub/sub, else
     /// when its lease runs out or every [`poll_every`](LockConfig)): the
     /// holding, or a [`Timeout`](ErrorKind::Timeout) error naming the
-    /// holder's token.
+    /// holder's token. A try whose answer timed out is tried again by the
+    /// same owner, which gets it back if it took the lock; but a try the
+    /// store only carries out after a later one (a slow connection) takes
+    /// the lock again after this holding's release, until its lease ends.
     pub async fn lock(&self, name: &str, lease: Duration, wait: Duration) -> Result<LockGuard> {
         let owner = Owner::random()?;
         let what = format!("lock {name:?}");
@@ -207,7 +210,7 @@ impl Locks {
 /// [`lost`](Self::lost) future resolves when the lease is no longer held.
 #[must_use = "a lock is released when its guard is dropped"]
 pub struct LockGuard {
-    holding: Holding,
+    pub(super) holding: Holding,
 }
 
 impl std::fmt::Debug for LockGuard {

@@ -130,7 +130,10 @@ impl Election {
                 format!("an election's lease must be at least 30 ms, not {lease:?}"),
             ));
         }
-        let poll_every = config.poll_every.min(lease / 2);
+        let poll_every = config
+            .poll_every
+            .min(lease / 2)
+            .max(Duration::from_millis(1));
         Ok(Election {
             locks: Locks::with_config(backend.clone(), config.renewing()),
             backend,
@@ -152,7 +155,18 @@ impl Election {
         // Written fenced by the term: a deposed leader's late write of its
         // id cannot overwrite a later leader's.
         let key = leader_key(&self.name);
-        let written = fenced_put(&*self.backend, &key, term, id.as_bytes()).await;
+        let written = match fenced_put(&*self.backend, &key, term, id.as_bytes()).await {
+            Ok(Fenced::Written) => Ok(()),
+            // A later term wrote first: this one is already over.
+            Ok(Fenced::Stale { highest }) => Err(Error::new(
+                ErrorKind::Lost,
+                format!(
+                    "election {:?}: term {term} was won after term {highest} began",
+                    &*self.name
+                ),
+            )),
+            Err(err) => Err(err),
+        };
         if let Err(err) = written {
             // Not a leader observers can know: give the term back.
             let _ = guard.unlock().await;
@@ -261,7 +275,12 @@ impl Leadership {
 
 /// The changes of one election's leadership, in order of terms (see
 /// [`Election::changes`]). Each [`next`](Self::next) waits for the next
-/// change.
+/// change. It shows every term whose leader's announcement it receives or
+/// that is still held when it looks; a term announced late (its leader
+/// paused between winning and announcing) after a later one was shown,
+/// or begun and ended between two looks with its announcement lost, is
+/// skipped. A leader is shown without its id when a look found it before
+/// it had written it.
 pub struct LeaderChanges {
     election: Election,
     messages: Option<Subscription>,
@@ -291,7 +310,8 @@ fn order(change: &LeaderChange) -> (u64, bool) {
 
 impl LeaderChanges {
     /// The next change of leadership (waiting for it). An error is the
-    /// store's, when it cannot be looked at; the stream goes on after it.
+    /// store's, when it cannot be looked at (after waiting a look's
+    /// interval); the stream goes on after it.
     pub async fn next(&mut self) -> Result<LeaderChange> {
         loop {
             if !self.pending.is_empty() {
@@ -299,7 +319,10 @@ impl LeaderChanges {
                 self.last = Some(change.clone());
                 return Ok(change);
             }
-            self.look().await?;
+            if let Err(err) = self.look().await {
+                tokio::time::sleep(self.election.poll_every).await;
+                return Err(err);
+            }
             if !self.pending.is_empty() {
                 continue;
             }

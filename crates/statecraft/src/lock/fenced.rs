@@ -70,9 +70,11 @@ impl AtomicUpdate for FencedWrite {
             });
         }
         Ok(AtomicStep {
+            // Kept (not under a backend's default TTL): a fenced value
+            // that expired would let a stale writer in.
             write: AtomicWrite::Put {
                 value: Bytes::copy_from_slice(input),
-                options: PutOptions::new(),
+                options: PutOptions::new().no_expiry(),
             },
             output: Bytes::from_static(b"W"),
         })

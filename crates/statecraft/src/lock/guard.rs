@@ -131,9 +131,10 @@ impl Store {
                 // by trying once more at once.
                 continue;
             }
+            let poll_every = self.config.poll_every.max(Duration::from_millis(1));
             let nap = busy
-                .map_or(self.config.poll_every, |(_, retry_after)| retry_after)
-                .min(self.config.poll_every)
+                .map_or(poll_every, |(_, retry_after)| retry_after)
+                .min(poll_every)
                 .min(wait - elapsed);
             match releases.as_mut() {
                 Some(subscription) => {
@@ -208,6 +209,9 @@ pub(super) struct Lease {
     deadline: Mutex<Instant>,
     lost: watch::Sender<bool>,
     keeper: Mutex<Option<JoinHandle<()>>>,
+    /// Held through each extension: one at a time, so that the deadline
+    /// an answer sets is the one of the extension the store did last.
+    extending: tokio::sync::Mutex<()>,
 }
 
 impl Lease {
@@ -221,6 +225,17 @@ impl Lease {
 
     fn lose(&self) {
         self.lost.send_replace(true);
+    }
+
+    /// Whether its keeper (the watchdog, or the wait for the deadline)
+    /// still runs.
+    #[cfg(test)]
+    pub(super) fn keeping(&self) -> bool {
+        self.keeper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|keeper| !keeper.is_finished())
     }
 
     fn stop_keeper(&self) {
@@ -274,6 +289,7 @@ impl Lease {
     /// One extension by `lease` from now.
     async fn extend(&self, lease: Duration) -> Result<()> {
         let lease_us = lease_us(lease)?;
+        let _one_at_a_time = self.extending.lock().await;
         let sent = Instant::now();
         if let Kind::Redlock { granted, .. } = &self.kind {
             if extend_all(granted, &self.key, self.owner, lease_us).await? {
@@ -363,7 +379,7 @@ impl Lease {
 
     async fn release(&self) -> Result<()> {
         let released = if let Kind::Redlock { granted, .. } = &self.kind {
-            release_all(granted, &self.key, self.owner).await
+            release_all(granted, &self.key, self.owner).await?
         } else {
             let (update, input) = self.input(None);
             let raw = self
@@ -417,6 +433,7 @@ impl Holding {
             deadline: Mutex::new(deadline),
             lost: watch::channel(false).0,
             keeper: Mutex::new(None),
+            extending: tokio::sync::Mutex::new(()),
         });
         let keeper = tokio::spawn(held.clone().keep(renew));
         *held.keeper.lock().unwrap_or_else(PoisonError::into_inner) = Some(keeper);
@@ -428,7 +445,9 @@ impl Holding {
 
     /// Lost: told so, or past the deadline by the clock now (a process
     /// resumed after a pause past its lease knows at once, before its
-    /// keeper runs).
+    /// keeper runs). The clock is the monotonic one, which stops while
+    /// the machine is suspended (a VM paused or migrated): there only
+    /// fenced writes protect.
     pub(super) fn is_lost(&self) -> bool {
         if *self.lease.lost.borrow() {
             return true;

@@ -37,6 +37,8 @@ DECLARE
     ls int8;
     now_us int8;
     have_row boolean;
+    live boolean;
+    server_clock boolean;
     st_owner text;
     st_token int8;
     st_until timestamptz;
@@ -87,19 +89,22 @@ BEGIN
     IF op <> 'r' AND (ls < 1 OR ls > max_lease) THEN
         RAISE EXCEPTION 'lock step: a lease out of range' USING ERRCODE = '22023';
     END IF;
-    IF now_us = 0 THEN
-        now_us := floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8;
-    END IF;
+    server_clock := now_us = 0;
 
     LOOP
-        SELECT owner, token, held_until INTO st_owner, st_token, st_until
-            FROM @locks@ WHERE key = p_key AND expires_at > clock_timestamp() FOR UPDATE;
+        -- The row locked whatever its expiry (a filter on it would skip an
+        -- expired version without waiting for a call that is taking the
+        -- lock over), then an expired one counts as none.
+        SELECT owner, token, held_until, expires_at > clock_timestamp()
+            INTO st_owner, st_token, st_until, live
+            FROM @locks@ WHERE key = p_key FOR UPDATE;
         have_row := FOUND;
-        IF NOT have_row THEN
-            -- An expired row counts as none (and is taken over below).
+        IF NOT coalesce(live, false) THEN
             st_owner := NULL; st_token := NULL; st_until := NULL;
-            PERFORM 1 FROM @locks@ WHERE key = p_key FOR UPDATE;
-            have_row := FOUND;
+        END IF;
+        -- The time once the row is ours: a wait for it is not in a lease.
+        IF server_clock THEN
+            now_us := floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8;
         END IF;
         st_expires := (extract(epoch FROM st_until) * 1000000)::int8;
         held := st_owner IS NOT NULL AND st_expires > now_us;

@@ -35,6 +35,7 @@ DECLARE
     ls int8;
     now_us int8;
     have_row boolean;
+    server_clock boolean;
     st_owners text[];
     st_until timestamptz[];
     l_owners text[] := '{}';
@@ -87,9 +88,7 @@ BEGIN
     IF op <> 'r' AND (ls < 1 OR ls > max_lease) THEN
         RAISE EXCEPTION 'semaphore step: a lease out of range' USING ERRCODE = '22023';
     END IF;
-    IF now_us = 0 THEN
-        now_us := floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8;
-    END IF;
+    server_clock := now_us = 0;
 
     LOOP
         -- An expired row counts as none (and is taken over below).
@@ -98,6 +97,10 @@ BEGIN
             INTO st_owners, st_until
             FROM @semaphores@ WHERE key = p_key FOR UPDATE;
         have_row := FOUND;
+        -- The time once the row is ours: a wait for it is not in a lease.
+        IF server_clock THEN
+            now_us := floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8;
+        END IF;
         -- The live holders, in order; mine: the first that is the asker.
         l_owners := '{}'; l_ends := '{}'; mine := NULL;
         FOR i IN 1 .. coalesce(cardinality(st_owners), 0) LOOP

@@ -36,7 +36,11 @@ use super::shared::{op_input, parse_answer, LockStep};
 /// token is its own time in µs). A server restarted without persistence
 /// forgets the holdings it granted, so a holder can lose its majority
 /// while still counting itself held (Redis's own advice: delay a
-/// restarted server's return by a lease, or persist with fsync). When the
+/// restarted server's return by a lease, or persist with fsync). A server
+/// that did not answer an acquisition in time may still have granted it:
+/// its grant is not given back (its token is not known) and runs out with
+/// the lease. Each server must not evict keys (`maxmemory-policy
+/// noeviction`): an evicted lock is a free one. When the
 /// work under the lock writes to a store, prefer a [`Locks`](super::Locks)
 /// on one store with writes fenced by its token: its safety needs neither
 /// synchronized clocks nor persistence.
@@ -190,10 +194,20 @@ impl Redlock {
         // Too few: what was granted is given back at once.
         let granted = Granted { by, quorum };
         let _ = release_all(&granted, &key, owner).await;
-        let (token, retry_after_us) = busy.unwrap_or((0, 0));
+        // Tried again when the holder's lease ends or, with no holder
+        // seen (too few servers answered, or the votes split), after a
+        // random while, so that clients that split the votes part.
+        let jitter = Owner::random()?.0[0];
+        let retry_after = match busy {
+            Some((_, retry_after_us)) => Duration::from_micros(retry_after_us),
+            None => self.stores[0]
+                .config
+                .poll_every
+                .mul_f64(0.1 + f64::from(jitter) / 255.0 * 0.4),
+        };
         Ok(Acquired::Busy {
-            token,
-            retry_after: Duration::from_micros(retry_after_us).max(Duration::from_millis(1)),
+            token: busy.map_or(0, |b| b.0),
+            retry_after: retry_after.max(Duration::from_millis(1)),
         })
     }
 }
@@ -243,9 +257,10 @@ pub(super) async fn extend_all(
     ))
 }
 
-/// Releases a Redlock holding on every store that granted it: whether a
-/// majority released it.
-pub(super) async fn release_all(granted: &Granted, key: &[u8], owner: Owner) -> bool {
+/// Releases a Redlock holding on every store that granted it: `true` when
+/// a majority released it, `false` when enough refused it (it was lost);
+/// a [`Timeout`](ErrorKind::Timeout) error when too few answered to know.
+pub(super) async fn release_all(granted: &Granted, key: &[u8], owner: Owner) -> Result<bool> {
     let answers = join_all(granted.by.iter().map(|(store, token)| async move {
         let op = LockOp::Release {
             owner,
@@ -261,5 +276,21 @@ pub(super) async fn release_all(granted: &Granted, key: &[u8], owner: Owner) -> 
         .iter()
         .filter(|a| matches!(a, Ok(LockAnswer::Released { .. })))
         .count();
-    released >= granted.quorum
+    if released >= granted.quorum {
+        return Ok(true);
+    }
+    let refused = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(LockAnswer::NotHeld)))
+        .count();
+    if granted.by.len() - refused < granted.quorum {
+        return Ok(false);
+    }
+    Err(Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "a Redlock release reached {released} of {} servers",
+            granted.quorum
+        ),
+    ))
 }

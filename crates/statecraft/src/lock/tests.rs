@@ -291,7 +291,12 @@ async fn renewal_keeps_the_lock_until_release_and_stops_there() {
     let (token, left) = locks.holder("a").await.expect("peek").expect("held");
     assert_eq!(token, guard.token());
     assert!(left > Duration::from_secs(1), "{left:?}");
+    let lease = guard.holding.lease.clone();
+    assert!(lease.keeping());
     guard.unlock().await.expect("held");
+    // The watchdog ends with the release.
+    tokio::task::yield_now().await;
+    assert!(!lease.keeping(), "the watchdog runs on after the release");
     // No renewal after the release: the lock stays free.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(locks.holder("a").await.expect("peek"), None);

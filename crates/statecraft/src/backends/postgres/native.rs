@@ -33,7 +33,7 @@ pub(super) struct Natives {
 }
 
 /// How many lanes native calls go through.
-const LANES: usize = 64;
+const LANES: usize = 256;
 
 impl Default for Natives {
     fn default() -> Self {
