@@ -5,7 +5,8 @@
 //!    loaded as a Redis Function, and by EVALSHA) against one plain `SET`
 //!    on one raw redis-crate connection: 11 interleaved rounds of 2,000.
 //! 2. Handover under contention: 4 tasks take turns on one lock, each
-//!    waiting after its release until another has entered; the latency
+//!    holding it until another waits for it and, after its release,
+//!    waiting until another has entered; the latency
 //!    from a release's start to the entry of the next holder that was
 //!    waiting when it started (p50, p99), with
 //!    waiters woken by pub/sub (`Locks::lock`) against the hand-rolled
@@ -150,16 +151,21 @@ where
     let released: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let samples = Arc::new(Mutex::new(Vec::new()));
     let entries = Arc::new(watch::channel(0u64).0);
+    let waiting = Arc::new(watch::channel(0usize).0);
     let deadline = Instant::now() + run;
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let acquire = acquire.clone();
             let (released, samples, entries) = (released.clone(), samples.clone(), entries.clone());
+            let waiting = waiting.clone();
             tokio::spawn(async move {
                 let mut entered = entries.subscribe();
+                let mut waiters = waiting.subscribe();
                 loop {
                     let asked = Instant::now();
+                    waiting.send_modify(|n| *n += 1);
                     let unlock = acquire().await;
+                    waiting.send_modify(|n| *n -= 1);
                     let now = Instant::now();
                     // A handover to a waiter: it asked before the release.
                     let last = released.lock().expect("released").take();
@@ -170,6 +176,10 @@ where
                     // No other entry while this one holds the lock.
                     entries.send_modify(|n| *n += 1);
                     let mine = *entries.borrow();
+                    // Held until another waits for it, so that each release
+                    // has a waiter to hand over to.
+                    let another = waiters.wait_for(|n| *n > 0);
+                    let _ = tokio::time::timeout(Duration::from_millis(100), another).await;
                     *released.lock().expect("released") = Some(Instant::now());
                     unlock().await;
                     if Instant::now() >= deadline {

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use statecraft::lock::{fenced_get, fenced_put, Fenced, Locks, Semaphore};
+use statecraft::lock::{fenced_get, fenced_put, Fenced, LockConfig, Locks, Semaphore};
 use statecraft::{RedisBackend, RedisConfig, StateBackend};
 use statecraft_testkit::{PostgresServer, RedisServer};
 
@@ -68,7 +68,11 @@ async fn child(spec: &str) {
     // Ends the test harness's "test … " line: what follows is ours.
     println!();
     let store = store(url).await;
-    let locks = Locks::new(store.clone());
+    // Under 14 processes on two cores a round trip can take a while: the
+    // checkers test exclusion, not speed.
+    let mut config = LockConfig::default();
+    config.timeout = Duration::from_secs(5);
+    let locks = Locks::with_config(store.clone(), config.clone());
     match mode {
         "turns" => {
             let log_path = parts[3];
@@ -102,7 +106,8 @@ async fn child(spec: &str) {
             let log_path = parts[3];
             let n: usize = parts[4].parse().expect("n");
             let permits: u64 = parts[5].parse().expect("permits");
-            let semaphore = Semaphore::new(store.clone(), name, permits).expect("semaphore");
+            let semaphore = Semaphore::with_config(store.clone(), name, permits, config.clone())
+                .expect("semaphore");
             let mut log = std::fs::OpenOptions::new()
                 .append(true)
                 .open(log_path)

@@ -120,6 +120,8 @@ struct Turns {
     released: Arc<Mutex<Option<Instant>>>,
     /// Entries so far.
     entries: Arc<watch::Sender<u64>>,
+    /// Tasks waiting in `lock` now.
+    waiting: Arc<watch::Sender<usize>>,
 }
 
 impl Turns {
@@ -129,6 +131,7 @@ impl Turns {
             name: name.into(),
             released: Arc::new(Mutex::new(None)),
             entries: Arc::new(watch::channel(0).0),
+            waiting: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -138,13 +141,17 @@ impl Turns {
         let mut histogram = new_histogram()?;
         let mut calls = 0u64;
         let mut entered = self.entries.subscribe();
+        let mut waiters = self.waiting.subscribe();
         loop {
             let asked = Instant::now();
+            self.waiting.send_modify(|n| *n += 1);
             let guard = self
                 .locks
                 .lock(&self.name, LEASE, Duration::from_secs(10))
                 .await
-                .map_err(|e| format!("lock_handover: {e}"))?;
+                .map_err(|e| format!("lock_handover: {e}"));
+            self.waiting.send_modify(|n| *n -= 1);
+            let guard = guard?;
             let now = Instant::now();
             let released = self
                 .released
@@ -160,6 +167,10 @@ impl Turns {
             // No other entry while this one holds the lock.
             self.entries.send_modify(|n| *n += 1);
             let mine = *self.entries.borrow();
+            // Held until another waits for it (bounded: the others may all
+            // have ended), so that each release has a waiter to hand over to.
+            let _ = tokio::time::timeout(Duration::from_millis(100), waiters.wait_for(|n| *n > 0))
+                .await;
             *self.released.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
             guard
                 .unlock()

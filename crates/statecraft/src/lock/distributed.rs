@@ -81,7 +81,7 @@ impl Locks {
     /// Locks in `backend`, by `config`.
     pub fn with_config(backend: Arc<dyn StateBackend>, config: LockConfig) -> Locks {
         Locks {
-            store: Arc::new(Store { backend, config }),
+            store: Arc::new(Store::new(backend, config)),
         }
     }
 

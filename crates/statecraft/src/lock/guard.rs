@@ -2,12 +2,13 @@
 //! trips, the wait for a release, and a holding (a lease kept, renewed,
 //! told lost and released on drop).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -61,9 +62,65 @@ impl LockConfig {
 pub(super) struct Store {
     pub(super) backend: Arc<dyn StateBackend>,
     pub(super) config: LockConfig,
+    /// The release channels subscribed to, each shared by this store's
+    /// waiters on it (a subscription can cost a connection: PostgreSQL's
+    /// `LISTEN` has one of its own).
+    wakeups: Mutex<HashMap<String, Arc<Wakeups>>>,
+}
+
+/// One subscription to a release channel, fanned out to the waiters.
+struct Wakeups {
+    sender: broadcast::Sender<()>,
+    pump: JoinHandle<()>,
+}
+
+impl Drop for Wakeups {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
 }
 
 impl Store {
+    /// A store for locks in `backend`.
+    pub(super) fn new(backend: Arc<dyn StateBackend>, config: LockConfig) -> Store {
+        Store {
+            backend,
+            config,
+            wakeups: Mutex::default(),
+        }
+    }
+
+    /// A receiver of `channel`'s releases, sharing this store's one
+    /// subscription to it (`None`: the store has no pub/sub, or it did not
+    /// answer). A subscription stays while it has waiters, and one without
+    /// is dropped when another channel is subscribed to.
+    async fn wakeups(&self, channel: &str) -> Option<broadcast::Receiver<()>> {
+        {
+            let known = self.wakeups.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(wakeups) = known.get(channel).filter(|w| !w.pump.is_finished()) {
+                return Some(wakeups.sender.subscribe());
+            }
+        }
+        let subscribe = self.backend.subscribe(channel);
+        let mut subscription = tokio::time::timeout(self.config.timeout, subscribe)
+            .await
+            .ok()?
+            .ok()?;
+        let (sender, receiver) = broadcast::channel(16);
+        let pump = tokio::spawn({
+            let sender = sender.clone();
+            async move {
+                while let Some(Ok(_)) = subscription.next_message().await {
+                    let _ = sender.send(());
+                }
+            }
+        });
+        let mut known = self.wakeups.lock().unwrap_or_else(PoisonError::into_inner);
+        known.retain(|_, w| w.sender.receiver_count() > 0 && !w.pump.is_finished());
+        known.insert(channel.to_string(), Arc::new(Wakeups { sender, pump }));
+        Some(receiver)
+    }
+
     /// One step of `update` on `key`, bounded by the configured timeout.
     pub(super) async fn round_trip(
         &self,
@@ -122,11 +179,7 @@ impl Store {
             }
             if !subscribed {
                 subscribed = true;
-                let subscribe = self.backend.subscribe(channel);
-                releases = tokio::time::timeout(self.config.timeout, subscribe)
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
+                releases = self.wakeups(channel).await;
                 // A release between the try and the subscription is seen
                 // by trying once more at once.
                 continue;
@@ -137,9 +190,9 @@ impl Store {
                 .min(poll_every)
                 .min(wait - elapsed);
             match releases.as_mut() {
-                Some(subscription) => {
-                    let woken = tokio::time::timeout(nap, subscription.next_message()).await;
-                    if let Ok(None | Some(Err(_))) = woken {
+                Some(woken) => {
+                    let woken = tokio::time::timeout(nap, woken.recv()).await;
+                    if let Ok(Err(broadcast::error::RecvError::Closed)) = woken {
                         // The subscription ended: poll from now on.
                         releases = None;
                     }
@@ -330,19 +383,11 @@ impl Lease {
         Error::new(ErrorKind::Lost, format!("{what} is lost"))
     }
 
-    /// Keeps the lease: renews it every third of the lease (with
-    /// renewal on), or marks it lost when it runs out.
-    async fn keep(self: Arc<Self>, renew: bool) {
+    /// The watchdog: renews the lease every third of it, and marks it
+    /// lost when a renewal finds it gone or it runs out first.
+    async fn keep(self: Arc<Self>) {
         loop {
             let deadline = self.deadline();
-            if !renew {
-                tokio::time::sleep_until(deadline).await;
-                if Instant::now() >= self.deadline() {
-                    self.lose();
-                    return;
-                }
-                continue;
-            }
             let lease = self.lease;
             let renew_at = (deadline - lease.mul_f64(2.0 / 3.0)).max(Instant::now());
             tokio::time::sleep_until(renew_at).await;
@@ -388,9 +433,13 @@ impl Lease {
                 .await?;
             matches!(parse_answer(&raw)?, LockAnswer::Released { .. })
         };
-        // Waiters are woken (at most once: a waiter that misses it polls).
-        let publish = self.store.backend.publish(&self.channel, Bytes::new());
-        let _ = tokio::time::timeout(self.store.config.timeout, publish).await;
+        // Waiters are woken (at most once: a waiter that misses it polls),
+        // in the background: the release is done, the holder goes on.
+        let (store, channel) = (self.store.clone(), self.channel.clone());
+        tokio::spawn(async move {
+            let publish = store.backend.publish(&channel, Bytes::new());
+            let _ = tokio::time::timeout(store.config.timeout, publish).await;
+        });
         if released {
             return Ok(());
         }
@@ -435,8 +484,13 @@ impl Holding {
             keeper: Mutex::new(None),
             extending: tokio::sync::Mutex::new(()),
         });
-        let keeper = tokio::spawn(held.clone().keep(renew));
-        *held.keeper.lock().unwrap_or_else(PoisonError::into_inner) = Some(keeper);
+        // Only a watchdog needs a task: without one, the deadline is read
+        // where the holding is asked about ([`is_lost`](Self::is_lost),
+        // [`lost`](Self::lost)).
+        if renew {
+            let keeper = tokio::spawn(held.clone().keep());
+            *held.keeper.lock().unwrap_or_else(PoisonError::into_inner) = Some(keeper);
+        }
         Holding {
             lease: held,
             released: false,
@@ -459,12 +513,37 @@ impl Holding {
         false
     }
 
+    /// Resolves when the lease is lost: told so, or its deadline passed
+    /// (a holding without a watchdog has no task of its own that would
+    /// tell it), or once the lease is released and gone.
     pub(super) fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        let lease = Arc::downgrade(&self.lease);
         let mut lost = self.lease.lost.subscribe();
         async move {
-            // The sender lives in the holding's lease: an error means it
-            // is gone, which only a released guard allows.
-            let _ = lost.wait_for(|lost| *lost).await;
+            loop {
+                let Some(deadline) = lease.upgrade().map(|held| held.deadline()) else {
+                    return;
+                };
+                if *lost.borrow_and_update() {
+                    return;
+                }
+                tokio::select! {
+                    // An error: the sender, in the lease, is gone.
+                    changed = lost.changed() => if changed.is_err() {
+                        return;
+                    },
+                    () = tokio::time::sleep_until(deadline) => {
+                        let Some(held) = lease.upgrade() else {
+                            return;
+                        };
+                        // (An extension may have moved the deadline.)
+                        if Instant::now() >= held.deadline() {
+                            held.lose();
+                            return;
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -103,12 +103,7 @@ impl Redlock {
         }
         let stores = servers
             .into_iter()
-            .map(|backend| {
-                Arc::new(Store {
-                    backend,
-                    config: config.clone(),
-                })
-            })
+            .map(|backend| Arc::new(Store::new(backend, config.clone())))
             .collect();
         Ok(Redlock { stores })
     }

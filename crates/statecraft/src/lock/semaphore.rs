@@ -91,7 +91,7 @@ impl Semaphore {
         }
         let escaped = crate::limiter::escaped(name);
         Ok(Semaphore {
-            store: Arc::new(Store { backend, config }),
+            store: Arc::new(Store::new(backend, config)),
             name: name.into(),
             key: Bytes::from(format!("semaphore:{escaped}")),
             channel: format!("statecraft:semaphore:{escaped}").into(),
