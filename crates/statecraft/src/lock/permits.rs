@@ -24,7 +24,7 @@ use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::PutOptions;
 
 use super::machine::{LockAnswer, Owner, MAX_LEASE_US};
-use super::shared::{digits, encode_answer, PEEK};
+use super::shared::{digits, encode_answer, split_peek, PEEK};
 
 /// The most permits a semaphore has.
 pub const MAX_PERMITS: u64 = 4_096;
@@ -290,19 +290,6 @@ impl AtomicUpdate for SemaphoreStep {
 /// A [`PEEK`] answer of a semaphore read back: the store's time (µs) and
 /// the holders stored (some may have run out).
 pub fn parse_holders(raw: &[u8]) -> Result<(u64, Vec<(Owner, u64)>)> {
-    let corrupt = || {
-        Error::new(
-            ErrorKind::Corrupt,
-            format!(
-                "a semaphore peek answered {:?}",
-                String::from_utf8_lossy(&raw[..raw.len().min(64)])
-            ),
-        )
-    };
-    let text = std::str::from_utf8(raw).map_err(|_| corrupt())?;
-    let (now, held) = text.split_once(' ').ok_or_else(corrupt)?;
-    Ok((
-        digits(now).ok_or_else(corrupt)?,
-        decode_holders(held.as_bytes()),
-    ))
+    let (now, held) = split_peek(raw, "semaphore")?;
+    Ok((now, decode_holders(held.as_bytes())))
 }

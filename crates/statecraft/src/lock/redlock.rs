@@ -207,6 +207,38 @@ impl Redlock {
     }
 }
 
+/// `op` (given each store's token) on every store that granted a
+/// holding, at once: the answers, and how many are `want`.
+async fn ask_all(
+    granted: &Granted,
+    key: &[u8],
+    op: impl Fn(u64) -> LockOp,
+    want: fn(&LockAnswer) -> bool,
+) -> (Vec<Result<LockAnswer>>, usize) {
+    let answers = join_all(granted.by.iter().map(|(store, token)| {
+        let input = op_input(op(*token), 0);
+        async move {
+            let raw = store.round_trip(key, &LockStep, input.as_bytes()).await?;
+            parse_answer(&raw)
+        }
+    }))
+    .await;
+    let wanted = answers
+        .iter()
+        .filter(|a| a.as_ref().is_ok_and(want))
+        .count();
+    (answers, wanted)
+}
+
+/// Whether enough stores refused (answered `N`) that no majority can hold.
+fn refused_by_enough(granted: &Granted, answers: &[Result<LockAnswer>]) -> bool {
+    let refused = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(LockAnswer::NotHeld)))
+        .count();
+    granted.by.len() - refused < granted.quorum
+}
+
 /// Extends a Redlock holding on every store that granted it: whether a
 /// majority still hold it.
 pub(super) async fn extend_all(
@@ -215,32 +247,21 @@ pub(super) async fn extend_all(
     owner: Owner,
     lease_us: u64,
 ) -> Result<bool> {
-    let answers = join_all(granted.by.iter().map(|(store, token)| async move {
-        let op = LockOp::Extend {
-            owner,
-            token: *token,
-            lease_us,
-        };
-        let raw = store
-            .round_trip(key, &LockStep, op_input(op, 0).as_bytes())
-            .await?;
-        parse_answer(&raw)
-    }))
+    let extend = |token| LockOp::Extend {
+        owner,
+        token,
+        lease_us,
+    };
+    let (answers, held) = ask_all(granted, key, extend, |a| {
+        matches!(a, LockAnswer::Held { .. })
+    })
     .await;
-    let held = answers
-        .iter()
-        .filter(|a| matches!(a, Ok(LockAnswer::Held { .. })))
-        .count();
     if held >= granted.quorum {
         return Ok(true);
     }
     // Not a majority: lost if the stores said so, else (unanswered) a
     // failure to try again.
-    let refused = answers
-        .iter()
-        .filter(|a| matches!(a, Ok(LockAnswer::NotHeld)))
-        .count();
-    if granted.by.len() - refused < granted.quorum {
+    if refused_by_enough(granted, &answers) {
         return Ok(false);
     }
     Err(Error::new(
@@ -256,29 +277,15 @@ pub(super) async fn extend_all(
 /// a majority released it, `false` when enough refused it (it was lost);
 /// a [`Timeout`](ErrorKind::Timeout) error when too few answered to know.
 pub(super) async fn release_all(granted: &Granted, key: &[u8], owner: Owner) -> Result<bool> {
-    let answers = join_all(granted.by.iter().map(|(store, token)| async move {
-        let op = LockOp::Release {
-            owner,
-            token: *token,
-        };
-        let raw = store
-            .round_trip(key, &LockStep, op_input(op, 0).as_bytes())
-            .await?;
-        parse_answer(&raw)
-    }))
+    let release = |token| LockOp::Release { owner, token };
+    let (answers, released) = ask_all(granted, key, release, |a| {
+        matches!(a, LockAnswer::Released { .. })
+    })
     .await;
-    let released = answers
-        .iter()
-        .filter(|a| matches!(a, Ok(LockAnswer::Released { .. })))
-        .count();
     if released >= granted.quorum {
         return Ok(true);
     }
-    let refused = answers
-        .iter()
-        .filter(|a| matches!(a, Ok(LockAnswer::NotHeld)))
-        .count();
-    if granted.by.len() - refused < granted.quorum {
+    if refused_by_enough(granted, &answers) {
         return Ok(false);
     }
     Err(Error::new(

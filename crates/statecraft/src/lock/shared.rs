@@ -193,21 +193,25 @@ pub fn parse_answer(raw: &[u8]) -> Result<LockAnswer> {
 
 /// A [`PEEK`] answer read back: the store's time (µs) and the state.
 pub fn parse_peek(raw: &[u8]) -> Result<(u64, Option<LockState>)> {
+    let (now, state) = split_peek(raw, "lock")?;
+    Ok((now, decode_state(state.as_bytes())))
+}
+
+/// A peek's answer split: the store's time (µs) and the state's text;
+/// `what` names the step in the error.
+pub(super) fn split_peek<'a>(raw: &'a [u8], what: &str) -> Result<(u64, &'a str)> {
     let corrupt = || {
         Error::new(
             ErrorKind::Corrupt,
             format!(
-                "a lock peek answered {:?}",
+                "a {what} peek answered {:?}",
                 String::from_utf8_lossy(&raw[..raw.len().min(64)])
             ),
         )
     };
     let text = std::str::from_utf8(raw).map_err(|_| corrupt())?;
     let (now, state) = text.split_once(' ').ok_or_else(corrupt)?;
-    Ok((
-        digits(now).ok_or_else(corrupt)?,
-        decode_state(state.as_bytes()),
-    ))
+    Ok((digits(now).ok_or_else(corrupt)?, state))
 }
 
 impl AtomicUpdate for LockStep {
