@@ -23,8 +23,8 @@ use crate::backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite, PostgresNati
 use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::PutOptions;
 
-use super::machine::{LockAnswer, Owner, MAX_LEASE_US};
-use super::shared::{digits, encode_answer, split_peek, PEEK};
+use super::machine::{LockAnswer, Owner};
+use super::shared::{digits, encode_answer, lease, split_peek, PEEK};
 
 /// The most permits a semaphore has.
 pub const MAX_PERMITS: u64 = 4_096;
@@ -157,11 +157,7 @@ fn parse(input: &[u8]) -> Result<(SemaphoreOp, u64)> {
     let text = std::str::from_utf8(input).map_err(|_| bad())?;
     let w: Vec<&str> = text.split(' ').collect();
     let owner = || w.get(1).and_then(|o| Owner::from_hex(o));
-    let lease = |i: usize| {
-        w.get(i)
-            .and_then(|l| digits(l))
-            .filter(|l| (1..=MAX_LEASE_US).contains(l))
-    };
+    let lease = |i: usize| w.get(i).and_then(|l| lease(l));
     let number = |i: usize| w.get(i).and_then(|n| digits(n));
     let parsed = match (w[0], w.len()) {
         ("a", 5) => owner()

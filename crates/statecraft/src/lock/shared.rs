@@ -80,7 +80,8 @@ fn bad(input: &[u8]) -> Error {
     )
 }
 
-fn lease(text: &str) -> Option<u64> {
+/// A lease in µs: 1 to [`MAX_LEASE_US`].
+pub(super) fn lease(text: &str) -> Option<u64> {
     digits(text).filter(|lease| (1..=MAX_LEASE_US).contains(lease))
 }
 
