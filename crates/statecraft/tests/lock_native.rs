@@ -56,19 +56,31 @@ async fn redis_at(url: &str, functions: bool) -> RedisBackend {
 #[derive(Debug, Clone)]
 enum Step {
     Acquire(u8, u64),
+    Wait(u8, u64, u64),
+    Leave(u8),
     Extend(u8, bool, u64),
     Release(u8, bool),
-    Damage,
+    Damage(usize),
 }
+
+/// Texts the step does not write, stored by [`Step::Damage`].
+const DAMAGED: [&[u8]; 3] = [
+    b"h zz 1 2",
+    b"f 5 0123456789abcdef0123456789abcdef",
+    b"f 5 0123456789abcdef0123456789abcdeg 9",
+];
 
 fn steps() -> impl Strategy<Value = Vec<(Step, u64)>> {
     let who = 0u8..3;
     let lease = prop_oneof![1u64..5_000, 1_000_000u64..5_000_000];
+    let line = prop_oneof![1u64..5_000, 1_000_000u64..5_000_000];
     let step = prop_oneof![
-        4 => (who.clone(), lease.clone()).prop_map(|(w, l)| Step::Acquire(w, l)),
+        3 => (who.clone(), lease.clone()).prop_map(|(w, l)| Step::Acquire(w, l)),
+        3 => (who.clone(), lease.clone(), line).prop_map(|(w, l, q)| Step::Wait(w, l, q)),
+        1 => who.clone().prop_map(Step::Leave),
         2 => (who.clone(), any::<bool>(), lease).prop_map(|(w, t, l)| Step::Extend(w, t, l)),
         2 => (who, any::<bool>()).prop_map(|(w, t)| Step::Release(w, t)),
-        1 => Just(Step::Damage),
+        1 => (0..DAMAGED.len()).prop_map(Step::Damage),
     ];
     // No time between two steps now and then: a token then has to rise
     // past the last one, not to the clock.
@@ -94,6 +106,12 @@ async fn run(store: &dyn StateBackend, steps: &[(Step, u64)], peek: bool) -> See
                 owner: owner(w),
                 lease_us,
             },
+            Step::Wait(w, lease_us, line_us) => LockOp::Wait {
+                owner: owner(w),
+                lease_us,
+                line_us,
+            },
+            Step::Leave(w) => LockOp::Leave { owner: owner(w) },
             Step::Extend(w, right, lease_us) => LockOp::Extend {
                 owner: owner(w),
                 token: tokens[w as usize] + u64::from(!right),
@@ -104,12 +122,12 @@ async fn run(store: &dyn StateBackend, steps: &[(Step, u64)], peek: bool) -> See
                 token: tokens[w as usize] + u64::from(!right),
             },
             // A table's typed columns hold no damaged state.
-            Step::Damage if peek => continue,
-            Step::Damage => {
+            Step::Damage(_) if peek => continue,
+            Step::Damage(text) => {
                 store
                     .put_with(
                         key,
-                        bytes::Bytes::from_static(b"h zz 1 2"),
+                        bytes::Bytes::from_static(DAMAGED[text]),
                         statecraft::PutOptions::new().ttl(Duration::from_secs(60)),
                     )
                     .await
@@ -122,7 +140,9 @@ async fn run(store: &dyn StateBackend, steps: &[(Step, u64)], peek: bool) -> See
             .await
             .map(|raw| String::from_utf8_lossy(&raw).into_owned())
             .map_err(|err| err.kind());
-        if let (Ok(text), LockOp::Acquire { owner, .. }) = (&answer, op) {
+        if let (Ok(text), LockOp::Acquire { owner, .. } | LockOp::Wait { owner, .. }) =
+            (&answer, op)
+        {
             if let Ok(LockAnswer::Held { token, .. }) = parse_answer(text.as_bytes()) {
                 tokens[owner.0[0] as usize - 1] = token;
             }
@@ -366,6 +386,12 @@ async fn bad_input_is_a_typed_error_on_both_paths() {
         format!("a {owner} 10 0 "),
         format!("e {owner} 1 10"),
         format!("r {owner} x 0"),
+        format!("w {owner} 10 0 0"),
+        format!("w {owner} 10 99999999999999999 0"),
+        format!("w {owner} 0 10 0"),
+        format!("w {owner} 10 0"),
+        format!("l {owner} 1 0"),
+        format!("l {owner}"),
     ];
     let postgres = postgres().await;
     for input in &inputs {

@@ -12,7 +12,7 @@ use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::StateBackend;
 
 use super::guard::{lease_us, local_deadline, Acquired, Holding, Kind, LockConfig, Store};
-use super::machine::{LockAnswer, LockOp, LockState, Owner};
+use super::machine::{LockAnswer, LockOp, LockRecord, Owner};
 use super::shared::{op_input, parse_answer, parse_peek, LockStep, PEEK};
 
 /// Named locks in `backend`: at most one holder per name across every
@@ -101,20 +101,57 @@ impl Locks {
     /// (woken by the holder's release where the store has pub/sub, else
     /// when its lease runs out or every [`poll_every`](LockConfig)): the
     /// holding, or a [`Timeout`](ErrorKind::Timeout) error naming the
-    /// holder's token. A try whose answer timed out is tried again by the
-    /// same owner, which gets it back if it took the lock; but a try the
-    /// store only carries out after a later one (a slow connection) takes
-    /// the lock again after this holding's release, until its lease ends.
+    /// holder's token.
+    ///
+    /// Waiters take the lock in the order they first asked: each stands
+    /// in a line the store keeps with the lock, and a free lock goes to
+    /// the first of them, not to a caller (of this or of
+    /// [`try_lock`](Self::try_lock)) asking just then. A waiter's place is
+    /// kept for [`poll_every`](LockConfig::poll_every) plus twice the
+    /// [`timeout`](LockConfig::timeout) from each of its asks; one that
+    /// gives up or is dropped leaves the line (in the background), and one
+    /// whose process died holds up a free lock until its place lapses.
+    /// The line keeps [`MAX_LINE`](super::MAX_LINE) waiters; more wait
+    /// after them, in no order.
+    ///
+    /// A try whose answer timed out is tried again by the same owner,
+    /// which gets it back if it took the lock; but a try the store only
+    /// carries out after a later one (a slow connection) takes the lock
+    /// again after this holding's release, until its lease ends.
     pub async fn lock(&self, name: &str, lease: Duration, wait: Duration) -> Result<LockGuard> {
         let owner = Owner::random()?;
         let what = format!("lock {name:?}");
-        let holding = self
+        let lease_us = lease_us(lease)?;
+        let config = &self.store.config;
+        let line = config.poll_every.max(Duration::from_millis(1)) + 2 * config.timeout;
+        let op = LockOp::Wait {
+            owner,
+            lease_us,
+            line_us: lease_us_capped(line),
+        };
+        let mut leave = LeaveOnDrop {
+            store: Some(self.store.clone()),
+            key: key_of(name),
+            owner,
+        };
+        let waited = self
             .store
             .wait_for(&channel_of(name), &what, wait, || {
-                self.acquire(name, owner, lease)
+                self.ask(name, owner, op, lease)
             })
-            .await?;
-        Ok(LockGuard { holding })
+            .await;
+        // Taken, the step took it out of the line; not taken, it leaves
+        // before the answer (so that a caller trying next is not turned
+        // away by its place).
+        if let (Err(_), Some(store)) = (&waited, leave.store.take()) {
+            let input = op_input(LockOp::Leave { owner }, 0);
+            // A place not given back lapses by itself.
+            let _ = store
+                .round_trip(&leave.key, &LockStep, input.as_bytes())
+                .await;
+        }
+        leave.store = None;
+        Ok(LockGuard { holding: waited? })
     }
 
     /// Runs `work` holding `name` (taken as [`lock`](Self::lock) takes
@@ -166,14 +203,20 @@ impl Locks {
             .store
             .round_trip(&key_of(name), &LockStep, PEEK)
             .await?;
-        Ok(parse_peek(&raw)?.1.as_ref().map_or(0, LockState::token))
+        Ok(parse_peek(&raw)?.1.as_ref().map_or(0, LockRecord::token))
     }
 
     async fn acquire(&self, name: &str, owner: Owner, lease: Duration) -> Result<Acquired> {
         let lease_us = lease_us(lease)?;
+        self.ask(name, owner, LockOp::Acquire { owner, lease_us }, lease)
+            .await
+    }
+
+    /// One acquisition by `owner`: `op` its [`Acquire`](LockOp::Acquire)
+    /// or [`Wait`](LockOp::Wait) for `lease`.
+    async fn ask(&self, name: &str, owner: Owner, op: LockOp, lease: Duration) -> Result<Acquired> {
         let key = key_of(name);
         let sent = Instant::now();
-        let op = LockOp::Acquire { owner, lease_us };
         let input = op_input(op, 0);
         let raw = self
             .store
@@ -203,6 +246,38 @@ impl Locks {
             )),
         }
     }
+}
+
+/// A line's place given up when a [`Locks::lock`] is dropped while it
+/// waits: the store's `Leave`, sent in the background on the runtime of
+/// the wait.
+struct LeaveOnDrop {
+    /// `None` once the lock is taken.
+    store: Option<Arc<Store>>,
+    key: Bytes,
+    owner: Owner,
+}
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        let (Some(store), Ok(runtime)) = (self.store.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let (key, owner) = (self.key.clone(), self.owner);
+        runtime.spawn(async move {
+            let input = op_input(LockOp::Leave { owner }, 0);
+            // A place not given back lapses by itself.
+            let _ = store.round_trip(&key, &LockStep, input.as_bytes()).await;
+        });
+    }
+}
+
+/// A duration in µs, at most [`MAX_LEASE_US`](super::MAX_LEASE_US).
+fn lease_us_capped(time: Duration) -> u64 {
+    u64::try_from(time.as_micros())
+        .unwrap_or(u64::MAX)
+        .clamp(1, super::MAX_LEASE_US)
 }
 
 /// One holding of a lock: released when dropped (in the background, on

@@ -4,13 +4,16 @@
 -- a function of (keys, args): the Redis backend loads it once as a Redis
 -- Function library, or runs it per call by EVALSHA on servers without
 -- functions. keys[1]: the lock's key; args[1]: 'a <owner> <lease us> <now
--- us>', 'e <owner> <token> <lease us> <now us>', 'r <owner> <token> <now
--- us>' (now 0: the server's clock), or '?' (the server's time and the
--- state). Every figure has at most 16 digits (below 2^53), so Lua's
+-- us>', 'w <owner> <lease us> <line us> <now us>', 'l <owner> <now us>',
+-- 'e <owner> <token> <lease us> <now us>', 'r <owner> <token> <now us>'
+-- (now 0: the server's clock), or '?' (the server's time and the state).
+-- The state is 'h <owner> <token> <expires>' or 'f <last token>', then
+-- ' <owner> <until>' per waiter in the line, first first. Every figure has at most 16 digits (below 2^53), so Lua's
 -- doubles compute exactly what the Rust integers do.
 
 local RETAIN = 3600000000 -- us a key outlives a lease or a release
 local MAX_LEASE = 31622400000000 -- 366 days, in us
+local MAX_LINE = 32 -- waiters a line keeps
 -- (Spelled out: a library's top level runs before `string` is there.)
 local OWNER = '^' .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
   .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
@@ -45,9 +48,10 @@ local function words(s)
   return out
 end
 
--- The stored state as { kind, owner, token, expires } ('h') or
--- { kind, nil, last token } ('f'); nil: none, or a text the step does not
--- write (counted as no lock).
+-- The stored record as { kind, owner, token, expires, line } ('h') or
+-- { kind, nil, last token, nil, line } ('f'), the line a list of
+-- { owner, until }; nil: none, or a text the step does not write (counted
+-- as no lock).
 local function decode(raw)
   if not raw then return nil end
   if string.find(raw, '  ', 1, true) or string.sub(raw, 1, 1) == ' '
@@ -55,19 +59,37 @@ local function decode(raw)
     return nil
   end
   local w = words(raw)
-  if w[1] == 'h' and #w == 4 then
+  local st, from
+  if w[1] == 'h' and #w >= 4 then
     local o, t, e = owner(w[2]), num(w[3]), num(w[4])
-    if o and t and e then return { 'h', o, t, e } end
-  elseif w[1] == 'f' and #w == 2 then
+    if not (o and t and e) then return nil end
+    st, from = { 'h', o, t, e, {} }, 5
+  elseif w[1] == 'f' and #w >= 2 then
     local t = num(w[2])
-    if t then return { 'f', nil, t } end
+    if not t then return nil end
+    st, from = { 'f', nil, t, nil, {} }, 3
+  else
+    return nil
   end
-  return nil
+  local rest = #w - from + 1
+  if rest % 2 ~= 0 or rest > 2 * MAX_LINE then return nil end
+  for i = from, #w, 2 do
+    local o, u = owner(w[i]), num(w[i + 1])
+    if not (o and u) then return nil end
+    st[5][#st[5] + 1] = { o, u }
+  end
+  return st
 end
 
 local function encode(st)
-  if st[1] == 'h' then return 'h ' .. st[2] .. ' ' .. fmt(st[3]) .. ' ' .. fmt(st[4]) end
-  return 'f ' .. fmt(st[3])
+  local out
+  if st[1] == 'h' then
+    out = 'h ' .. st[2] .. ' ' .. fmt(st[3]) .. ' ' .. fmt(st[4])
+  else
+    out = 'f ' .. fmt(st[3])
+  end
+  for _, v in ipairs(st[5]) do out = out .. ' ' .. v[1] .. ' ' .. fmt(v[2]) end
+  return out
 end
 
 local function server_us()
@@ -90,10 +112,16 @@ local function run(keys, args)
     return bad()
   end
   local w = words(input)
-  local op, who, token, ls, now = w[1], nil, nil, nil, nil
+  local op, who, token, ls, line_us, now = w[1], nil, nil, nil, nil, nil
   if op == 'a' and #w == 4 then
     who, ls, now = owner(w[2]), lease(w[3]), num(w[4])
     if not (who and ls and now) then return bad() end
+  elseif op == 'w' and #w == 5 then
+    who, ls, line_us, now = owner(w[2]), lease(w[3]), lease(w[4]), num(w[5])
+    if not (who and ls and line_us and now) then return bad() end
+  elseif op == 'l' and #w == 3 then
+    who, now = owner(w[2]), num(w[3])
+    if not (who and now) then return bad() end
   elseif op == 'e' and #w == 5 then
     who, token, ls, now = owner(w[2]), num(w[3]), lease(w[4]), num(w[5])
     if not (who and token and ls and now) then return bad() end
@@ -108,22 +136,66 @@ local function run(keys, args)
   local st = decode(redis.call('GET', key) or nil)
   -- The holder while its lease runs.
   local held = st and st[1] == 'h' and st[4] > now
+  -- The places still kept, `except`'s taken out, and whether `who` has one.
+  local function line_without(except)
+    local out, found = {}, false
+    if st then
+      for _, v in ipairs(st[5]) do
+        if v[2] > now then
+          if v[1] == who then found = true end
+          if v[1] ~= except then out[#out + 1] = v end
+        end
+      end
+    end
+    return out, found
+  end
+  local function write(rec)
+    local left = 0
+    if rec[1] == 'h' and rec[4] > now then left = rec[4] - now end
+    redis.call('SET', key, encode(rec), 'PX', px(left + RETAIN))
+  end
   local function hold(t, l)
-    redis.call('SET', key, encode({ 'h', who, t, now + l }), 'PX', px(l + RETAIN))
+    write({ 'h', who, t, now + l, (line_without(who)) })
     return 'H ' .. fmt(t) .. ' ' .. fmt(l)
   end
-  if op == 'a' then
+  if op == 'a' or op == 'w' then
     if held and st[2] == who then return hold(st[3], ls) end
-    if held then return 'B ' .. fmt(st[3]) .. ' ' .. fmt(st[4] - now) end
-    local last = 0
-    if st then last = st[3] end
-    return hold(math.max(last + 1, now), ls)
+    local busy
+    if held then
+      busy = 'B ' .. fmt(st[3]) .. ' ' .. fmt(st[4] - now)
+    else
+      local live = line_without(nil)
+      local last = 0
+      if st then last = st[3] end
+      if #live == 0 or live[1][1] == who then return hold(math.max(last + 1, now), ls) end
+      busy = 'B ' .. fmt(last) .. ' ' .. fmt(live[1][2] - now)
+    end
+    if op == 'a' then return busy end
+    local line = line_without(nil)
+    local placed = false
+    for _, v in ipairs(line) do
+      if v[1] == who then v[2] = now + line_us; placed = true end
+    end
+    if not placed then
+      if #line >= MAX_LINE then return busy end
+      line[#line + 1] = { who, now + line_us }
+    end
+    st[5] = line
+    write(st)
+    return busy
+  elseif op == 'l' then
+    local line, found = line_without(who)
+    if found then
+      st[5] = line
+      write(st)
+    end
+    return 'L'
   elseif op == 'e' then
     if held and st[2] == who and st[3] == token then return hold(token, ls) end
     return 'N'
   end
   if st and st[1] == 'h' and st[2] == who and st[3] == token then
-    redis.call('SET', key, 'f ' .. fmt(token), 'PX', px(RETAIN))
+    write({ 'f', nil, token, nil, (line_without(nil)) })
     return 'R ' .. fmt(token)
   end
   return 'N'

@@ -1,8 +1,16 @@
-//! The lock's step, written once: a pure function of (stored state, what
-//! a client asks, the store's time) → (state to write, answer). The
+//! The lock's step, written once: a pure function of (stored record, what
+//! a client asks, the store's time) → (record to write, answer). The
 //! memory backend runs it under the key's lock, the compare-and-swap path
-//! anywhere, and `lock.lua` is its copy on Redis, checked against it by
-//! `tests/lock_native.rs`.
+//! anywhere; `lock.lua` (Redis) and `lock.sql` (PostgreSQL) are its
+//! copies, checked against it by `tests/lock_native.rs`.
+//!
+//! **Fair order.** Waiters ([`LockOp::Wait`]) stand in a line kept with the
+//! lock: a free lock goes to the first of them whose place is still kept,
+//! and to nobody else — a waiter woken by a release is not overtaken by a
+//! caller asking just then. A place is kept for `line_us` from the
+//! waiter's last ask (it asks again at least that often while it waits),
+//! so a waiter that died or gave up without leaving holds up a free lock
+//! for at most that long.
 
 /// How long a lock's key outlives its lease or its release, remembering
 /// the last token: one hour (µs).
@@ -11,6 +19,10 @@ pub const RETAIN_US: u64 = 3_600_000_000;
 /// The longest lease: one year (µs); every figure stays below 2^53, so the
 /// Lua copy's doubles compute what the integers do.
 pub const MAX_LEASE_US: u64 = 366 * 86_400 * 1_000_000;
+
+/// The most waiters a lock's line keeps; one asking when it is full waits
+/// outside it (asking again, but after everyone in the line).
+pub const MAX_LINE: usize = 32;
 
 /// Who holds a lock: 16 random bytes, drawn per acquisition.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,16 +117,80 @@ impl LockState {
     }
 }
 
+/// A waiter in a lock's line: its owner, and until when its place is kept
+/// (store time, µs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiter {
+    /// The waiter's owner.
+    pub owner: Owner,
+    /// Its place is kept until then, unless it asks again.
+    pub until_us: u64,
+}
+
+/// A lock's stored record: its state and its line of waiters, first
+/// first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockRecord {
+    /// Held or free, with the token.
+    pub state: LockState,
+    /// The waiters, in the order they first asked (places not kept any
+    /// more are dropped at the next write).
+    pub line: Vec<Waiter>,
+}
+
+impl LockRecord {
+    /// A record of `state` with nobody waiting.
+    pub fn new(state: LockState) -> LockRecord {
+        LockRecord {
+            state,
+            line: Vec::new(),
+        }
+    }
+
+    /// The last token given.
+    pub fn token(&self) -> u64 {
+        self.state.token()
+    }
+
+    /// The holder at `now_us`, with its token and expiry, if the lease
+    /// still runs.
+    pub fn holder(&self, now_us: u64) -> Option<(Owner, u64, u64)> {
+        self.state.holder(now_us)
+    }
+
+    /// The waiters whose places are kept at `now_us`, first first.
+    pub fn waiting(&self, now_us: u64) -> impl Iterator<Item = &Waiter> {
+        self.line.iter().filter(move |w| w.until_us > now_us)
+    }
+}
+
 /// What a client asks of a lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockOp {
-    /// Take the lock for `lease_us` if it is free (or already `owner`'s:
-    /// a retried acquisition gets its token back, the lease renewed).
+    /// Take the lock for `lease_us` if it is free and nobody waits before
+    /// `owner` (or it is already `owner`'s: a retried acquisition gets its
+    /// token back, the lease renewed).
     Acquire {
         /// Who asks.
         owner: Owner,
         /// For how long (µs, 1 to [`MAX_LEASE_US`]).
         lease_us: u64,
+    },
+    /// As [`Acquire`](Self::Acquire), by a waiter: when the answer is busy,
+    /// `owner` stands in the line (at its end, or where it stood), its
+    /// place kept for `line_us` from now.
+    Wait {
+        /// Who asks.
+        owner: Owner,
+        /// For how long (µs, 1 to [`MAX_LEASE_US`]).
+        lease_us: u64,
+        /// How long its place is kept (µs, 1 to [`MAX_LEASE_US`]).
+        line_us: u64,
+    },
+    /// Leave the line (a waiter that gives up).
+    Leave {
+        /// The waiter.
+        owner: Owner,
     },
     /// Renew the lease of `owner`'s holding of `token` for `lease_us` from
     /// now, if it still holds it.
@@ -146,12 +222,13 @@ pub enum LockAnswer {
         /// How long the lease runs from the store's now (µs).
         lease_us: u64,
     },
-    /// Another holds it: its token, and how long until its lease runs out
-    /// (µs) unless renewed.
+    /// Another holds it, or it is free but kept for a waiter before the
+    /// asker: the last token, and how long until the holder's lease runs
+    /// out or the first waiter's place lapses (µs) unless renewed.
     Busy {
-        /// The holder's token.
+        /// The holder's token (or the last one given).
         token: u64,
-        /// Its lease left (µs).
+        /// Its lease left, or the first waiter's place left (µs).
         retry_after_us: u64,
     },
     /// Released.
@@ -159,51 +236,116 @@ pub enum LockAnswer {
         /// The token given back.
         token: u64,
     },
+    /// Not in the line (any more).
+    Left,
     /// The asker does not hold it (any more): an extension or release of a
     /// lease that is lost.
     NotHeld,
 }
 
-/// One step's outcome: the state to write (`None`: leave it) with its TTL,
-/// and the answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One step's outcome: the record to write (`None`: leave it) with its
+/// TTL, and the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockStepped {
-    /// The new state, if it changed.
-    pub write: Option<LockState>,
+    /// The new record, if it changed.
+    pub write: Option<LockRecord>,
     /// The key's TTL for it (µs): the lease left plus [`RETAIN_US`].
     pub ttl_us: u64,
     /// The answer.
     pub answer: LockAnswer,
 }
 
-/// The lock's step: `op` on `state` at the store's `now_us`.
-pub fn lock_step(state: Option<LockState>, op: LockOp, now_us: u64) -> LockStepped {
+/// The lock's step: `op` on `record` at the store's `now_us`.
+pub fn lock_step(record: Option<&LockRecord>, op: LockOp, now_us: u64) -> LockStepped {
     let keep = |answer| LockStepped {
         write: None,
         ttl_us: 0,
         answer,
     };
-    let hold = |owner, token, lease_us: u64| LockStepped {
-        write: Some(LockState::Held {
+    let state = record.map(|r| r.state);
+    let holder = state.and_then(|s| s.holder(now_us));
+    // The line as the next write keeps it: places still kept, `owner`'s
+    // taken out.
+    let line_without = |owner: Option<Owner>| -> Vec<Waiter> {
+        record
+            .map(|r| {
+                r.waiting(now_us)
+                    .filter(|w| Some(w.owner) != owner)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let write = |state: LockState, line: Vec<Waiter>, answer| {
+        let left = state
+            .holder(now_us)
+            .map_or(0, |(_, _, expires)| expires - now_us);
+        LockStepped {
+            write: Some(LockRecord { state, line }),
+            ttl_us: left + RETAIN_US,
+            answer,
+        }
+    };
+    let hold = |owner, token, lease_us: u64| {
+        let state = LockState::Held {
             owner,
             token,
             expires_us: now_us + lease_us,
-        }),
-        ttl_us: lease_us + RETAIN_US,
-        answer: LockAnswer::Held { token, lease_us },
+        };
+        write(
+            state,
+            line_without(Some(owner)),
+            LockAnswer::Held { token, lease_us },
+        )
     };
-    let holder = state.and_then(|s| s.holder(now_us));
     match op {
-        LockOp::Acquire { owner, lease_us } => match holder {
-            Some((held_by, token, _)) if held_by == owner => hold(owner, token, lease_us),
-            Some((_, token, expires_us)) => keep(LockAnswer::Busy {
-                token,
-                retry_after_us: expires_us - now_us,
-            }),
-            None => {
-                let last = state.map_or(0, |s| s.token());
-                hold(owner, (last + 1).max(now_us), lease_us)
+        LockOp::Acquire { owner, lease_us }
+        | LockOp::Wait {
+            owner, lease_us, ..
+        } => {
+            let busy = match holder {
+                Some((held_by, token, _)) if held_by == owner => {
+                    return hold(owner, token, lease_us)
+                }
+                Some((_, token, expires_us)) => LockAnswer::Busy {
+                    token,
+                    retry_after_us: expires_us - now_us,
+                },
+                None => {
+                    let first = record.and_then(|r| r.waiting(now_us).next());
+                    match first {
+                        Some(first) if first.owner != owner => LockAnswer::Busy {
+                            token: state.map_or(0, |s| s.token()),
+                            retry_after_us: first.until_us - now_us,
+                        },
+                        _ => {
+                            let last = state.map_or(0, |s| s.token());
+                            return hold(owner, (last + 1).max(now_us), lease_us);
+                        }
+                    }
+                }
+            };
+            let LockOp::Wait { line_us, .. } = op else {
+                return keep(busy);
+            };
+            // In the line: where it stood, or at its end if there is room.
+            let mut line = line_without(None);
+            let until_us = now_us + line_us;
+            if let Some(place) = line.iter_mut().find(|w| w.owner == owner) {
+                place.until_us = until_us;
+            } else if line.len() < MAX_LINE {
+                line.push(Waiter { owner, until_us });
+            } else {
+                return keep(busy);
             }
+            let state = state.unwrap_or(LockState::Free { last_token: 0 });
+            write(state, line, busy)
+        }
+        LockOp::Leave { owner } => match record {
+            Some(r) if r.waiting(now_us).any(|w| w.owner == owner) => {
+                write(r.state, line_without(Some(owner)), LockAnswer::Left)
+            }
+            _ => keep(LockAnswer::Left),
         },
         LockOp::Extend {
             owner,
@@ -220,11 +362,11 @@ pub fn lock_step(state: Option<LockState>, op: LockOp, now_us: u64) -> LockStepp
                 owner: held_by,
                 token: held,
                 ..
-            }) if held_by == owner && held == token => LockStepped {
-                write: Some(LockState::Free { last_token: token }),
-                ttl_us: RETAIN_US,
-                answer: LockAnswer::Released { token },
-            },
+            }) if held_by == owner && held == token => write(
+                LockState::Free { last_token: token },
+                line_without(None),
+                LockAnswer::Released { token },
+            ),
             _ => keep(LockAnswer::NotHeld),
         },
     }

@@ -15,6 +15,12 @@
 //! within one process, which is all sled serves). A fenced write is one
 //! round trip on Redis, compare-and-swap elsewhere (no clock involved).
 //!
+//! **Fair order.** Waiters in [`Locks::lock`] stand in a line the store
+//! keeps with the lock ([`LockRecord`]): a free lock goes to the first
+//! waiter still waiting, not to whoever asks first after the release (a
+//! previous holder asking again at once would otherwise win every time,
+//! as its ask needs no wake-up).
+//!
 //! **Fencing tokens.** An acquisition's token is the store's clock in
 //! microseconds, raised past the last token the lock's key remembers:
 //! `max(last + 1, now)`. Tokens of one lock so strictly increase while the
@@ -41,7 +47,8 @@ pub use election::{Election, Leader, LeaderChange, LeaderChanges, Leadership};
 pub use fenced::{fenced_get, fenced_put, Fenced, FencedWrite};
 pub use guard::LockConfig;
 pub use machine::{
-    lock_step, LockAnswer, LockOp, LockState, LockStepped, Owner, MAX_LEASE_US, RETAIN_US,
+    lock_step, LockAnswer, LockOp, LockRecord, LockState, LockStepped, Owner, Waiter, MAX_LEASE_US,
+    MAX_LINE, RETAIN_US,
 };
 pub use permits::{
     decode_holders, encode_holders, parse_holders, semaphore_input, semaphore_step, SemaphoreOp,

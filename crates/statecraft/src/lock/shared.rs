@@ -6,14 +6,16 @@
 //! Texts on the wire, numbers in decimal (at most 16 digits), owners as
 //! 32 lowercase hexadecimal digits:
 //!
-//! - input: `a <owner> <lease µs> <now µs>` (acquire), `e <owner> <token>
-//!   <lease µs> <now µs>` (extend), `r <owner> <token> <now µs>`
-//!   (release), `now` 0 for the store's clock (tests pass their own); or
-//!   [`PEEK`];
-//! - state: `h <owner> <token> <expires µs>` or `f <last token>`;
+//! - input: `a <owner> <lease µs> <now µs>` (acquire), `w <owner> <lease
+//!   µs> <line µs> <now µs>` (wait), `l <owner> <now µs>` (leave the
+//!   line), `e <owner> <token> <lease µs> <now µs>` (extend), `r <owner>
+//!   <token> <now µs>` (release), `now` 0 for the store's clock (tests
+//!   pass their own); or [`PEEK`];
+//! - state: `h <owner> <token> <expires µs>` or `f <last token>`, then the
+//!   line: ` <owner> <until µs>` per waiter;
 //! - output: `H <token> <lease µs>`, `B <token> <retry after µs>`, `R
-//!   <token>` or `N`; for [`PEEK`], `<now µs> <state>` (the state empty:
-//!   none).
+//!   <token>`, `L` or `N`; for [`PEEK`], `<now µs> <state>` (the state
+//!   empty: none).
 
 use bytes::Bytes;
 
@@ -21,7 +23,9 @@ use crate::backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite, PostgresNati
 use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::PutOptions;
 
-use super::machine::{lock_step, LockAnswer, LockOp, LockState, Owner, MAX_LEASE_US};
+use super::machine::{
+    lock_step, LockAnswer, LockOp, LockRecord, LockState, Owner, Waiter, MAX_LEASE_US, MAX_LINE,
+};
 
 /// The Lua copy of [`lock_step`] (a library: a chunk that returns the
 /// step).
@@ -54,6 +58,12 @@ pub fn op_input(op: LockOp, now_us: u64) -> String {
         LockOp::Acquire { owner, lease_us } => {
             format!("a {} {lease_us} {now_us}", owner.to_hex())
         }
+        LockOp::Wait {
+            owner,
+            lease_us,
+            line_us,
+        } => format!("w {} {lease_us} {line_us} {now_us}", owner.to_hex()),
+        LockOp::Leave { owner } => format!("l {} {now_us}", owner.to_hex()),
         LockOp::Extend {
             owner,
             token,
@@ -95,6 +105,20 @@ pub fn parse_input(input: &[u8]) -> Result<(LockOp, u64)> {
         (Some("a"), 4) => owner(1)
             .zip(words.get(2).and_then(|w| lease(w)))
             .map(|(owner, lease_us)| (LockOp::Acquire { owner, lease_us }, number(3))),
+        (Some("w"), 5) => owner(1)
+            .zip(words.get(2).and_then(|w| lease(w)))
+            .zip(words.get(3).and_then(|w| lease(w)))
+            .map(|((owner, lease_us), line_us)| {
+                (
+                    LockOp::Wait {
+                        owner,
+                        lease_us,
+                        line_us,
+                    },
+                    number(4),
+                )
+            }),
+        (Some("l"), 3) => owner(1).map(|owner| (LockOp::Leave { owner }, number(2))),
         (Some("e"), 5) => owner(1)
             .zip(number(2))
             .zip(words.get(3).and_then(|w| lease(w)))
@@ -119,35 +143,59 @@ pub fn parse_input(input: &[u8]) -> Result<(LockOp, u64)> {
     }
 }
 
-/// A stored state's text.
-pub fn encode_state(state: &LockState) -> String {
-    match *state {
+/// A stored record's text.
+pub fn encode_state(record: &LockRecord) -> String {
+    use std::fmt::Write;
+    let mut text = match record.state {
         LockState::Held {
             owner,
             token,
             expires_us,
         } => format!("h {} {token} {expires_us}", owner.to_hex()),
         LockState::Free { last_token } => format!("f {last_token}"),
+    };
+    for waiter in &record.line {
+        let _ = write!(text, " {} {}", waiter.owner.to_hex(), waiter.until_us);
     }
+    text
 }
 
-/// A stored state read back; `None` for a text [`encode_state`] does not
+/// A stored record read back; `None` for a text [`encode_state`] does not
 /// write (a damaged key counts as no lock: a token given next is then the
 /// store's time).
-pub fn decode_state(raw: &[u8]) -> Option<LockState> {
+pub fn decode_state(raw: &[u8]) -> Option<LockRecord> {
     let text = std::str::from_utf8(raw).ok()?;
     let words: Vec<&str> = text.split(' ').collect();
-    match words.as_slice() {
-        ["h", owner, token, expires] => Some(LockState::Held {
-            owner: Owner::from_hex(owner)?,
-            token: digits(token)?,
-            expires_us: digits(expires)?,
-        }),
-        ["f", token] => Some(LockState::Free {
-            last_token: digits(token)?,
-        }),
-        _ => None,
+    let (state, line) = match words.as_slice() {
+        ["h", owner, token, expires, line @ ..] => (
+            LockState::Held {
+                owner: Owner::from_hex(owner)?,
+                token: digits(token)?,
+                expires_us: digits(expires)?,
+            },
+            line,
+        ),
+        ["f", token, line @ ..] => (
+            LockState::Free {
+                last_token: digits(token)?,
+            },
+            line,
+        ),
+        _ => return None,
+    };
+    if line.len() % 2 != 0 || line.len() > 2 * MAX_LINE {
+        return None;
     }
+    let line = line
+        .chunks(2)
+        .map(|pair| {
+            Some(Waiter {
+                owner: Owner::from_hex(pair[0])?,
+                until_us: digits(pair[1])?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(LockRecord { state, line })
 }
 
 /// An answer's text.
@@ -159,6 +207,7 @@ pub(super) fn encode_answer(answer: LockAnswer) -> String {
             retry_after_us,
         } => format!("B {token} {retry_after_us}"),
         LockAnswer::Released { token } => format!("R {token}"),
+        LockAnswer::Left => "L".to_string(),
         LockAnswer::NotHeld => "N".to_string(),
     }
 }
@@ -187,13 +236,14 @@ pub fn parse_answer(raw: &[u8]) -> Result<LockAnswer> {
             retry_after_us: number(2)?,
         },
         (Some("R"), 2) => LockAnswer::Released { token: number(1)? },
+        (Some("L"), 1) => LockAnswer::Left,
         (Some("N"), 1) => LockAnswer::NotHeld,
         _ => return Err(corrupt()),
     })
 }
 
-/// A [`PEEK`] answer read back: the store's time (µs) and the state.
-pub fn parse_peek(raw: &[u8]) -> Result<(u64, Option<LockState>)> {
+/// A [`PEEK`] answer read back: the store's time (µs) and the record.
+pub fn parse_peek(raw: &[u8]) -> Result<(u64, Option<LockRecord>)> {
     let (now, state) = split_peek(raw, "lock")?;
     Ok((now, decode_state(state.as_bytes())))
 }
@@ -231,7 +281,7 @@ impl AtomicUpdate for LockStep {
         }
         let (op, now) = parse_input(input)?;
         let now = if now == 0 { now_micros } else { now };
-        let stepped = lock_step(state, op, now);
+        let stepped = lock_step(state.as_ref(), op, now);
         let write = match stepped.write {
             None => AtomicWrite::Keep,
             Some(state) => AtomicWrite::Put {

@@ -6,8 +6,12 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::machine::{lock_step, LockAnswer, LockOp, LockState, Owner, RETAIN_US};
-use super::shared::{decode_state, encode_state, op_input, parse_input};
+use super::machine::{
+    lock_step, LockAnswer, LockOp, LockRecord, LockState, Owner, MAX_LINE, RETAIN_US,
+};
+use super::shared::{
+    decode_state, encode_state, op_input, parse_input, parse_peek, LockStep, PEEK,
+};
 use super::*;
 use crate::{AtomicUpdate, ErrorKind, ManualClock, MemoryBackend, StateBackend};
 
@@ -15,20 +19,24 @@ fn owner(n: u8) -> Owner {
     Owner([n; 16])
 }
 
-/// A generated operation: by one of three owners, with the token of the
-/// last holding it saw (or another), and a lease.
+/// A generated operation: by one of four owners, with the token of the
+/// last holding it saw (or another), and a lease (and a place's time).
 #[derive(Debug, Clone)]
 enum Op {
     Acquire(u8, u64),
+    Wait(u8, u64, u64),
+    Leave(u8),
     Extend(u8, bool, u64),
     Release(u8, bool),
 }
 
 fn ops() -> impl Strategy<Value = Vec<(Op, u64)>> {
-    let who = 0u8..3;
+    let who = 0u8..4;
     let lease = 1u64..5_000;
     let op = prop_oneof![
         (who.clone(), lease.clone()).prop_map(|(w, l)| Op::Acquire(w, l)),
+        (who.clone(), lease.clone(), 1u64..5_000).prop_map(|(w, l, q)| Op::Wait(w, l, q)),
+        who.clone().prop_map(Op::Leave),
         (who.clone(), any::<bool>(), lease).prop_map(|(w, t, l)| Op::Extend(w, t, l)),
         (who, any::<bool>()).prop_map(|(w, t)| Op::Release(w, t)),
     ];
@@ -36,21 +44,32 @@ fn ops() -> impl Strategy<Value = Vec<(Op, u64)>> {
     prop::collection::vec((op, dt), 1..80)
 }
 
+/// The owners of the places kept at `now`, first first.
+fn kept(record: Option<&LockRecord>, now: u64) -> Vec<Owner> {
+    record.map_or_else(Vec::new, |r| r.waiting(now).map(|w| w.owner).collect())
+}
+
 proptest! {
     /// Never two holders; a new holding's token is above every token
-    /// given before; only the holder extends or releases.
+    /// given before; only the holder extends or releases; a free lock goes
+    /// only to the first waiter whose place is kept, and the line keeps
+    /// its order.
     #[test]
     fn the_step_keeps_one_holder_and_raises_tokens(ops in ops()) {
         let mut now = 1_000_000u64;
-        let mut state: Option<LockState> = None;
+        let mut record: Option<LockRecord> = None;
         let mut highest = 0u64;
         // The token each owner last held.
-        let mut tokens = [0u64; 3];
+        let mut tokens = [0u64; 4];
         for (op, dt) in ops {
             now += dt;
+            let state = record.as_ref().map(|r| r.state);
             let before = state.and_then(|s| s.holder(now));
+            let line = kept(record.as_ref(), now);
             let op = match op {
                 Op::Acquire(w, lease_us) => LockOp::Acquire { owner: owner(w), lease_us },
+                Op::Wait(w, lease_us, line_us) => LockOp::Wait { owner: owner(w), lease_us, line_us },
+                Op::Leave(w) => LockOp::Leave { owner: owner(w) },
                 Op::Extend(w, right, lease_us) => LockOp::Extend {
                     owner: owner(w),
                     token: if right { tokens[w as usize] } else { tokens[w as usize] + 1 },
@@ -61,9 +80,12 @@ proptest! {
                     token: if right { tokens[w as usize] } else { tokens[w as usize] + 1 },
                 },
             };
-            let stepped = lock_step(state, op, now);
+            let stepped = lock_step(record.as_ref(), op, now);
             match (op, stepped.answer) {
-                (LockOp::Acquire { owner: who, lease_us }, LockAnswer::Held { token, lease_us: left }) => {
+                (
+                    LockOp::Acquire { owner: who, lease_us } | LockOp::Wait { owner: who, lease_us, .. },
+                    LockAnswer::Held { token, lease_us: left },
+                ) => {
                     prop_assert_eq!(left, lease_us);
                     match before {
                         // A retried acquisition gets its own token back.
@@ -74,16 +96,29 @@ proptest! {
                         None => {
                             prop_assert!(token > highest, "{} after {}", token, highest);
                             prop_assert!(token >= now);
+                            prop_assert!(line.first().is_none_or(|first| *first == who),
+                                "taken past the line {:?}", line);
                             highest = token;
                         }
                     }
                     tokens[who.0[0] as usize] = token;
                 }
-                (LockOp::Acquire { owner: who, .. }, LockAnswer::Busy { token, retry_after_us }) => {
-                    let (held_by, held, expires) = before.expect("busy only while held");
-                    prop_assert!(held_by != who);
-                    prop_assert_eq!((token, retry_after_us), (held, expires - now));
-                }
+                (
+                    LockOp::Acquire { owner: who, .. } | LockOp::Wait { owner: who, .. },
+                    LockAnswer::Busy { token, retry_after_us },
+                ) => match before {
+                    Some((held_by, held, expires)) => {
+                        prop_assert!(held_by != who);
+                        prop_assert_eq!((token, retry_after_us), (held, expires - now));
+                    }
+                    None => {
+                        let first = record.as_ref().and_then(|r| r.waiting(now).next()).copied();
+                        let first = first.expect("busy when free only for a waiter first");
+                        prop_assert!(first.owner != who);
+                        prop_assert_eq!(retry_after_us, first.until_us - now);
+                        prop_assert_eq!(token, state.map_or(0, |s| s.token()));
+                    }
+                },
                 (LockOp::Extend { owner: who, token, .. }, LockAnswer::Held { token: kept, .. }) => {
                     prop_assert_eq!(before.map(|b| (b.0, b.1)), Some((who, token)));
                     prop_assert_eq!(kept, token);
@@ -94,17 +129,42 @@ proptest! {
                         if owner == who && t == token);
                     prop_assert!(theirs, "released by another: {:?}", state);
                 }
+                (LockOp::Leave { .. }, LockAnswer::Left) => {}
                 (_, LockAnswer::NotHeld) => prop_assert!(stepped.write.is_none()),
                 (op, answer) => prop_assert!(false, "{:?} answered {:?}", op, answer),
             }
-            if let Some(written) = stepped.write {
+            if let Some(written) = &stepped.write {
                 prop_assert!(stepped.ttl_us >= RETAIN_US);
-                prop_assert_eq!(written.token() >= state.map_or(0, |s| s.token()), true);
-                state = Some(written);
+                prop_assert!(written.token() >= state.map_or(0, |s| s.token()));
+                prop_assert!(written.line.len() <= MAX_LINE);
+                // The others keep their order; a waiter asking again keeps
+                // its place, a new one stands last; one that took the lock
+                // or left is out.
+                let after: Vec<Owner> = written.line.iter().map(|w| w.owner).collect();
+                let me = match op {
+                    LockOp::Acquire { owner, .. } | LockOp::Wait { owner, .. } | LockOp::Leave { owner } => Some(owner),
+                    _ => None,
+                };
+                let others = |l: &[Owner]| l.iter().filter(|o| Some(**o) != me).copied().collect::<Vec<_>>();
+                prop_assert_eq!(others(&after), others(&line));
+                match (op, stepped.answer) {
+                    (LockOp::Wait { owner: who, line_us, .. }, LockAnswer::Busy { .. }) => {
+                        let at = written.line.iter().position(|w| w.owner == who);
+                        prop_assert!(at.is_some(), "a busy waiter stands in the line");
+                        prop_assert_eq!(written.line[at.unwrap_or(0)].until_us, now + line_us);
+                        let was = line.iter().position(|o| *o == who);
+                        prop_assert_eq!(at, Some(was.unwrap_or(line.len())));
+                    }
+                    _ => {
+                        let out = me.is_none_or(|who| !after.contains(&who));
+                        prop_assert!(out, "{:?} still in the line {:?}", op, after);
+                    }
+                }
+                record = Some(written.clone());
             }
             // The stored text reads back as written.
-            if let Some(s) = state {
-                prop_assert_eq!(decode_state(encode_state(&s).as_bytes()), Some(s));
+            if let Some(r) = &record {
+                prop_assert_eq!(decode_state(encode_state(r).as_bytes()), Some(r.clone()));
             }
         }
     }
@@ -114,12 +174,64 @@ proptest! {
     fn inputs_read_back(w in 0u8..255, token in 0u64..1 << 53, lease_us in 1u64..1 << 40, now in 0u64..1 << 53) {
         for op in [
             LockOp::Acquire { owner: owner(w), lease_us },
+            LockOp::Wait { owner: owner(w), lease_us, line_us: lease_us },
+            LockOp::Leave { owner: owner(w) },
             LockOp::Extend { owner: owner(w), token, lease_us },
             LockOp::Release { owner: owner(w), token },
         ] {
             prop_assert_eq!(parse_input(op_input(op, now).as_bytes()).ok(), Some((op, now)));
         }
     }
+}
+
+/// A waiter first in line is not overtaken by a caller asking when the
+/// lock is freed; once its place lapses, the lock goes to the next.
+#[test]
+fn a_free_lock_goes_to_the_first_waiter() {
+    let (a, b, c) = (owner(1), owner(2), owner(3));
+    let wait = |who| LockOp::Wait {
+        owner: who,
+        lease_us: 1_000,
+        line_us: 500,
+    };
+    let held = lock_step(None, wait(a), 1_000).write.expect("taken");
+    let token = held.token();
+    let b_waits = lock_step(Some(&held), wait(b), 1_010)
+        .write
+        .expect("in line");
+    let c_waits = lock_step(Some(&b_waits), wait(c), 1_020)
+        .write
+        .expect("in line");
+    assert_eq!(kept(Some(&c_waits), 1_020), vec![b, c]);
+    let released = lock_step(Some(&c_waits), LockOp::Release { owner: a, token }, 1_030);
+    let free = released.write.expect("released");
+    // c and a fresh caller are turned away: b is first.
+    for who in [c, owner(4)] {
+        let answer = lock_step(Some(&free), wait(who), 1_040).answer;
+        assert_eq!(
+            answer,
+            LockAnswer::Busy {
+                token,
+                retry_after_us: 1_510 - 1_040
+            }
+        );
+    }
+    let try_lock = LockOp::Acquire {
+        owner: owner(4),
+        lease_us: 10,
+    };
+    assert!(matches!(
+        lock_step(Some(&free), try_lock, 1_040).answer,
+        LockAnswer::Busy { .. }
+    ));
+    // b lapses (never asked again): c, next, takes it; b is gone.
+    let taken = lock_step(Some(&free), wait(c), 1_600);
+    assert!(matches!(taken.answer, LockAnswer::Held { token: t, .. } if t > token));
+    assert!(taken.write.expect("taken").line.is_empty());
+    // Leaving gives the place up.
+    let left = lock_step(Some(&free), LockOp::Leave { owner: b }, 1_040);
+    assert_eq!(left.answer, LockAnswer::Left);
+    assert_eq!(kept(left.write.as_ref(), 1_040), vec![c]);
 }
 
 #[test]
@@ -142,9 +254,9 @@ fn tokens_outlive_the_key_by_the_store_clock() {
         }
     );
     // Remembered and ahead of the clock: one past the last.
-    let free = LockState::Free { last_token: 9_000 };
+    let free = LockRecord::new(LockState::Free { last_token: 9_000 });
     let next = lock_step(
-        Some(free),
+        Some(&free),
         LockOp::Acquire {
             owner: owner(2),
             lease_us: 10,
@@ -173,6 +285,9 @@ fn malformed_inputs_and_owners_are_refused() {
         b"e 0123456789abcdef0123456789abcdef 10 0",
         b"r 0123456789abcdef0123456789abcdef 1 0 0",
         b"x 0123456789abcdef0123456789abcdef 1 0",
+        b"w 0123456789abcdef0123456789abcdef 10 0 0",
+        b"w 0123456789abcdef0123456789abcdef 10 0",
+        b"l 0123456789abcdef0123456789abcdef 1 0",
     ] {
         let err = LockStep.apply(None, input, 1).expect_err("malformed input");
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{input:?}");
@@ -344,6 +459,87 @@ async fn a_waiter_gives_up_at_its_deadline_naming_the_holder() {
         .await
         .expect_err("no lease");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}
+
+/// The waiters in the line of lock `name` now, first first.
+async fn line_of(backend: &Arc<dyn StateBackend>, name: &str) -> Vec<Owner> {
+    let raw = backend
+        .update_atomic(&super::distributed::key_of(name), &LockStep, PEEK)
+        .await
+        .expect("peek");
+    let (now, record) = parse_peek(&raw).expect("a peek");
+    kept(record.as_ref(), now)
+}
+
+/// Waits (a bounded while) until the line of lock "a" is `n` long.
+async fn line_is(backend: &Arc<dyn StateBackend>, n: usize) {
+    for _ in 0..2_000 {
+        if line_of(backend, "a").await.len() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!(
+        "the line never was {n} long: {:?}",
+        line_of(backend, "a").await
+    );
+}
+
+#[tokio::test]
+async fn waiters_take_the_lock_in_the_order_they_asked() {
+    let clock = ManualClock::new(1_000);
+    let backend = memory(&clock);
+    let locks = Locks::new(backend.clone());
+    let lease = Duration::from_secs(60);
+    let holder = locks
+        .try_lock("a", lease)
+        .await
+        .expect("store")
+        .expect("free");
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for n in 1..=2 {
+        let (locks, order) = (locks.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let guard = locks
+                .lock("a", lease, Duration::from_secs(10))
+                .await
+                .expect("taken in turn");
+            order.lock().expect("order").push(n);
+            guard.unlock().await.expect("held");
+        }));
+        line_is(&backend, n).await;
+    }
+    // A third that gives up (dropped while it waits) leaves the line.
+    let quitter = tokio::spawn({
+        let locks = locks.clone();
+        async move { locks.lock("a", lease, Duration::from_secs(10)).await }
+    });
+    line_is(&backend, 3).await;
+    quitter.abort();
+    line_is(&backend, 2).await;
+    holder.unlock().await.expect("held");
+    // A caller asking now is turned away: the lock is the first waiter's.
+    assert!(locks.try_lock("a", lease).await.expect("store").is_none());
+    for waiter in waiters {
+        waiter.await.expect("a waiter");
+    }
+    assert_eq!(*order.lock().expect("order"), vec![1, 2]);
+    assert!(line_of(&backend, "a").await.is_empty());
+    // A waiter that times out leaves before it answers.
+    let holder = locks
+        .try_lock("a", lease)
+        .await
+        .expect("store")
+        .expect("free");
+    let err = locks
+        .lock("a", lease, Duration::from_millis(20))
+        .await
+        .expect_err("held");
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(line_of(&backend, "a").await.is_empty());
+    holder.unlock().await.expect("held");
+    assert!(locks.try_lock("a", lease).await.expect("store").is_some());
 }
 
 #[tokio::test]
