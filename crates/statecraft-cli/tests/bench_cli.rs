@@ -263,26 +263,40 @@ fn bench_primitive_counter_prints_local_hybrid_and_distributed_rows() {
 
 /// `--primitive lock`: an uncontended lock and a semaphore's permit taken
 /// and given back, and handovers between tasks contending on one lock
-/// (2 tasks at concurrency 1), on each store.
+/// (2 tasks at concurrency 1), on each store; the same two for advisory
+/// locks on PostgreSQL.
 #[test]
 fn bench_primitive_lock_prints_acquire_handover_and_semaphore_rows() {
     let rows = primitive_rows("lock", 4);
-    let (handovers, others): (Vec<_>, Vec<_>) = rows
-        .into_iter()
-        .partition(|row| row["operation"] == "lock_handover");
+    let (handovers, others): (Vec<_>, Vec<_>) = rows.into_iter().partition(|row| {
+        row["operation"] == "lock_handover" || row["operation"] == "advisory_lock_handover"
+    });
     let mut expected = Vec::new();
     for backend in ["redis", "postgres"] {
         expected.push((backend, "lock_acquire_release".to_string(), true));
         expected.push((backend, "semaphore_acquire_release".to_string(), true));
     }
+    expected.push((
+        "postgres",
+        "advisory_lock_acquire_release".to_string(),
+        true,
+    ));
     assert_rows(&others, &expected, 4);
-    assert_eq!(handovers.len(), 4, "{handovers:?}");
-    for backend in ["redis", "postgres"] {
+    assert_eq!(handovers.len(), 6, "{handovers:?}");
+    for (backend, operation) in [
+        ("redis", "lock_handover"),
+        ("postgres", "lock_handover"),
+        ("postgres", "advisory_lock_handover"),
+    ] {
         for contenders in [2, 4] {
             let row = handovers
                 .iter()
-                .find(|r| r["backend"] == backend && r["concurrency"] == contenders)
-                .unwrap_or_else(|| panic!("no lock_handover row on {backend} ×{contenders}"));
+                .find(|r| {
+                    r["backend"] == backend
+                        && r["operation"] == operation
+                        && r["concurrency"] == contenders
+                })
+                .unwrap_or_else(|| panic!("no {operation} row on {backend} ×{contenders}"));
             let p50 = row["p50_us"].as_f64().expect("p50_us");
             assert!(
                 p50 > 0.0 && row["calls"].as_u64().expect("calls") > 0,

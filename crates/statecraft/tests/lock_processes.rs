@@ -18,6 +18,10 @@ use statecraft::lock::{fenced_get, fenced_put, Fenced, LockConfig, Locks, Semaph
 use statecraft::{RedisBackend, RedisConfig, StateBackend};
 use statecraft_testkit::{PostgresServer, RedisServer};
 
+#[path = "support/turns.rs"]
+mod turns;
+use turns::check_turns;
+
 const CHILD: &str = "STATECRAFT_LOCK_CHILD";
 
 fn wall_micros() -> u64 {
@@ -248,44 +252,9 @@ fn take_turns(test: &str, url: &str, each: usize) {
         );
     }
     let elapsed = started.elapsed();
-    // The checker: replayed in the order the writes happened, every entry
-    // finds nobody inside, every exit is the one inside, and tokens rise.
+    // The checker: replayed in the order the writes happened.
     let text = std::fs::read_to_string(&log).expect("log");
-    let mut inside: Option<(u64, u32)> = None;
-    let mut last_token = 0u64;
-    let mut entries = 0;
-    for (n, line) in text.lines().enumerate() {
-        let words: Vec<&str> = line.split(' ').collect();
-        let (what, token, pid) = match words.as_slice() {
-            [what, token, pid] => (
-                *what,
-                token.parse::<u64>().expect("token"),
-                pid.parse::<u32>().expect("pid"),
-            ),
-            _ => panic!("line {n} is damaged: {line:?}"),
-        };
-        match what {
-            "enter" => {
-                assert_eq!(
-                    inside, None,
-                    "line {n}: {pid} entered while {inside:?} held the lock"
-                );
-                assert!(
-                    token > last_token,
-                    "line {n}: token {token} after {last_token}"
-                );
-                last_token = token;
-                inside = Some((token, pid));
-                entries += 1;
-            }
-            "exit" => {
-                assert_eq!(inside, Some((token, pid)), "line {n}: an exit by another");
-                inside = None;
-            }
-            other => panic!("line {n}: {other:?}"),
-        }
-    }
-    assert_eq!(inside, None);
+    let entries = check_turns(&text);
     assert_eq!(entries, processes * each);
     println!(
         "{entries} acquisitions by {processes} processes in {:.2} s ({:.0} µs a handover)",

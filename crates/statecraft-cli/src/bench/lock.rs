@@ -9,13 +9,17 @@
 //!   entered; the latency is from a release's start to the entry of the
 //!   next holder that was waiting then (woken by the store's pub/sub);
 //! - `semaphore_acquire_release`: each task takes and gives back a permit
-//!   of one semaphore with as many permits as tasks.
+//!   of one semaphore with as many permits as tasks;
+//! - on PostgreSQL, `advisory_lock_acquire_release` and
+//!   `advisory_lock_handover`: the same two for session-level advisory
+//!   locks ([`AdvisoryLocks`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use statecraft::lock::{Locks, Semaphore};
+use statecraft::lock::{AdvisoryGuard, AdvisoryLocks, LockGuard, Locks, Semaphore};
+use statecraft::{PostgresBackend, PostgresConfig};
 use tokio::sync::watch;
 
 use super::primitive::{tasks_row, timed_calls};
@@ -32,52 +36,63 @@ pub(super) async fn locks(
     let mut rows = Vec::new();
     for spec in specs {
         let target = open_target(spec, args.concurrency).await?;
-        let locks = Locks::new(target.backend.clone());
         let prefix = format!("bench-{}", std::process::id());
-        for &concurrency in levels {
-            let next = Arc::new(AtomicUsize::new(0));
-            let calls = |deadline| {
-                let locks = locks.clone();
-                let name = format!("{prefix}-own-{}", next.fetch_add(1, Ordering::Relaxed));
-                async move {
-                    let call = || async {
-                        let guard = locks
-                            .try_lock(&name, LEASE)
-                            .await
-                            .map_err(|e| format!("lock_acquire_release: {e}"))?
-                            .ok_or("lock_acquire_release: an uncontended lock was held")?;
-                        guard
-                            .unlock()
-                            .await
-                            .map_err(|e| format!("lock_acquire_release: {e}"))
-                    };
-                    timed_calls(call, deadline).await
-                }
-            };
-            rows.push(tasks_row(&target, "lock_acquire_release", concurrency, args, calls).await?);
+        let mut kinds = vec![(
+            Kind::Lease(Locks::new(target.backend.clone())),
+            ["lock_acquire_release", "lock_handover"],
+        )];
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            let advisory = advisory(spec, levels).await?;
+            kinds.push((
+                Kind::Advisory(advisory),
+                ["advisory_lock_acquire_release", "advisory_lock_handover"],
+            ));
         }
-        // Untimed first: a few handovers, which set up what waiting takes
-        // (the store's subscription: on PostgreSQL a listening connection).
-        let warm = Turns::new(locks.clone(), format!("{prefix}-warm"));
-        let until = Instant::now() + Duration::from_millis(200);
-        let warming: Vec<_> = (0..2)
-            .map(|_| {
-                let warm = warm.clone();
-                tokio::spawn(async move { warm.take(until).await })
-            })
-            .collect();
-        for task in warming {
-            task.await.map_err(|e| format!("lock_handover: {e}"))??;
-        }
-        let mut contention: Vec<usize> = levels.iter().map(|&n| n.max(2)).collect();
-        contention.dedup();
-        for contenders in contention {
-            let turns = Turns::new(locks.clone(), format!("{prefix}-shared"));
-            let calls = |deadline| {
-                let turns = turns.clone();
-                async move { turns.take(deadline).await }
-            };
-            rows.push(tasks_row(&target, "lock_handover", contenders, args, calls).await?);
+        for (kind, [uncontended, handover]) in kinds {
+            for &concurrency in levels {
+                let next = Arc::new(AtomicUsize::new(0));
+                let calls = |deadline| {
+                    let kind = kind.clone();
+                    let name = format!("{prefix}-own-{}", next.fetch_add(1, Ordering::Relaxed));
+                    async move {
+                        let call = || async {
+                            kind.try_lock(&name)
+                                .await
+                                .map_err(|e| format!("{uncontended}: {e}"))?
+                                .ok_or(format!("{uncontended}: an uncontended lock was held"))?
+                                .unlock()
+                                .await
+                                .map_err(|e| format!("{uncontended}: {e}"))
+                        };
+                        timed_calls(call, deadline).await
+                    }
+                };
+                rows.push(tasks_row(&target, uncontended, concurrency, args, calls).await?);
+            }
+            // Untimed first: a few handovers, which set up what waiting
+            // takes (the store's subscription: on PostgreSQL a listening
+            // connection).
+            let warm = Turns::new(kind.clone(), format!("{prefix}-warm-{handover}"));
+            let until = Instant::now() + Duration::from_millis(200);
+            let warming: Vec<_> = (0..2)
+                .map(|_| {
+                    let warm = warm.clone();
+                    tokio::spawn(async move { warm.take(until).await })
+                })
+                .collect();
+            for task in warming {
+                task.await.map_err(|e| format!("{handover}: {e}"))??;
+            }
+            let mut contention: Vec<usize> = levels.iter().map(|&n| n.max(2)).collect();
+            contention.dedup();
+            for contenders in contention {
+                let turns = Turns::new(kind.clone(), format!("{prefix}-shared-{handover}"));
+                let calls = |deadline| {
+                    let turns = turns.clone();
+                    async move { turns.take(deadline).await }
+                };
+                rows.push(tasks_row(&target, handover, contenders, args, calls).await?);
+            }
         }
         for &concurrency in levels {
             let semaphore = Semaphore::new(
@@ -111,10 +126,67 @@ pub(super) async fn locks(
     Ok(rows)
 }
 
+/// Advisory locks on the server at `spec`, with a session for each task
+/// of the most contended level.
+async fn advisory(spec: &str, levels: &[usize]) -> Result<AdvisoryLocks, String> {
+    let config = PostgresConfig::builder()
+        .url(spec)
+        .table(super::POSTGRES_TABLE)
+        .build()
+        .map_err(|e| format!("backend {spec:?}: {e}"))?;
+    let backend = PostgresBackend::new(config)
+        .await
+        .map_err(|e| format!("backend {spec:?}: {e}"))?;
+    let mut config = statecraft::lock::AdvisoryConfig::default();
+    config.sessions = levels.iter().copied().max().unwrap_or(1).max(2) + 2;
+    AdvisoryLocks::with_config(&backend, config)
+        .await
+        .map_err(|e| format!("advisory locks on {spec:?}: {e}"))
+}
+
+/// The lock measured: a lease lock of any store, or a PostgreSQL advisory
+/// lock.
+#[derive(Clone)]
+enum Kind {
+    Lease(Locks),
+    Advisory(AdvisoryLocks),
+}
+
+/// A holding of either kind.
+enum Held {
+    Lease(LockGuard),
+    Advisory(AdvisoryGuard),
+}
+
+impl Kind {
+    async fn try_lock(&self, name: &str) -> statecraft::Result<Option<Held>> {
+        Ok(match self {
+            Kind::Lease(locks) => locks.try_lock(name, LEASE).await?.map(Held::Lease),
+            Kind::Advisory(locks) => locks.try_lock(name).await?.map(Held::Advisory),
+        })
+    }
+
+    async fn lock(&self, name: &str, wait: Duration) -> statecraft::Result<Held> {
+        Ok(match self {
+            Kind::Lease(locks) => Held::Lease(locks.lock(name, LEASE, wait).await?),
+            Kind::Advisory(locks) => Held::Advisory(locks.lock(name, wait).await?),
+        })
+    }
+}
+
+impl Held {
+    async fn unlock(self) -> statecraft::Result<()> {
+        match self {
+            Held::Lease(guard) => guard.unlock().await,
+            Held::Advisory(guard) => guard.unlock().await,
+        }
+    }
+}
+
 /// Tasks taking turns on one lock.
 #[derive(Clone)]
 struct Turns {
-    locks: Locks,
+    locks: Kind,
     name: Arc<str>,
     /// When the last holder started its release.
     released: Arc<Mutex<Option<Instant>>>,
@@ -125,7 +197,7 @@ struct Turns {
 }
 
 impl Turns {
-    fn new(locks: Locks, name: String) -> Turns {
+    fn new(locks: Kind, name: String) -> Turns {
         Turns {
             locks,
             name: name.into(),
@@ -147,7 +219,7 @@ impl Turns {
             self.waiting.send_modify(|n| *n += 1);
             let guard = self
                 .locks
-                .lock(&self.name, LEASE, Duration::from_secs(10))
+                .lock(&self.name, Duration::from_secs(10))
                 .await
                 .map_err(|e| format!("lock_handover: {e}"));
             self.waiting.send_modify(|n| *n -= 1);

@@ -42,6 +42,8 @@ mod redlock;
 mod semaphore;
 mod shared;
 
+#[cfg(feature = "postgres")]
+pub use crate::backends::postgres::{AdvisoryConfig, AdvisoryGuard, AdvisoryLocks};
 pub use distributed::{LockGuard, Locks};
 pub use election::{Election, Leader, LeaderChange, LeaderChanges, Leadership};
 pub use fenced::{fenced_get, fenced_put, Fenced, FencedWrite};

@@ -8,6 +8,7 @@
 //! listing is a range scan on the primary key, never `LIKE`; batches are one
 //! statement over `unnest` arrays.
 
+mod advisory;
 mod backend;
 mod config;
 mod errors;
@@ -19,6 +20,7 @@ mod pubsub;
 mod sql;
 mod transaction;
 
+pub use advisory::{AdvisoryConfig, AdvisoryGuard, AdvisoryLocks};
 pub use backend::PostgresBackend;
 pub use config::{PostgresConfig, PostgresConfigBuilder};
 pub use pool::PoolStatus;

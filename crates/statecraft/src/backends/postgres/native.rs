@@ -75,6 +75,18 @@ impl Natives {
             .insert(name, statements);
     }
 
+    /// Adds `purge` to the statements the purge task runs, under `name`.
+    pub(super) fn add_purge(&self, name: &'static str, purge: String) {
+        self.set_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name)
+            .or_insert(Statements {
+                call: Arc::from(""),
+                purge: Some(Arc::from(purge)),
+            });
+    }
+
     /// The purge statements of the updates set up so far.
     pub(super) fn purges(&self) -> Vec<Arc<str>> {
         self.set_up
