@@ -3,7 +3,9 @@
 //!
 //! 1. Uncontended acquire + release (two round trips: the lock's step
 //!    loaded as a Redis Function, and by EVALSHA) against one plain `SET`
-//!    on one raw redis-crate connection: 11 interleaved rounds of 2,000.
+//!    on one raw redis-crate connection, and the same two steps as raw
+//!    `FCALL`s on it (the floor: the server's and the protocol's share):
+//!    11 interleaved rounds of 2,000.
 //! 2. Handover under contention: 4 tasks take turns on one lock, each
 //!    holding it until another waits for it and, after its release,
 //!    waiting until another has entered; the latency
@@ -91,13 +93,33 @@ async fn uncontended(url: &str) {
         .get_multiplexed_async_connection()
         .await
         .expect("raw connection");
+    // The floor: the same two steps as raw FCALLs of the library the
+    // first lock loaded (the server's share, and the protocol's).
+    drop(
+        locks[0]
+            .try_lock("uncontended", LEASE)
+            .await
+            .expect("store"),
+    );
+    let listed: redis::Value = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut raw)
+        .await
+        .expect("list");
+    let function = format!("{listed:?}")
+        .split('"')
+        .find(|s| s.starts_with("statecraft_lock"))
+        .expect("the lock function")
+        .to_string();
+    let owner = "0123456789abcdef0123456789abcdef";
+    let acquire = format!("a {owner} 30000000 0");
     let calls = scale(2_000);
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 2];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 4];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 3];
     for round in 0..11 {
-        let mut this = [0f64; 3];
-        for k in 0..3 {
-            let which = (k + round) % 3;
+        let mut this = [0f64; 4];
+        for k in 0..4 {
+            let which = (k + round) % 4;
             let started = Instant::now();
             for _ in 0..calls {
                 if let Some(locks) = locks.get(which) {
@@ -107,6 +129,21 @@ async fn uncontended(url: &str) {
                         .expect("store")
                         .expect("free");
                     guard.unlock().await.expect("held");
+                } else if which == 2 {
+                    let fcall = |input: String| {
+                        let mut cmd = redis::cmd("FCALL");
+                        cmd.arg(&function).arg(1).arg("raw:lock").arg(input).arg(0);
+                        cmd
+                    };
+                    let held: String = fcall(acquire.clone())
+                        .query_async(&mut raw)
+                        .await
+                        .expect("fcall");
+                    let token = held.split(' ').nth(1).expect("a token");
+                    let _: String = fcall(format!("r {owner} {token} 0"))
+                        .query_async(&mut raw)
+                        .await
+                        .expect("fcall");
                 } else {
                     let _: () = redis::cmd("SET")
                         .arg("lockbench:plain")
@@ -118,11 +155,11 @@ async fn uncontended(url: &str) {
             }
             this[which] = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
         }
-        for which in 0..3 {
+        for which in 0..4 {
             times[which].push(this[which]);
         }
-        for which in 0..2 {
-            ratios[which].push(this[which] / this[2]);
+        for which in 0..3 {
+            ratios[which].push(this[which] / this[3]);
         }
     }
     let times: Vec<f64> = times.into_iter().map(median).collect();
@@ -136,7 +173,11 @@ async fn uncontended(url: &str) {
         "  acquire + release, EVALSHA {:>8.1} µs  (× raw SET {:.3})",
         times[1], ratios[1]
     );
-    println!("  one plain SET, raw client  {:>8.1} µs", times[2]);
+    println!(
+        "  two raw FCALLs, same steps {:>8.1} µs  (× raw SET {:.3})",
+        times[2], ratios[2]
+    );
+    println!("  one plain SET, raw client  {:>8.1} µs", times[3]);
 }
 
 /// Gives a holding back.

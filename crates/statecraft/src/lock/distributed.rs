@@ -136,7 +136,7 @@ impl Locks {
         };
         let waited = self
             .store
-            .wait_for(&channel_of(name), &what, wait, || {
+            .wait_for(&channel_of(name), Some(owner), &what, wait, || {
                 self.ask(name, owner, op, lease)
             })
             .await;

@@ -68,9 +68,11 @@ pub(super) struct Store {
     wakeups: Mutex<HashMap<String, Arc<Wakeups>>>,
 }
 
-/// One subscription to a release channel, fanned out to the waiters.
+/// One subscription to a release channel, fanned out to the waiters: each
+/// release's payload (the owner of the waiter it is for, or empty: for
+/// all).
 struct Wakeups {
-    sender: broadcast::Sender<()>,
+    sender: broadcast::Sender<Bytes>,
     pump: JoinHandle<()>,
 }
 
@@ -94,7 +96,7 @@ impl Store {
     /// subscription to it (`None`: the store has no pub/sub, or it did not
     /// answer). A subscription stays while it has waiters, and one without
     /// is dropped when another channel is subscribed to.
-    async fn wakeups(&self, channel: &str) -> Option<broadcast::Receiver<()>> {
+    async fn wakeups(&self, channel: &str) -> Option<broadcast::Receiver<Bytes>> {
         {
             let known = self.wakeups.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(wakeups) = known.get(channel).filter(|w| !w.pump.is_finished()) {
@@ -110,8 +112,8 @@ impl Store {
         let pump = tokio::spawn({
             let sender = sender.clone();
             async move {
-                while let Some(Ok(_)) = subscription.next_message().await {
-                    let _ = sender.send(());
+                while let Some(Ok(message)) = subscription.next_message().await {
+                    let _ = sender.send(message.payload);
                 }
             }
         });
@@ -143,12 +145,13 @@ impl Store {
 
     /// Tries `attempt` until it holds or `wait` has passed, woken between
     /// tries by a release published on `channel` (where the store has
-    /// pub/sub), by the holder's lease running out, or every
-    /// [`poll_every`](LockConfig::poll_every). `what` names the wait in
-    /// the timeout's error.
+    /// pub/sub) for all or for `me`, by the holder's lease running out, or
+    /// every [`poll_every`](LockConfig::poll_every). `what` names the wait
+    /// in the timeout's error.
     pub(super) async fn wait_for<F, Fut>(
         &self,
         channel: &str,
+        me: Option<Owner>,
         what: &str,
         wait: Duration,
         mut attempt: F,
@@ -158,6 +161,10 @@ impl Store {
         Fut: Future<Output = Result<Acquired>>,
     {
         let started = Instant::now();
+        let me = me.map(Owner::to_hex);
+        let mine = |payload: &Bytes| {
+            payload.is_empty() || me.as_deref().is_some_and(|me| payload == me.as_bytes())
+        };
         let mut releases = None;
         let mut subscribed = false;
         loop {
@@ -189,15 +196,22 @@ impl Store {
                 .map_or(poll_every, |(_, retry_after)| retry_after)
                 .min(poll_every)
                 .min(wait - elapsed);
+            let until = Instant::now() + nap;
             match releases.as_mut() {
-                Some(woken) => {
-                    let woken = tokio::time::timeout(nap, woken.recv()).await;
-                    if let Ok(Err(broadcast::error::RecvError::Closed)) = woken {
-                        // The subscription ended: poll from now on.
-                        releases = None;
+                // Woken by a release for all or for this waiter (or one it
+                // may have missed); another waiter's turn is not its own.
+                Some(woken) => loop {
+                    match tokio::time::timeout_at(until, woken.recv()).await {
+                        Ok(Ok(payload)) if !mine(&payload) => continue,
+                        Ok(Err(broadcast::error::RecvError::Closed)) => {
+                            // The subscription ended: poll from now on.
+                            releases = None;
+                            break;
+                        }
+                        _ => break,
                     }
-                }
-                None => tokio::time::sleep(nap).await,
+                },
+                None => tokio::time::sleep_until(until).await,
             }
         }
     }
@@ -423,23 +437,37 @@ impl Lease {
     }
 
     async fn release(&self) -> Result<()> {
-        let released = if let Kind::Redlock { granted, .. } = &self.kind {
-            release_all(granted, &self.key, self.owner).await?
+        // Whom to wake: a lock's first waiter in line (nobody when none
+        // waits there), all waiters of a semaphore or a Redlock (they
+        // stand in no line).
+        let (released, wake) = if let Kind::Redlock { granted, .. } = &self.kind {
+            (
+                release_all(granted, &self.key, self.owner).await?,
+                Some(Bytes::new()),
+            )
         } else {
             let (update, input) = self.input(None);
             let raw = self
                 .store
                 .round_trip(&self.key, update, input.as_bytes())
                 .await?;
-            matches!(parse_answer(&raw)?, LockAnswer::Released { .. })
+            match (parse_answer(&raw)?, &self.kind) {
+                (LockAnswer::Released { next, .. }, Kind::Lock { .. }) => {
+                    (true, next.map(|owner| Bytes::from(owner.to_hex())))
+                }
+                (LockAnswer::Released { .. }, _) => (true, Some(Bytes::new())),
+                _ => (false, Some(Bytes::new())),
+            }
         };
-        // Waiters are woken (at most once: a waiter that misses it polls),
-        // in the background: the release is done, the holder goes on.
-        let (store, channel) = (self.store.clone(), self.channel.clone());
-        tokio::spawn(async move {
-            let publish = store.backend.publish(&channel, Bytes::new());
-            let _ = tokio::time::timeout(store.config.timeout, publish).await;
-        });
+        // Woken at most once (a waiter that misses it polls), in the
+        // background: the release is done, the holder goes on.
+        if let Some(payload) = wake {
+            let (store, channel) = (self.store.clone(), self.channel.clone());
+            tokio::spawn(async move {
+                let publish = store.backend.publish(&channel, payload);
+                let _ = tokio::time::timeout(store.config.timeout, publish).await;
+            });
+        }
         if released {
             return Ok(());
         }

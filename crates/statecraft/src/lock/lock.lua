@@ -195,7 +195,9 @@ local function run(keys, args)
     return 'N'
   end
   if st and st[1] == 'h' and st[2] == who and st[3] == token then
-    write({ 'f', nil, token, nil, (line_without(nil)) })
+    local line = line_without(nil)
+    write({ 'f', nil, token, nil, line })
+    if #line > 0 then return 'R ' .. fmt(token) .. ' ' .. line[1][1] end
     return 'R ' .. fmt(token)
   end
   return 'N'

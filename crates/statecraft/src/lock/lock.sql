@@ -228,6 +228,9 @@ BEGIN
             new_until := NULL;
             ttl := retain;
             answer := 'R ' || tok;
+            IF cardinality(w_owners) > 0 THEN
+                answer := answer || ' ' || w_owners[1];
+            END IF;
         END IF;
         ttl := greatest((ttl + 999) / 1000, 1);
         IF have_row THEN

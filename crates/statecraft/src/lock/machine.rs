@@ -235,6 +235,9 @@ pub enum LockAnswer {
     Released {
         /// The token given back.
         token: u64,
+        /// The first waiter whose place is kept, whom the lock now awaits
+        /// (`None`: nobody waits in the line).
+        next: Option<Owner>,
     },
     /// Not in the line (any more).
     Left,
@@ -362,11 +365,15 @@ pub fn lock_step(record: Option<&LockRecord>, op: LockOp, now_us: u64) -> LockSt
                 owner: held_by,
                 token: held,
                 ..
-            }) if held_by == owner && held == token => write(
-                LockState::Free { last_token: token },
-                line_without(None),
-                LockAnswer::Released { token },
-            ),
+            }) if held_by == owner && held == token => {
+                let line = line_without(None);
+                let next = line.first().map(|w| w.owner);
+                write(
+                    LockState::Free { last_token: token },
+                    line,
+                    LockAnswer::Released { token, next },
+                )
+            }
             _ => keep(LockAnswer::NotHeld),
         },
     }

@@ -117,7 +117,7 @@ pub fn semaphore_step(
             Some(at) => {
                 live.remove(at);
                 let token = live.len() as u64;
-                (Some(live), LockAnswer::Released { token })
+                (Some(live), LockAnswer::Released { token, next: None })
             }
             None => (None, LockAnswer::NotHeld),
         },

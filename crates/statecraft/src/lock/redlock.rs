@@ -131,7 +131,7 @@ impl Redlock {
         let owner = Owner::random()?;
         let what = format!("redlock {name:?}");
         let holding = self.stores[0]
-            .wait_for(&channel_of(name), &what, wait, || {
+            .wait_for(&channel_of(name), None, &what, wait, || {
                 self.acquire(name, owner, lease)
             })
             .await?;

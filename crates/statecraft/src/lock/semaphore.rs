@@ -140,7 +140,9 @@ impl Semaphore {
         let what = format!("semaphore {:?}", &*self.name);
         let holding = self
             .store
-            .wait_for(&self.channel, &what, wait, || self.acquire_as(owner, lease))
+            .wait_for(&self.channel, None, &what, wait, || {
+                self.acquire_as(owner, lease)
+            })
             .await?;
         Ok(SemaphorePermit { holding })
     }

@@ -87,7 +87,7 @@ proptest! {
                 SemaphoreOp::Release { owner } => {
                     if live_before.contains(&owner) {
                         prop_assert!(!live_after.contains(&owner));
-                        prop_assert_eq!(answer, LockAnswer::Released { token: live_before.len() as u64 - 1 });
+                        prop_assert_eq!(answer, LockAnswer::Released { token: live_before.len() as u64 - 1, next: None });
                     } else {
                         prop_assert_eq!(answer, LockAnswer::NotHeld);
                     }

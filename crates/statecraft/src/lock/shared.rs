@@ -14,8 +14,8 @@
 //! - state: `h <owner> <token> <expires µs>` or `f <last token>`, then the
 //!   line: ` <owner> <until µs>` per waiter;
 //! - output: `H <token> <lease µs>`, `B <token> <retry after µs>`, `R
-//!   <token>`, `L` or `N`; for [`PEEK`], `<now µs> <state>` (the state
-//!   empty: none).
+//!   <token>` (` <owner>` after it: the first waiter in the line), `L` or
+//!   `N`; for [`PEEK`], `<now µs> <state>` (the state empty: none).
 
 use bytes::Bytes;
 
@@ -206,7 +206,11 @@ pub(super) fn encode_answer(answer: LockAnswer) -> String {
             token,
             retry_after_us,
         } => format!("B {token} {retry_after_us}"),
-        LockAnswer::Released { token } => format!("R {token}"),
+        LockAnswer::Released { token, next: None } => format!("R {token}"),
+        LockAnswer::Released {
+            token,
+            next: Some(next),
+        } => format!("R {token} {}", next.to_hex()),
         LockAnswer::Left => "L".to_string(),
         LockAnswer::NotHeld => "N".to_string(),
     }
@@ -235,7 +239,14 @@ pub fn parse_answer(raw: &[u8]) -> Result<LockAnswer> {
             token: number(1)?,
             retry_after_us: number(2)?,
         },
-        (Some("R"), 2) => LockAnswer::Released { token: number(1)? },
+        (Some("R"), 2) => LockAnswer::Released {
+            token: number(1)?,
+            next: None,
+        },
+        (Some("R"), 3) => LockAnswer::Released {
+            token: number(1)?,
+            next: Some(Owner::from_hex(words[2]).ok_or_else(corrupt)?),
+        },
         (Some("L"), 1) => LockAnswer::Left,
         (Some("N"), 1) => LockAnswer::NotHeld,
         _ => return Err(corrupt()),

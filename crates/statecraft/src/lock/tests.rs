@@ -123,8 +123,10 @@ proptest! {
                     prop_assert_eq!(before.map(|b| (b.0, b.1)), Some((who, token)));
                     prop_assert_eq!(kept, token);
                 }
-                (LockOp::Release { owner: who, token }, LockAnswer::Released { token: given }) => {
+                (LockOp::Release { owner: who, token }, LockAnswer::Released { token: given, next }) => {
                     prop_assert_eq!(given, token);
+                    // The waiter the lock now awaits: the first still in line.
+                    prop_assert_eq!(next, line.first().copied());
                     let theirs = matches!(state, Some(LockState::Held { owner, token: t, .. })
                         if owner == who && t == token);
                     prop_assert!(theirs, "released by another: {:?}", state);
@@ -540,6 +542,52 @@ async fn waiters_take_the_lock_in_the_order_they_asked() {
     assert!(line_of(&backend, "a").await.is_empty());
     holder.unlock().await.expect("held");
     assert!(locks.try_lock("a", lease).await.expect("store").is_some());
+}
+
+/// A release wakes the first waiter in line by name, and publishes
+/// nothing when nobody waits.
+#[tokio::test]
+async fn a_release_wakes_the_first_waiter_and_only_when_one_waits() {
+    let clock = ManualClock::new(1_000);
+    let backend = memory(&clock);
+    let locks = Locks::new(backend.clone());
+    let lease = Duration::from_secs(60);
+    let mut releases = backend
+        .subscribe(&super::distributed::channel_of("a"))
+        .await
+        .expect("subscribe");
+    let alone = locks
+        .try_lock("a", lease)
+        .await
+        .expect("store")
+        .expect("free");
+    alone.unlock().await.expect("held");
+    let holder = locks
+        .try_lock("a", lease)
+        .await
+        .expect("store")
+        .expect("free");
+    let waiter = tokio::spawn({
+        let locks = locks.clone();
+        async move { locks.lock("a", lease, Duration::from_secs(10)).await }
+    });
+    line_is(&backend, 1).await;
+    let first = line_of(&backend, "a").await[0];
+    holder.unlock().await.expect("held");
+    // The first message is the second release's: the first published none.
+    let message = tokio::time::timeout(Duration::from_secs(5), releases.next_message())
+        .await
+        .expect("a release published")
+        .expect("open")
+        .expect("a message");
+    assert_eq!(message.payload, first.to_hex().as_bytes());
+    waiter
+        .await
+        .expect("the waiter")
+        .expect("woken")
+        .unlock()
+        .await
+        .expect("held");
 }
 
 #[tokio::test]
