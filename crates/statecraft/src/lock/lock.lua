@@ -14,25 +14,22 @@
 local RETAIN = 3600000000 -- us a key outlives a lease or a release
 local MAX_LEASE = 31622400000000 -- 366 days, in us
 local MAX_LINE = 32 -- waiters a line keeps
--- (Spelled out: a library's top level runs before `string` is there.)
-local OWNER = '^' .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
-  .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
-  .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
-  .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]$'
-
 local function bad()
   return redis.error_reply('statecraft:invalid_argument lock step: malformed input')
 end
 
 local function fmt(n) return string.format('%d', n) end
 
+-- Figures and owners as the patterns below capture them: a figure is a
+-- run of digits ('%d+'), kept to 16 of them; an owner a run of hex digits
+-- ('%x+'), kept to 32 lowercase ones.
 local function num(x)
-  if x == nil or #x == 0 or #x > 16 or not string.match(x, '^%d+$') then return nil end
+  if x == nil or #x > 16 then return nil end
   return tonumber(x)
 end
 
 local function owner(x)
-  if x == nil or not string.match(x, OWNER) then return nil end
+  if x == nil or #x ~= 32 or string.find(x, '[A-F]') then return nil end
   return x
 end
 
@@ -42,41 +39,35 @@ local function lease(x)
   return n
 end
 
-local function words(s)
-  local out = {}
-  for w in string.gmatch(s, '[^ ]+') do out[#out + 1] = w end
-  return out
-end
-
 -- The stored record as { kind, owner, token, expires, line } ('h') or
 -- { kind, nil, last token, nil, line } ('f'), the line a list of
 -- { owner, until }; nil: none, or a text the step does not write (counted
 -- as no lock).
 local function decode(raw)
   if not raw then return nil end
-  if string.find(raw, '  ', 1, true) or string.sub(raw, 1, 1) == ' '
-      or string.sub(raw, -1) == ' ' then
-    return nil
-  end
-  local w = words(raw)
-  local st, from
-  if w[1] == 'h' and #w >= 4 then
-    local o, t, e = owner(w[2]), num(w[3]), num(w[4])
+  local st, rest
+  local kind = string.sub(raw, 1, 1)
+  if kind == 'h' then
+    local o, t, e, r = string.match(raw, '^h (%x+) (%d+) (%d+)(.*)$')
+    o, t, e = owner(o), num(t), num(e)
     if not (o and t and e) then return nil end
-    st, from = { 'h', o, t, e, {} }, 5
-  elseif w[1] == 'f' and #w >= 2 then
-    local t = num(w[2])
+    st, rest = { 'h', o, t, e, {} }, r
+  elseif kind == 'f' then
+    local t, r = string.match(raw, '^f (%d+)(.*)$')
+    t = num(t)
     if not t then return nil end
-    st, from = { 'f', nil, t, nil, {} }, 3
+    st, rest = { 'f', nil, t, nil, {} }, r
   else
     return nil
   end
-  local rest = #w - from + 1
-  if rest % 2 ~= 0 or rest > 2 * MAX_LINE then return nil end
-  for i = from, #w, 2 do
-    local o, u = owner(w[i]), num(w[i + 1])
-    if not (o and u) then return nil end
-    st[5][#st[5] + 1] = { o, u }
+  -- The line: ' <owner> <until>' per waiter, nothing else.
+  local at, line = 1, st[5]
+  while at <= #rest do
+    local o, u, after = string.match(rest, '^ (%x+) (%d+)()', at)
+    o, u = owner(o), num(u)
+    if not (o and u) or #line >= MAX_LINE then return nil end
+    line[#line + 1] = { o, u }
+    at = after
   end
   return st
 end
@@ -107,26 +98,26 @@ local function run(keys, args)
     if st then text = encode(st) end
     return fmt(server_us()) .. ' ' .. text
   end
-  if string.find(input, '  ', 1, true) or string.sub(input, 1, 1) == ' '
-      or string.sub(input, -1) == ' ' then
-    return bad()
-  end
-  local w = words(input)
-  local op, who, token, ls, line_us, now = w[1], nil, nil, nil, nil, nil
-  if op == 'a' and #w == 4 then
-    who, ls, now = owner(w[2]), lease(w[3]), num(w[4])
+  local op, who, token, ls, line_us, now = string.sub(input, 1, 1), nil, nil, nil, nil, nil
+  if op == 'a' then
+    who, ls, now = string.match(input, '^a (%x+) (%d+) (%d+)$')
+    who, ls, now = owner(who), lease(ls), num(now)
     if not (who and ls and now) then return bad() end
-  elseif op == 'w' and #w == 5 then
-    who, ls, line_us, now = owner(w[2]), lease(w[3]), lease(w[4]), num(w[5])
+  elseif op == 'w' then
+    who, ls, line_us, now = string.match(input, '^w (%x+) (%d+) (%d+) (%d+)$')
+    who, ls, line_us, now = owner(who), lease(ls), lease(line_us), num(now)
     if not (who and ls and line_us and now) then return bad() end
-  elseif op == 'l' and #w == 3 then
-    who, now = owner(w[2]), num(w[3])
+  elseif op == 'l' then
+    who, now = string.match(input, '^l (%x+) (%d+)$')
+    who, now = owner(who), num(now)
     if not (who and now) then return bad() end
-  elseif op == 'e' and #w == 5 then
-    who, token, ls, now = owner(w[2]), num(w[3]), lease(w[4]), num(w[5])
+  elseif op == 'e' then
+    who, token, ls, now = string.match(input, '^e (%x+) (%d+) (%d+) (%d+)$')
+    who, token, ls, now = owner(who), num(token), lease(ls), num(now)
     if not (who and token and ls and now) then return bad() end
-  elseif op == 'r' and #w == 4 then
-    who, token, now = owner(w[2]), num(w[3]), num(w[4])
+  elseif op == 'r' then
+    who, token, now = string.match(input, '^r (%x+) (%d+) (%d+)$')
+    who, token, now = owner(who), num(token), num(now)
     if not (who and token and now) then return bad() end
   else
     return bad()
