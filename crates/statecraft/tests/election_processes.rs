@@ -11,13 +11,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use statecraft::lock::{Election, LeaderChange};
 use statecraft::{RedisBackend, RedisConfig, StateBackend};
 use statecraft_testkit::RedisServer;
+
+#[path = "support/processes.rs"]
+mod processes;
+use processes::signal;
 
 const CHILD: &str = "STATECRAFT_ELECTION_CHILD";
 const TEST: &str = "one_leader_at_a_time_over_pauses_and_kills_on_redis";
@@ -100,23 +104,7 @@ async fn candidate(spec: &str) {
 }
 
 fn spawn(spec: &str) -> Child {
-    let exe = std::env::current_exe().expect("test binary");
-    Command::new(exe)
-        .args(["--exact", TEST, "--nocapture", "--test-threads", "1"])
-        .env(CHILD, spec)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn a candidate")
-}
-
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {signal} failed");
+    processes::spawn(TEST, CHILD, spec, false, false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 //! documented failure behaviour: no lease).
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,9 +15,9 @@ use statecraft::lock::{AdvisoryConfig, AdvisoryLocks};
 use statecraft::{ErrorKind, PostgresBackend, PostgresConfig};
 use statecraft_testkit::PostgresServer;
 
-#[path = "support/turns.rs"]
-mod turns;
-use turns::check_turns;
+#[path = "support/processes.rs"]
+mod processes;
+use processes::{check_turns, log_turn, signal, wait_line};
 
 const CHILD: &str = "STATECRAFT_ADVISORY_CHILD";
 const TABLE: &str = "lock_advisory";
@@ -187,22 +187,12 @@ async fn child(spec: &str) {
                 .append(true)
                 .open(parts[3])
                 .expect("the log");
-            let pid = std::process::id();
             for i in 0..n {
                 let guard = locks
                     .lock(name, Duration::from_secs(60))
                     .await
                     .expect("the lock within a minute");
-                let token = guard.token();
-                log.write_all(format!("enter {token} {pid}\n").as_bytes())
-                    .expect("log");
-                if i % 5 == 0 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                } else {
-                    tokio::task::yield_now().await;
-                }
-                log.write_all(format!("exit {token} {pid}\n").as_bytes())
-                    .expect("log");
+                log_turn(&mut log, guard.token(), i).await;
                 guard.unlock().await.expect("still held");
             }
         }
@@ -222,30 +212,7 @@ async fn child(spec: &str) {
 }
 
 fn spawn(test: &str, spec: &str) -> Child {
-    let exe = std::env::current_exe().expect("test binary");
-    Command::new(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
-        .env(CHILD, spec)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn a child process")
-}
-
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {signal} failed");
-}
-
-/// Reads `child`'s stdout until a line starts with `prefix`: the rest.
-fn wait_line(lines: &mut impl Iterator<Item = String>, prefix: &str) -> String {
-    lines
-        .find_map(|line| line.strip_prefix(prefix).map(str::to_string))
-        .unwrap_or_else(|| panic!("the child ended without a {prefix:?} line"))
+    processes::spawn(test, CHILD, spec, true, true)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@
 //! comes back after its lease.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,9 +18,9 @@ use statecraft::lock::{fenced_get, fenced_put, Fenced, LockConfig, Locks, Semaph
 use statecraft::{RedisBackend, RedisConfig, StateBackend};
 use statecraft_testkit::{PostgresServer, RedisServer};
 
-#[path = "support/turns.rs"]
-mod turns;
-use turns::check_turns;
+#[path = "support/processes.rs"]
+mod processes;
+use processes::{check_turns, log_turn, signal, wait_line};
 
 const CHILD: &str = "STATECRAFT_LOCK_CHILD";
 
@@ -85,24 +85,12 @@ async fn child(spec: &str) {
                 .append(true)
                 .open(log_path)
                 .expect("the log");
-            let pid = std::process::id();
             for i in 0..n {
                 let guard = locks
                     .lock(name, Duration::from_secs(5), Duration::from_secs(60))
                     .await
                     .expect("the lock within a minute");
-                let token = guard.token();
-                // One write each: O_APPEND puts it at the file's end as
-                // one piece, in the order the writes happen.
-                log.write_all(format!("enter {token} {pid}\n").as_bytes())
-                    .expect("log");
-                if i % 7 == 0 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                } else {
-                    tokio::task::yield_now().await;
-                }
-                log.write_all(format!("exit {token} {pid}\n").as_bytes())
-                    .expect("log");
+                log_turn(&mut log, guard.token(), i).await;
                 guard.unlock().await.expect("still held");
             }
         }
@@ -181,30 +169,7 @@ async fn child(spec: &str) {
 }
 
 fn spawn(test: &str, spec: &str, stdin: bool) -> Child {
-    let exe = std::env::current_exe().expect("test binary");
-    Command::new(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
-        .env(CHILD, spec)
-        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn a child process")
-}
-
-/// Reads `child`'s stdout until a line starts with `prefix`: the rest.
-fn wait_line(lines: &mut impl Iterator<Item = String>, prefix: &str) -> String {
-    lines
-        .find_map(|line| line.strip_prefix(prefix).map(str::to_string))
-        .unwrap_or_else(|| panic!("the child ended without a {prefix:?} line"))
-}
-
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {signal} failed");
+    processes::spawn(test, CHILD, spec, stdin, true)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,99 @@
+//! What the process tests of locks and elections share: the test binary
+//! run again as a child, signals, the children's output, and the
+//! enter/exit log of a lock's holders with its checker (lines `enter
+//! <token> <pid>` and `exit <token> <pid>`, appended by the holders with
+//! O_APPEND: in the order the writes happened).
+// Each test binary uses a part of it.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+
+/// The test binary run again as a child: only `test`, with `spec` in the
+/// environment variable `env`; its stdin piped when `stdin`, its stdout
+/// piped when `stdout` (else discarded).
+pub(crate) fn spawn(test: &str, env: &str, spec: &str, stdin: bool, stdout: bool) -> Child {
+    let exe = std::env::current_exe().expect("test binary");
+    let piped = |yes: bool| if yes { Stdio::piped() } else { Stdio::null() };
+    Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(env, spec)
+        .stdin(piped(stdin))
+        .stdout(piped(stdout))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn a child process")
+}
+
+/// Sends `signal` (`-KILL`, `-STOP`, `-CONT`) to `child`.
+pub(crate) fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} failed");
+}
+
+/// Reads a child's stdout until a line starts with `prefix`: the rest.
+pub(crate) fn wait_line(lines: &mut impl Iterator<Item = String>, prefix: &str) -> String {
+    lines
+        .find_map(|line| line.strip_prefix(prefix).map(str::to_string))
+        .unwrap_or_else(|| panic!("the child ended without a {prefix:?} line"))
+}
+
+/// One turn inside a lock held with `token`, the `i`th of this process:
+/// its entry and exit appended to `log` (one write each: O_APPEND puts it
+/// at the file's end as one piece), around a short hold.
+pub(crate) async fn log_turn(log: &mut std::fs::File, token: u64, i: usize) {
+    let pid = std::process::id();
+    log.write_all(format!("enter {token} {pid}\n").as_bytes())
+        .expect("log");
+    if i % 5 == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    } else {
+        tokio::task::yield_now().await;
+    }
+    log.write_all(format!("exit {token} {pid}\n").as_bytes())
+        .expect("log");
+}
+
+/// Replays `text`: every entry finds nobody inside, every exit is the one
+/// inside, tokens strictly rise. The number of entries.
+pub(crate) fn check_turns(text: &str) -> usize {
+    let mut inside: Option<(u64, u32)> = None;
+    let mut last_token = 0u64;
+    let mut entries = 0;
+    for (n, line) in text.lines().enumerate() {
+        let words: Vec<&str> = line.split(' ').collect();
+        let (what, token, pid) = match words.as_slice() {
+            [what, token, pid] => (
+                *what,
+                token.parse::<u64>().expect("token"),
+                pid.parse::<u32>().expect("pid"),
+            ),
+            _ => panic!("line {n} is damaged: {line:?}"),
+        };
+        match what {
+            "enter" => {
+                assert_eq!(
+                    inside, None,
+                    "line {n}: {pid} entered while {inside:?} held the lock"
+                );
+                assert!(
+                    token > last_token,
+                    "line {n}: token {token} after {last_token}"
+                );
+                last_token = token;
+                inside = Some((token, pid));
+                entries += 1;
+            }
+            "exit" => {
+                assert_eq!(inside, Some((token, pid)), "line {n}: an exit by another");
+                inside = None;
+            }
+            other => panic!("line {n}: {other:?}"),
+        }
+    }
+    assert_eq!(inside, None, "the log ends with a holder inside");
+    entries
+}
