@@ -69,17 +69,27 @@ async fn holder_pid(client: &tokio_postgres::Client, name: &str) -> Option<i32> 
         .get(0)
 }
 
-/// Waits (bounded) until `n` sessions wait for an advisory lock.
-async fn waiting(client: &tokio_postgres::Client, n: i64) {
+/// How many sessions hold (`granted`) or wait for the advisory lock
+/// `name`, in this database.
+async fn sessions_on(client: &tokio_postgres::Client, name: &str, granted: bool) -> i64 {
+    let key = format!("{TABLE}:{name}");
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
+             AND granted = $2 \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND ((classid::int8 << 32) | objid::int8) = hashtextextended($1, 0)",
+            &[&key, &granted],
+        )
+        .await
+        .expect("pg_locks")
+        .get(0)
+}
+
+/// Waits (bounded) until `n` sessions wait for the advisory lock `name`.
+async fn waiting(client: &tokio_postgres::Client, name: &str, n: i64) {
     for _ in 0..500 {
-        let row = client
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-                &[],
-            )
-            .await
-            .expect("pg_locks");
-        if row.get::<_, i64>(0) == n {
+        if sessions_on(client, name, false).await == n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -107,17 +117,17 @@ async fn advisory_locks_exclude_fence_and_serve_waiters_in_order_on_postgres() {
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
     for n in 1..=3 {
-        let (locks, order, name) = (locks.clone(), order.clone(), name.clone());
+        let (locks, order, own) = (locks.clone(), order.clone(), name.clone());
         waiters.push(tokio::spawn(async move {
             let guard = locks
-                .lock(&name, Duration::from_secs(20))
+                .lock(&own, Duration::from_secs(20))
                 .await
                 .expect("taken in turn");
             order.lock().expect("order").push((n, guard.token()));
             tokio::time::sleep(Duration::from_millis(5)).await;
             guard.unlock().await.expect("held");
         }));
-        waiting(&client, n).await;
+        waiting(&client, &name, n).await;
     }
     let token = first.token();
     first.unlock().await.expect("held");
@@ -163,12 +173,104 @@ async fn a_terminated_session_is_told_lost_and_the_lock_is_free_on_postgres() {
     assert!(guard.is_lost());
     let err = guard.unlock().await.expect_err("lost");
     assert_eq!(err.kind(), ErrorKind::Lost, "{err}");
+    // (The server frees it as the session's process exits, just after
+    // the session is seen closed.)
     let next = locks
-        .try_lock(&name)
+        .lock(&name, Duration::from_secs(5))
         .await
-        .expect("store")
         .expect("free once its session ended");
     next.unlock().await.expect("held");
+}
+
+/// Takes cut short by the caller, unlocks cut short, guards dropped and
+/// tries, by 6 tasks over a pool of 3 sessions: never two inside (a
+/// session given back to the pool still holding the lock would let a
+/// later take re-enter it), and no session of this process left holding
+/// it once all are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_short_takes_and_unlocks_never_let_two_in_on_postgres() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let url = PostgresServer::shared().url();
+    let mut config = AdvisoryConfig::default();
+    config.sessions = 3;
+    config.timeout = Duration::from_secs(5);
+    // Checks often: an unlock then often waits for the keeper's.
+    config.check_every = Duration::from_millis(2);
+    let locks = AdvisoryLocks::with_config(&backend(&url).await, config)
+        .await
+        .expect("advisory locks");
+    let client = raw(&url).await;
+    let name = unique("cut-short");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let entries = Arc::new(AtomicUsize::new(0));
+    let until = Instant::now() + Duration::from_secs(3);
+    let tasks: Vec<_> = (0..6usize)
+        .map(|task| {
+            let (locks, name) = (locks.clone(), name.clone());
+            let (inside, most, entries) = (inside.clone(), most.clone(), entries.clone());
+            tokio::spawn(async move {
+                let enter = || async {
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    entries.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                };
+                let mut i = task;
+                while Instant::now() < until {
+                    i += 1;
+                    let cut = Duration::from_micros(200 + (i as u64 * 397) % 3_000);
+                    match i % 4 {
+                        0 => {
+                            if let Ok(Some(guard)) = locks.try_lock(&name).await {
+                                enter().await;
+                                drop(guard);
+                            }
+                        }
+                        1 => {
+                            let take = locks.lock(&name, Duration::from_secs(1));
+                            if let Ok(Ok(guard)) = tokio::time::timeout(cut, take).await {
+                                enter().await;
+                                let _ = tokio::time::timeout(cut, guard.unlock()).await;
+                            }
+                        }
+                        2 => {
+                            if let Ok(guard) = locks.lock(&name, Duration::from_secs(2)).await {
+                                enter().await;
+                                let _ = guard.unlock().await;
+                            }
+                        }
+                        _ => {
+                            let take = locks.lock(&name, Duration::from_secs(1));
+                            let _ = tokio::time::timeout(cut, take).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a task");
+    }
+    let entries = entries.load(Ordering::SeqCst);
+    assert_eq!(most.load(Ordering::SeqCst), 1, "two inside at once");
+    assert!(
+        entries >= 20,
+        "only {entries} entries: the test did not contend"
+    );
+    // Every session let go of it: the background unlocks and the closes
+    // of cut-short ones are done.
+    for _ in 0..500 {
+        if sessions_on(&client, &name, true).await == 0
+            && sessions_on(&client, &name, false).await == 0
+        {
+            println!("{entries} entries");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("a session still holds or waits for the lock after every task ended");
 }
 
 /// A child: `turns|url|name|log|n` takes the lock `n` times (waiting),

@@ -72,7 +72,7 @@ pub(super) async fn locks(
             // Untimed first: a few handovers, which set up what waiting
             // takes (the store's subscription: on PostgreSQL a listening
             // connection).
-            let warm = Turns::new(kind.clone(), format!("{prefix}-warm-{handover}"));
+            let warm = Turns::new(kind.clone(), format!("{prefix}-warm-{handover}"), handover);
             let until = Instant::now() + Duration::from_millis(200);
             let warming: Vec<_> = (0..2)
                 .map(|_| {
@@ -86,7 +86,11 @@ pub(super) async fn locks(
             let mut contention: Vec<usize> = levels.iter().map(|&n| n.max(2)).collect();
             contention.dedup();
             for contenders in contention {
-                let turns = Turns::new(kind.clone(), format!("{prefix}-shared-{handover}"));
+                let turns = Turns::new(
+                    kind.clone(),
+                    format!("{prefix}-shared-{handover}"),
+                    handover,
+                );
                 let calls = |deadline| {
                     let turns = turns.clone();
                     async move { turns.take(deadline).await }
@@ -187,6 +191,8 @@ impl Held {
 #[derive(Clone)]
 struct Turns {
     locks: Kind,
+    /// The row's operation, naming its errors.
+    operation: &'static str,
     name: Arc<str>,
     /// When the last holder started its release.
     released: Arc<Mutex<Option<Instant>>>,
@@ -197,9 +203,10 @@ struct Turns {
 }
 
 impl Turns {
-    fn new(locks: Kind, name: String) -> Turns {
+    fn new(locks: Kind, name: String, operation: &'static str) -> Turns {
         Turns {
             locks,
+            operation,
             name: name.into(),
             released: Arc::new(Mutex::new(None)),
             entries: Arc::new(watch::channel(0).0),
@@ -221,7 +228,7 @@ impl Turns {
                 .locks
                 .lock(&self.name, Duration::from_secs(10))
                 .await
-                .map_err(|e| format!("lock_handover: {e}"));
+                .map_err(|e| format!("{}: {e}", self.operation));
             self.waiting.send_modify(|n| *n -= 1);
             let guard = guard?;
             let now = Instant::now();
@@ -247,7 +254,7 @@ impl Turns {
             guard
                 .unlock()
                 .await
-                .map_err(|e| format!("lock_handover: {e}"))?;
+                .map_err(|e| format!("{}: {e}", self.operation))?;
             if Instant::now() >= deadline {
                 return Ok(TaskResult { histogram, calls });
             }

@@ -3,7 +3,7 @@
 //! table.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -65,11 +65,13 @@ impl Default for AdvisoryConfig {
 ///   the lock for as long as its connection stays open: nobody else
 ///   enters, however long. Prefer [`Locks`](crate::lock::Locks) where a
 ///   stuck holder must not stop everyone.
-/// - **A broken connection frees the lock at once** on the server (a
-///   killed process, a network cut the server notices, a server restart,
-///   `pg_terminate_backend`), while the holder learns it only at its next
-///   check ([`check_every`](AdvisoryConfig::check_every)): another may
-///   enter meanwhile, so writes that matter should be fenced by the token.
+/// - **A session that ends frees the lock** on the server — at once for a
+///   killed process, a server restart or `pg_terminate_backend`; for a
+///   network cut once the server's TCP keepalive gives up on the peer
+///   (these sessions ask for about 11 s) — while the holder learns it only
+///   at its next check ([`check_every`](AdvisoryConfig::check_every)):
+///   another may enter meanwhile, so writes that matter should be fenced
+///   by the token.
 /// - **Not through a transaction-pooling proxy** (PgBouncer in
 ///   `transaction` mode): a session lock needs the session.
 /// - Names are hashed to the lock's 64-bit key (`hashtextextended`): two
@@ -112,18 +114,27 @@ impl std::fmt::Debug for AdvisoryLocks {
 }
 
 /// The token rule, with `$1` the hashed name, `$2` the name; `take` the
-/// statement that takes the lock (`ok` true when taken).
+/// statement that takes the lock (`ok` true when taken). It answers one
+/// row: whether the lock was taken, and its token.
 fn take_sql(table: &str, take: &str) -> String {
     format!(
-        "WITH got AS ({take}) \
-         INSERT INTO {table} AS t (name, token, holder_pid, taken_at) \
-         SELECT $2, floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8, \
-                pg_backend_pid(), clock_timestamp() FROM got WHERE ok \
-         ON CONFLICT (name) DO UPDATE SET token = greatest(t.token + 1, EXCLUDED.token), \
-             holder_pid = EXCLUDED.holder_pid, taken_at = EXCLUDED.taken_at \
-         RETURNING token"
+        "WITH got AS ({take}), \
+         ins AS (INSERT INTO {table} AS t (name, token, holder_pid, taken_at) \
+             SELECT $2, floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8, \
+                    pg_backend_pid(), clock_timestamp() FROM got WHERE ok \
+             ON CONFLICT (name) DO UPDATE SET token = greatest(t.token + 1, EXCLUDED.token), \
+                 holder_pid = EXCLUDED.holder_pid, taken_at = EXCLUDED.taken_at \
+             RETURNING token) \
+         SELECT got.ok, ins.token FROM got LEFT JOIN ins ON true"
     )
 }
+
+/// Server settings for a session that may hold a lock: the server probes
+/// an idle peer after 5 s, every 2 s, 3 times, so that a network cut ends
+/// the session (and frees the lock) in about 11 s rather than the
+/// system's default of hours. (Ignored on a Unix-domain socket.)
+const KEEPALIVES: &str =
+    "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3";
 
 impl AdvisoryLocks {
     /// Advisory locks on `backend`'s server, by the default
@@ -144,8 +155,11 @@ impl AdvisoryLocks {
             ));
         }
         let backend = &backend.inner;
+        let mut pg_config = backend.pg_config.clone();
+        let options = format!("{} {KEEPALIVES}", pg_config.get_options().unwrap_or(""));
+        pg_config.options(options.trim());
         let manager = Manager::from_config(
-            backend.pg_config.clone(),
+            pg_config,
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -192,19 +206,22 @@ impl AdvisoryLocks {
             tx.batch_execute(&setup).await.map_err(pg_error)?;
             tx.commit().await.map_err(pg_error)?;
         }
-        backend.natives.add_purge("advisory_lock", purge);
+        backend.natives.add_purge(purge);
         let key = "hashtextextended($1, 0)";
         let inner = Advisory {
             pool,
             prefix: format!("{}:", backend.config.table),
             try_take: take_sql(&table, &format!("SELECT pg_try_advisory_lock({key}) AS ok")),
             // The wait bounded by the server's lock_timeout, set for this
-            // statement's transaction only.
+            // statement's transaction only, then set to the round trip's
+            // bound for the token's row (subqueries with volatile functions
+            // run inside out, once).
             wait_take: take_sql(
                 &table,
                 &format!(
-                    "SELECT true AS ok, pg_advisory_lock({key}) \
-                     FROM (SELECT set_config('lock_timeout', $3, true)) AS bound"
+                    "SELECT true AS ok, set_config('lock_timeout', $4, true) \
+                     FROM (SELECT pg_advisory_lock({key}) \
+                           FROM (SELECT set_config('lock_timeout', $3, true)) AS bound) AS taken"
                 ),
             ),
             unlock: format!(
@@ -235,11 +252,15 @@ impl AdvisoryLocks {
     /// [`Timeout`](ErrorKind::Timeout) error.
     pub async fn lock(&self, name: &str, wait: Duration) -> Result<AdvisoryGuard> {
         let key = self.key(name);
-        // lock_timeout 0 would wait for ever: at least 1 ms.
-        let bound = format!("{}ms", wait.as_millis().max(1));
-        let within = wait + self.inner.config.timeout;
+        // lock_timeout 0 would wait for ever: 1 ms to its largest (24 days).
+        let ms = |time: Duration| time.as_millis().clamp(1, i32::MAX as u128);
+        let bound = format!("{}ms", ms(wait));
+        let row_bound = format!("{}ms", ms(self.inner.config.timeout));
+        let within = wait.saturating_add(self.inner.config.timeout);
         let sql = &self.inner.wait_take;
-        match self.take(name, within, sql, &[&key, &name, &bound]).await? {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&key, &name, &bound, &row_bound];
+        match self.take(name, within, sql, &params).await? {
             Some(guard) => Ok(guard),
             None => Err(Error::new(
                 ErrorKind::Corrupt,
@@ -284,39 +305,61 @@ impl AdvisoryLocks {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Option<AdvisoryGuard>> {
-        // A statement cut off by the timeout leaves its session unclean,
-        // which is then closed (see `Held`), never returned to the pool
-        // still waiting for or holding the lock.
+        // A statement cut off (by the timeout, or the caller dropping this
+        // future) leaves its session unclean: it is cancelled on the server
+        // and closed (see `Held`), never returned to the pool still
+        // waiting for or holding the lock.
         let mut held = Held::new(self.session().await?);
+        held.in_flight = true;
         let answer = match held.session.as_ref() {
             Some(session) => tokio::time::timeout(within, session.query_opt(sql, params)).await,
             None => return Err(Error::new(ErrorKind::Unavailable, "no session")),
         };
-        match answer {
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!("advisory lock {name:?}: no answer within {within:?}"),
-            )),
+        if let Ok(Ok(_) | Err(_)) = &answer {
+            held.in_flight = false;
+        }
+        let row = match answer {
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("advisory lock {name:?}: no answer within {within:?}"),
+                ))
+            }
             // (The session is closed all the same: the wait may have ended
             // on the token's row after the lock was taken.)
-            Ok(Err(err)) if err.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!("advisory lock {name:?}: still held after waiting"),
-            )),
-            Ok(Err(err)) => Err(pg_error(err)),
-            Ok(Ok(None)) => {
+            Ok(Err(err)) if err.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("advisory lock {name:?}: still held after waiting"),
+                ))
+            }
+            Ok(Err(err)) => return Err(pg_error(err)),
+            Ok(Ok(row)) => row,
+        };
+        let corrupt = || {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("advisory lock {name:?}: a take answered no token"),
+            )
+        };
+        let taken = row.as_ref().map(|row| {
+            let ok: bool = row.try_get(0).unwrap_or(true);
+            (ok, row.try_get::<_, Option<i64>>(1).ok().flatten())
+        });
+        match taken {
+            // Not taken, by the server's own answer: the session holds
+            // nothing.
+            Some((false, _)) => {
                 held.clean = true;
                 Ok(None)
             }
-            Ok(Ok(Some(row))) => {
-                let token: i64 = row.try_get(0).map_err(pg_error)?;
-                Ok(Some(AdvisoryGuard::start(
-                    self.inner.clone(),
-                    name,
-                    u64::try_from(token).unwrap_or(0),
-                    held,
-                )))
-            }
+            Some((true, Some(token))) => Ok(Some(AdvisoryGuard::start(
+                self.inner.clone(),
+                name,
+                u64::try_from(token).unwrap_or(0),
+                held,
+            ))),
+            _ => Err(corrupt()),
         }
     }
 }
@@ -342,10 +385,13 @@ fn discard(session: Object) {
 
 /// A session that may hold an advisory lock: closed when dropped (which
 /// ends every lock it holds), unless `clean` — known to hold none — when
-/// it goes back to the pool.
+/// it goes back to the pool. A statement still `in_flight` then (a wait
+/// in the server's queue) is cancelled first: the server does not notice
+/// a closed client while it waits.
 struct Held {
     session: Option<Object>,
     clean: bool,
+    in_flight: bool,
 }
 
 impl Held {
@@ -353,22 +399,31 @@ impl Held {
         Held {
             session: Some(session),
             clean: false,
+            in_flight: false,
         }
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            if !self.clean {
-                discard(session);
-            }
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        if self.clean {
+            return;
         }
+        if let (true, Ok(runtime)) = (self.in_flight, tokio::runtime::Handle::try_current()) {
+            let cancel = session.cancel_token();
+            runtime.spawn(async move {
+                let _ = cancel.cancel_query(NoTls).await;
+            });
+        }
+        discard(session);
     }
 }
 
 /// One holding of an advisory lock, with its session: unlocked when
-/// dropped (in the background, on the runtime it was taken on; without
+/// dropped (in the background, on the runtime it is dropped on; without
 /// one, its session is closed, which ends the lock too) or by
 /// [`unlock`](Self::unlock).
 #[must_use = "an advisory lock is released when its guard is dropped"]
@@ -398,7 +453,7 @@ impl AdvisoryGuard {
         let (lost_tx, lost) = watch::channel(false);
         let session = Arc::new(Mutex::new(held));
         let keeper = tokio::spawn(keep(
-            session.clone(),
+            Arc::downgrade(&session),
             lost_tx,
             inner.config.check_every.max(Duration::from_millis(1)),
             inner.config.timeout,
@@ -441,17 +496,13 @@ impl AdvisoryGuard {
     }
 
     /// Unlocks: a [`Lost`](ErrorKind::Lost) error if the session no longer
-    /// held it.
+    /// held it. (Dropped before it answers, the guard unlocks in the
+    /// background as when dropped.)
     pub async fn unlock(mut self) -> Result<()> {
+        self.keeper.abort();
+        let unlocked = release(&self.inner, &self.session, &self.name, self.token).await;
         self.released = true;
-        release(
-            &self.inner,
-            &self.session,
-            &self.name,
-            self.token,
-            &self.keeper,
-        )
-        .await
+        unlocked
     }
 }
 
@@ -460,52 +511,46 @@ impl Drop for AdvisoryGuard {
         if self.released {
             return;
         }
+        self.keeper.abort();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // Closed with its session.
-            self.keeper.abort();
+            // Closed with its session (the keeper only holds it weakly).
             return;
         };
-        let (inner, session, name, token, keeper) = (
+        let (inner, session, name, token) = (
             self.inner.clone(),
             self.session.clone(),
             std::mem::take(&mut self.name),
             self.token,
-            self.keeper.clone(),
         );
         runtime.spawn(async move {
-            let _ = release(&inner, &session, &name, token, &keeper).await;
+            let _ = release(&inner, &session, &name, token).await;
         });
     }
 }
 
 /// Unlocks on the holding's session, then pools the session (closed
 /// instead if the unlock did not answer yes).
-async fn release(
-    inner: &Advisory,
-    session: &Mutex<Held>,
-    name: &str,
-    token: u64,
-    keeper: &AbortHandle,
-) -> Result<()> {
-    // Waits for a check in flight; the keeper stops at its next look.
+async fn release(inner: &Advisory, session: &Mutex<Held>, name: &str, token: u64) -> Result<()> {
     let mut held = session.lock().await;
-    keeper.abort();
     let lost = || {
         Error::new(
             ErrorKind::Lost,
             format!("advisory lock {name:?}: its session ended before the unlock"),
         )
     };
+    let key = format!("{}{name}", inner.prefix);
+    let token = token.to_string();
+    held.in_flight = true;
     let Some(client) = held.session.as_ref() else {
         return Err(lost());
     };
-    let key = format!("{}{name}", inner.prefix);
-    let token = token.to_string();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&key, &name, &token];
     let answer = bounded(
         inner.config.timeout,
-        client.query_one(&inner.unlock, &[&key, &name, &token]),
+        client.query_one(&inner.unlock, &params),
     )
     .await;
+    held.in_flight = false;
     match answer {
         Ok(row) => {
             let unlocked = row.try_get::<_, bool>(0).unwrap_or(false);
@@ -535,15 +580,21 @@ async fn release(
 /// first that fails or takes longer than `timeout` closes the session
 /// (which ends the lock, if the server still had it) and tells the
 /// holder.
+/// It holds the session weakly: a guard gone (and its release done)
+/// ends it.
 async fn keep(
-    session: Arc<Mutex<Held>>,
+    session: Weak<Mutex<Held>>,
     lost: watch::Sender<bool>,
     every: Duration,
     timeout: Duration,
 ) {
     loop {
         tokio::time::sleep(every).await;
+        let Some(session) = session.upgrade() else {
+            return;
+        };
         let mut held = session.lock().await;
+        held.in_flight = true;
         let alive = match held.session.as_ref() {
             Some(client) if !client.is_closed() => {
                 bounded(timeout, client.simple_query("SELECT 1"))
@@ -553,6 +604,7 @@ async fn keep(
             Some(_) => false,
             None => return,
         };
+        held.in_flight = false;
         if !alive {
             if let Some(session) = held.session.take() {
                 discard(session);

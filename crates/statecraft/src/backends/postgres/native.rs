@@ -30,6 +30,8 @@ pub(super) struct Natives {
     /// hundreds of milliseconds at a time.
     lanes: Box<[tokio::sync::Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
+    /// Purge statements of state kept outside any update's table.
+    extra_purges: Mutex<Vec<Arc<str>>>,
 }
 
 /// How many lanes native calls go through.
@@ -42,6 +44,7 @@ impl Default for Natives {
             setting_up: tokio::sync::Mutex::default(),
             lanes: (0..LANES).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
+            extra_purges: Mutex::default(),
         }
     }
 }
@@ -75,26 +78,36 @@ impl Natives {
             .insert(name, statements);
     }
 
-    /// Adds `purge` to the statements the purge task runs, under `name`.
-    pub(super) fn add_purge(&self, name: &'static str, purge: String) {
-        self.set_up
+    /// Adds `purge` (once) to the statements the purge task runs: the
+    /// clean-up of state kept outside the updates' own tables.
+    pub(super) fn add_purge(&self, purge: String) {
+        let mut extra = self
+            .extra_purges
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(name)
-            .or_insert(Statements {
-                call: Arc::from(""),
-                purge: Some(Arc::from(purge)),
-            });
+            .unwrap_or_else(PoisonError::into_inner);
+        if !extra.iter().any(|known| **known == *purge) {
+            extra.push(Arc::from(purge));
+        }
     }
 
-    /// The purge statements of the updates set up so far.
+    /// The purge statements of the updates set up so far, and the others
+    /// added.
     pub(super) fn purges(&self) -> Vec<Arc<str>> {
-        self.set_up
+        let mut purges: Vec<Arc<str>> = self
+            .set_up
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .filter_map(|s| s.purge.clone())
-            .collect()
+            .collect();
+        purges.extend(
+            self.extra_purges
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
+        purges
     }
 }
 
