@@ -17,7 +17,7 @@ use statecraft_testkit::PostgresServer;
 
 #[path = "support/processes.rs"]
 mod processes;
-use processes::{check_turns, log_turn, signal, wait_line};
+use processes::{check_turns, log_turn, signal, wait_line, Reaped};
 
 const CHILD: &str = "STATECRAFT_ADVISORY_CHILD";
 const TABLE: &str = "lock_advisory";
@@ -365,7 +365,8 @@ async fn a_killed_advisory_holder_frees_the_lock_at_once_on_postgres() {
     let url = PostgresServer::shared().url();
     let locks = locks(&url).await;
     let name = unique("killed");
-    let mut holder = spawn(test, &format!("hold|{url}|{name}"));
+    let mut holder = Reaped(spawn(test, &format!("hold|{url}|{name}")));
+    let holder = &mut holder.0;
     let mut lines = BufReader::new(holder.stdout.take().expect("stdout"))
         .lines()
         .map_while(Result::ok);
@@ -374,7 +375,7 @@ async fn a_killed_advisory_holder_frees_the_lock_at_once_on_postgres() {
         locks.try_lock(&name).await.expect("store").is_none(),
         "held"
     );
-    signal(&holder, "-KILL");
+    signal(holder, "-KILL");
     holder.wait().expect("reap");
     let killed = Instant::now();
     // The server ends the session once the socket closes: no lease to
@@ -397,19 +398,20 @@ async fn a_paused_advisory_holder_keeps_the_lock_on_postgres() {
     let url = PostgresServer::shared().url();
     let locks = locks(&url).await;
     let name = unique("paused");
-    let mut holder = spawn(test, &format!("hold|{url}|{name}"));
+    let mut holder = Reaped(spawn(test, &format!("hold|{url}|{name}")));
+    let holder = &mut holder.0;
     let mut lines = BufReader::new(holder.stdout.take().expect("stdout"))
         .lines()
         .map_while(Result::ok);
     wait_line(&mut lines, "held ");
-    signal(&holder, "-STOP");
+    signal(holder, "-STOP");
     // Paused, its session open: nobody else enters (no lease ends it).
     let err = locks
         .lock(&name, Duration::from_millis(1_500))
         .await
         .expect_err("kept while paused");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    signal(&holder, "-CONT");
+    signal(holder, "-CONT");
     let mut stdin = holder.stdin.take().expect("stdin");
     writeln!(stdin).expect("resume the holder");
     assert_eq!(wait_line(&mut lines, "unlocked "), "ok", "still its lock");

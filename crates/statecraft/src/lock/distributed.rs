@@ -86,7 +86,8 @@ impl Locks {
     }
 
     /// Takes `name` for `lease` if it is free now: the holding, or `None`
-    /// when another holds it. An acquisition whose answer is lost (a
+    /// when another holds it or it is kept for a waiter (see
+    /// [`lock`](Self::lock)). An acquisition whose answer is lost (a
     /// timeout) may have taken the lock, which then stays taken until the
     /// lease runs out.
     pub async fn try_lock(&self, name: &str, lease: Duration) -> Result<Option<LockGuard>> {
@@ -101,42 +102,50 @@ impl Locks {
     /// (woken by the holder's release where the store has pub/sub, else
     /// when its lease runs out or every [`poll_every`](LockConfig)): the
     /// holding, or a [`Timeout`](ErrorKind::Timeout) error naming the
-    /// holder's token.
+    /// last token given.
     ///
     /// Waiters take the lock in the order they first asked: each stands
     /// in a line the store keeps with the lock, and a free lock goes to
     /// the first of them, not to a caller (of this or of
     /// [`try_lock`](Self::try_lock)) asking just then. A waiter's place is
-    /// kept for [`poll_every`](LockConfig::poll_every) plus twice the
-    /// [`timeout`](LockConfig::timeout) from each of its asks; one that
-    /// gives up or is dropped leaves the line (in the background), and one
+    /// kept for twice [`poll_every`](LockConfig::poll_every) plus three
+    /// [`timeout`](LockConfig::timeout)s from each of its asks; one that
+    /// gives up or is dropped leaves the line (in the background), giving
+    /// the lock back if an ask of its own took it unanswered, and one
     /// whose process died holds up a free lock until its place lapses.
     /// The line keeps [`MAX_LINE`](super::MAX_LINE) waiters; more wait
     /// after them, in no order.
     ///
     /// A try whose answer timed out is tried again by the same owner,
     /// which gets it back if it took the lock; but a try the store only
-    /// carries out after a later one (a slow connection) takes the lock
-    /// again after this holding's release, until its lease ends.
+    /// carries out after a later one (a slow connection) — or after the
+    /// waiter left — takes the lock or a place again, until its lease or
+    /// its place runs out.
     pub async fn lock(&self, name: &str, lease: Duration, wait: Duration) -> Result<LockGuard> {
         let owner = Owner::random()?;
         let what = format!("lock {name:?}");
         let lease_us = lease_us(lease)?;
-        let config = &self.store.config;
-        let line = config.poll_every.max(Duration::from_millis(1)) + 2 * config.timeout;
-        let op = LockOp::Wait {
-            owner,
-            lease_us,
-            line_us: lease_us_capped(line),
+        let fair = self.store.config.fair;
+        let op = if fair {
+            LockOp::Wait {
+                owner,
+                lease_us,
+                line_us: lease_us_capped(self.store.config.place_time()),
+            }
+        } else {
+            LockOp::Acquire { owner, lease_us }
         };
         let mut leave = LeaveOnDrop {
             store: Some(self.store.clone()),
             key: key_of(name),
+            channel: channel_of(name),
             owner,
         };
+        // Woken by a release for this waiter, or for all when unfair.
+        let me = fair.then_some(owner);
         let waited = self
             .store
-            .wait_for(&channel_of(name), Some(owner), &what, wait, || {
+            .wait_for(&channel_of(name), me, &what, wait, || {
                 self.ask(name, owner, op, lease)
             })
             .await;
@@ -144,13 +153,8 @@ impl Locks {
         // before the answer (so that a caller trying next is not turned
         // away by its place).
         if let (Err(_), Some(store)) = (&waited, leave.store.take()) {
-            let input = op_input(LockOp::Leave { owner }, 0);
-            // A place not given back lapses by itself.
-            let _ = store
-                .round_trip(&leave.key, &LockStep, input.as_bytes())
-                .await;
+            leave_line(&store, &leave.key, &leave.channel, owner).await;
         }
-        leave.store = None;
         Ok(LockGuard { holding: waited? })
     }
 
@@ -249,12 +253,12 @@ impl Locks {
 }
 
 /// A line's place given up when a [`Locks::lock`] is dropped while it
-/// waits: the store's `Leave`, sent in the background on the runtime of
-/// the wait.
+/// waits: [`leave_line`], in the background on the runtime of the wait.
 struct LeaveOnDrop {
-    /// `None` once the lock is taken.
+    /// `None` once the lock is taken (or left).
     store: Option<Arc<Store>>,
     key: Bytes,
+    channel: String,
     owner: Owner,
 }
 
@@ -264,12 +268,33 @@ impl Drop for LeaveOnDrop {
         else {
             return;
         };
-        let (key, owner) = (self.key.clone(), self.owner);
-        runtime.spawn(async move {
-            let input = op_input(LockOp::Leave { owner }, 0);
-            // A place not given back lapses by itself.
-            let _ = store.round_trip(&key, &LockStep, input.as_bytes()).await;
-        });
+        let (key, channel, owner) = (
+            self.key.clone(),
+            std::mem::take(&mut self.channel),
+            self.owner,
+        );
+        runtime.spawn(async move { leave_line(&store, &key, &channel, owner).await });
+    }
+}
+
+/// `owner` gives up waiting: out of the line, and the lock given back if
+/// an ask of its own took it unanswered; the first waiter left is woken
+/// when the free lock now awaits it. (A place not given back lapses by
+/// itself.)
+async fn leave_line(store: &Arc<Store>, key: &[u8], channel: &str, owner: Owner) {
+    let input = op_input(LockOp::Leave { owner }, 0);
+    let Ok(raw) = store.round_trip(key, &LockStep, input.as_bytes()).await else {
+        return;
+    };
+    if let Ok(
+        LockAnswer::Released {
+            next: Some(next), ..
+        }
+        | LockAnswer::Left { next: Some(next) },
+    ) = parse_answer(&raw)
+    {
+        let publish = store.backend.publish(channel, Bytes::from(next.to_hex()));
+        let _ = tokio::time::timeout(store.config.timeout, publish).await;
     }
 }
 

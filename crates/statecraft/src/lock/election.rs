@@ -116,7 +116,8 @@ impl Election {
         Election::with_config(backend, name, lease, LockConfig::default())
     }
 
-    /// The same, by `config` (renewal is on whatever it says).
+    /// The same, by `config` (renewal is on, and campaigns unfair — see
+    /// [`LockConfig::fair`] — whatever it says).
     pub fn with_config(
         backend: Arc<dyn StateBackend>,
         name: &str,
@@ -135,7 +136,9 @@ impl Election {
             .min(lease / 2)
             .max(Duration::from_millis(1));
         Ok(Election {
-            locks: Locks::with_config(backend.clone(), config.renewing()),
+            // Unfair: a queued candidate that paused or died would hold
+            // up the election of another.
+            locks: Locks::with_config(backend.clone(), config.renewing().unfair()),
             backend,
             name: name.into(),
             lease,

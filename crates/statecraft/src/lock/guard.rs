@@ -38,6 +38,12 @@ pub struct LockConfig {
     /// Whether a holding renews its lease by itself (a watchdog, default
     /// off): every third of the lease, until it is released or lost.
     pub renew: bool,
+    /// Whether waiters take a lock in the order they asked (default on):
+    /// see [`Locks::lock`](super::Locks::lock). Off, a free lock goes to
+    /// whichever waiter asks first, and a release wakes them all: a waiter
+    /// that paused or died then holds up nobody, which an
+    /// [`Election`](super::Election) prefers (its campaigns are unfair).
+    pub fair: bool,
 }
 
 impl Default for LockConfig {
@@ -46,6 +52,7 @@ impl Default for LockConfig {
             timeout: Duration::from_secs(1),
             poll_every: Duration::from_millis(500),
             renew: false,
+            fair: true,
         }
     }
 }
@@ -55,6 +62,22 @@ impl LockConfig {
     pub fn renewing(mut self) -> Self {
         self.renew = true;
         self
+    }
+
+    /// The same, its waiters in no order (see [`fair`](Self::fair)).
+    pub fn unfair(mut self) -> Self {
+        self.fair = false;
+        self
+    }
+
+    /// How long a waiter's place in a lock's line is kept from its last
+    /// ask: twice the longest nap between its asks, plus three round trips
+    /// (its answer, its subscription, its next ask).
+    pub(super) fn place_time(&self) -> Duration {
+        self.poll_every
+            .max(Duration::from_millis(1))
+            .saturating_mul(2)
+            .saturating_add(self.timeout.saturating_mul(3))
     }
 }
 
@@ -452,7 +475,9 @@ impl Lease {
                 .round_trip(&self.key, update, input.as_bytes())
                 .await?;
             match (parse_answer(&raw)?, &self.kind) {
-                (LockAnswer::Released { next, .. }, Kind::Lock { .. }) => {
+                (LockAnswer::Released { next, .. }, Kind::Lock { .. })
+                    if self.store.config.fair =>
+                {
                     (true, next.map(|owner| Bytes::from(owner.to_hex())))
                 }
                 (LockAnswer::Released { .. }, _) => (true, Some(Bytes::new())),

@@ -165,7 +165,12 @@ local function run(keys, args)
     local line = line_without(nil)
     local placed = false
     for _, v in ipairs(line) do
-      if v[1] == who then v[2] = now + line_us; placed = true end
+      if v[1] == who then
+        -- A place with more than half its time left stays as it is.
+        if v[2] - now > math.floor(line_us / 2) then return busy end
+        v[2] = now + line_us
+        placed = true
+      end
     end
     if not placed then
       if #line >= MAX_LINE then return busy end
@@ -176,10 +181,16 @@ local function run(keys, args)
     return busy
   elseif op == 'l' then
     local line, found = line_without(who)
-    if found then
-      st[5] = line
-      write(st)
+    -- Its own holding (an ask granted unanswered) given back.
+    if st and st[1] == 'h' and st[2] == who then
+      write({ 'f', nil, st[3], nil, line })
+      if #line > 0 then return 'R ' .. fmt(st[3]) .. ' ' .. line[1][1] end
+      return 'R ' .. fmt(st[3])
     end
+    if not found then return 'L' end
+    st[5] = line
+    write(st)
+    if #line > 0 and not held then return 'L ' .. line[1][1] end
     return 'L'
   elseif op == 'e' then
     if held and st[2] == who and st[3] == token then return hold(token, ls) end

@@ -172,6 +172,10 @@ BEGIN
                 placed := false;
                 FOR i IN 1 .. cardinality(w_owners) LOOP
                     IF w_owners[i] = who THEN
+                        -- A place with more than half its time left stays.
+                        IF w_until[i] - now_us > line_us / 2 THEN
+                            RETURN busy;
+                        END IF;
                         w_until[i] := now_us + line_us; placed := true;
                     END IF;
                 END LOOP;
@@ -184,6 +188,10 @@ BEGIN
                 END IF;
                 answer := busy;
             END IF;
+        ELSIF op = 'l' AND st_owner IS NOT NULL AND st_owner = who THEN
+            -- Its own holding (an ask granted unanswered) given back, as a
+            -- release of its token.
+            tok := st_token;
         ELSIF op = 'l' THEN
             IF NOT who = ANY (w_owners) THEN
                 RETURN 'L';
@@ -206,6 +214,9 @@ BEGIN
                 i := array_position(w_owners, who);
                 w_owners := w_owners[:i - 1] || w_owners[i + 1:];
                 w_until := w_until[:i - 1] || w_until[i + 1:];
+                IF cardinality(w_owners) > 0 AND NOT held THEN
+                    answer := 'L ' || w_owners[1];
+                END IF;
             END IF;
             new_owner := st_owner;
             new_token := coalesce(st_token, 0);
@@ -224,6 +235,13 @@ BEGIN
             ttl := ls + retain;
             answer := 'H ' || new_token || ' ' || ls;
         ELSE
+            IF op = 'l' THEN
+                i := array_position(w_owners, who);
+                IF i IS NOT NULL THEN
+                    w_owners := w_owners[:i - 1] || w_owners[i + 1:];
+                    w_until := w_until[:i - 1] || w_until[i + 1:];
+                END IF;
+            END IF;
             new_token := tok;
             new_until := NULL;
             ttl := retain;

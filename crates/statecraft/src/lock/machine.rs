@@ -178,7 +178,8 @@ pub enum LockOp {
     },
     /// As [`Acquire`](Self::Acquire), by a waiter: when the answer is busy,
     /// `owner` stands in the line (at its end, or where it stood), its
-    /// place kept for `line_us` from now.
+    /// place kept for `line_us` from now (a place with more than half its
+    /// time left is left as it is: no write).
     Wait {
         /// Who asks.
         owner: Owner,
@@ -187,7 +188,8 @@ pub enum LockOp {
         /// How long its place is kept (µs, 1 to [`MAX_LEASE_US`]).
         line_us: u64,
     },
-    /// Leave the line (a waiter that gives up).
+    /// Leave the line (a waiter that gives up); and give the lock back if
+    /// `owner` holds it (a waiter whose granted ask went unanswered).
     Leave {
         /// The waiter.
         owner: Owner,
@@ -240,7 +242,11 @@ pub enum LockAnswer {
         next: Option<Owner>,
     },
     /// Not in the line (any more).
-    Left,
+    Left {
+        /// The first waiter whose place is kept, when the lock is free:
+        /// whom it now awaits (`None`: held, or nobody waits).
+        next: Option<Owner>,
+    },
     /// The asker does not hold it (any more): an extension or release of a
     /// lease that is lost.
     NotHeld,
@@ -335,6 +341,9 @@ pub fn lock_step(record: Option<&LockRecord>, op: LockOp, now_us: u64) -> LockSt
             let mut line = line_without(None);
             let until_us = now_us + line_us;
             if let Some(place) = line.iter_mut().find(|w| w.owner == owner) {
+                if place.until_us - now_us > line_us / 2 {
+                    return keep(busy);
+                }
                 place.until_us = until_us;
             } else if line.len() < MAX_LINE {
                 line.push(Waiter { owner, until_us });
@@ -345,10 +354,32 @@ pub fn lock_step(record: Option<&LockRecord>, op: LockOp, now_us: u64) -> LockSt
             write(state, line, busy)
         }
         LockOp::Leave { owner } => match record {
-            Some(r) if r.waiting(now_us).any(|w| w.owner == owner) => {
-                write(r.state, line_without(Some(owner)), LockAnswer::Left)
+            Some(LockRecord {
+                state:
+                    LockState::Held {
+                        owner: held_by,
+                        token,
+                        ..
+                    },
+                ..
+            }) if *held_by == owner => {
+                let line = line_without(Some(owner));
+                let next = line.first().map(|w| w.owner);
+                write(
+                    LockState::Free { last_token: *token },
+                    line,
+                    LockAnswer::Released {
+                        token: *token,
+                        next,
+                    },
+                )
             }
-            _ => keep(LockAnswer::Left),
+            Some(r) if r.waiting(now_us).any(|w| w.owner == owner) => {
+                let line = line_without(Some(owner));
+                let next = line.first().filter(|_| holder.is_none()).map(|w| w.owner);
+                write(r.state, line, LockAnswer::Left { next })
+            }
+            _ => keep(LockAnswer::Left { next: None }),
         },
         LockOp::Extend {
             owner,

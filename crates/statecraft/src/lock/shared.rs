@@ -14,8 +14,9 @@
 //! - state: `h <owner> <token> <expires µs>` or `f <last token>`, then the
 //!   line: ` <owner> <until µs>` per waiter;
 //! - output: `H <token> <lease µs>`, `B <token> <retry after µs>`, `R
-//!   <token>` (` <owner>` after it: the first waiter in the line), `L` or
-//!   `N`; for [`PEEK`], `<now µs> <state>` (the state empty: none).
+//!   <token>` or `L` (` <owner>` after either: the first waiter in the
+//!   line, whom the free lock awaits) or `N`; for [`PEEK`], `<now µs>
+//!   <state>` (the state empty: none).
 
 use bytes::Bytes;
 
@@ -211,7 +212,8 @@ pub(super) fn encode_answer(answer: LockAnswer) -> String {
             token,
             next: Some(next),
         } => format!("R {token} {}", next.to_hex()),
-        LockAnswer::Left => "L".to_string(),
+        LockAnswer::Left { next: None } => "L".to_string(),
+        LockAnswer::Left { next: Some(next) } => format!("L {}", next.to_hex()),
         LockAnswer::NotHeld => "N".to_string(),
     }
 }
@@ -247,7 +249,10 @@ pub fn parse_answer(raw: &[u8]) -> Result<LockAnswer> {
             token: number(1)?,
             next: Some(Owner::from_hex(words[2]).ok_or_else(corrupt)?),
         },
-        (Some("L"), 1) => LockAnswer::Left,
+        (Some("L"), 1) => LockAnswer::Left { next: None },
+        (Some("L"), 2) => LockAnswer::Left {
+            next: Some(Owner::from_hex(words[1]).ok_or_else(corrupt)?),
+        },
         (Some("N"), 1) => LockAnswer::NotHeld,
         _ => return Err(corrupt()),
     })

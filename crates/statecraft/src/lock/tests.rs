@@ -96,7 +96,7 @@ proptest! {
                         None => {
                             prop_assert!(token > highest, "{} after {}", token, highest);
                             prop_assert!(token >= now);
-                            prop_assert!(line.first().is_none_or(|first| *first == who),
+                            prop_assert!(line.first().map_or(true, |first| *first == who),
                                 "taken past the line {:?}", line);
                             highest = token;
                         }
@@ -119,6 +119,20 @@ proptest! {
                         prop_assert_eq!(token, state.map_or(0, |s| s.token()));
                     }
                 },
+                (LockOp::Leave { owner: who }, LockAnswer::Released { token, next }) => {
+                    // Its own holding, given back.
+                    let theirs = matches!(state, Some(LockState::Held { owner, token: t, .. })
+                        if owner == who && t == token);
+                    prop_assert!(theirs, "a leave released another's: {:?}", state);
+                    let rest: Vec<Owner> = line.iter().filter(|o| **o != who).copied().collect();
+                    prop_assert_eq!(next, rest.first().copied());
+                }
+                (LockOp::Leave { owner: who }, LockAnswer::Left { next }) => {
+                    let rest: Vec<Owner> = line.iter().filter(|o| **o != who).copied().collect();
+                    let awaited = rest.first().copied().filter(|_| before.is_none());
+                    let woken = if line.contains(&who) { awaited } else { None };
+                    prop_assert_eq!(next, woken);
+                }
                 (LockOp::Extend { owner: who, token, .. }, LockAnswer::Held { token: kept, .. }) => {
                     prop_assert_eq!(before.map(|b| (b.0, b.1)), Some((who, token)));
                     prop_assert_eq!(kept, token);
@@ -131,7 +145,6 @@ proptest! {
                         if owner == who && t == token);
                     prop_assert!(theirs, "released by another: {:?}", state);
                 }
-                (LockOp::Leave { .. }, LockAnswer::Left) => {}
                 (_, LockAnswer::NotHeld) => prop_assert!(stepped.write.is_none()),
                 (op, answer) => prop_assert!(false, "{:?} answered {:?}", op, answer),
             }
@@ -158,11 +171,17 @@ proptest! {
                         prop_assert_eq!(at, Some(was.unwrap_or(line.len())));
                     }
                     _ => {
-                        let out = me.is_none_or(|who| !after.contains(&who));
+                        let out = me.map_or(true, |who| !after.contains(&who));
                         prop_assert!(out, "{:?} still in the line {:?}", op, after);
                     }
                 }
                 record = Some(written.clone());
+            } else if let (LockOp::Wait { owner: who, line_us, .. }, LockAnswer::Busy { .. }) = (op, stepped.answer) {
+                // Not written: its place has more than half its time left,
+                // or the line is full without it.
+                let place = record.as_ref().and_then(|r| r.waiting(now).find(|w| w.owner == who)).copied();
+                let kept = place.is_some_and(|w| w.until_us - now > line_us / 2);
+                prop_assert!(kept || (place.is_none() && line.len() >= MAX_LINE), "{:?} left out", who);
             }
             // The stored text reads back as written.
             if let Some(r) = &record {
@@ -232,7 +251,7 @@ fn a_free_lock_goes_to_the_first_waiter() {
     assert!(taken.write.expect("taken").line.is_empty());
     // Leaving gives the place up.
     let left = lock_step(Some(&free), LockOp::Leave { owner: b }, 1_040);
-    assert_eq!(left.answer, LockAnswer::Left);
+    assert_eq!(left.answer, LockAnswer::Left { next: Some(c) });
     assert_eq!(kept(left.write.as_ref(), 1_040), vec![c]);
 }
 
@@ -463,6 +482,52 @@ async fn a_waiter_gives_up_at_its_deadline_naming_the_holder() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
 
+/// A line keeps [`MAX_LINE`] waiters; a holder leaving gives its lock
+/// back to the first, and the first leaving a free lock names the next.
+#[test]
+fn a_full_line_keeps_its_first_and_leavers_name_the_next() {
+    let holder = owner(200);
+    let held = LockOp::Acquire {
+        owner: holder,
+        lease_us: 10_000,
+    };
+    let mut record = lock_step(None, held, 1_000).write.expect("taken");
+    let token = record.token();
+    for n in 0..=MAX_LINE as u8 {
+        let wait = LockOp::Wait {
+            owner: owner(n),
+            lease_us: 1_000,
+            line_us: 5_000,
+        };
+        let stepped = lock_step(Some(&record), wait, 1_010);
+        assert!(matches!(stepped.answer, LockAnswer::Busy { .. }));
+        match stepped.write {
+            Some(written) => record = written,
+            None => assert_eq!(usize::from(n), MAX_LINE, "only the one past a full line"),
+        }
+    }
+    assert_eq!(record.line.len(), MAX_LINE);
+    // The holder, leaving (as a waiter whose grant went unanswered), gives
+    // the lock back to the first.
+    let left = lock_step(Some(&record), LockOp::Leave { owner: holder }, 1_020);
+    assert_eq!(
+        left.answer,
+        LockAnswer::Released {
+            token,
+            next: Some(owner(0))
+        }
+    );
+    let free = left.write.expect("released");
+    let left = lock_step(Some(&free), LockOp::Leave { owner: owner(0) }, 1_030);
+    assert_eq!(
+        left.answer,
+        LockAnswer::Left {
+            next: Some(owner(1))
+        }
+    );
+    assert_eq!(kept(left.write.as_ref(), 1_030).len(), MAX_LINE - 1);
+}
+
 /// The waiters in the line of lock `name` now, first first.
 async fn line_of(backend: &Arc<dyn StateBackend>, name: &str) -> Vec<Owner> {
     let raw = backend
@@ -542,6 +607,38 @@ async fn waiters_take_the_lock_in_the_order_they_asked() {
     assert!(line_of(&backend, "a").await.is_empty());
     holder.unlock().await.expect("held");
     assert!(locks.try_lock("a", lease).await.expect("store").is_some());
+}
+
+/// Unfair locks: no line (a caller asking at a release may take the lock
+/// first), and a release wakes every waiter (here the only way to wake
+/// within the test: the poll interval is a minute).
+#[tokio::test]
+async fn an_unfair_lock_keeps_no_line_and_wakes_all() {
+    let clock = ManualClock::new(1_000);
+    let backend = memory(&clock);
+    let mut config = LockConfig::default().unfair();
+    config.poll_every = Duration::from_secs(60);
+    let locks = Locks::with_config(backend.clone(), config);
+    let lease = Duration::from_secs(60);
+    let holder = locks
+        .try_lock("a", lease)
+        .await
+        .expect("store")
+        .expect("free");
+    let waiter = tokio::spawn({
+        let locks = locks.clone();
+        async move { locks.lock("a", lease, Duration::from_secs(30)).await }
+    });
+    // Asked at least once, and stands in no line.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(line_of(&backend, "a").await.is_empty());
+    holder.unlock().await.expect("held");
+    let woken = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken by the release, not by a poll")
+        .expect("the waiter")
+        .expect("taken");
+    woken.unlock().await.expect("held");
 }
 
 /// A release wakes the first waiter in line by name, and publishes

@@ -25,6 +25,17 @@ pub(crate) fn spawn(test: &str, env: &str, spec: &str, stdin: bool, stdout: bool
         .expect("spawn a child process")
 }
 
+/// A child killed (and reaped) when dropped: one a failed assertion left
+/// behind, paused or holding, would hold up the tests after it.
+pub(crate) struct Reaped(pub(crate) Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Sends `signal` (`-KILL`, `-STOP`, `-CONT`) to `child`.
 pub(crate) fn signal(child: &Child, signal: &str) {
     let status = Command::new("kill")
