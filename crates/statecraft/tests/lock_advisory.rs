@@ -17,7 +17,7 @@ use statecraft_testkit::PostgresServer;
 
 #[path = "support/processes.rs"]
 mod processes;
-use processes::{check_turns, log_turn, signal, wait_line, Reaped};
+use processes::{check_turns, finish, log_turn, signal, wait_line, Reaped};
 
 const CHILD: &str = "STATECRAFT_ADVISORY_CHILD";
 const TABLE: &str = "lock_advisory";
@@ -333,21 +333,7 @@ async fn processes_take_turns_on_an_advisory_lock_on_postgres() {
     let spec = format!("turns|{url}|{}|{}|{each}", unique("turns"), log.display());
     let started = Instant::now();
     let children: Vec<Child> = (0..processes).map(|_| spawn(test, &spec)).collect();
-    for mut child in children {
-        let stdout = child.stdout.take().expect("stdout");
-        let lines: Vec<String> = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect();
-        assert!(
-            child.wait().expect("reap").success(),
-            "a child failed: {lines:?}"
-        );
-        assert!(
-            lines.iter().any(|l| l == "done"),
-            "a child did not finish: {lines:?}"
-        );
-    }
+    finish(children);
     let entries = check_turns(&std::fs::read_to_string(&log).expect("log"));
     assert_eq!(entries, processes * each);
     println!(

@@ -20,7 +20,7 @@ use statecraft_testkit::{PostgresServer, RedisServer};
 
 #[path = "support/processes.rs"]
 mod processes;
-use processes::{check_turns, log_turn, signal, wait_line};
+use processes::{check_turns, finish, log_turn, signal, wait_line};
 
 const CHILD: &str = "STATECRAFT_LOCK_CHILD";
 
@@ -201,21 +201,7 @@ fn take_turns(test: &str, url: &str, each: usize) {
     let spec = format!("turns|{url}|{name}|{}|{each}", log.display());
     let started = Instant::now();
     let children: Vec<Child> = (0..processes).map(|_| spawn(test, &spec, false)).collect();
-    for mut child in children {
-        let stdout = child.stdout.take().expect("stdout");
-        let lines: Vec<String> = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect();
-        assert!(
-            child.wait().expect("reap").success(),
-            "a child failed: {lines:?}"
-        );
-        assert!(
-            lines.iter().any(|l| l == "done"),
-            "a child did not finish: {lines:?}"
-        );
-    }
+    finish(children);
     let elapsed = started.elapsed();
     // The checker: replayed in the order the writes happened.
     let text = std::fs::read_to_string(&log).expect("log");
@@ -372,21 +358,7 @@ fn share_permits(test: &str, url: &str) {
     let (processes, each, permits) = (6, 60, 3);
     let spec = format!("permits|{url}|{name}|{}|{each}|{permits}", log.display());
     let children: Vec<Child> = (0..processes).map(|_| spawn(test, &spec, false)).collect();
-    for mut child in children {
-        let stdout = child.stdout.take().expect("stdout");
-        let lines: Vec<String> = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect();
-        assert!(
-            child.wait().expect("reap").success(),
-            "a child failed: {lines:?}"
-        );
-        assert!(
-            lines.iter().any(|l| l == "done"),
-            "a child did not finish: {lines:?}"
-        );
-    }
+    finish(children);
     // The checker: replayed in the order the writes happened, never more
     // than `permits` inside, each exit by one inside.
     let text = std::fs::read_to_string(&log).expect("log");

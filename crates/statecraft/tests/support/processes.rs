@@ -45,6 +45,27 @@ pub(crate) fn signal(child: &Child, signal: &str) {
     assert!(status.success(), "kill {signal} failed");
 }
 
+/// Waits for each of `children` (their stdout piped) to end: each must
+/// exit with success after printing `done`.
+pub(crate) fn finish(children: Vec<Child>) {
+    use std::io::{BufRead, BufReader};
+    for mut child in children {
+        let stdout = child.stdout.take().expect("stdout");
+        let lines: Vec<String> = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        assert!(
+            child.wait().expect("reap").success(),
+            "a child failed: {lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l == "done"),
+            "a child did not finish: {lines:?}"
+        );
+    }
+}
+
 /// Reads a child's stdout until a line starts with `prefix`: the rest.
 pub(crate) fn wait_line(lines: &mut impl Iterator<Item = String>, prefix: &str) -> String {
     lines
