@@ -538,13 +538,15 @@ async fn line_of(backend: &Arc<dyn StateBackend>, name: &str) -> Vec<Owner> {
     kept(record.as_ref(), now)
 }
 
-/// Waits (a bounded while) until the line of lock "a" is `n` long.
+/// Waits (a bounded number of yields) until the line of lock "a" is `n`
+/// long.
 async fn line_is(backend: &Arc<dyn StateBackend>, n: usize) {
     for _ in 0..2_000 {
         if line_of(backend, "a").await.len() == n {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The waiters run between two looks (one thread, a memory store).
+        tokio::task::yield_now().await;
     }
     panic!(
         "the line never was {n} long: {:?}",
@@ -629,8 +631,11 @@ async fn an_unfair_lock_keeps_no_line_and_wakes_all() {
         let locks = locks.clone();
         async move { locks.lock("a", lease, Duration::from_secs(30)).await }
     });
-    // Asked at least once, and stands in no line.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Asked at least once (it runs when this task yields), and stands in
+    // no line.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
     assert!(line_of(&backend, "a").await.is_empty());
     holder.unlock().await.expect("held");
     let woken = tokio::time::timeout(Duration::from_secs(5), waiter)
