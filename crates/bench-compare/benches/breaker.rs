@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 
 use failsafe::CircuitBreaker as _;
 use statecraft::breaker::{
-    BreakerConfig, DistributedBreaker, HybridBreaker, HybridConfig, LocalBreaker, Outcome, Window,
+    BreakerConfig, BreakerStep, DistributedBreaker, HybridBreaker, HybridConfig, LocalBreaker,
+    Outcome, Window, PEEK,
 };
 use statecraft::{PostgresBackend, PostgresConfig, RedisBackend, RedisConfig, StateBackend};
 use statecraft_testkit::{PostgresServer, RedisServer};
@@ -393,7 +394,7 @@ fn distributed_postgres() {
             .expect("config");
         let store: std::sync::Arc<dyn StateBackend> =
             std::sync::Arc::new(PostgresBackend::new(config).await.expect("postgres"));
-        let breaker = DistributedBreaker::new(store, "bench", shared_config());
+        let breaker = DistributedBreaker::new(store.clone(), "bench", shared_config());
         let (raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .expect("raw connection");
@@ -409,10 +410,10 @@ fn distributed_postgres() {
         .expect("a table like resilient-circuit's");
         let calls = scale(1_000);
         let fresh_calls = scale(100);
-        let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); 5];
         for round in 0..11 {
-            for k in 0..3 {
-                let which = (k + round) % 3;
+            for k in 0..5 {
+                let which = (k + round) % 5;
                 let started = Instant::now();
                 let n = if which == 2 { fresh_calls } else { calls };
                 for _ in 0..n {
@@ -426,7 +427,22 @@ fn distributed_postgres() {
                                 black_box(raw.query_one(&select, &[]).await.expect("select"));
                             }
                         }
-                        _ => fresh_connection_call(&url).await,
+                        2 => fresh_connection_call(&url).await,
+                        3 => {
+                            for _ in 0..2 {
+                                black_box(store.get(b"absent").await.expect("get"));
+                            }
+                        }
+                        _ => {
+                            for _ in 0..2 {
+                                black_box(
+                                    store
+                                        .update_atomic(b"bench", &BreakerStep, PEEK)
+                                        .await
+                                        .expect("peek"),
+                                );
+                            }
+                        }
                     }
                 }
                 times[which].push(started.elapsed().as_secs_f64() * 1e6 / n as f64);
@@ -455,6 +471,18 @@ fn distributed_postgres() {
             "  fresh connection + upsert      {:>8.1} µs   × protected {:.1}",
             median(times[2].clone()),
             ratios(2, 0)
+        );
+        println!(
+            "  two backend gets               {:>8.1} µs   protected × {:.3}, × raw {:.3}",
+            median(times[3].clone()),
+            ratios(0, 3),
+            ratios(3, 1)
+        );
+        println!(
+            "  two breaker peeks              {:>8.1} µs   protected × {:.3}, × raw {:.3}",
+            median(times[4].clone()),
+            ratios(0, 4),
+            ratios(4, 1)
         );
         if let Ok(python) = std::env::var("RESILIENT_CIRCUIT_PYTHON") {
             resilient_circuit(&python, &url, median(times[0].clone()));

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use breaker::{config, run, steps, KEY};
+use breaker::{config, run, steady_steps, steps, KEY};
 use proptest::prelude::*;
 use statecraft::breaker::{
     step_input, BreakerConfig, BreakerStep, DistributedBreaker, Event, Phase, PEEK,
@@ -74,6 +74,17 @@ proptest! {
         let (runtime, backend) = shared();
         let (native, reference) = runtime.block_on(async {
             let store = Namespaced::new(backend.clone(), unique("case") + ":");
+            let native = run(&store, &config, &steps).await;
+            (native, run(&MemoryBackend::new(), &config, &steps).await)
+        });
+        prop_assert_eq!(native, reference);
+    }
+
+    #[test]
+    fn the_statements_shortcut_decides_as_the_rust_step(config in config(), steps in steady_steps()) {
+        let (runtime, backend) = shared();
+        let (native, reference) = runtime.block_on(async {
+            let store = Namespaced::new(backend.clone(), unique("steady") + ":");
             let native = run(&store, &config, &steps).await;
             (native, run(&MemoryBackend::new(), &config, &steps).await)
         });
@@ -482,4 +493,134 @@ async fn peek_at_answers_the_store_time_and_the_state() {
     let store = postgres(&unique("breaker_peek")).await;
     breaker::check_peek_at(&*store).await;
     breaker::check_peek_at(&MemoryBackend::new()).await;
+}
+
+/// The statement answers a plain success on a steady row (a closed count
+/// window full of successes, as the row's `steady` says for this
+/// configuration) without the function and without writing; any other
+/// input, configuration or text goes to the function: malformed fields
+/// are still errors, a row an operator changed is stepped in full, and a
+/// success that does change the state is recorded.
+#[tokio::test]
+async fn the_statements_shortcut_takes_only_a_steady_row_and_good_input() {
+    let table = unique("breaker_steady");
+    let store = postgres(&table).await;
+    let client = operator().await;
+    let config = BreakerConfig::builder()
+        .window(statecraft::breaker::Window::Count(3))
+        .failure_rate(1, 2)
+        .min_calls(3)
+        .build()
+        .expect("config");
+    let wider = BreakerConfig::builder()
+        .window(statecraft::breaker::Window::Count(4))
+        .failure_rate(1, 2)
+        .min_calls(3)
+        .build()
+        .expect("config");
+    let now = 1_733_000_000_000u64;
+    let record = |outcome, slow| Event::Record {
+        outcome,
+        slow,
+        probe: None,
+    };
+    let success = record(statecraft::breaker::Outcome::Success, false);
+    let step = |config: &BreakerConfig, event, now: u64| {
+        let store = store.clone();
+        let input = step_input(config, "steady", event, 9, now);
+        async move {
+            store
+                .update_atomic(KEY, &BreakerStep, input.as_bytes())
+                .await
+        }
+    };
+    let row = || async {
+        let row = client
+            .query_one(
+                &format!("SELECT detail, steady, updated_at::text FROM \"{table}_breakers\""),
+                &[],
+            )
+            .await
+            .expect("the row");
+        (
+            row.get::<_, String>(0),
+            row.get::<_, Option<String>>(1),
+            row.get::<_, String>(2),
+        )
+    };
+    for i in 0..3 {
+        step(&config, success, now + i).await.expect("success");
+    }
+    let (detail, steady, updated) = row().await;
+    assert_eq!(detail, format!("b1 CLOSED {now} 0 0 0 0 0 0 c:000"));
+    let config_text = step_input(&config, "steady", success, 0, 0);
+    let config_text = config_text.split('|').next().unwrap_or_default();
+    assert_eq!(steady, Some(format!("{config_text}|{detail}")));
+
+    // A plain success on it changes nothing, writes nothing.
+    let out = step(&config, success, now + 10).await.expect("success");
+    assert_eq!(&out[..], b"D -");
+    assert_eq!(
+        row().await,
+        (detail.clone(), steady.clone(), updated.clone())
+    );
+
+    // Malformed fields after the event are errors, shortcut or not.
+    let good = step_input(&config, "steady", success, 0, 0);
+    for bad in [
+        good.replacen("|0|0|", "|4294967296|0|", 1),
+        good.replacen("|0|0|", "|x|0|", 1),
+        good.replacen("|0|0|", "|0||", 1),
+        good.replacen("|0|0|", "|0|1234567890123456789|", 1),
+        good.rsplit_once('|').map_or(String::new(), |(head, _)| {
+            head.rsplit_once('|')
+                .map_or(String::new(), |(h, _)| h.to_owned())
+        }),
+    ] {
+        assert_ne!(bad, good);
+        let err = store
+            .update_atomic(KEY, &BreakerStep, bad.as_bytes())
+            .await
+            .expect_err("malformed input");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad:?}: {err}");
+    }
+    // The widest entropy the function takes is taken here too.
+    let widest = step_input(&config, "steady", success, u32::MAX, 0);
+    let out = store
+        .update_atomic(KEY, &BreakerStep, widest.as_bytes())
+        .await
+        .expect("u32::MAX entropy");
+    assert_eq!(&out[..], b"D -");
+
+    // Under another configuration the same row is not steady: the success
+    // widens the window.
+    step(&wider, success, now + 20).await.expect("success");
+    let (detail, steady, _) = row().await;
+    assert_eq!(detail, format!("b1 CLOSED {now} 0 0 0 0 0 0 c:0000"));
+    let wider_text = step_input(&wider, "steady", success, 0, 0);
+    let wider_text = wider_text.split('|').next().unwrap_or_default();
+    assert_eq!(steady, Some(format!("{wider_text}|{detail}")));
+
+    // An operator's hand on the row: its `steady` no longer matches, so
+    // the success is stepped (the failure moves along the window).
+    client
+        .execute(
+            &format!(
+                "UPDATE \"{table}_breakers\" SET detail = 'b1 CLOSED {now} 0 0 0 0 0 0 c:1000'"
+            ),
+            &[],
+        )
+        .await
+        .expect("an operator's update");
+    step(&wider, success, now + 30).await.expect("success");
+    let (detail, steady, _) = row().await;
+    assert_eq!(detail, format!("b1 CLOSED {now} 0 0 0 0 0 0 c:0000"));
+    assert_eq!(steady, Some(format!("{wider_text}|{detail}")));
+
+    // A slow success changes the window, and the row is no longer steady.
+    let slow = record(statecraft::breaker::Outcome::Success, true);
+    step(&wider, slow, now + 40).await.expect("slow success");
+    let (detail, steady, _) = row().await;
+    assert_eq!(detail, format!("b1 CLOSED {now} 0 0 0 0 0 0 c:0002"));
+    assert_eq!(steady, None);
 }

@@ -23,13 +23,22 @@ const SCRIPT: &str = include_str!("step.lua");
 /// The PL/pgSQL copy, and the readable table it keeps breakers in.
 const POSTGRES: PostgresNative = PostgresNative {
     setup: include_str!("step.sql"),
-    // The peeks are plain reads, not calls of the function.
+    // The peeks are plain reads, not calls of the function; so is the
+    // commonest record, a plain success that the row says changes nothing
+    // under this configuration (its `steady`, which only the function
+    // writes), with the rest of the input as the function checks it. The
+    // row is read once, in `FROM`: with one scan in the statement, its
+    // generic plan costs no more than a custom one, so the server plans it
+    // once instead of at every call (a custom plan per call cost ~60 µs).
     call: "SELECT CASE WHEN $2 IN ('?', '?t') THEN \
            CASE WHEN $2 = '?t' THEN floor(extract(epoch FROM clock_timestamp()) * 1000)::int8 \
-           || ' ' ELSE '' END \
-           || coalesce((SELECT detail FROM @breakers@ WHERE key = $1 \
-           AND (expires_at IS NULL OR expires_at > clock_timestamp())), '') \
-           ELSE @breaker_step#@($1, $2, $3) END",
+           || ' ' ELSE '' END || coalesce(r.detail, '') \
+           WHEN $2 ~ '^[^|]*\\|R s 0 -\\|[0-9]{1,10}\\|[0-9]{1,18}\\|[0-9]{1,18}\\|' \
+           AND lpad(split_part($2, '|', 3), 10, '0') COLLATE \"C\" <= '4294967295' \
+           AND r.steady = split_part($2, '|', 1) || '|' || r.detail THEN 'D -' \
+           ELSE @breaker_step#@($1, $2, $3) END \
+           FROM (SELECT) AS one LEFT JOIN LATERAL (SELECT detail, steady FROM @breakers@ \
+           WHERE key = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())) AS r ON true",
     purge: Some("DELETE FROM @breakers@ WHERE expires_at <= clock_timestamp()"),
     function: "@breaker_step#@",
     keys: Some(

@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS @breakers@ (
     expires_at timestamptz,
     detail text NOT NULL
 );
+ALTER TABLE @breakers@ ADD COLUMN IF NOT EXISTS steady text;
 COMMENT ON TABLE @breakers@ IS
     'statecraft circuit breakers: one row per breaker, written only by the breaker step function';
 COMMENT ON COLUMN @breakers@.key IS 'the store key (with any namespace)';
@@ -30,6 +31,8 @@ COMMENT ON COLUMN @breakers@.open_until IS 'when an opening ends (OPEN only)';
 COMMENT ON COLUMN @breakers@.expires_at IS
     'when an unused breaker is forgotten (NULL: an operator''s setting, kept)';
 COMMENT ON COLUMN @breakers@.detail IS 'the whole state, as the breaker step reads it';
+COMMENT ON COLUMN @breakers@.steady IS
+    'configuration|detail under which a plain success changes nothing (a closed count window full of successes), else NULL';
 
 -- Whether part / whole reaches a / b (exactly; whole 0 never does).
 CREATE OR REPLACE FUNCTION @breaker_reached#@(a int8, b int8, part int8, whole int8)
@@ -102,6 +105,8 @@ DECLARE
     name text;
     -- The state.
     raw text;
+    raw_steady text;
+    steady_text text;
     baseline text;
     decoded boolean;
     phase text;
@@ -223,7 +228,7 @@ BEGIN
 
     -- One step at a time per breaker, row or no row yet.
     PERFORM pg_advisory_xact_lock(1651664235, hashtext(encode(p_key, 'hex')));
-    SELECT detail INTO raw FROM @breakers@
+    SELECT detail, steady INTO raw, raw_steady FROM @breakers@
     WHERE key = p_key AND (expires_at IS NULL OR expires_at > clock_timestamp());
 
     -- Decode it (a damaged state is a fresh one; words after the window
@@ -476,6 +481,16 @@ BEGIN
     encoded := concat_ws(' ', 'b1', phase, since, open_until, openings, consecutive, admitted,
         ok, fail, window_text);
 
+    -- A plain success leaves a closed count window full of successes as it
+    -- is (the window, the failures in a row and every rate stay; nothing can
+    -- trip). The row says so for this configuration and this state, so that
+    -- the calling statement answers such a success without this function.
+    IF phase = 'CLOSED' AND kind = 'c' AND consecutive = 0 AND length(codes) = size
+        AND translate(codes, '123', '') = codes
+    THEN
+        steady_text := parts[1] || '|' || encoded;
+    END IF;
+
     IF encoded IS DISTINCT FROM baseline THEN
         failure_count := CASE
             WHEN phase = 'HALF_OPEN' THEN fail
@@ -487,14 +502,15 @@ BEGIN
                     WHERE b_start[i] + bucket_ms > greatest(now_ms - size, 0))
             ELSE 0 END;
         INSERT INTO @breakers@ AS b
-            (key, resource_key, state, failure_count, open_until, updated_at, expires_at, detail)
+            (key, resource_key, state, failure_count, open_until, updated_at, expires_at, detail,
+             steady)
         VALUES (
             p_key, name, phase, failure_count,
             CASE WHEN phase = 'OPEN' THEN to_timestamp(open_until / 1000.0) END,
             clock_timestamp(),
             CASE WHEN phase IN ('FORCED_OPEN', 'DISABLED', 'METRICS_ONLY') THEN NULL
                 ELSE clock_timestamp() + greatest(ttl, 1) * interval '1 millisecond' END,
-            encoded)
+            encoded, steady_text)
         ON CONFLICT (key) DO UPDATE SET
             resource_key = EXCLUDED.resource_key,
             state = EXCLUDED.state,
@@ -502,7 +518,10 @@ BEGIN
             open_until = EXCLUDED.open_until,
             updated_at = EXCLUDED.updated_at,
             expires_at = EXCLUDED.expires_at,
-            detail = EXCLUDED.detail;
+            detail = EXCLUDED.detail,
+            steady = EXCLUDED.steady;
+    ELSIF steady_text IS NOT NULL AND steady_text IS DISTINCT FROM raw_steady THEN
+        UPDATE @breakers@ SET steady = steady_text WHERE key = p_key;
     END IF;
     RETURN decision || ' ' || coalesce(t_from || '>' || t_to, '-');
 END

@@ -133,6 +133,21 @@ pub(crate) fn steps() -> impl Strategy<Value = Vec<(Input, u64, u32)>> {
     prop::collection::vec((input(), dt, any::<u32>()), 1..60)
 }
 
+/// Sequences of mostly plain successes, so that count windows fill with
+/// them and the stores' shortcut for a state a plain success leaves as it
+/// is (a memo in Lua, the row's `steady` on PostgreSQL) is taken, and left
+/// when another event changes the state.
+pub(crate) fn steady_steps() -> impl Strategy<Value = Vec<(Input, u64, u32)>> {
+    let plain = Input::One(Event::Record {
+        outcome: Outcome::Success,
+        slow: false,
+        probe: None,
+    });
+    let input = prop_oneof![12 => Just(plain), 1 => input()];
+    let dt = prop_oneof![8 => 0u64..300, 1 => 0u64..6_000];
+    prop::collection::vec((input, dt, any::<u32>()), 1..80)
+}
+
 /// Runs the sequence on `store`: each answer (or error kind) and the
 /// stored state after it (as the step itself reads it: on PostgreSQL the
 /// state is in a table of its own, not under the key).
