@@ -271,7 +271,12 @@ impl HybridBreaker {
             true => breaker.inner.subscribe().await,
             false => None,
         };
-        breaker.inner.reconcile().await;
+        // A store that does not answer is waited for once, not twice.
+        match breaker.inner.warm_up().await {
+            Ok(true) => breaker.inner.reconcile_and_publish().await,
+            Ok(false) => drop(breaker.inner.reconcile().await),
+            Err(err) => breaker.inner.store_failed(&err),
+        }
         let weak = Arc::downgrade(&breaker.inner);
         tokio::spawn(flush_loop(weak.clone()));
         if breaker.inner.hybrid.pubsub {
@@ -546,6 +551,22 @@ impl Hybrid {
             .await
             .ok()?
             .ok()
+    }
+
+    /// Sets the store's step up where its first call costs (a PostgreSQL
+    /// session compiles the PL/pgSQL step then: ~10 ms here), so that the
+    /// first opening this instance flushes reaches the others as fast as
+    /// the next: one step of a result that counts for nothing (it changes
+    /// no state, but for what time alone does, such as a half-open wait
+    /// that ran out). Answers whether that moved the shared breaker.
+    async fn warm_up(&self) -> Result<bool> {
+        let nothing = Event::Record {
+            outcome: Outcome::Ignored,
+            slow: false,
+            probe: None,
+        };
+        let (step, _) = self.shared.run(nothing).await?;
+        Ok(step.transition.is_some())
     }
 
     /// A probe's result, in the store's breaker.
