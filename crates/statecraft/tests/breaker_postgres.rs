@@ -624,3 +624,74 @@ async fn the_statements_shortcut_takes_only_a_steady_row_and_good_input() {
     assert_eq!(detail, format!("b1 CLOSED {now} 0 0 0 0 0 0 c:0002"));
     assert_eq!(steady, None);
 }
+
+/// A breakers table or step function an operator dropped is set up again
+/// by the next step, which then runs: the table comes back (empty, so
+/// the breaker is fresh and closed) and the step decides as before.
+#[tokio::test]
+async fn a_dropped_table_or_function_is_set_up_again() {
+    let table = unique("breaker_dropped");
+    let store = postgres(&table).await;
+    let client = operator().await;
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .open_for(Duration::from_secs(60))
+        .build()
+        .expect("config");
+    let breaker = DistributedBreaker::new(store.clone(), "dropped", config);
+    let fail = |breaker: &DistributedBreaker| {
+        let breaker = breaker.clone();
+        async move {
+            breaker
+                .acquire()
+                .await
+                .expect("closed")
+                .failure()
+                .await
+                .expect("record");
+        }
+    };
+    fail(&breaker).await;
+    assert!(breaker.acquire().await.is_err(), "open");
+    client
+        .batch_execute(&format!("DROP TABLE \"{table}_breakers\""))
+        .await
+        .expect("drop the table");
+    let permit = breaker.acquire().await.expect("a fresh table: closed");
+    permit.failure().await.expect("recorded in the new table");
+    assert!(breaker.acquire().await.is_err(), "open again");
+    let rows: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM \"{table}_breakers\" WHERE state = 'OPEN'"),
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 1);
+
+    let functions: Vec<String> = client
+        .query(
+            "SELECT oid::regprocedure::text FROM pg_proc WHERE proname LIKE $1",
+            &[&format!("{table}_breaker_step_%")],
+        )
+        .await
+        .expect("the step function")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(functions.len(), 1, "{functions:?}");
+    client
+        .batch_execute(&format!("DROP FUNCTION {}", functions[0]))
+        .await
+        .expect("drop the function");
+    client
+        .batch_execute(&format!("DELETE FROM \"{table}_breakers\""))
+        .await
+        .expect("forget the opening");
+    fail(&breaker).await;
+    assert!(
+        breaker.acquire().await.is_err(),
+        "opened by the function set up again"
+    );
+}

@@ -71,6 +71,14 @@ impl Natives {
             .map(|s| s.call.clone())
     }
 
+    /// Forgets that `name` was set up (its objects were found gone).
+    fn forget(&self, name: &str) {
+        self.set_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+    }
+
     fn insert(&self, name: &'static str, statements: Statements) {
         self.set_up
             .lock()
@@ -167,19 +175,35 @@ impl Inner {
                 ),
             )
         })?;
-        let call = self.set_up(update.name(), native).await?;
         let default_ttl = self
             .config
             .default_ttl
             .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         let _lane = self.natives.lane(key).lock().await;
-        let mut client = self.client().await?;
-        let row = client
-            .query_one(&call, &[&key, &input, &default_ttl])
-            .await
-            .map_err(native_error)?;
-        let output: String = row.try_get(0).map_err(corrupt)?;
-        Ok(Bytes::from(output))
+        let mut again = false;
+        loop {
+            let call = self.set_up(update.name(), native, again).await?;
+            let mut client = self.client().await?;
+            match client.query_one(&call, &[&key, &input, &default_ttl]).await {
+                Ok(row) => {
+                    let output: String = row.try_get(0).map_err(corrupt)?;
+                    return Ok(Bytes::from(output));
+                }
+                // Its table or function is gone (an operator dropped it, a
+                // restore without it): the statement did not run, so it is
+                // set up again, whatever is left of it, and run once more.
+                Err(err) if !again && gone(&err) => {
+                    tracing::warn!(
+                        update = update.name(),
+                        error = %err,
+                        "a native PostgreSQL update's objects are gone: setting them up again"
+                    );
+                    self.natives.forget(update.name());
+                    again = true;
+                }
+                Err(err) => return Err(native_error(err)),
+            }
+        }
     }
 
     /// The keys `update` holds live state for under `prefix`, by its
@@ -197,7 +221,7 @@ impl Inner {
                 format!("{}: no native PostgreSQL listing", update.name()),
             ));
         };
-        self.set_up(update.name(), native).await?;
+        self.set_up(update.name(), native, false).await?;
         let sql = expand(keys, &self.config.table, &version(native.setup));
         let mut client = self.client().await?;
         let rows = client.query(&sql, &[&prefix]).await.map_err(pg_error)?;
@@ -213,7 +237,14 @@ impl Inner {
     /// The update's statement, once its objects exist: set up by this
     /// backend once (one set-up at a time), skipped where this version's
     /// function exists already.
-    async fn set_up(&self, name: &'static str, native: PostgresNative) -> Result<Arc<str>> {
+    /// `again`: set up even where the function exists (some of its
+    /// objects were found gone).
+    async fn set_up(
+        &self,
+        name: &'static str,
+        native: PostgresNative,
+        again: bool,
+    ) -> Result<Arc<str>> {
         if let Some(call) = self.natives.get(name) {
             return Ok(call);
         }
@@ -230,7 +261,7 @@ impl Inner {
             .await
             .and_then(|row| row.try_get(0))
             .map_err(pg_error)?;
-        if !present {
+        if again || !present {
             let mut client = client.into_object();
             let tx = client.transaction().await.map_err(pg_error)?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -245,7 +276,7 @@ impl Inner {
                 .await
                 .and_then(|row| row.try_get(0))
                 .map_err(pg_error)?;
-            if !done {
+            if again || !done {
                 tx.batch_execute(&expand(native.setup, table, &version))
                     .await
                     .map_err(pg_error)?;
@@ -283,6 +314,13 @@ impl PostgresBackend {
             .run(Operation::ListKeys, None, inner.native_keys(update, prefix))
             .await
     }
+}
+
+/// Whether `err` says a table or function the statement names is gone.
+fn gone(err: &tokio_postgres::Error) -> bool {
+    err.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::UNDEFINED_TABLE || *db.code() == SqlState::UNDEFINED_FUNCTION
+    })
 }
 
 /// A native statement's error: its own "bad input" is the caller's.
