@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use breaker::{config, run, steady_steps, steps, KEY};
+use breaker::{batch_steps, config, run, steady_steps, steps, KEY};
 use proptest::prelude::*;
 use statecraft::breaker::{
     step_input, BreakerConfig, BreakerStep, DistributedBreaker, Event, Phase, PEEK,
@@ -74,6 +74,18 @@ proptest! {
         let (runtime, backend) = shared();
         let (native, reference) = runtime.block_on(async {
             let store = Namespaced::new(backend.clone(), unique("case") + ":");
+            let native = run(&store, &config, &steps).await;
+            (native, run(&MemoryBackend::new(), &config, &steps).await)
+        });
+        prop_assert_eq!(native, reference);
+    }
+
+    /// Mostly batches: the one pass over a closed count window.
+    #[test]
+    fn the_plpgsql_batch_pass_decides_as_the_rust_step(config in config(), steps in batch_steps()) {
+        let (runtime, backend) = shared();
+        let (native, reference) = runtime.block_on(async {
+            let store = Namespaced::new(backend.clone(), unique("batch") + ":");
             let native = run(&store, &config, &steps).await;
             (native, run(&MemoryBackend::new(), &config, &steps).await)
         });

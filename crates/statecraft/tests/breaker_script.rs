@@ -7,7 +7,7 @@
 #[path = "support/breaker.rs"]
 mod breaker;
 
-use breaker::{config, run, steady_steps, steps};
+use breaker::{batch_steps, config, run, steady_steps, steps};
 use proptest::prelude::*;
 use statecraft::breaker::{step_input, BreakerConfig, BreakerStep, Event};
 use statecraft::{ErrorKind, MemoryBackend, RedisBackend, RedisConfig, StateBackend};
@@ -58,6 +58,13 @@ proptest! {
 
     #[test]
     fn the_lua_step_decides_as_the_rust_step(config in config(), steps in steps()) {
+        let (native, reference) = differential(&config, &steps, true);
+        prop_assert_eq!(native, reference);
+    }
+
+    /// Mostly batches: the one pass over a closed count window.
+    #[test]
+    fn the_lua_batch_pass_decides_as_the_rust_step(config in config(), steps in batch_steps()) {
         let (native, reference) = differential(&config, &steps, true);
         prop_assert_eq!(native, reference);
     }

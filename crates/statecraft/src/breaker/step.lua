@@ -416,6 +416,49 @@ local function one(ev)
   end
 end
 
+-- A batch's records while the breaker is closed (or only counting) on a
+-- count window, in one pass: the window slides over the calls as each
+-- record would move it, keeping its counts, so that a batch costs its
+-- length plus the window's, not their product (4096 records on a window of
+-- 10,000 took 1.6 s one at a time). It stops before a record that trips
+-- the breaker, which is the per-record loop's (as are the records after
+-- it). Returns how many records it took.
+local function closed_batch(batch)
+  local codes, size = st.calls.codes, cfg.size
+  local s, n = codes .. batch, #codes
+  local t = { calls = 0, failures = 0, slow = 0 }
+  if string.find(codes, '[1-3]') then
+    t.failures = select(2, string.gsub(codes, '[13]', ''))
+    t.slow = select(2, string.gsub(codes, '[23]', ''))
+  end
+  local consecutive, taken = st.consecutive, 0
+  for k = 1, #batch do
+    local at = n + k
+    local code = string.byte(s, at) - 48
+    local failures, slow = t.failures + code % 2, t.slow
+    if code >= 2 then slow = slow + 1 end
+    if at > size then
+      local out = string.byte(s, at - size) - 48
+      failures = failures - out % 2
+      if out >= 2 then slow = slow - 1 end
+    end
+    local next_consecutive = 0
+    if code % 2 == 1 then next_consecutive = math.min(consecutive + 1, U32) end
+    t.calls, t.failures, t.slow = math.min(at, size), failures, slow
+    -- After a record that did not trip, a plain success on a full window
+    -- cannot: it keeps the calls and lowers or keeps every other figure.
+    if st.phase == 'CLOSED' and (code ~= 0 or at <= size or k == 1)
+        and trips(next_consecutive, t) then
+      break
+    end
+    consecutive, taken = next_consecutive, k
+  end
+  local last = n + taken
+  st.calls.codes = string.sub(s, math.max(last - size + 1, 1), last)
+  st.consecutive = consecutive
+  return taken
+end
+
 -- The step.
 local function run(keys, args)
   local key, input = keys[1], args[1]
@@ -465,7 +508,11 @@ local function run(keys, args)
   if MANUAL[ev.kind] then
     transition = enter(st, MANUAL[ev.kind], now)
   elseif ev.kind == 'B' then
-    for i = 1, #ev.codes do
+    local from = 1
+    if cfg.kind == 'c' and (st.phase == 'CLOSED' or st.phase == 'METRICS_ONLY') then
+      from = closed_batch(ev.codes) + 1
+    end
+    for i = from, #ev.codes do
       local code = string.byte(ev.codes, i) - 48
       local outcome = 'success'
       if code % 2 == 1 then outcome = 'failure' end

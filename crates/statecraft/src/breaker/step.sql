@@ -40,6 +40,18 @@ RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
     SELECT whole > 0 AND part::numeric * b >= a::numeric * whole
 $$;
 
+-- Whether a closed breaker with these figures trips (breaker::machine's
+-- rules, after a record).
+CREATE OR REPLACE FUNCTION @breaker_trips#@(
+    consecutive int8, calls int8, failures int8, slow int8, consecutive_cfg int8,
+    in_window int8, min_calls int8, fr_num int8, fr_den int8, sr_num int8, sr_den int8)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT consecutive_cfg > 0 AND consecutive >= consecutive_cfg
+        OR in_window > 0 AND failures >= in_window
+        OR calls >= min_calls AND fr_num > 0 AND @breaker_reached#@(fr_num, fr_den, failures, calls)
+        OR calls >= min_calls AND sr_num > 0 AND @breaker_reached#@(sr_num, sr_den, slow, calls)
+$$;
+
 -- How long opening number `openings` lasts (breaker::machine::open_duration).
 CREATE OR REPLACE FUNCTION @breaker_open_ms#@(
     open_ms int8, mult int8, max_ms int8, jitter int8, openings int8, entropy int8)
@@ -139,7 +151,13 @@ DECLARE
     t_slow int8;
     f int8;
     s int8;
-    enough boolean;
+    -- A batch's pass over a closed count window.
+    all_codes text;
+    nums int[];
+    n0 int8;
+    at int8;
+    next_consecutive int8;
+    taken int := 0;
     failure_count int8;
     opened_with int8 := 0;
     batch text;
@@ -321,9 +339,48 @@ BEGIN
         b_slow := '{}';
     END IF;
 
+    -- A batch's records while closed (or only counting) on a count window,
+    -- in one pass: the window slides over the calls as each record would
+    -- move it, keeping its counts, so that a batch costs its length plus
+    -- the window's, not their product (4096 records on a window of 10,000
+    -- took 2.5 s one at a time). It stops before a record that trips the
+    -- breaker, which the loop below takes, with the records after it.
+    IF batch IS NOT NULL AND kind = 'c' AND phase IN ('CLOSED', 'METRICS_ONLY') THEN
+        all_codes := codes || batch;
+        n0 := length(codes);
+        -- Integers: an element of an int[] is found at once, a text[]'s
+        -- by walking the array.
+        SELECT array_agg(ascii(c) - 48 ORDER BY o) INTO nums
+        FROM unnest(string_to_array(all_codes, NULL)) WITH ORDINALITY AS u(c, o);
+        t_failures := n0 - length(translate(codes, '13', ''));
+        t_slow := n0 - length(translate(codes, '23', ''));
+        FOR k IN 1..length(batch) LOOP
+            at := n0 + k;
+            code := nums[at];
+            f := t_failures + code % 2;
+            s := t_slow + CASE WHEN code >= 2 THEN 1 ELSE 0 END;
+            IF at > size THEN
+                f := f - nums[at - size] % 2;
+                s := s - CASE WHEN nums[at - size] >= 2 THEN 1 ELSE 0 END;
+            END IF;
+            next_consecutive := CASE WHEN code % 2 = 1 THEN least(consecutive + 1, u32) ELSE 0 END;
+            -- After a record that did not trip, a plain success on a full
+            -- window cannot: it keeps the calls, lowers or keeps the rest.
+            EXIT WHEN phase = 'CLOSED' AND (code <> 0 OR at <= size OR k = 1)
+                AND @breaker_trips#@(next_consecutive, least(at, size), f, s, consecutive_cfg,
+                    in_window, min_calls, fr_num, fr_den, sr_num, sr_den);
+            t_failures := f;
+            t_slow := s;
+            consecutive := next_consecutive;
+            taken := k;
+        END LOOP;
+        codes := substr(all_codes, greatest(n0 + taken - size + 1, 1)::int,
+            least(n0 + taken, size)::int);
+    END IF;
+
     -- Each event (one, or each of a batch's records): up to three phase
     -- changes, each as breaker::machine::enter.
-    FOR k IN 1..coalesce(length(batch), 1) LOOP
+    FOR k IN taken + 1..coalesce(length(batch), 1) LOOP
         IF batch IS NOT NULL THEN
             ev := 'R';
             code := ascii(substr(batch, k, 1)) - 48;
@@ -395,12 +452,8 @@ BEGIN
                             t_failures := length(codes) - length(translate(codes, '13', ''));
                             t_slow := length(codes) - length(translate(codes, '23', ''));
                         END IF;
-                        enough := t_calls >= min_calls;
-                        IF phase = 'CLOSED' AND (
-                            consecutive_cfg > 0 AND consecutive >= consecutive_cfg
-                            OR in_window > 0 AND t_failures >= in_window
-                            OR enough AND fr_num > 0 AND @breaker_reached#@(fr_num, fr_den, t_failures, t_calls)
-                            OR enough AND sr_num > 0 AND @breaker_reached#@(sr_num, sr_den, t_slow, t_calls))
+                        IF phase = 'CLOSED' AND @breaker_trips#@(consecutive, t_calls, t_failures,
+                            t_slow, consecutive_cfg, in_window, min_calls, fr_num, fr_den, sr_num, sr_den)
                         THEN
                             target := 'OPEN';
                         END IF;

@@ -148,6 +148,22 @@ pub(crate) fn steady_steps() -> impl Strategy<Value = Vec<(Input, u64, u32)>> {
     prop::collection::vec((input, dt, any::<u32>()), 1..80)
 }
 
+/// Sequences of mostly batches, some long, some mostly successes (the
+/// stores' one pass over a closed count window, which stops before a
+/// record that trips), between other events.
+pub(crate) fn batch_steps() -> impl Strategy<Value = Vec<(Input, u64, u32)>> {
+    let result = prop_oneof![
+        12 => Just((false, false)),
+        2 => Just((true, false)),
+        1 => Just((false, true)),
+        1 => Just((true, true))
+    ];
+    let batch = prop::collection::vec(result, 1..200).prop_map(Input::Batch);
+    let input = prop_oneof![4 => batch, 1 => input()];
+    let dt = prop_oneof![8 => 0u64..300, 1 => 0u64..6_000];
+    prop::collection::vec((input, dt, any::<u32>()), 1..30)
+}
+
 /// Runs the sequence on `store`: each answer (or error kind) and the
 /// stored state after it (as the step itself reads it: on PostgreSQL the
 /// state is in a table of its own, not under the key).
