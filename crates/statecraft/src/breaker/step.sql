@@ -157,6 +157,9 @@ DECLARE
     n0 int8;
     at int8;
     next_consecutive int8;
+    calls_next int8;
+    f0 int8;
+    s0 int8;
     taken int := 0;
     failure_count int8;
     opened_with int8 := 0;
@@ -339,43 +342,82 @@ BEGIN
         b_slow := '{}';
     END IF;
 
-    -- A batch's records while closed (or only counting) on a count window,
-    -- in one pass: the window slides over the calls as each record would
-    -- move it, keeping its counts, so that a batch costs its length plus
-    -- the window's, not their product (4096 records on a window of 10,000
-    -- took 2.5 s one at a time). It stops before a record that trips the
-    -- breaker, which the loop below takes, with the records after it.
-    IF batch IS NOT NULL AND kind = 'c' AND phase IN ('CLOSED', 'METRICS_ONLY') THEN
-        all_codes := codes || batch;
-        n0 := length(codes);
+    -- A batch's records while closed (or only counting), in one pass: the
+    -- window's counts move as each record would move them (a count window
+    -- slides; a time window's records all fall in the bucket of now), so
+    -- that a batch costs its length plus the window's, not their product
+    -- (4096 records on a count window of 10,000 took 2.5 s one at a time).
+    -- It stops before a record that trips the breaker, which the loop below
+    -- takes, with the records after it. As the Lua copy's closed_batch.
+    IF batch IS NOT NULL AND phase IN ('CLOSED', 'METRICS_ONLY') THEN
+        IF kind = 'c' THEN
+            all_codes := codes || batch;
+            n0 := length(codes);
+            t_calls := n0;
+            t_failures := n0 - length(translate(codes, '13', ''));
+            t_slow := n0 - length(translate(codes, '23', ''));
+        ELSE
+            all_codes := batch;
+            n0 := 0;
+            horizon := greatest(now_ms - size, 0);
+            WHILE cardinality(b_start) > 0 AND b_start[1] + bucket_ms <= horizon LOOP
+                b_start := b_start[2:];
+                b_calls := b_calls[2:];
+                b_fail := b_fail[2:];
+                b_slow := b_slow[2:];
+            END LOOP;
+            t_calls := (SELECT coalesce(sum(x), 0) FROM unnest(b_calls) AS x);
+            t_failures := (SELECT coalesce(sum(x), 0) FROM unnest(b_fail) AS x);
+            t_slow := (SELECT coalesce(sum(x), 0) FROM unnest(b_slow) AS x);
+        END IF;
+        f0 := t_failures;
+        s0 := t_slow;
         -- Integers: an element of an int[] is found at once, a text[]'s
         -- by walking the array.
         SELECT array_agg(ascii(c) - 48 ORDER BY o) INTO nums
         FROM unnest(string_to_array(all_codes, NULL)) WITH ORDINALITY AS u(c, o);
-        t_failures := n0 - length(translate(codes, '13', ''));
-        t_slow := n0 - length(translate(codes, '23', ''));
         FOR k IN 1..length(batch) LOOP
             at := n0 + k;
             code := nums[at];
+            calls_next := t_calls + 1;
             f := t_failures + code % 2;
             s := t_slow + CASE WHEN code >= 2 THEN 1 ELSE 0 END;
-            IF at > size THEN
+            IF kind = 'c' AND at > size THEN
+                calls_next := size;
                 f := f - nums[at - size] % 2;
                 s := s - CASE WHEN nums[at - size] >= 2 THEN 1 ELSE 0 END;
             END IF;
             next_consecutive := CASE WHEN code % 2 = 1 THEN least(consecutive + 1, u32) ELSE 0 END;
-            -- After a record that did not trip, a plain success on a full
-            -- window cannot: it keeps the calls, lowers or keeps the rest.
-            EXIT WHEN phase = 'CLOSED' AND (code <> 0 OR at <= size OR k = 1)
-                AND @breaker_trips#@(next_consecutive, least(at, size), f, s, consecutive_cfg,
+            -- After a record that did not trip, a plain success once the
+            -- window holds enough calls cannot: it lowers or keeps every
+            -- figure but the calls.
+            EXIT WHEN phase = 'CLOSED' AND (code <> 0 OR k = 1 OR t_calls < min_calls)
+                AND @breaker_trips#@(next_consecutive, calls_next, f, s, consecutive_cfg,
                     in_window, min_calls, fr_num, fr_den, sr_num, sr_den);
+            t_calls := calls_next;
             t_failures := f;
             t_slow := s;
             consecutive := next_consecutive;
             taken := k;
         END LOOP;
-        codes := substr(all_codes, greatest(n0 + taken - size + 1, 1)::int,
-            least(n0 + taken, size)::int);
+        IF kind = 'c' THEN
+            codes := substr(all_codes, greatest(n0 + taken - size + 1, 1)::int,
+                least(n0 + taken, size)::int);
+        ELSIF taken > 0 THEN
+            -- Each of them as a record adds it, at one time: in one bucket.
+            bstart := now_ms - now_ms % greatest(bucket_ms, 1);
+            n := coalesce(cardinality(b_start), 0);
+            IF n > 0 AND b_start[n] >= bstart THEN
+                b_calls[n] := b_calls[n] + taken;
+                b_fail[n] := b_fail[n] + t_failures - f0;
+                b_slow[n] := b_slow[n] + t_slow - s0;
+            ELSE
+                b_start := b_start || bstart;
+                b_calls := b_calls || taken::int8;
+                b_fail := b_fail || (t_failures - f0);
+                b_slow := b_slow || (t_slow - s0);
+            END IF;
+        END IF;
     END IF;
 
     -- Each event (one, or each of a batch's records): up to three phase
