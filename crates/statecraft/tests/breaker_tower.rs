@@ -1,14 +1,16 @@
 //! The breaker's tower layer: a rejected request never reaches the service
 //! and maps to `503` with `Retry-After`; the classifier decides what
 //! counts; a request dropped mid-call counts as a failure; two services
-//! guarded by distributed breakers on one Redis share what they learn.
+//! guarded by distributed breakers on one Redis share what they learn, and
+//! so do two guarded by hybrid breakers, the second told by pub/sub.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use statecraft::breaker::{
-    BreakerConfig, BreakerLayer, CallError, DistributedBreaker, LocalBreaker, Outcome, Phase,
+    BreakerConfig, BreakerLayer, CallError, DistributedBreaker, HybridBreaker, HybridConfig,
+    LocalBreaker, Outcome, Phase,
 };
 use statecraft::{RedisBackend, RedisConfig, StateBackend};
 use statecraft_testkit::RedisServer;
@@ -184,6 +186,73 @@ async fn services_on_two_instances_share_a_distributed_breaker() {
         .call(())
         .await
         .expect_err("b learns a's opening");
+    let response = to_response(&err);
+    assert_eq!(response.status(), 503);
+    let after: u64 = response.headers()[http::header::RETRY_AFTER]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!((29..=30).contains(&after), "Retry-After {after}");
+    assert_eq!(
+        (
+            seen_a.load(Ordering::Relaxed),
+            seen_b.load(Ordering::Relaxed)
+        ),
+        (2, 1)
+    );
+    b.reset().await.expect("reset");
+}
+
+#[tokio::test]
+async fn services_on_two_instances_share_a_hybrid_breaker() {
+    let url = RedisServer::shared().url();
+    let name = format!("tower-hybrid-{}", std::process::id());
+    let config = BreakerConfig::builder()
+        .consecutive_failures(2)
+        .open_for(Duration::from_secs(30))
+        .build()
+        .expect("config");
+    let hybrid = HybridConfig::default();
+    let a = HybridBreaker::start(
+        redis(&url).await,
+        name.as_str(),
+        config.clone(),
+        hybrid.clone(),
+    )
+    .await;
+    let b = HybridBreaker::start(redis(&url).await, name.as_str(), config, hybrid).await;
+    a.reset().await.expect("reset");
+    let (seen_a, seen_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut on_a = BreakerLayer::new(a.clone())
+        .classify(http_classifier)
+        .layer(answering(500, seen_a.clone()));
+    let mut on_b = BreakerLayer::new(b.clone())
+        .classify(http_classifier)
+        .layer(answering(200, seen_b.clone()));
+    assert_eq!(
+        on_b.ready().await.expect("ready").call(()).await.ok(),
+        Some(200)
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            on_a.ready().await.expect("ready").call(()).await.ok(),
+            Some(500)
+        );
+    }
+    // a opened its own breaker, and the fleet's at once; b, which makes no
+    // call meanwhile, is told.
+    assert!(
+        b.wait_for(Phase::Open, Duration::from_secs(5)).await,
+        "b learned the opening within 5 s"
+    );
+    let err = on_b
+        .ready()
+        .await
+        .expect("ready")
+        .call(())
+        .await
+        .expect_err("b rejects");
     let response = to_response(&err);
     assert_eq!(response.status(), 503);
     let after: u64 = response.headers()[http::header::RETRY_AFTER]

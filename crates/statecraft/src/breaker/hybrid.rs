@@ -17,7 +17,7 @@ use super::events::{observable, BreakerEvent, Observers};
 use super::fast::{stripe, STRIPES};
 use super::local::LocalBreaker;
 use super::machine::{Decision, Event, Outcome, Phase, State, Transition};
-use super::permit::Rejected;
+use super::permit::{CallError, Rejected};
 use super::shared::{
     batch_input, parse_peek_at, parse_step_output, BreakerStep, MAX_BATCH, PEEK_AT,
 };
@@ -426,6 +426,35 @@ impl HybridBreaker {
                 inner.decide_locally(self)
             }
         }
+    }
+
+    /// Runs `call` if the breaker lets it through and records its result
+    /// (an `Err` is a failure): here at once, in the store with the next
+    /// flush (a probe's at once).
+    pub async fn call<T, E, F, Fut>(&self, call: F) -> std::result::Result<T, CallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, E>>,
+    {
+        self.call_with(Outcome::of::<T, E>, call).await
+    }
+
+    /// [`call`](Self::call) with `classify` deciding which results count
+    /// as failures and which are ignored.
+    pub async fn call_with<T, E, F, Fut, C>(
+        &self,
+        classify: C,
+        call: F,
+    ) -> std::result::Result<T, CallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, E>>,
+        C: FnOnce(&std::result::Result<T, E>) -> Outcome,
+    {
+        let permit = self.acquire().await.map_err(CallError::Rejected)?;
+        let result = call().await;
+        permit.record(classify(&result)).await;
+        result.map_err(CallError::Failed)
     }
 
     /// Holds the shared breaker open for every instance.

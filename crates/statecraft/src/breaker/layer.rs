@@ -47,6 +47,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::distributed::DistributedBreaker;
+use super::hybrid::HybridBreaker;
 use super::local::LocalBreaker;
 use super::machine::Outcome;
 use super::permit::CallError;
@@ -54,7 +55,7 @@ use super::permit::CallError;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// A breaker that can guard a call made later by someone else: the
-/// [`LocalBreaker`] and the [`DistributedBreaker`].
+/// [`LocalBreaker`], the [`DistributedBreaker`] and the [`HybridBreaker`].
 pub trait Guard: Clone + Send + Sync + 'static {
     /// Runs `call` if the breaker lets it through, and records its result
     /// as `classify` says. Dropped before the call ends, the call counts as
@@ -91,7 +92,7 @@ macro_rules! guard_by_call_with {
     )*};
 }
 
-guard_by_call_with!(LocalBreaker, DistributedBreaker);
+guard_by_call_with!(LocalBreaker, DistributedBreaker, HybridBreaker);
 
 /// How a [`BreakerLayer`] counts a result by default: an `Err` is a
 /// failure, an `Ok` a success.
