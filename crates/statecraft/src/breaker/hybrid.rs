@@ -271,7 +271,8 @@ impl HybridBreaker {
             true => breaker.inner.subscribe().await,
             false => None,
         };
-        // A store that does not answer is waited for once, not twice.
+        // A step that got no answer is not followed by a read that waits
+        // as long again.
         match breaker.inner.warm_up().await {
             Ok(true) => breaker.inner.reconcile_and_publish().await,
             Ok(false) => drop(breaker.inner.reconcile().await),
@@ -582,10 +583,12 @@ impl Hybrid {
             .ok()
     }
 
-    /// Sets the store's step up where its first call costs (a PostgreSQL
-    /// session compiles the PL/pgSQL step then: ~10 ms here), so that the
-    /// first opening this instance flushes reaches the others as fast as
-    /// the next: one step of a result that counts for nothing (it changes
+    /// Sets the store's step up where its first call costs (the PostgreSQL
+    /// session it runs on compiles the PL/pgSQL step then: ~10 ms here; a
+    /// first opening in a session still plans the statements an opening
+    /// runs), so that the first opening this instance flushes reaches the
+    /// others about as fast as the next: one step of a result that counts
+    /// for nothing (it changes
     /// no state, but for what time alone does, such as a half-open wait
     /// that ran out). Answers whether that moved the shared breaker.
     async fn warm_up(&self) -> Result<bool> {

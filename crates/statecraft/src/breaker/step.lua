@@ -418,7 +418,8 @@ end
 
 -- A batch's records while the breaker is closed (or only counting), in one
 -- pass: the window's counts move as each record would move them (a count
--- window slides; a time window's records all fall in the bucket of now),
+-- window slides; a time window's records all fall in one bucket, now's or
+-- the newest if the clock went back),
 -- so that a batch costs its length plus the window's, not their product
 -- (4096 records on a count window of 10,000 took 1.6 s one at a time). It
 -- stops before a record that trips the breaker, which the per-record loop

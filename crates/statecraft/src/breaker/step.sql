@@ -4,7 +4,8 @@
 -- identifier "<table>_name" of the backend's table, `@name#@` that name
 -- with this file's version (so that versions side by side each call their
 -- own functions, and a set-up is skipped where it is done). The statement that
--- calls it (breaker::shared::POSTGRES) reads the state itself for a peek.
+-- calls it (breaker::shared::POSTGRES) reads the state itself for a peek and
+-- for a plain success the row's `steady` says changes nothing.
 
 -- One row per breaker, in columns a person can read (resilient-circuit's
 -- rc_circuit_breakers queries work with only the table name changed).
@@ -18,7 +19,17 @@ CREATE TABLE IF NOT EXISTS @breakers@ (
     expires_at timestamptz,
     detail text NOT NULL
 );
-ALTER TABLE @breakers@ ADD COLUMN IF NOT EXISTS steady text;
+-- Added to tables of older versions; checked first, as an ALTER TABLE
+-- locks the table (and asks to own it) even when the column is there.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('@breakers@')
+        AND attname = 'steady' AND NOT attisdropped)
+    THEN
+        ALTER TABLE @breakers@ ADD COLUMN steady text;
+    END IF;
+END
+$$;
 COMMENT ON TABLE @breakers@ IS
     'statecraft circuit breakers: one row per breaker, written only by the breaker step function';
 COMMENT ON COLUMN @breakers@.key IS 'the store key (with any namespace)';
@@ -32,7 +43,7 @@ COMMENT ON COLUMN @breakers@.expires_at IS
     'when an unused breaker is forgotten (NULL: an operator''s setting, kept)';
 COMMENT ON COLUMN @breakers@.detail IS 'the whole state, as the breaker step reads it';
 COMMENT ON COLUMN @breakers@.steady IS
-    'configuration|detail under which a plain success changes nothing (a closed count window full of successes), else NULL';
+    'configuration|detail under which a plain success changes nothing (a closed count window full of successes); it holds only while detail is that detail';
 
 -- Whether part / whole reaches a / b (exactly; whole 0 never does).
 CREATE OR REPLACE FUNCTION @breaker_reached#@(a int8, b int8, part int8, whole int8)
@@ -151,7 +162,7 @@ DECLARE
     t_slow int8;
     f int8;
     s int8;
-    -- A batch's pass over a closed count window.
+    -- A batch's pass while closed.
     all_codes text;
     nums int[];
     n0 int8;
@@ -344,7 +355,8 @@ BEGIN
 
     -- A batch's records while closed (or only counting), in one pass: the
     -- window's counts move as each record would move them (a count window
-    -- slides; a time window's records all fall in the bucket of now), so
+    -- slides; a time window's records all fall in one bucket, now's or
+    -- the newest if the clock went back), so
     -- that a batch costs its length plus the window's, not their product
     -- (4096 records on a count window of 10,000 took 2.5 s one at a time).
     -- It stops before a record that trips the breaker, which the loop below

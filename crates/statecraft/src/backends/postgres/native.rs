@@ -21,8 +21,9 @@ use super::pool::Inner;
 #[derive(Debug)]
 pub(super) struct Natives {
     set_up: Mutex<HashMap<&'static str, Statements>>,
-    /// Held while one update is set up.
-    setting_up: tokio::sync::Mutex<()>,
+    /// Held while one update is set up, with the set-ups done again
+    /// (objects found gone) so far and when the last was.
+    setting_up: tokio::sync::Mutex<Repairs>,
     /// One native call at a time per lane (a key's hash picks its lane):
     /// the calls of one process on one hot key wait here, one after
     /// another, rather than as many server backends queued on the key's
@@ -41,13 +42,29 @@ impl Default for Natives {
     fn default() -> Self {
         Natives {
             set_up: Mutex::default(),
-            setting_up: tokio::sync::Mutex::default(),
+            setting_up: tokio::sync::Mutex::new(Repairs {
+                done: 0,
+                last: None,
+            }),
             lanes: (0..LANES).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             extra_purges: Mutex::default(),
         }
     }
 }
+
+/// The set-ups done again because objects were found gone.
+#[derive(Debug)]
+struct Repairs {
+    done: u64,
+    /// The last one, unless a call then ran.
+    last: Option<std::time::Instant>,
+}
+
+/// After a set-up done again that did not help (the call failed again),
+/// none for this long: a statement that keeps failing as if its objects
+/// were gone runs no DDL at every call.
+const REPAIR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 struct Statements {
@@ -180,25 +197,28 @@ impl Inner {
             .default_ttl
             .map_or(0, |ttl| i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         let _lane = self.natives.lane(key).lock().await;
+        let repairs = self.natives.setting_up.lock().await.done;
         let mut again = false;
         loop {
-            let call = self.set_up(update.name(), native, again).await?;
+            let call = self.set_up(update.name(), native).await?;
             let mut client = self.client().await?;
             match client.query_one(&call, &[&key, &input, &default_ttl]).await {
                 Ok(row) => {
+                    if again {
+                        // The set-up helped: the next loss is repaired at once.
+                        self.natives.setting_up.lock().await.last = None;
+                    }
                     let output: String = row.try_get(0).map_err(corrupt)?;
                     return Ok(Bytes::from(output));
                 }
-                // Its table or function is gone (an operator dropped it, a
-                // restore without it): the statement did not run, so it is
-                // set up again, whatever is left of it, and run once more.
+                // Its table, a column or a function is gone (an operator
+                // dropped it, a restore without it): the statement did not
+                // run, so it is set up again (unless that was done since
+                // this call began, or did not help within REPAIR_EVERY) and
+                // run once more.
                 Err(err) if !again && gone(&err) => {
-                    tracing::warn!(
-                        update = update.name(),
-                        error = %err,
-                        "a native PostgreSQL update's objects are gone: setting them up again"
-                    );
-                    self.natives.forget(update.name());
+                    drop(client);
+                    self.repair(update.name(), native, repairs, &err).await?;
                     again = true;
                 }
                 Err(err) => return Err(native_error(err)),
@@ -221,7 +241,7 @@ impl Inner {
                 format!("{}: no native PostgreSQL listing", update.name()),
             ));
         };
-        self.set_up(update.name(), native, false).await?;
+        self.set_up(update.name(), native).await?;
         let sql = expand(keys, &self.config.table, &version(native.setup));
         let mut client = self.client().await?;
         let rows = client.query(&sql, &[&prefix]).await.map_err(pg_error)?;
@@ -237,14 +257,7 @@ impl Inner {
     /// The update's statement, once its objects exist: set up by this
     /// backend once (one set-up at a time), skipped where this version's
     /// function exists already.
-    /// `again`: set up even where the function exists (some of its
-    /// objects were found gone).
-    async fn set_up(
-        &self,
-        name: &'static str,
-        native: PostgresNative,
-        again: bool,
-    ) -> Result<Arc<str>> {
+    async fn set_up(&self, name: &'static str, native: PostgresNative) -> Result<Arc<str>> {
         if let Some(call) = self.natives.get(name) {
             return Ok(call);
         }
@@ -252,6 +265,43 @@ impl Inner {
         if let Some(call) = self.natives.get(name) {
             return Ok(call);
         }
+        self.install(name, native, false).await
+    }
+
+    /// Sets `name` up again after a call found its objects gone (`err`),
+    /// unless another did since `seen` set-ups were done again, or one that
+    /// did not help was done within [`REPAIR_EVERY`].
+    async fn repair(
+        &self,
+        name: &'static str,
+        native: PostgresNative,
+        seen: u64,
+        err: &tokio_postgres::Error,
+    ) -> Result<()> {
+        let mut repairs = self.natives.setting_up.lock().await;
+        let recent = repairs.last.is_some_and(|at| at.elapsed() < REPAIR_EVERY);
+        if repairs.done != seen || recent {
+            return Ok(());
+        }
+        tracing::warn!(
+            update = name,
+            error = %err,
+            "a native PostgreSQL update's objects are gone: setting them up again"
+        );
+        self.natives.forget(name);
+        repairs.done += 1;
+        repairs.last = Some(std::time::Instant::now());
+        self.install(name, native, true).await.map(drop)
+    }
+
+    /// Sets `name` up (the caller holds `setting_up`): where this version's
+    /// function is missing, or whatever is there when `again`.
+    async fn install(
+        &self,
+        name: &'static str,
+        native: PostgresNative,
+        again: bool,
+    ) -> Result<Arc<str>> {
         let table = self.config.table.as_str();
         let version = version(native.setup);
         let function = expand(native.function, table, &version);
@@ -316,10 +366,16 @@ impl PostgresBackend {
     }
 }
 
-/// Whether `err` says a table or function the statement names is gone.
+/// Whether `err` says a table, column or function the statement names is
+/// gone.
 fn gone(err: &tokio_postgres::Error) -> bool {
     err.as_db_error().is_some_and(|db| {
-        *db.code() == SqlState::UNDEFINED_TABLE || *db.code() == SqlState::UNDEFINED_FUNCTION
+        [
+            SqlState::UNDEFINED_TABLE,
+            SqlState::UNDEFINED_COLUMN,
+            SqlState::UNDEFINED_FUNCTION,
+        ]
+        .contains(db.code())
     })
 }
 
