@@ -62,7 +62,7 @@ proptest! {
         prop_assert_eq!(native, reference);
     }
 
-    /// Mostly batches: the one pass over a closed count window.
+    /// Mostly batches: the one pass over a closed window.
     #[test]
     fn the_lua_batch_pass_decides_as_the_rust_step(config in config(), steps in batch_steps()) {
         let (native, reference) = differential(&config, &steps, true);

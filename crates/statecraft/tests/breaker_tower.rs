@@ -144,6 +144,28 @@ async fn a_request_dropped_mid_call_counts_as_a_failure() {
     assert_eq!(breaker.phase(), Phase::Open, "the cancelled call failed");
 }
 
+/// `service` rejects a request, answered as 503 with `Retry-After` 29–30.
+async fn rejects_for_30_s<S>(service: &mut S)
+where
+    S: Service<(), Response = u16, Error = CallError<String>>,
+{
+    let err = service
+        .ready()
+        .await
+        .expect("ready")
+        .call(())
+        .await
+        .expect_err("rejected");
+    let response = to_response(&err);
+    assert_eq!(response.status(), 503);
+    let after: u64 = response.headers()[http::header::RETRY_AFTER]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!((29..=30).contains(&after), "Retry-After {after}");
+}
+
 async fn redis(url: &str) -> Arc<dyn StateBackend> {
     let config = RedisConfig::builder().url(url).build().expect("config");
     Arc::new(RedisBackend::new(config).await.expect("redis"))
@@ -179,21 +201,7 @@ async fn services_on_two_instances_share_a_distributed_breaker() {
             Some(500)
         );
     }
-    let err = on_b
-        .ready()
-        .await
-        .expect("ready")
-        .call(())
-        .await
-        .expect_err("b learns a's opening");
-    let response = to_response(&err);
-    assert_eq!(response.status(), 503);
-    let after: u64 = response.headers()[http::header::RETRY_AFTER]
-        .to_str()
-        .expect("text")
-        .parse()
-        .expect("seconds");
-    assert!((29..=30).contains(&after), "Retry-After {after}");
+    rejects_for_30_s(&mut on_b).await;
     assert_eq!(
         (
             seen_a.load(Ordering::Relaxed),
@@ -246,21 +254,7 @@ async fn services_on_two_instances_share_a_hybrid_breaker() {
         b.wait_for(Phase::Open, Duration::from_secs(5)).await,
         "b learned the opening within 5 s"
     );
-    let err = on_b
-        .ready()
-        .await
-        .expect("ready")
-        .call(())
-        .await
-        .expect_err("b rejects");
-    let response = to_response(&err);
-    assert_eq!(response.status(), 503);
-    let after: u64 = response.headers()[http::header::RETRY_AFTER]
-        .to_str()
-        .expect("text")
-        .parse()
-        .expect("seconds");
-    assert!((29..=30).contains(&after), "Retry-After {after}");
+    rejects_for_30_s(&mut on_b).await;
     assert_eq!(
         (
             seen_a.load(Ordering::Relaxed),
