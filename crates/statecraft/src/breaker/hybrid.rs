@@ -22,6 +22,11 @@ use super::shared::{
     batch_input, parse_peek_at, parse_step_output, BreakerStep, MAX_BATCH, PEEK_AT,
 };
 
+mod permit;
+
+pub use permit::HybridPermit;
+use permit::Kind;
+
 /// How a [`HybridBreaker`] keeps in step with the store.
 #[derive(Debug, Clone)]
 pub struct HybridConfig {
@@ -819,159 +824,6 @@ async fn listen_loop(weak: Weak<Hybrid>, mut subscription: Option<crate::Subscri
 }
 
 observable!(HybridBreaker, this => this.inner.observers);
-
-/// Leave to make one call through a [`HybridBreaker`]; record its result
-/// with [`success`](Self::success), [`failure`](Self::failure),
-/// [`ignore`](Self::ignore) or [`record`](Self::record). Dropped
-/// unfinished, it records a failure (a probe's from a task of its own).
-#[must_use = "a dropped permit records a failure"]
-pub struct HybridPermit<'a> {
-    breaker: &'a HybridBreaker,
-    kind: Option<Kind>,
-    started: Option<Instant>,
-}
-
-enum Kind {
-    /// Counted locally (a local probe names its spell there) and in the
-    /// next flush. The local breaker's permit is not kept: its own timer
-    /// and drop would double the hybrid's, and the closed path moves this
-    /// permit by value.
-    Local(Option<u64>),
-    /// Counted in the next flush only (the shared breaker only counts).
-    Counted,
-    /// Counted nowhere (disabled, or the store did not answer).
-    Uncounted,
-    /// A half-open probe of the store's breaker, of this spell.
-    Probe(u64),
-}
-
-impl std::fmt::Debug for HybridPermit<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HybridPermit")
-            .field("breaker", &self.breaker.name())
-            .field("probe", &self.is_probe())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'a> HybridPermit<'a> {
-    #[inline]
-    fn new(breaker: &'a HybridBreaker, kind: Kind) -> Self {
-        HybridPermit {
-            started: breaker.inner.config.slow_call().map(|_| Instant::now()),
-            breaker,
-            kind: Some(kind),
-        }
-    }
-
-    /// Whether this call is a half-open probe of the shared breaker.
-    pub fn is_probe(&self) -> bool {
-        matches!(self.kind, Some(Kind::Probe(_)))
-    }
-
-    /// Whether its result will be counted anywhere.
-    pub fn is_counted(&self) -> bool {
-        !matches!(self.kind, Some(Kind::Uncounted) | None)
-    }
-
-    /// The call worked.
-    pub async fn success(self) {
-        self.record(Outcome::Success).await;
-    }
-
-    /// The call failed.
-    pub async fn failure(self) {
-        self.record(Outcome::Failure).await;
-    }
-
-    /// The call says nothing about the protected resource.
-    pub async fn ignore(self) {
-        self.record(Outcome::Ignored).await;
-    }
-
-    #[inline]
-    fn slow(&self) -> bool {
-        match (self.started, self.breaker.inner.config.slow_call()) {
-            (Some(started), Some(threshold)) => started.elapsed() >= threshold,
-            _ => false,
-        }
-    }
-
-    /// Records `outcome`: locally at once; a probe's in the store, now.
-    pub async fn record(self, outcome: Outcome) {
-        if let Err(probe) = self.try_record(outcome) {
-            // Boxed: the local path's future stays small.
-            Box::pin(probe.record_probe(outcome)).await;
-        }
-    }
-
-    /// Records `outcome` without waiting, unless this is a probe (whose
-    /// result goes to the store: then it is handed back, for
-    /// [`record`](Self::record)).
-    #[inline]
-    pub fn try_record(mut self, outcome: Outcome) -> std::result::Result<(), Self> {
-        if matches!(self.kind, Some(Kind::Probe(_))) {
-            return Err(self);
-        }
-        let slow = self.slow();
-        let Some(kind) = self.kind.take() else {
-            return Ok(());
-        };
-        let inner = &*self.breaker.inner;
-        match kind {
-            Kind::Local(spell) => inner.record_here(outcome, slow, spell),
-            Kind::Counted => inner.count(outcome, slow),
-            Kind::Uncounted | Kind::Probe(_) => {}
-        }
-        Ok(())
-    }
-
-    async fn record_probe(mut self, outcome: Outcome) {
-        let slow = self.slow();
-        if let Some(Kind::Probe(spell)) = self.kind.take() {
-            self.breaker.inner.record_probe(outcome, slow, spell).await;
-        }
-    }
-}
-
-impl Drop for HybridPermit<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        // Recorded (the closed path's end): nothing to do, inline.
-        if self.kind.is_some() {
-            self.cancelled();
-        }
-    }
-}
-
-impl HybridPermit<'_> {
-    /// Dropped unfinished: a cancelled call, a failure.
-    #[cold]
-    #[inline(never)]
-    fn cancelled(&mut self) {
-        let slow = self.slow();
-        match self.kind.take() {
-            None | Some(Kind::Uncounted) => {}
-            Some(Kind::Local(spell)) => {
-                self.breaker
-                    .inner
-                    .record_here(Outcome::Failure, slow, spell)
-            }
-            Some(Kind::Counted) => self.breaker.inner.count(Outcome::Failure, slow),
-            Some(Kind::Probe(spell)) => {
-                let breaker = self.breaker.clone();
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move {
-                        breaker
-                            .inner
-                            .record_probe(Outcome::Failure, slow, spell)
-                            .await;
-                    });
-                }
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
