@@ -6,7 +6,9 @@
 //! Per-call time: 11 interleaved rounds of 2,000,000 calls per case on one
 //! thread (median per case and median per-round ratio to recloser), with
 //! the hybrid breaker (over a memory store, its flush task running) as a
-//! fourth case, also as a ratio to the local breaker. Then
+//! fourth case, also as a ratio to the local breaker; then the hybrid's
+//! async forms, and the local and hybrid `call` (a ready closure, polled
+//! once), as a ratio to each other. Then
 //! throughput with 2 threads contending on one breaker: 7 interleaved
 //! rounds of 2 × 1,000,000 calls (median calls per second and ratio to
 //! failsafe).
@@ -112,12 +114,14 @@ fn cases() -> Cases {
     }
 }
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 7] = [
     "statecraft LocalBreaker",
     "recloser",
     "failsafe",
     "statecraft HybridBreaker",
     "HybridBreaker, async",
+    "LocalBreaker, call",
+    "HybridBreaker, call",
 ];
 
 /// One case's calls (each case a function of its own, so that one's code
@@ -128,7 +132,9 @@ fn run(cases: &Cases, which: usize, calls: usize) {
         1 => run_recloser(&cases.recloser, calls),
         2 => run_failsafe(&cases.failsafe, calls),
         3 => run_hybrid(&cases.hybrid, calls),
-        _ => run_hybrid_async(&cases.hybrid, calls),
+        4 => run_hybrid_async(&cases.hybrid, calls),
+        5 => run_local_call(&cases.statecraft, calls),
+        _ => run_hybrid_call(&cases.hybrid, calls),
     }
 }
 
@@ -184,6 +190,33 @@ fn run_hybrid_async(breaker: &HybridBreaker, calls: usize) {
     }
 }
 
+/// `call` with a closure whose future is ready, polled once (the local
+/// breaker's async form, the peer of the hybrid's).
+#[inline(never)]
+fn run_local_call(breaker: &LocalBreaker, calls: usize) {
+    use futures_util::FutureExt;
+    for i in 0..calls {
+        let done = breaker
+            .call(|| async move { Ok::<_, ()>(black_box(i)) })
+            .now_or_never()
+            .expect("ready");
+        assert!(done.is_ok(), "closed");
+    }
+}
+
+/// The hybrid's `call`, the same way.
+#[inline(never)]
+fn run_hybrid_call(breaker: &HybridBreaker, calls: usize) {
+    use futures_util::FutureExt;
+    for i in 0..calls {
+        let done = breaker
+            .call(|| async move { Ok::<_, ()>(black_box(i)) })
+            .now_or_never()
+            .expect("ready");
+        assert!(done.is_ok(), "closed");
+    }
+}
+
 /// Which parts to run: `BREAKER_BENCH_PART` = `local`, `redis` or
 /// `postgres` (unset: all; `BREAKER_BENCH_LOCAL_ONLY` set: `local`).
 fn part(name: &str) -> bool {
@@ -208,26 +241,29 @@ fn main() {
 fn local() {
     let cases = cases();
     let calls = scale(2_000_000);
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 5];
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 5];
-    let (mut over_local, mut async_over_local) = (Vec::new(), Vec::new());
+    let cases_n = NAMES.len();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases_n];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases_n];
+    let (mut over_local, mut async_over_local, mut call_over_local) =
+        (Vec::new(), Vec::new(), Vec::new());
     for round in 0..11 {
-        let mut this = [0f64; 5];
-        for k in 0..5 {
-            let which = (k + round) % 5;
+        let mut this = vec![0f64; cases_n];
+        for k in 0..cases_n {
+            let which = (k + round) % cases_n;
             let started = Instant::now();
             run(&cases, which, calls);
             this[which] = started.elapsed().as_nanos() as f64 / calls as f64;
         }
-        for which in 0..5 {
+        for which in 0..cases_n {
             times[which].push(this[which]);
             ratios[which].push(this[which] / this[1]);
         }
         over_local.push(this[3] / this[0]);
         async_over_local.push(this[4] / this[0]);
+        call_over_local.push(this[6] / this[5]);
     }
     println!("one thread, CLOSED, a call that succeeds ({calls} calls × 11 rounds):");
-    for which in 0..5 {
+    for which in 0..cases_n {
         println!(
             "  {:<24} {:>8.1} ns/call   × recloser {:.3}",
             NAMES[which],
@@ -236,9 +272,10 @@ fn local() {
         );
     }
     println!(
-        "  HybridBreaker × LocalBreaker     {:.3} (async: {:.3})",
+        "  HybridBreaker × LocalBreaker     {:.3} (async: {:.3}; call × call: {:.3})",
         median(over_local),
-        median(async_over_local)
+        median(async_over_local),
+        median(call_over_local)
     );
     let calls = scale(1_000_000);
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 3];

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use statecraft::breaker::{
-    BreakerConfig, BreakerEvent, DistributedBreaker, HybridBreaker, HybridConfig, Phase,
+    BreakerConfig, BreakerEvent, CallError, DistributedBreaker, HybridBreaker, HybridConfig, Phase,
 };
 use statecraft::{RedisBackend, RedisConfig, StateBackend};
 use statecraft_testkit::{PostgresServer, RedisServer};
@@ -571,10 +571,11 @@ async fn a_dropped_permit_is_a_failure_here_and_in_the_store() {
         .build()
         .expect("config");
     let breaker = HybridBreaker::start(store, "dropped", config, HybridConfig::default()).await;
-    for _ in 0..2 {
-        let permit = breaker.acquire().await.expect("closed");
-        drop(permit);
-    }
+    let permit = breaker.acquire().await.expect("closed");
+    drop(permit);
+    // A result's future dropped before it ran: the permit inside it too.
+    let permit = breaker.acquire().await.expect("closed");
+    drop(permit.success());
     assert_eq!(
         breaker.local().phase(),
         Phase::Open,
@@ -584,5 +585,48 @@ async fn a_dropped_permit_is_a_failure_here_and_in_the_store() {
         breaker.wait_for(Phase::Open, Duration::from_secs(5)).await,
         "the flushed failures opened the shared breaker: {:?}",
         breaker.stats()
+    );
+}
+
+/// `call` asks the store once an opening has ended, and its probe's
+/// success closes the shared breaker; before that it rejects here.
+#[tokio::test]
+async fn call_decides_here_then_asks_the_store_for_a_probe() {
+    let clock = statecraft::ManualClock::new(1_733_000_000_000);
+    let store: Arc<dyn StateBackend> = Arc::new(
+        statecraft::MemoryBackend::builder()
+            .clock(clock.clone())
+            .build(),
+    );
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .open_for(Duration::from_secs(10))
+        .build()
+        .expect("config");
+    let breaker = HybridBreaker::start_with_clock(
+        store,
+        "call",
+        config,
+        HybridConfig::default(),
+        clock.clone(),
+    )
+    .await;
+    let failed = breaker.call(|| async { Err::<(), _>("down") }).await;
+    assert!(matches!(failed, Err(CallError::Failed("down"))));
+    assert!(breaker.wait_for(Phase::Open, Duration::from_secs(5)).await);
+    let rejected = breaker.call(|| async { Ok::<_, ()>(1) }).await;
+    match rejected {
+        Err(CallError::Rejected(rejected)) => {
+            assert_eq!(rejected.retry_after(), Some(Duration::from_secs(10)))
+        }
+        other => panic!("open, rejected here: {other:?}"),
+    }
+    clock.advance(Duration::from_secs(10));
+    let probed = breaker.call(|| async { Ok::<_, ()>(2) }).await;
+    assert!(matches!(probed, Ok(2)), "{probed:?}");
+    assert_eq!(
+        breaker.shared_phase(),
+        Phase::Closed,
+        "the probe's success reached the store"
     );
 }

@@ -337,12 +337,11 @@ impl HybridBreaker {
 
     /// Asks to make a call: locally while the shared breaker is closed or
     /// open, of the store once an opening has ended (a probe).
-    pub async fn acquire(&self) -> std::result::Result<HybridPermit<'_>, Rejected> {
-        match self.try_acquire() {
-            Some(decided) => decided,
-            // Boxed: the closed path's future stays small.
-            None => Box::pin(self.ask_store()).await,
-        }
+    pub fn acquire(
+        &self,
+    ) -> impl std::future::Future<Output = std::result::Result<HybridPermit<'_>, Rejected>> + Send + '_
+    {
+        permit::Acquire::new(self)
     }
 
     /// Asks without waiting: the answer when this instance decides alone
@@ -353,32 +352,33 @@ impl HybridBreaker {
     pub fn try_acquire(&self) -> Option<std::result::Result<HybridPermit<'_>, Rejected>> {
         let inner = &*self.inner;
         let phase = inner.view.phase();
-        if phase == Phase::Closed {
-            return Some(
-                inner
-                    .local
-                    .shared
-                    .acquire()
-                    .map(|spell| HybridPermit::new(self, Kind::Local(spell))),
-            );
-        }
-        self.try_acquire_otherwise(phase)
+        // The permit is built once, after the phases' kinds meet: a kind
+        // travels in registers where a permit would go through memory.
+        let kind = if phase == Phase::Closed {
+            match inner.local.shared.acquire() {
+                Ok(spell) => Kind::Local(spell),
+                Err(rejected) => return Some(Err(rejected)),
+            }
+        } else {
+            match self.try_acquire_otherwise(phase)? {
+                Ok(kind) => kind,
+                Err(rejected) => return Some(Err(rejected)),
+            }
+        };
+        Some(Ok(HybridPermit::new(self, kind)))
     }
 
     /// [`try_acquire`](Self::try_acquire) when the shared breaker is not
-    /// closed.
+    /// closed: the permit's kind.
     #[cold]
     #[inline(never)]
-    fn try_acquire_otherwise(
-        &self,
-        phase: Phase,
-    ) -> Option<std::result::Result<HybridPermit<'_>, Rejected>> {
+    fn try_acquire_otherwise(&self, phase: Phase) -> Option<std::result::Result<Kind, Rejected>> {
         let inner = &*self.inner;
         let decided = match phase {
             // (Closed is try_acquire's own case.)
-            Phase::Closed => inner.decide_locally(self),
-            Phase::MetricsOnly => Ok(HybridPermit::new(self, Kind::Counted)),
-            Phase::Disabled => Ok(HybridPermit::new(self, Kind::Uncounted)),
+            Phase::Closed => inner.local_kind(),
+            Phase::MetricsOnly => Ok(Kind::Counted),
+            Phase::Disabled => Ok(Kind::Uncounted),
             Phase::Open => {
                 let now = inner.clock.now_millis();
                 let (_, deadline) = inner.view.load();
@@ -388,21 +388,21 @@ impl HybridBreaker {
                     return None;
                 } else {
                     // The store is down: this instance's own evidence.
-                    inner.decide_locally(self)
+                    inner.local_kind()
                 }
             }
             // Held open until an operator says otherwise (a push, or the
             // next reconcile, brings the release).
             Phase::ForcedOpen => Err(Rejected::new(Arc::from(self.name()), None)),
             Phase::HalfOpen if inner.store_up.load(Ordering::Relaxed) => return None,
-            Phase::HalfOpen => inner.decide_locally(self),
+            Phase::HalfOpen => inner.local_kind(),
         };
         Some(decided)
     }
 
     /// An ask of the store's breaker: a probe, a rejection, or closed again.
     #[cold]
-    async fn ask_store(&self) -> std::result::Result<HybridPermit<'_>, Rejected> {
+    pub(super) async fn ask_store(&self) -> std::result::Result<HybridPermit<'_>, Rejected> {
         let inner = &*self.inner;
         match inner.shared.run(Event::Acquire).await {
             Ok((step, spell)) => {
@@ -429,7 +429,7 @@ impl HybridBreaker {
             }
             Err(err) => {
                 inner.store_failed(&err);
-                inner.decide_locally(self)
+                inner.local_kind().map(|kind| HybridPermit::new(self, kind))
             }
         }
     }
@@ -457,9 +457,18 @@ impl HybridBreaker {
         Fut: std::future::Future<Output = std::result::Result<T, E>>,
         C: FnOnce(&std::result::Result<T, E>) -> Outcome,
     {
-        let permit = self.acquire().await.map_err(CallError::Rejected)?;
+        // The synchronous forms, the slow paths boxed: this future holds
+        // little more than the call's.
+        let permit = match self.try_acquire() {
+            Some(decided) => decided,
+            None => Box::pin(self.ask_store()).await,
+        }
+        .map_err(CallError::Rejected)?;
         let result = call().await;
-        permit.record(classify(&result)).await;
+        let outcome = classify(&result);
+        if let Err(probe) = permit.try_record(outcome) {
+            Box::pin(probe.record(outcome)).await;
+        }
         result.map_err(CallError::Failed)
     }
 
@@ -523,19 +532,13 @@ impl Hybrid {
     /// A decision on this instance's own evidence (the store is down).
     #[cold]
     #[inline(never)]
-    fn decide_locally<'a>(
-        &'a self,
-        breaker: &'a HybridBreaker,
-    ) -> std::result::Result<HybridPermit<'a>, Rejected> {
-        self.local
-            .shared
-            .acquire()
-            .map(|spell| HybridPermit::new(breaker, Kind::Local(spell)))
+    fn local_kind(&self) -> std::result::Result<Kind, Rejected> {
+        self.local.shared.acquire().map(Kind::Local)
     }
 
     /// Records a result in the local breaker and for the next flush; a
     /// local opening is flushed at once.
-    #[inline]
+    #[inline(always)]
     fn record_here(&self, outcome: Outcome, slow: bool, spell: Option<u64>) {
         let before = self.local.phase();
         self.local.shared.record(outcome, slow, spell);
@@ -546,7 +549,7 @@ impl Hybrid {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn count(&self, outcome: Outcome, slow: bool) {
         if outcome == Outcome::Ignored {
             return;

@@ -1,9 +1,15 @@
 //! The permit of one call through a [`HybridBreaker`]: recorded here at
 //! once (a probe's in the store), a failure when dropped unfinished.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use futures_util::future::BoxFuture;
+
 use super::super::machine::Outcome;
+use super::super::permit::Rejected;
 use super::HybridBreaker;
 
 /// Leave to make one call through a [`HybridBreaker`]; record its result
@@ -61,18 +67,18 @@ impl<'a> HybridPermit<'a> {
     }
 
     /// The call worked.
-    pub async fn success(self) {
-        self.record(Outcome::Success).await;
+    pub fn success(self) -> impl Future<Output = ()> + Send + 'a {
+        self.record(Outcome::Success)
     }
 
     /// The call failed.
-    pub async fn failure(self) {
-        self.record(Outcome::Failure).await;
+    pub fn failure(self) -> impl Future<Output = ()> + Send + 'a {
+        self.record(Outcome::Failure)
     }
 
     /// The call says nothing about the protected resource.
-    pub async fn ignore(self) {
-        self.record(Outcome::Ignored).await;
+    pub fn ignore(self) -> impl Future<Output = ()> + Send + 'a {
+        self.record(Outcome::Ignored)
     }
 
     #[inline]
@@ -84,18 +90,34 @@ impl<'a> HybridPermit<'a> {
     }
 
     /// Records `outcome`: locally at once; a probe's in the store, now.
-    pub async fn record(self, outcome: Outcome) {
-        if let Err(probe) = self.try_record(outcome) {
-            // Boxed: the local path's future stays small.
-            Box::pin(probe.record_probe(outcome)).await;
+    pub fn record(self, outcome: Outcome) -> impl Future<Output = ()> + Send + 'a {
+        Record {
+            permit: Some(self),
+            outcome,
+            probe: None,
         }
     }
 
     /// Records `outcome` without waiting, unless this is a probe (whose
     /// result goes to the store: then it is handed back, for
     /// [`record`](Self::record)).
-    #[inline]
+    #[inline(always)]
     pub fn try_record(mut self, outcome: Outcome) -> std::result::Result<(), Self> {
+        // The closed path (a local call, not timed) inline; the others out
+        // of line, so that this one keeps the permit in registers.
+        if self.started.is_none() {
+            if let Some(Kind::Local(spell)) = self.kind {
+                self.kind = None;
+                self.breaker.inner.record_here(outcome, false, spell);
+                return Ok(());
+            }
+        }
+        self.try_record_otherwise(outcome)
+    }
+
+    /// [`try_record`](Self::try_record) off the closed path.
+    #[inline(never)]
+    fn try_record_otherwise(mut self, outcome: Outcome) -> std::result::Result<(), Self> {
         if matches!(self.kind, Some(Kind::Probe(_))) {
             return Err(self);
         }
@@ -156,5 +178,82 @@ impl HybridPermit<'_> {
                 }
             }
         }
+    }
+}
+
+/// The future of [`HybridBreaker::acquire`]: decided at its first poll
+/// when this instance decides alone, else an ask of the store, boxed (the
+/// closed path's future is a reference and an empty box).
+pub(super) struct Acquire<'a> {
+    breaker: &'a HybridBreaker,
+    asking: Option<BoxFuture<'a, Result<HybridPermit<'a>, Rejected>>>,
+}
+
+impl<'a> Acquire<'a> {
+    pub(super) fn new(breaker: &'a HybridBreaker) -> Self {
+        Acquire {
+            breaker,
+            asking: None,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn poll_asking(&mut self, cx: &mut Context<'_>) -> Poll<Result<HybridPermit<'a>, Rejected>> {
+        let breaker = self.breaker;
+        self.asking
+            .get_or_insert_with(|| Box::pin(breaker.ask_store()))
+            .as_mut()
+            .poll(cx)
+    }
+}
+
+impl<'a> Future for Acquire<'a> {
+    type Output = Result<HybridPermit<'a>, Rejected>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.asking.is_none() {
+            if let Some(decided) = this.breaker.try_acquire() {
+                return Poll::Ready(decided);
+            }
+        }
+        this.poll_asking(cx)
+    }
+}
+
+/// The future of [`HybridPermit::record`]: recorded here at its first
+/// poll, a probe's result sent to the store (boxed).
+struct Record<'a> {
+    permit: Option<HybridPermit<'a>>,
+    outcome: Outcome,
+    probe: Option<BoxFuture<'a, ()>>,
+}
+
+impl Record<'_> {
+    #[cold]
+    #[inline(never)]
+    fn poll_probe(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.probe.as_mut() {
+            Some(probe) => probe.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl Future for Record<'_> {
+    type Output = ();
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if let Some(permit) = this.permit.take() {
+            match permit.try_record(this.outcome) {
+                Ok(()) => return Poll::Ready(()),
+                Err(probe) => this.probe = Some(Box::pin(probe.record_probe(this.outcome))),
+            }
+        }
+        this.poll_probe(cx)
     }
 }
