@@ -4,7 +4,9 @@
 //! 95% of that; the same with the processes' clocks skewed by ±5 s (each
 //! child's whole wall clock, by libfaketime: the store's clock decides); every limiter key has a TTL afterwards, also after the
 //! connections were cut mid-run; a killed store gives the configured
-//! policy within the timeout.
+//! policy within the timeout. The same hammer also runs through the
+//! provided compare-and-swap path (a store wrapped so that it offers no
+//! native update), at the processes' own clocks.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -14,7 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use statecraft::limiter::{
     Algorithm, DistributedLimiter, HybridLimiter, HybridLimiterConfig, Quota, WhenUnreachable,
 };
-use statecraft::{MonotonicClock, RedisBackend, RedisConfig, StateBackend};
+use statecraft::{
+    BackendStats, Bytes, Capabilities, CasOutcome, HealthReport, KeyPage, KeyTtl, MonotonicClock,
+    PutOptions, RedisBackend, RedisConfig, StateBackend, StateFuture,
+};
 use statecraft_testkit::{Fault, FaultProxy, PostgresServer, RedisCluster, RedisServer};
 
 const CHILD: &str = "STATECRAFT_LIMITER_CHILD";
@@ -77,6 +82,59 @@ async fn store(url: &str) -> Arc<dyn StateBackend> {
         .expect("the test store accepts connections")
 }
 
+/// A store with only the contract's required operations: its
+/// `update_atomic` is the provided compare-and-swap loop (a read, then a
+/// swap), whatever the store underneath offers natively.
+#[derive(Debug)]
+struct Generic(Arc<dyn StateBackend>);
+
+impl StateBackend for Generic {
+    fn name(&self) -> &'static str {
+        "generic"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
+        self.0.get(key)
+    }
+    fn put_with<'a>(&'a self, key: &'a [u8], value: Bytes, o: PutOptions) -> StateFuture<'a, ()> {
+        self.0.put_with(key, value, o)
+    }
+    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
+        self.0.delete(key)
+    }
+    fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
+        self.0.ttl(key)
+    }
+    fn list_keys_page<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        cursor: Option<&'a [u8]>,
+        limit: usize,
+    ) -> StateFuture<'a, KeyPage> {
+        self.0.list_keys_page(prefix, cursor, limit)
+    }
+    fn clear(&self) -> StateFuture<'_, ()> {
+        self.0.clear()
+    }
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        new: Option<Bytes>,
+        options: PutOptions,
+    ) -> StateFuture<'a, CasOutcome> {
+        self.0.compare_and_swap(key, expected, new, options)
+    }
+    fn health_check(&self) -> StateFuture<'_, HealthReport> {
+        self.0.health_check()
+    }
+    fn stats(&self) -> StateFuture<'_, BackendStats> {
+        self.0.stats()
+    }
+}
+
 /// A child process: `mode|url|name|algorithm|millis|skew_s|parent µs`,
 /// its wall clock `skew_s` seconds off (by libfaketime, which its parent
 /// preloads), `parent µs` the parent's wall clock when it spawned it. It
@@ -96,16 +154,23 @@ async fn child(spec: &str) {
     // Ends the test harness's "test … " line: what follows is ours.
     println!();
     println!("skew {seen}");
-    let store = store(url).await;
+    let store = match mode {
+        "generic" => Arc::new(Generic(store(url).await)),
+        _ => store(url).await,
+    };
     let policy = match mode {
-        "hammer" | "hybrid" => WhenUnreachable::Error,
+        "hammer" | "hybrid" | "generic" => WhenUnreachable::Error,
         "deny" | "hybrid_deny" => WhenUnreachable::Deny,
         "local" => WhenUnreachable::Local(Quota::per_second(10).burst(5).build().expect("quota")),
         other => panic!("unknown child mode {other}"),
     };
     // A store killed is noticed within 200 ms; hammering, a store that
     // answers slowly (PostgreSQL under 256 tasks on one row) is waited for.
-    let timeout = Duration::from_millis(if mode == "hammer" { 5_000 } else { 200 });
+    let timeout = Duration::from_millis(if matches!(mode, "hammer" | "generic") {
+        5_000
+    } else {
+        200
+    });
     let limiter = Arc::new(if mode.starts_with("hybrid") {
         let mut config = HybridLimiterConfig::default();
         config.timeout = timeout;
@@ -128,7 +193,10 @@ async fn child(spec: &str) {
     println!("until {}", started + millis * 1_000);
     let until = Instant::now() + Duration::from_millis(millis);
     let mut tasks = Vec::new();
-    for _ in 0..64 {
+    // The compare-and-swap path retries each conflict at once: 64 tasks a
+    // process would spend the run retrying (decisions of seconds).
+    let contenders = if mode == "generic" { 8 } else { 64 };
+    for _ in 0..contenders {
         let limiter = limiter.clone();
         tasks.push(tokio::spawn(async move {
             let (mut admitted, mut slowest, mut allowed_without) = (0u64, Duration::ZERO, 0u64);
@@ -344,7 +412,7 @@ fn hammer(test: &str, url: &str, mode: &str, algorithm: Algorithm, skews: &[i64]
     let unspent = if mode == "hybrid" { 4.0 * 5.0 } else { 0.0 };
     println!("{report:?}");
     println!(
-        "{mode} {algorithm}: {admitted} admitted by 4 × 64 tasks asking for {asking:?}, answered \
+        "{mode} {algorithm}: {admitted} admitted by 4 processes asking for {asking:?}, answered \
          within {span:?} (bound {most:.0}), skews {skews:?}, {} leases",
         report.leases
     );
@@ -437,6 +505,60 @@ async fn processes_share_one_limit_on_postgres() {
         Algorithm::Gcra,
         &[5, -5],
     );
+}
+
+/// The provided compare-and-swap path (a read, the decision at this
+/// process's clock, a swap; again on a conflict), with 4 × 8 tasks
+/// conflicting on one key: the same bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_share_one_limit_through_compare_and_swap() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        return child(&spec).await;
+    }
+    let _serial = one_at_a_time().await;
+    let url = RedisServer::shared().url();
+    for algorithm in [Algorithm::Gcra, Algorithm::TokenBucket] {
+        let (scripts, swaps) = (calls(&url, "fcall").await, calls(&url, "evalsha").await);
+        let report = hammer(
+            "processes_share_one_limit_through_compare_and_swap",
+            &url,
+            "generic",
+            algorithm,
+            &[0],
+        );
+        assert_eq!(report.errors, 0, "no decision failed");
+        assert_eq!(
+            calls(&url, "fcall").await,
+            scripts,
+            "no native step ran: the children took the provided path"
+        );
+        // Each admission's swap is one script (the backend's
+        // compare-and-swap), more with the conflicts.
+        assert!(
+            calls(&url, "evalsha").await - swaps >= report.admitted,
+            "a swap per admission at least"
+        );
+    }
+    assert_every_key_has_a_ttl(&url).await;
+}
+
+/// How many times the server ran `command` (`INFO commandstats`).
+async fn calls(url: &str, command: &str) -> u64 {
+    let mut client = redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut client)
+        .await
+        .expect("info");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a count"))
 }
 
 /// Every key a limiter wrote has a TTL.
