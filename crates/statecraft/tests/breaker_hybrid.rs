@@ -588,8 +588,8 @@ async fn a_dropped_permit_is_a_failure_here_and_in_the_store() {
     );
 }
 
-/// `call` asks the store once an opening has ended, and its probe's
-/// success closes the shared breaker; before that it rejects here.
+/// `call` rejects while the breaker is open, asks the store once the
+/// opening has ended, and its probe's success closes the shared breaker.
 #[tokio::test]
 async fn call_decides_here_then_asks_the_store_for_a_probe() {
     let clock = statecraft::ManualClock::new(1_733_000_000_000);
@@ -628,5 +628,33 @@ async fn call_decides_here_then_asks_the_store_for_a_probe() {
         breaker.shared_phase(),
         Phase::Closed,
         "the probe's success reached the store"
+    );
+}
+
+/// With slow calls counted, a permit times its call: a quick success
+/// leaves the breaker closed, a slow one opens it here and, flushed, in
+/// the store.
+#[tokio::test]
+async fn a_slow_success_opens_it_here_and_in_the_store() {
+    let store: Arc<dyn StateBackend> = Arc::new(statecraft::MemoryBackend::new());
+    let config = BreakerConfig::builder()
+        .slow_calls(Duration::from_millis(20), 1, 1)
+        .window(statecraft::breaker::Window::Count(1))
+        .min_calls(1)
+        .open_for(Duration::from_secs(60))
+        .build()
+        .expect("config");
+    let breaker = HybridBreaker::start(store, "slow", config, HybridConfig::default()).await;
+    let quick = breaker.acquire().await.expect("closed");
+    quick.success().await;
+    assert_eq!(breaker.local().phase(), Phase::Closed, "a quick success");
+    let slow = breaker.acquire().await.expect("closed");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    slow.success().await;
+    assert_eq!(breaker.local().phase(), Phase::Open, "a slow success");
+    assert!(
+        breaker.wait_for(Phase::Open, Duration::from_secs(5)).await,
+        "the flushed slow call opened the shared breaker: {:?}",
+        breaker.stats()
     );
 }

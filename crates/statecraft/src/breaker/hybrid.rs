@@ -1,5 +1,6 @@
 //! [`HybridBreaker`]: a shared breaker that decides locally.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -336,11 +337,12 @@ impl HybridBreaker {
     }
 
     /// Asks to make a call: locally while the shared breaker is closed or
-    /// open, of the store once an opening has ended (a probe).
+    /// open, of the store once an opening has ended (a probe). Nothing is
+    /// asked before the future's first poll; dropped unpolled, it takes
+    /// nothing.
     pub fn acquire(
         &self,
-    ) -> impl std::future::Future<Output = std::result::Result<HybridPermit<'_>, Rejected>> + Send + '_
-    {
+    ) -> impl Future<Output = std::result::Result<HybridPermit<'_>, Rejected>> + Send + '_ {
         permit::Acquire::new(self)
     }
 
@@ -402,7 +404,7 @@ impl HybridBreaker {
 
     /// An ask of the store's breaker: a probe, a rejection, or closed again.
     #[cold]
-    pub(super) async fn ask_store(&self) -> std::result::Result<HybridPermit<'_>, Rejected> {
+    async fn ask_store(&self) -> std::result::Result<HybridPermit<'_>, Rejected> {
         let inner = &*self.inner;
         match inner.shared.run(Event::Acquire).await {
             Ok((step, spell)) => {
@@ -416,7 +418,9 @@ impl HybridBreaker {
                     }
                     Decision::Reject { retry_after_ms } => {
                         if let Some(ms) = retry_after_ms {
-                            inner.view.set(Phase::Open, inner.clock.now_millis() + ms);
+                            inner
+                                .view
+                                .set(Phase::Open, inner.clock.now_millis().saturating_add(ms));
                         }
                         Err(Rejected::new(Arc::from(self.name()), retry_after_ms))
                     }
@@ -457,17 +461,14 @@ impl HybridBreaker {
         Fut: std::future::Future<Output = std::result::Result<T, E>>,
         C: FnOnce(&std::result::Result<T, E>) -> Outcome,
     {
-        // The synchronous forms, the slow paths boxed: this future holds
-        // little more than the call's.
-        let permit = match self.try_acquire() {
-            Some(decided) => decided,
-            None => Box::pin(self.ask_store()).await,
-        }
-        .map_err(CallError::Rejected)?;
+        // The slow paths boxed: this future holds little more than the
+        // call's.
+        let permit = self.acquire().await.map_err(CallError::Rejected)?;
         let result = call().await;
         let outcome = classify(&result);
         if let Err(probe) = permit.try_record(outcome) {
-            Box::pin(probe.record(outcome)).await;
+            // Boxed: this future keeps one word for it.
+            Box::pin(probe.record_probe(outcome)).await;
         }
         result.map_err(CallError::Failed)
     }

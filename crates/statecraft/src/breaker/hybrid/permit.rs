@@ -89,7 +89,11 @@ impl<'a> HybridPermit<'a> {
         }
     }
 
-    /// Records `outcome`: locally at once; a probe's in the store, now.
+    /// Records `outcome` at the future's first poll: locally at once; a
+    /// probe's in the store. The result futures (this one, and those of
+    /// [`success`](Self::success), [`failure`](Self::failure) and
+    /// [`ignore`](Self::ignore)) hold the permit: dropped unpolled, they
+    /// record a failure, a cancelled call.
     pub fn record(self, outcome: Outcome) -> impl Future<Output = ()> + Send + 'a {
         Record {
             permit: Some(self),
@@ -134,7 +138,8 @@ impl<'a> HybridPermit<'a> {
         Ok(())
     }
 
-    async fn record_probe(mut self, outcome: Outcome) {
+    /// Records a probe's result in the store.
+    pub(super) async fn record_probe(mut self, outcome: Outcome) {
         let slow = self.slow();
         if let Some(Kind::Probe(spell)) = self.kind.take() {
             self.breaker.inner.record_probe(outcome, slow, spell).await;
@@ -183,10 +188,11 @@ impl HybridPermit<'_> {
 
 /// The future of [`HybridBreaker::acquire`]: decided at its first poll
 /// when this instance decides alone, else an ask of the store, boxed (the
-/// closed path's future is a reference and an empty box).
+/// closed path's future is a reference and an empty option).
 pub(super) struct Acquire<'a> {
     breaker: &'a HybridBreaker,
     asking: Option<BoxFuture<'a, Result<HybridPermit<'a>, Rejected>>>,
+    done: bool,
 }
 
 impl<'a> Acquire<'a> {
@@ -194,17 +200,29 @@ impl<'a> Acquire<'a> {
         Acquire {
             breaker,
             asking: None,
+            done: false,
         }
     }
 
     #[cold]
     #[inline(never)]
     fn poll_asking(&mut self, cx: &mut Context<'_>) -> Poll<Result<HybridPermit<'a>, Rejected>> {
+        // Polled again once it answered: a second permit would be taken.
+        assert!(
+            !self.done,
+            "HybridBreaker::acquire polled after it answered"
+        );
         let breaker = self.breaker;
-        self.asking
+        let answer = self
+            .asking
             .get_or_insert_with(|| Box::pin(breaker.ask_store()))
             .as_mut()
-            .poll(cx)
+            .poll(cx);
+        if answer.is_ready() {
+            self.asking = None;
+            self.done = true;
+        }
+        answer
     }
 }
 
@@ -214,8 +232,9 @@ impl<'a> Future for Acquire<'a> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if this.asking.is_none() {
+        if this.asking.is_none() && !this.done {
             if let Some(decided) = this.breaker.try_acquire() {
+                this.done = true;
                 return Poll::Ready(decided);
             }
         }
@@ -235,10 +254,15 @@ impl Record<'_> {
     #[cold]
     #[inline(never)]
     fn poll_probe(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        match self.probe.as_mut() {
-            Some(probe) => probe.as_mut().poll(cx),
-            None => Poll::Ready(()),
+        let probe = self
+            .probe
+            .as_mut()
+            .expect("HybridPermit::record polled after it finished");
+        let done = probe.as_mut().poll(cx);
+        if done.is_ready() {
+            self.probe = None;
         }
+        done
     }
 }
 
