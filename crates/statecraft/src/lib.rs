@@ -47,6 +47,7 @@ mod backends;
 pub mod breaker;
 pub mod connect;
 pub mod counter;
+mod jitter;
 mod layers;
 pub mod limiter;
 pub mod lock;

@@ -28,6 +28,7 @@
 //! property tests.
 
 use std::fmt;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -177,9 +178,28 @@ pub struct PostgresNative {
     pub keys: Option<&'static str>,
 }
 
+/// The longest wait between two tries of a compare-and-swap that keeps
+/// conflicting (the waits double from 250 µs up to it, each a random part).
+pub(crate) const MOST_CAS_WAIT: Duration = Duration::from_millis(50);
+
+/// The random part of the wait after `conflicts` conflicts in a row: none
+/// after the first (a retry at once wins under light contention), then
+/// up to 250 µs, 500 µs, … [`MOST_CAS_WAIT`], so that many writers of one
+/// key (in any number of processes) stop retrying in lockstep, where each
+/// round lets one of them through.
+pub(crate) fn cas_wait(conflicts: u32) -> Duration {
+    static JITTER: std::sync::OnceLock<crate::jitter::Jitter> = std::sync::OnceLock::new();
+    if conflicts < 2 {
+        return Duration::ZERO;
+    }
+    let cap = (Duration::from_micros(250) * (1 << (conflicts - 2).min(8))).min(MOST_CAS_WAIT);
+    JITTER.get_or_init(crate::jitter::Jitter::random).below(cap)
+}
+
 /// The provided path of [`update_atomic`](StateBackend::update_atomic): read,
 /// apply at this process's wall clock, swap if the key is unchanged, and
-/// apply again to what is there now if it changed.
+/// apply again to what is there now if it changed (after a random wait
+/// once it conflicted twice in a row: [`cas_wait`]).
 pub(crate) async fn by_compare_and_swap<B: StateBackend + ?Sized>(
     backend: &B,
     key: &[u8],
@@ -187,6 +207,7 @@ pub(crate) async fn by_compare_and_swap<B: StateBackend + ?Sized>(
     input: &[u8],
 ) -> Result<Bytes> {
     let mut current = backend.get(key).await?;
+    let mut conflicts = 0u32;
     loop {
         let step = update
             .apply(current.as_deref(), input, SystemClock.now_micros())
@@ -205,7 +226,50 @@ pub(crate) async fn by_compare_and_swap<B: StateBackend + ?Sized>(
             .await?
         {
             CasOutcome::Swapped => return Ok(step.output),
-            CasOutcome::Conflict(now) => current = now,
+            CasOutcome::Conflict(now) => {
+                conflicts = conflicts.saturating_add(1);
+                let wait = cas_wait(conflicts);
+                current = if wait.is_zero() {
+                    now
+                } else {
+                    tokio::time::sleep(wait).await;
+                    // What the conflict showed is older than the wait.
+                    backend.get(key).await?
+                };
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflicting_swap_waits_longer_each_time_up_to_the_cap() {
+        assert_eq!(cas_wait(0), Duration::ZERO);
+        assert_eq!(cas_wait(1), Duration::ZERO, "the first retry at once");
+        for (conflicts, cap_us) in [
+            (2, 250),
+            (3, 500),
+            (4, 1_000),
+            (7, 8_000),
+            (10, 50_000),
+            (40, 50_000),
+        ] {
+            let waits: Vec<Duration> = (0..400).map(|_| cas_wait(conflicts)).collect();
+            let cap = Duration::from_micros(cap_us);
+            assert!(waits.iter().all(|w| *w <= cap), "{conflicts}: over {cap:?}");
+            // Spread over the range, not stuck at an end.
+            assert!(
+                waits.iter().any(|w| *w < cap / 4),
+                "{conflicts}: none short"
+            );
+            assert!(
+                waits.iter().any(|w| *w > cap * 3 / 4),
+                "{conflicts}: none long"
+            );
+        }
+        assert!(cas_wait(u32::MAX) <= MOST_CAS_WAIT);
     }
 }

@@ -21,7 +21,6 @@
 //! whose reply was lost ([`Error::may_have_applied`]) is never sent again:
 //! the caller gets the error and decides.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +33,7 @@ use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOpti
 use crate::backend::pubsub::Subscription;
 use crate::backend::stats::BackendStats;
 use crate::backend::transaction::Transaction;
+use crate::jitter::Jitter;
 use crate::layers::operation::{operation_layer, OperationLayer};
 
 /// When and how often [`Retry`] tries again.
@@ -224,44 +224,6 @@ fn retryable(err: &Error, operation: Operation) -> bool {
     err.is_temporary() && (!err.may_have_applied() || operation.is_idempotent())
 }
 
-/// A small, lock-free source of jitter (splitmix64 over a counter).
-#[derive(Debug)]
-struct Jitter {
-    state: AtomicU64,
-}
-
-impl Jitter {
-    fn random() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(0x5eed);
-        Self::seeded(hasher.finish())
-    }
-
-    fn seeded(seed: u64) -> Self {
-        Jitter {
-            state: AtomicU64::new(seed),
-        }
-    }
-
-    /// A uniformly random duration in `[0, cap]`.
-    fn below(&self, cap: Duration) -> Duration {
-        let mut z = self
-            .state
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(if nanos == u64::MAX {
-            z
-        } else {
-            z % (nanos + 1)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,19 +236,5 @@ mod tests {
         let caps: Vec<u128> = (0..5).map(|n| policy.backoff_cap(n).as_millis()).collect();
         assert_eq!(caps, [10, 20, 40, 50, 50]);
         assert_eq!(policy.backoff_cap(200), Duration::from_millis(50));
-    }
-
-    #[test]
-    fn jitter_stays_within_the_cap_and_spreads() {
-        let jitter = Jitter::seeded(7);
-        let cap = Duration::from_millis(100);
-        let waits: Vec<Duration> = (0..1000).map(|_| jitter.below(cap)).collect();
-        assert!(waits.iter().all(|w| *w <= cap));
-        let low = waits.iter().filter(|w| **w < cap / 2).count();
-        assert!(
-            (350..650).contains(&low),
-            "{low} of 1000 below half the cap"
-        );
-        assert_eq!(jitter.below(Duration::ZERO), Duration::ZERO);
     }
 }
