@@ -213,15 +213,17 @@ proptest! {
     }
 
     #[test]
-    fn the_lua_fenced_write_decides_as_the_rust_step(
+    fn the_lua_and_postgres_fenced_writes_decide_as_the_rust_step(
         writes in prop::collection::vec((0u64..20, prop::collection::vec(any::<u8>(), 0..12)), 1..30),
         damaged in any::<bool>(),
     ) {
-        let (native, reference) = runtime().block_on(async {
+        let (native, on_postgres, reference) = runtime().block_on(async {
             let redis = redis_at(&RedisServer::shared().url(), true).await;
+            let postgres = postgres().await;
             let memory = MemoryBackend::new();
-            let mut seen = [Vec::new(), Vec::new()];
-            for (n, store) in [&redis as &dyn StateBackend, &memory].into_iter().enumerate() {
+            let mut seen = [Vec::new(), Vec::new(), Vec::new()];
+            let stores = [&redis as &dyn StateBackend, &postgres, &memory];
+            for (n, store) in stores.into_iter().enumerate() {
                 if damaged {
                     store.put(b"r", bytes::Bytes::from_static(b"not fenced")).await.expect("put");
                 }
@@ -231,10 +233,12 @@ proptest! {
                 }
             }
             redis.clear().await.expect("clear");
-            let [native, reference] = seen;
-            (native, reference)
+            postgres.clear().await.expect("clear");
+            let [native, on_postgres, reference] = seen;
+            (native, on_postgres, reference)
         });
-        prop_assert_eq!(native, reference);
+        prop_assert_eq!(&native, &reference);
+        prop_assert_eq!(on_postgres, reference);
     }
 }
 
@@ -433,8 +437,14 @@ async fn bad_input_is_a_typed_error_on_both_paths() {
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{input:?}: {err}");
         }
     }
-    for input in [&b"5"[..], b"x 1", b" 1"] {
-        for store in [&redis as &dyn StateBackend, &memory] {
+    for input in [
+        &b"5"[..],
+        b"x 1",
+        b" 1",
+        b"12345678901234567 v",
+        b"1\xff2 v",
+    ] {
+        for store in [&redis as &dyn StateBackend, &memory, &postgres] {
             let err = store
                 .update_atomic(b"bad", &FencedWrite, input)
                 .await
@@ -632,4 +642,33 @@ async fn an_expired_row_taken_over_by_two_at_once_has_one_holder_on_postgres() {
         .filter(|a| matches!(a, LockAnswer::Busy { .. }))
         .count();
     assert_eq!((held, busy), (1, 1), "{answers:?}");
+}
+
+/// A fenced write on PostgreSQL is one statement: the backend counts one
+/// write and no read (the compare-and-swap path reads first).
+#[tokio::test]
+async fn a_postgres_fenced_write_is_one_statement() {
+    let store = postgres().await;
+    let before = store.stats().await.expect("stats");
+    assert_eq!(
+        fenced_put(&store, b"one", 7, b"v").await.expect("store"),
+        Fenced::Written
+    );
+    assert_eq!(
+        fenced_put(&store, b"one", 6, b"old").await.expect("store"),
+        Fenced::Stale { highest: 7 }
+    );
+    let after = store.stats().await.expect("stats");
+    assert_eq!(after.writes - before.writes, 2, "one statement each");
+    assert_eq!(
+        after.hits + after.misses,
+        before.hits + before.misses,
+        "no read first"
+    );
+    assert_eq!(
+        statecraft::lock::fenced_get(&store, b"one")
+            .await
+            .expect("get"),
+        Some((7, bytes::Bytes::from_static(b"v")))
+    );
 }

@@ -145,7 +145,10 @@ pub trait AtomicUpdate: Send + Sync + fmt::Debug {
 /// backend's table name, with its schema if it has one), so that each
 /// table's objects are its own, and `@name#@` for `"<table>_name_<v>"`,
 /// `<v>` a hash of `setup`: functions written so are versioned, so that
-/// two versions of an update side by side each call their own.
+/// two versions of an update side by side each call their own. `@table@`
+/// is the backend's key-value table itself (`key bytea`, `value bytea`,
+/// `expires_at timestamptz`, null: no expiry), for an update whose state
+/// is the key's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PostgresNative {
     /// SQL that creates what the statement needs, run once per backend
@@ -157,7 +160,8 @@ pub struct PostgresNative {
     /// a backend that finds it runs no set-up.
     pub function: &'static str,
     /// One statement that runs the update: `$1` is the key (`bytea`),
-    /// `$2` the input (`text`: the input must be UTF-8), `$3` the
+    /// `$2` the input (`text`, when the input must be UTF-8, or `bytea`
+    /// as it is, where the statement takes one: `$2::bytea`), `$3` the
     /// backend's default TTL in milliseconds (`int8`, 0: none; an update
     /// whose input carries its own TTL, as a breaker's does, ignores it). It returns
     /// one row of one `text` column, the output, and reads the time with

@@ -1,7 +1,7 @@
 //! Fenced writes: a value stored only by a writer whose fencing token is
 //! at least the highest the key has seen, checked in the same atomic step
-//! as the write (one round trip on Redis; under the key's lock in memory;
-//! by compare-and-swap elsewhere). A holder paused past its lease, whose
+//! as the write (one round trip on Redis and PostgreSQL; under the key's
+//! lock in memory; by compare-and-swap elsewhere). A holder paused past its lease, whose
 //! lock another has taken since (with a higher token) and written under,
 //! is refused.
 //!
@@ -10,7 +10,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite};
+use crate::backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite, PostgresNative};
 use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::PutOptions;
 use crate::backend::StateBackend;
@@ -18,6 +18,16 @@ use crate::backend::StateBackend;
 /// The Lua copy of [`FencedWrite`] (a library: a chunk that returns the
 /// step).
 const SCRIPT: &str = include_str!("fenced.lua");
+
+/// The PostgreSQL copy: one function over the backend's own table (the
+/// value is the key's, read by [`fenced_get`]), the input as `bytea`.
+const POSTGRES: PostgresNative = PostgresNative {
+    setup: include_str!("fenced.sql"),
+    call: "SELECT @fenced_write#@($1, $2, $3)",
+    purge: None,
+    function: "@fenced_write#@",
+    keys: None,
+};
 
 /// What a fenced write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +92,10 @@ impl AtomicUpdate for FencedWrite {
 
     fn redis_function(&self) -> Option<&'static str> {
         Some(SCRIPT)
+    }
+
+    fn postgres(&self) -> Option<PostgresNative> {
+        Some(POSTGRES)
     }
 }
 

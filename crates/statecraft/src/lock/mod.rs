@@ -13,7 +13,8 @@
 //! it in one round trip at the server's clock, the memory backend under
 //! the key's lock; sled by compare-and-swap, at the client's clock (fine
 //! within one process, which is all sled serves). A fenced write is one
-//! round trip on Redis, compare-and-swap elsewhere (no clock involved).
+//! round trip on Redis and PostgreSQL (a function over the backend's own
+//! table), compare-and-swap elsewhere (no clock involved).
 //!
 //! **Fair order.** Waiters in [`Locks::lock`] stand in a line the store
 //! keeps with the lock ([`LockRecord`]): a free lock goes to the first

@@ -141,9 +141,9 @@ fn version(setup: &str) -> String {
     crate::backend::atomic::source_version(setup)
 }
 
-/// `sql` with every `@name@` replaced by the identifier `"<table>_name"`
-/// and every `@name#@` by `"<table>_name_<version>"` (schema-qualified as
-/// `table` is).
+/// `sql` with every `@name@` replaced by the identifier `"<table>_name"`,
+/// every `@name#@` by `"<table>_name_<version>"` (schema-qualified as
+/// `table` is), and `@table@` by the backend's table itself.
 pub(super) fn expand(sql: &str, table: &str, version: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 64);
     let mut rest = sql;
@@ -158,6 +158,7 @@ pub(super) fn expand(sql: &str, table: &str, version: &str) -> String {
             Some(word) => {
                 let name = match word.strip_suffix('#') {
                     Some(name) => format!("{table}_{name}_{version}"),
+                    None if word == "table" => table.to_owned(),
                     None => format!("{table}_{word}"),
                 };
                 out.push_str(&quoted(&name));
@@ -183,15 +184,6 @@ impl Inner {
         key: &[u8],
         input: &[u8],
     ) -> Result<Bytes> {
-        let input = std::str::from_utf8(input).map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "{}: a native PostgreSQL update takes UTF-8 input",
-                    update.name()
-                ),
-            )
-        })?;
         let default_ttl = self
             .config
             .default_ttl
@@ -202,7 +194,16 @@ impl Inner {
         loop {
             let call = self.set_up(update.name(), native).await?;
             let mut client = self.client().await?;
-            match client.query_one(&call, &[&key, &input, &default_ttl]).await {
+            let Some(answer) = client.call_native(&call, key, input, default_ttl).await else {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "{}: a native PostgreSQL update takes UTF-8 input",
+                        update.name()
+                    ),
+                ));
+            };
+            match answer {
                 Ok(row) => {
                     if again {
                         // The set-up helped: the next loss is repaired at once.
@@ -408,6 +409,10 @@ mod tests {
             "\"app\".\"state_step\" a@b c@"
         );
         assert_eq!(expand("x @ y @@ @Up@ @#@", "t", "v1"), "x @ y @@ @Up@ @#@");
+        assert_eq!(
+            expand("UPDATE @table@ SET v = @f#@(v)", "app.state", "v1"),
+            "UPDATE \"app\".\"state\" SET v = \"app\".\"state_f_v1\"(v)"
+        );
         assert_ne!(version("a"), version("b"));
         assert_eq!(version("a").len(), 8);
     }

@@ -50,6 +50,38 @@ impl Lease {
         result
     }
 
+    /// A native update's call (`$1` the key, `$2` the input, `$3` the
+    /// default TTL): the input bound as `bytea` where the statement takes
+    /// one there, else as `text` (then it must be UTF-8: `None` if not).
+    pub(super) async fn call_native(
+        &mut self,
+        sql: &str,
+        key: &[u8],
+        input: &[u8],
+        default_ttl: i64,
+    ) -> Option<std::result::Result<Row, tokio_postgres::Error>> {
+        let outcome = self
+            .with(|client| async move {
+                let statement = client.prepare_cached(sql).await?;
+                let binary = statement.params().get(1) == Some(&tokio_postgres::types::Type::BYTEA);
+                if binary {
+                    return client
+                        .query_one(&statement, &[&key, &input, &default_ttl])
+                        .await
+                        .map(Some);
+                }
+                let Ok(text) = std::str::from_utf8(input) else {
+                    return Ok(None);
+                };
+                client
+                    .query_one(&statement, &[&key, &text, &default_ttl])
+                    .await
+                    .map(Some)
+            })
+            .await;
+        outcome.transpose()
+    }
+
     pub(super) async fn query_opt(
         &mut self,
         sql: &str,
