@@ -72,7 +72,7 @@ pub struct HybridLimiterStats {
 struct Inner {
     shared: DistributedLimiter,
     config: HybridLimiterConfig,
-    clock: MonotonicClock,
+    clock: Arc<dyn Clock>,
     /// Permits of the current lease not yet spent.
     left: AtomicU64,
     /// When the current lease stops being spent (µs of `clock`).
@@ -156,6 +156,27 @@ impl HybridLimiter {
         quota: Quota,
         config: HybridLimiterConfig,
     ) -> HybridLimiter {
+        HybridLimiter::with_clock(
+            backend,
+            name,
+            quota,
+            config,
+            Arc::new(MonotonicClock::new()),
+        )
+    }
+
+    /// [`new`](Self::new) with the clock that times its leases here and
+    /// how long it decides without the store: a
+    /// [`ManualClock`](crate::ManualClock) in tests. The shared limit's
+    /// decisions stay at the store's clock, and a
+    /// [`Local`](WhenUnreachable::Local) fallback quota at the process's.
+    pub fn with_clock(
+        backend: Arc<dyn StateBackend>,
+        name: impl Into<String>,
+        quota: Quota,
+        config: HybridLimiterConfig,
+        clock: Arc<dyn Clock>,
+    ) -> HybridLimiter {
         let shared = DistributedLimiter::new(backend, name, quota).timeout(config.timeout);
         let fallback = match config.when_unreachable {
             WhenUnreachable::Local(quota) => Some(LocalLimiter::new(quota)),
@@ -164,7 +185,7 @@ impl HybridLimiter {
         HybridLimiter {
             inner: Arc::new(Inner {
                 shared,
-                clock: MonotonicClock::new(),
+                clock,
                 left: AtomicU64::new(0),
                 expires: AtomicU64::new(0),
                 granted_at: AtomicU64::new(0),

@@ -435,6 +435,38 @@ async fn a_hybrid_limiter_spends_leases_and_gives_the_rest_back() {
     assert!(shared.check_n(0).await.expect("peek").remaining >= stats.returned);
 }
 
+/// On an injected clock: a lease is spent here until its time is up, then
+/// the next decision asks the store for a new one.
+#[tokio::test]
+async fn a_hybrid_lease_ends_on_its_clock() {
+    let store: Arc<dyn crate::StateBackend> = Arc::new(crate::MemoryBackend::new());
+    let limit = quota(Algorithm::Gcra, 100, 3_600_000_000, 100);
+    let config = HybridLimiterConfig {
+        lease_window: Duration::from_secs(10),
+        lease_ttl: Duration::from_secs(1),
+        ..HybridLimiterConfig::default()
+    };
+    let clock = ManualClock::new(1_000_000);
+    let hybrid = HybridLimiter::with_clock(store, "t", limit, config, Arc::new(clock.clone()));
+    for _ in 0..3 {
+        assert!(hybrid.check().await.expect("decision").is_allowed());
+    }
+    let leases = hybrid.stats().leases;
+    clock.advance(Duration::from_millis(999));
+    assert!(
+        hybrid.try_check(1).is_some_and(|d| d.is_allowed()),
+        "within its time, the lease decides here"
+    );
+    clock.advance(Duration::from_millis(1));
+    assert!(
+        hybrid.try_check(1).is_none(),
+        "its time is up: the store decides"
+    );
+    assert_eq!(hybrid.stats().leases, leases, "nothing asked yet");
+    assert!(hybrid.check().await.expect("decision").is_allowed());
+    assert_eq!(hybrid.stats().leases, leases + 1, "a new lease");
+}
+
 #[tokio::test]
 async fn a_dropped_hybrid_limiter_gives_its_lease_back() {
     let store: Arc<dyn crate::StateBackend> = Arc::new(crate::MemoryBackend::new());
