@@ -248,6 +248,8 @@ proptest! {
 #[derive(Debug, Clone)]
 enum PermitStep {
     Acquire(u8, u64, u64),
+    Wait(u8, u64, u64, u64),
+    Leave(u8),
     Extend(u8, u64),
     Release(u8),
     Store(&'static str),
@@ -258,6 +260,9 @@ fn permit_steps() -> impl Strategy<Value = Vec<(PermitStep, u64)>> {
     let lease = prop_oneof![1u64..5_000, 1_000_000u64..5_000_000];
     let step = prop_oneof![
         5 => (who.clone(), 1u64..4, lease.clone()).prop_map(|(w, p, l)| PermitStep::Acquire(w, p, l)),
+        4 => (who.clone(), 1u64..4, lease.clone(), lease.clone())
+            .prop_map(|(w, p, l, line)| PermitStep::Wait(w, p, l, line)),
+        1 => who.clone().prop_map(PermitStep::Leave),
         2 => (who.clone(), lease).prop_map(|(w, l)| PermitStep::Extend(w, l)),
         3 => who.prop_map(PermitStep::Release),
         1 => prop_oneof![
@@ -265,6 +270,10 @@ fn permit_steps() -> impl Strategy<Value = Vec<(PermitStep, u64)>> {
             Just("h 01010101010101010101010101010101 1 2"),
             // The first owner twice: its first entry is the one that counts.
             Just("m 01010101010101010101010101010101 1764000009000000 01010101010101010101010101010101 1764000001000000"),
+            // A line with no holder, a waiter twice, a line left empty.
+            Just("m w 02020202020202020202020202020202 1764000009000000 03030303030303030303030303030303 1764000002000000"),
+            Just("m 01010101010101010101010101010101 1764000009000000 w 02020202020202020202020202020202 1764000009000000 02020202020202020202020202020202 1764000001000000"),
+            Just("m 01010101010101010101010101010101 1764000009000000 w"),
         ].prop_map(PermitStep::Store),
     ];
     let dt = prop_oneof![2 => Just(0u64), 3 => 0u64..3_000, 3 => 0u64..3_000_000];
@@ -284,6 +293,13 @@ async fn run_permits(store: &dyn StateBackend, steps: &[(PermitStep, u64)], peek
                 permits,
                 lease_us,
             },
+            PermitStep::Wait(w, permits, lease_us, line_us) => SemaphoreOp::Wait {
+                owner: owner(w),
+                permits,
+                lease_us,
+                line_us,
+            },
+            PermitStep::Leave(w) => SemaphoreOp::Leave { owner: owner(w) },
             PermitStep::Extend(w, lease_us) => SemaphoreOp::Extend {
                 owner: owner(w),
                 lease_us,
@@ -463,6 +479,12 @@ async fn bad_input_is_a_typed_error_on_both_paths() {
         format!("a  {owner} 2 10 0"),
         format!("e {owner} 10"),
         format!("r {owner} 1 0"),
+        format!("w {owner} 2 10 0"),
+        format!("w {owner} 2 10 0 0"),
+        format!("w {owner} 0 10 10 0"),
+        format!("w {owner} 2 10 99999999999999999 0"),
+        format!("l {owner}"),
+        format!("l {owner} 1 0"),
     ];
     for input in &inputs {
         for store in [&redis as &dyn StateBackend, &memory, &postgres] {

@@ -62,8 +62,9 @@ pub use machine::{
     MAX_LINE, RETAIN_US,
 };
 pub use permits::{
-    decode_holders, encode_holders, parse_holders, semaphore_input, semaphore_step, SemaphoreOp,
-    SemaphoreStep, LINGER_US, MAX_PERMITS,
+    decode_holders, decode_semaphore, encode_holders, encode_semaphore, parse_holders,
+    semaphore_input, semaphore_step, SemaphoreOp, SemaphoreState, SemaphoreStep, LINGER_US,
+    MAX_PERMITS,
 };
 pub use redlock::Redlock;
 pub use semaphore::{Semaphore, SemaphorePermit};

@@ -9,13 +9,22 @@
 //! Texts on the wire (numbers in decimal, at most 16 digits; owners as 32
 //! hexadecimal digits):
 //!
-//! - input: `a <owner> <permits> <lease µs> <now µs>`, `e <owner> <lease
-//!   µs> <now µs>`, `r <owner> <now µs>` (now 0: the store's clock), or
-//!   [`PEEK`] (answered `<now µs> <state>`, the state empty: none);
-//! - state: `m` followed by `<owner> <expires µs>` per holder (no holder:
-//!   no key; the key outlives the last lease by [`LINGER_US`]);
+//! - input: `a <owner> <permits> <lease µs> <now µs>`, `w <owner>
+//!   <permits> <lease µs> <line µs> <now µs>`, `l <owner> <now µs>`, `e
+//!   <owner> <lease µs> <now µs>`, `r <owner> <now µs>` (now 0: the
+//!   store's clock), or [`PEEK`] (answered `<now µs> <state>`, the state
+//!   empty: none);
+//! - state: `m` followed by `<owner> <expires µs>` per holder, then, when
+//!   someone waits, `w` and `<owner> <place kept until µs>` per waiter in
+//!   the line, first first (no holder and no waiter: no key; the key
+//!   outlives the last lease or place by [`LINGER_US`]);
 //! - output: `H <holders> <lease µs>`, `B <holders> <retry after µs>`, `R
-//!   <holders left>` or `N`.
+//!   <holders left>`, `L` or `N`.
+//!
+//! **Fair order.** Waiters ([`Wait`](SemaphoreOp::Wait)) stand in a line,
+//! and a free permit goes to the first of them still waiting: an ask
+//! (theirs or a [`try_acquire`](SemaphoreOp::Acquire)'s) takes one only if
+//! more permits are free than waiters stand before it.
 
 use bytes::Bytes;
 
@@ -23,7 +32,7 @@ use crate::backend::atomic::{AtomicStep, AtomicUpdate, AtomicWrite, PostgresNati
 use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::options::PutOptions;
 
-use super::machine::{LockAnswer, Owner};
+use super::machine::{LockAnswer, Owner, MAX_LINE};
 use super::shared::{digits, encode_answer, lease, split_peek, PEEK};
 
 /// The most permits a semaphore has.
@@ -50,6 +59,25 @@ pub enum SemaphoreOp {
         /// For how long (µs).
         lease_us: u64,
     },
+    /// Take a permit for `lease_us` as [`Acquire`](Self::Acquire) does,
+    /// else stand in the line (or keep its place) for `line_us`.
+    Wait {
+        /// Who asks.
+        owner: Owner,
+        /// How many permits the semaphore has (1 to [`MAX_PERMITS`]).
+        permits: u64,
+        /// For how long (µs).
+        lease_us: u64,
+        /// How long its place is kept from now, unless more than half of
+        /// it is left (µs).
+        line_us: u64,
+    },
+    /// `owner` stops waiting: out of the line, and its permit given back
+    /// if it holds one (an ask that took it, unanswered).
+    Leave {
+        /// Who gives up.
+        owner: Owner,
+    },
     /// Renew `owner`'s permit for `lease_us` from now, if it holds one.
     Extend {
         /// The holder.
@@ -64,18 +92,34 @@ pub enum SemaphoreOp {
     },
 }
 
-/// The semaphore's step: `op` on the holders `held` (owner, expiry) at the
-/// store's `now_us`: the holders to write (`None`: leave them; an empty
-/// list: remove the key) and the answer.
+/// A semaphore's stored state: its holders (owner, lease's end) and its
+/// line (owner, place kept until), first first, each in the store's µs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SemaphoreState {
+    /// Who holds a permit, and until when.
+    pub held: Vec<(Owner, u64)>,
+    /// Who waits, in order, and until when each place is kept.
+    pub line: Vec<(Owner, u64)>,
+}
+
+/// The semaphore's step: `op` on `state` at the store's `now_us`: the
+/// state to write (`None`: leave it; an empty one: remove the key) and
+/// the answer.
 pub fn semaphore_step(
-    held: &[(Owner, u64)],
+    state: &SemaphoreState,
     op: SemaphoreOp,
     now_us: u64,
-) -> (Option<Vec<(Owner, u64)>>, LockAnswer) {
-    let mut live: Vec<(Owner, u64)> = held.iter().copied().filter(|h| h.1 > now_us).collect();
-    let mine = |live: &[(Owner, u64)], owner| live.iter().position(|h| h.0 == owner);
-    let held_answer = |live: &Vec<(Owner, u64)>, lease_us| LockAnswer::Held {
-        token: live.len() as u64,
+) -> (Option<SemaphoreState>, LockAnswer) {
+    let live = |list: &[(Owner, u64)]| -> Vec<(Owner, u64)> {
+        list.iter().copied().filter(|h| h.1 > now_us).collect()
+    };
+    let mut next = SemaphoreState {
+        held: live(&state.held),
+        line: live(&state.line),
+    };
+    let mine = next.held.iter().position(|h| h.0 == op_owner(op));
+    let held_answer = |next: &SemaphoreState, lease_us| LockAnswer::Held {
+        token: next.held.len() as u64,
         lease_us,
     };
     match op {
@@ -83,44 +127,95 @@ pub fn semaphore_step(
             owner,
             permits,
             lease_us,
-        } => match mine(&live, owner) {
+        }
+        | SemaphoreOp::Wait {
+            owner,
+            permits,
+            lease_us,
+            ..
+        } => {
+            if let Some(at) = mine {
+                next.held[at].1 = now_us + lease_us;
+                next.line.retain(|w| w.0 != owner);
+                let answer = held_answer(&next, lease_us);
+                return (Some(next), answer);
+            }
+            let free = permits.saturating_sub(next.held.len() as u64);
+            let place = next.line.iter().position(|w| w.0 == owner);
+            let ahead = &next.line[..place.unwrap_or(next.line.len())];
+            if free > ahead.len() as u64 {
+                next.held.push((owner, now_us + lease_us));
+                next.line.retain(|w| w.0 != owner);
+                let answer = held_answer(&next, lease_us);
+                return (Some(next), answer);
+            }
+            // The soonest a permit may free up for it: a lease that ends
+            // (none free), or a place before it that lapses.
+            let soonest = if free == 0 {
+                next.held.iter().map(|h| h.1).min()
+            } else {
+                ahead.iter().map(|w| w.1).min()
+            };
+            let busy = LockAnswer::Busy {
+                token: next.held.len() as u64,
+                retry_after_us: soonest.unwrap_or(now_us + 1) - now_us,
+            };
+            let SemaphoreOp::Wait { line_us, .. } = op else {
+                return (None, busy);
+            };
+            match place {
+                // A place with more than half its time left stays as it is.
+                Some(at) if next.line[at].1 - now_us > line_us / 2 => (None, busy),
+                Some(at) => {
+                    next.line[at].1 = now_us + line_us;
+                    (Some(next), busy)
+                }
+                None if next.line.len() < MAX_LINE => {
+                    next.line.push((owner, now_us + line_us));
+                    (Some(next), busy)
+                }
+                None => (None, busy),
+            }
+        }
+        SemaphoreOp::Leave { owner } => {
+            let before = next.line.len();
+            next.line.retain(|w| w.0 != owner);
+            match mine {
+                Some(at) => {
+                    next.held.remove(at);
+                    let token = next.held.len() as u64;
+                    (Some(next), LockAnswer::Released { token, next: None })
+                }
+                None if next.line.len() < before => (Some(next), LockAnswer::Left { next: None }),
+                None => (None, LockAnswer::Left { next: None }),
+            }
+        }
+        SemaphoreOp::Extend { lease_us, .. } => match mine {
             Some(at) => {
-                live[at].1 = now_us + lease_us;
-                let answer = held_answer(&live, lease_us);
-                (Some(live), answer)
-            }
-            None if (live.len() as u64) < permits => {
-                live.push((owner, now_us + lease_us));
-                let answer = held_answer(&live, lease_us);
-                (Some(live), answer)
-            }
-            None => {
-                let soonest = live.iter().map(|h| h.1).min().unwrap_or(now_us);
-                (
-                    None,
-                    LockAnswer::Busy {
-                        token: live.len() as u64,
-                        retry_after_us: soonest - now_us,
-                    },
-                )
-            }
-        },
-        SemaphoreOp::Extend { owner, lease_us } => match mine(&live, owner) {
-            Some(at) => {
-                live[at].1 = now_us + lease_us;
-                let answer = held_answer(&live, lease_us);
-                (Some(live), answer)
+                next.held[at].1 = now_us + lease_us;
+                let answer = held_answer(&next, lease_us);
+                (Some(next), answer)
             }
             None => (None, LockAnswer::NotHeld),
         },
-        SemaphoreOp::Release { owner } => match mine(&live, owner) {
+        SemaphoreOp::Release { .. } => match mine {
             Some(at) => {
-                live.remove(at);
-                let token = live.len() as u64;
-                (Some(live), LockAnswer::Released { token, next: None })
+                next.held.remove(at);
+                let token = next.held.len() as u64;
+                (Some(next), LockAnswer::Released { token, next: None })
             }
             None => (None, LockAnswer::NotHeld),
         },
+    }
+}
+
+fn op_owner(op: SemaphoreOp) -> Owner {
+    match op {
+        SemaphoreOp::Acquire { owner, .. }
+        | SemaphoreOp::Wait { owner, .. }
+        | SemaphoreOp::Leave { owner }
+        | SemaphoreOp::Extend { owner, .. }
+        | SemaphoreOp::Release { owner } => owner,
     }
 }
 
@@ -137,6 +232,16 @@ pub fn semaphore_input(op: SemaphoreOp, now_us: u64) -> String {
             permits,
             lease_us,
         } => format!("a {} {permits} {lease_us} {now_us}", owner.to_hex()),
+        SemaphoreOp::Wait {
+            owner,
+            permits,
+            lease_us,
+            line_us,
+        } => format!(
+            "w {} {permits} {lease_us} {line_us} {now_us}",
+            owner.to_hex()
+        ),
+        SemaphoreOp::Leave { owner } => format!("l {} {now_us}", owner.to_hex()),
         SemaphoreOp::Extend { owner, lease_us } => {
             format!("e {} {lease_us} {now_us}", owner.to_hex())
         }
@@ -174,6 +279,25 @@ fn parse(input: &[u8]) -> Result<(SemaphoreOp, u64)> {
                     now,
                 )
             }),
+        ("w", 6) => owner()
+            .zip(number(2).filter(|p| (1..=MAX_PERMITS).contains(p)))
+            .zip(lease(3))
+            .zip(lease(4))
+            .zip(number(5))
+            .map(|((((owner, permits), lease_us), line_us), now)| {
+                (
+                    SemaphoreOp::Wait {
+                        owner,
+                        permits,
+                        lease_us,
+                        line_us,
+                    },
+                    now,
+                )
+            }),
+        ("l", 3) => owner()
+            .zip(number(2))
+            .map(|(owner, now)| (SemaphoreOp::Leave { owner }, now)),
         ("e", 4) => owner()
             .zip(lease(2))
             .zip(number(3))
@@ -186,36 +310,66 @@ fn parse(input: &[u8]) -> Result<(SemaphoreOp, u64)> {
     parsed.ok_or_else(bad)
 }
 
-/// The holders a stored text lists (a text [`encode_holders`] does not
-/// write counts as none: its permits are lost, as if their leases ended).
+/// The holders a stored text lists (see [`decode_semaphore`]).
 pub fn decode_holders(raw: &[u8]) -> Vec<(Owner, u64)> {
-    let Ok(text) = std::str::from_utf8(raw) else {
-        return Vec::new();
-    };
-    let words: Vec<&str> = text.split(' ').collect();
-    if words.first() != Some(&"m") || words.len() % 2 != 1 || words.len() > 1 + 2 * 4_096 {
-        return Vec::new();
-    }
-    let mut held = Vec::with_capacity(words.len() / 2);
-    for pair in words[1..].chunks(2) {
-        match (Owner::from_hex(pair[0]), digits(pair[1])) {
-            (Some(owner), Some(expires)) => held.push((owner, expires)),
-            _ => return Vec::new(),
-        }
-    }
-    held
+    decode_semaphore(raw).held
 }
 
-/// The stored text of `held` (not empty).
+/// A stored text read back (a text [`encode_semaphore`] does not write
+/// counts as none: its permits are lost, as if their leases ended).
+pub fn decode_semaphore(raw: &[u8]) -> SemaphoreState {
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return SemaphoreState::default();
+    };
+    let words: Vec<&str> = text.split(' ').collect();
+    if words.first() != Some(&"m") {
+        return SemaphoreState::default();
+    }
+    let (held, line) = match words.iter().position(|w| *w == "w") {
+        Some(at) => (&words[1..at], &words[at + 1..]),
+        None => (&words[1..], &words[..0]),
+    };
+    let pairs = |list: &[&str], most: usize| -> Option<Vec<(Owner, u64)>> {
+        if list.len() % 2 != 0 || list.len() > 2 * most {
+            return None;
+        }
+        list.chunks(2)
+            .map(|pair| Owner::from_hex(pair[0]).zip(digits(pair[1])))
+            .collect()
+    };
+    let has_line = words.contains(&"w");
+    match (pairs(held, MAX_PERMITS as usize), pairs(line, MAX_LINE)) {
+        // A `w` with nobody after it is not written.
+        (Some(held), Some(line)) if !(has_line && line.is_empty()) => SemaphoreState { held, line },
+        _ => SemaphoreState::default(),
+    }
+}
+
+/// The holders' stored text (a state without a line).
 pub fn encode_holders(held: &[(Owner, u64)]) -> String {
-    held.iter()
-        .fold(String::from("m"), |mut text, (owner, expires)| {
+    encode_semaphore(&SemaphoreState {
+        held: held.to_vec(),
+        line: Vec::new(),
+    })
+}
+
+/// The stored text of `state` (not empty).
+pub fn encode_semaphore(state: &SemaphoreState) -> String {
+    fn pairs(text: &mut String, list: &[(Owner, u64)]) {
+        for (owner, until) in list {
             text.push(' ');
             text.push_str(&owner.to_hex());
             text.push(' ');
-            text.push_str(&expires.to_string());
-            text
-        })
+            text.push_str(&until.to_string());
+        }
+    }
+    let mut text = String::from("m");
+    pairs(&mut text, &state.held);
+    if !state.line.is_empty() {
+        text.push_str(" w");
+        pairs(&mut text, &state.line);
+    }
+    text
 }
 
 /// The PostgreSQL copy: a readable table of semaphores and one function.
@@ -236,12 +390,12 @@ impl AtomicUpdate for SemaphoreStep {
     }
 
     fn apply(&self, current: Option<&[u8]>, input: &[u8], now_micros: u64) -> Result<AtomicStep> {
-        let held = current.map(decode_holders).unwrap_or_default();
+        let state = current.map(decode_semaphore).unwrap_or_default();
         if input == PEEK {
-            let text = if held.is_empty() {
+            let text = if state.held.is_empty() && state.line.is_empty() {
                 String::new()
             } else {
-                encode_holders(&held)
+                encode_semaphore(&state)
             };
             return Ok(AtomicStep {
                 write: AtomicWrite::Keep,
@@ -250,14 +404,20 @@ impl AtomicUpdate for SemaphoreStep {
         }
         let (op, now) = parse(input)?;
         let now = if now == 0 { now_micros } else { now };
-        let (write, answer) = semaphore_step(&held, op, now);
+        let (write, answer) = semaphore_step(&state, op, now);
         let write = match write {
             None => AtomicWrite::Keep,
-            Some(held) if held.is_empty() => AtomicWrite::Delete,
-            Some(held) => {
-                let last = held.iter().map(|h| h.1).max().unwrap_or(now);
+            Some(next) if next.held.is_empty() && next.line.is_empty() => AtomicWrite::Delete,
+            Some(next) => {
+                let last = next
+                    .held
+                    .iter()
+                    .chain(&next.line)
+                    .map(|h| h.1)
+                    .max()
+                    .unwrap_or(now);
                 AtomicWrite::Put {
-                    value: Bytes::from(encode_holders(&held)),
+                    value: Bytes::from(encode_semaphore(&next)),
                     options: PutOptions::new().ttl(std::time::Duration::from_millis(
                         (last - now + LINGER_US).div_ceil(1_000),
                     )),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::machine::{LockAnswer, Owner};
+use super::machine::{LockAnswer, Owner, MAX_LINE};
 use super::*;
 use crate::{AtomicUpdate, ErrorKind, ManualClock, MemoryBackend, StateBackend};
 
@@ -19,6 +19,8 @@ fn owner(n: u8) -> Owner {
 #[derive(Debug, Clone)]
 enum Op {
     Acquire(u8, u64),
+    Wait(u8, u64, u64),
+    Leave(u8),
     Extend(u8, u64),
     Release(u8),
 }
@@ -28,6 +30,8 @@ fn ops() -> impl Strategy<Value = Vec<(Op, u64)>> {
     let lease = 1u64..5_000;
     let op = prop_oneof![
         3 => (who.clone(), lease.clone()).prop_map(|(w, l)| Op::Acquire(w, l)),
+        3 => (who.clone(), lease.clone(), 1u64..6_000).prop_map(|(w, l, p)| Op::Wait(w, l, p)),
+        1 => who.clone().prop_map(Op::Leave),
         1 => (who.clone(), lease).prop_map(|(w, l)| Op::Extend(w, l)),
         2 => who.prop_map(Op::Release),
     ];
@@ -35,48 +39,77 @@ fn ops() -> impl Strategy<Value = Vec<(Op, u64)>> {
     prop::collection::vec((op, dt), 1..80)
 }
 
+fn live(list: &[(Owner, u64)], now: u64) -> Vec<Owner> {
+    list.iter().filter(|h| h.1 > now).map(|h| h.0).collect()
+}
+
 proptest! {
-    /// Never more live holders than permits; a free permit is given to
-    /// the first who asks; only a holder renews or gives back its permit;
-    /// the answer counts the holders left.
+    /// Never more live holders than permits; a free permit goes to an
+    /// asker only if more are free than waiters stand before it (the line
+    /// first, in order); a waiter not served keeps a place; only a holder
+    /// renews or gives back its permit; the answer counts the holders.
     #[test]
-    fn the_step_keeps_at_most_n_holders(permits in 1u64..4, ops in ops()) {
+    fn the_step_keeps_at_most_n_holders_in_line_order(permits in 1u64..4, ops in ops()) {
         let mut now = 1_000_000u64;
-        let mut held: Vec<(Owner, u64)> = Vec::new();
+        let mut state = SemaphoreState::default();
         for (op, dt) in ops {
             now += dt;
-            let live_before: Vec<Owner> =
-                held.iter().filter(|h| h.1 > now).map(|h| h.0).collect();
+            let held_before = live(&state.held, now);
+            let line_before = live(&state.line, now);
             let op = match op {
                 Op::Acquire(w, lease_us) => SemaphoreOp::Acquire { owner: owner(w), permits, lease_us },
+                Op::Wait(w, lease_us, line_us) => SemaphoreOp::Wait { owner: owner(w), permits, lease_us, line_us },
+                Op::Leave(w) => SemaphoreOp::Leave { owner: owner(w) },
                 Op::Extend(w, lease_us) => SemaphoreOp::Extend { owner: owner(w), lease_us },
                 Op::Release(w) => SemaphoreOp::Release { owner: owner(w) },
             };
-            let (write, answer) = semaphore_step(&held, op, now);
-            let after = write.clone().unwrap_or_else(|| held.clone());
-            let live_after: Vec<Owner> =
-                after.iter().filter(|h| h.1 > now).map(|h| h.0).collect();
-            prop_assert!(live_after.len() as u64 <= permits.max(live_before.len() as u64));
-            let mut unique = live_after.clone();
-            unique.sort_by_key(|o| o.0);
-            unique.dedup();
-            prop_assert_eq!(unique.len(), live_after.len(), "an owner twice");
+            let (write, answer) = semaphore_step(&state, op, now);
+            let after = write.clone().unwrap_or_else(|| state.clone());
+            let held_after = live(&after.held, now);
+            let line_after = live(&after.line, now);
+            prop_assert!(held_after.len() as u64 <= permits.max(held_before.len() as u64));
+            for list in [&held_after, &line_after] {
+                let mut unique = list.clone();
+                unique.sort_by_key(|o| o.0);
+                unique.dedup();
+                prop_assert_eq!(unique.len(), list.len(), "an owner twice");
+            }
+            prop_assert!(line_after.iter().all(|w| !held_after.contains(w)), "a holder in line");
             match op {
-                SemaphoreOp::Acquire { owner, lease_us, .. } => {
-                    let could = live_before.contains(&owner) || (live_before.len() as u64) < permits;
-                    if could {
-                        prop_assert_eq!(answer, LockAnswer::Held { token: live_after.len() as u64, lease_us });
-                        prop_assert!(after.contains(&(owner, now + lease_us)));
+                SemaphoreOp::Acquire { owner, lease_us, .. } | SemaphoreOp::Wait { owner, lease_us, .. } => {
+                    let free = permits.saturating_sub(held_before.len() as u64);
+                    let ahead = line_before.iter().take_while(|w| **w != owner).count() as u64;
+                    if held_before.contains(&owner) || free > ahead {
+                        prop_assert_eq!(answer, LockAnswer::Held { token: held_after.len() as u64, lease_us });
+                        prop_assert!(after.held.contains(&(owner, now + lease_us)));
+                        prop_assert!(!line_after.contains(&owner));
                     } else {
                         let busy = matches!(answer, LockAnswer::Busy { token, retry_after_us }
-                            if token == permits && retry_after_us > 0);
+                            if token == held_before.len() as u64 && retry_after_us > 0);
                         prop_assert!(busy, "{:?}", answer);
-                        prop_assert!(write.is_none());
+                        prop_assert!(!held_after.contains(&owner));
+                        if let SemaphoreOp::Wait { .. } = op {
+                            // In line (unless the line is full), where it was.
+                            prop_assert!(line_after.contains(&owner) || line_before.len() >= MAX_LINE);
+                            let kept: Vec<&Owner> = line_after.iter().filter(|w| line_before.contains(w)).collect();
+                            let was: Vec<&Owner> = line_before.iter().collect();
+                            prop_assert_eq!(kept, was, "the line's order");
+                        } else {
+                            prop_assert!(write.is_none());
+                        }
+                    }
+                }
+                SemaphoreOp::Leave { owner } => {
+                    prop_assert!(!line_after.contains(&owner) && !held_after.contains(&owner));
+                    if held_before.contains(&owner) {
+                        prop_assert_eq!(answer, LockAnswer::Released { token: held_before.len() as u64 - 1, next: None });
+                    } else {
+                        prop_assert_eq!(answer, LockAnswer::Left { next: None });
                     }
                 }
                 SemaphoreOp::Extend { owner, lease_us } => {
-                    if live_before.contains(&owner) {
-                        prop_assert!(after.contains(&(owner, now + lease_us)));
+                    if held_before.contains(&owner) {
+                        prop_assert!(after.held.contains(&(owner, now + lease_us)));
                         let held = matches!(answer, LockAnswer::Held { .. });
                         prop_assert!(held, "{:?}", answer);
                     } else {
@@ -85,36 +118,44 @@ proptest! {
                     }
                 }
                 SemaphoreOp::Release { owner } => {
-                    if live_before.contains(&owner) {
-                        prop_assert!(!live_after.contains(&owner));
-                        prop_assert_eq!(answer, LockAnswer::Released { token: live_before.len() as u64 - 1, next: None });
+                    if held_before.contains(&owner) {
+                        prop_assert!(!held_after.contains(&owner));
+                        prop_assert_eq!(answer, LockAnswer::Released { token: held_before.len() as u64 - 1, next: None });
                     } else {
                         prop_assert_eq!(answer, LockAnswer::NotHeld);
                     }
                 }
             }
-            // Others' permits are untouched.
-            for other in live_before.iter().filter(|o| {
-                **o != match op {
-                    SemaphoreOp::Acquire { owner, .. }
-                    | SemaphoreOp::Extend { owner, .. }
-                    | SemaphoreOp::Release { owner } => owner,
-                }
-            }) {
-                prop_assert!(live_after.contains(other));
+            // Others' permits are untouched, and so are others' places
+            // (but for the one served).
+            let me = match op {
+                SemaphoreOp::Acquire { owner, .. }
+                | SemaphoreOp::Wait { owner, .. }
+                | SemaphoreOp::Leave { owner }
+                | SemaphoreOp::Extend { owner, .. }
+                | SemaphoreOp::Release { owner } => owner,
+            };
+            for other in held_before.iter().filter(|o| **o != me) {
+                prop_assert!(held_after.contains(other));
             }
-            held = after;
+            for other in line_before.iter().filter(|o| **o != me) {
+                prop_assert!(line_after.contains(other));
+            }
+            state = after;
         }
     }
 
     #[test]
-    fn holders_read_back(expiries in prop::collection::vec(0u64..1 << 53, 1..20)) {
-        let held: Vec<(Owner, u64)> = expiries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (owner(i as u8), *e))
-            .collect();
-        prop_assert_eq!(decode_holders(encode_holders(&held).as_bytes()), held);
+    fn states_read_back(
+        expiries in prop::collection::vec(0u64..1 << 53, 0..20),
+        places in prop::collection::vec(0u64..1 << 53, 0..5),
+    ) {
+        let state = SemaphoreState {
+            held: expiries.iter().enumerate().map(|(i, e)| (owner(i as u8), *e)).collect(),
+            line: places.iter().enumerate().map(|(i, e)| (owner(100 + i as u8), *e)).collect(),
+        };
+        prop_assert_eq!(decode_semaphore(encode_semaphore(&state).as_bytes()), state.clone());
+        prop_assert_eq!(decode_holders(encode_holders(&state.held).as_bytes()), state.held);
     }
 }
 
@@ -133,6 +174,11 @@ fn malformed_inputs_and_states_are_refused() {
         format!("e {o} 10"),
         format!("r {o} 1 0"),
         format!("x {o} 0"),
+        format!("w {o} 2 10 0"),
+        format!("w {o} 2 10 0 0"),
+        format!("w {o} 0 10 10 0"),
+        format!("l {o}"),
+        format!("l {o} 1 0"),
         "a 0123456789ABCDEF0123456789abcdef 2 10 0".into(),
     ] {
         let err = SemaphoreStep
@@ -140,9 +186,24 @@ fn malformed_inputs_and_states_are_refused() {
             .expect_err("malformed input");
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{input:?}");
     }
-    for raw in ["", "m ", "h 1 2", &format!("m {o}"), &format!("m {o} x")] {
-        assert_eq!(decode_holders(raw.as_bytes()), Vec::new(), "{raw:?}");
+    for raw in [
+        "",
+        "m ",
+        "h 1 2",
+        &format!("m {o}"),
+        &format!("m {o} x"),
+        &format!("m {o} 5 w"),
+        &format!("m w {o}"),
+        &format!("m {o} 5 w {o} 6 w {o} 7"),
+    ] {
+        assert_eq!(
+            decode_semaphore(raw.as_bytes()),
+            SemaphoreState::default(),
+            "{raw:?}"
+        );
     }
+    let waiting = format!("m w {o} 6");
+    assert_eq!(decode_semaphore(waiting.as_bytes()).line.len(), 1);
     let stored = format!("m {o} 5");
     assert_eq!(decode_holders(stored.as_bytes()).len(), 1);
 }
