@@ -140,6 +140,7 @@ impl Locks {
             key: key_of(name),
             channel: channel_of(name),
             owner,
+            line: Line::Lock,
         };
         // Woken by a release for this waiter, or for all when unfair.
         let me = fair.then_some(owner);
@@ -153,7 +154,7 @@ impl Locks {
         // before the answer (so that a caller trying next is not turned
         // away by its place).
         if let (Err(_), Some(store)) = (&waited, leave.store.take()) {
-            leave_line(&store, &leave.key, &leave.channel, owner).await;
+            leave_line(&store, &leave.key, &leave.channel, owner, Line::Lock).await;
         }
         Ok(LockGuard { holding: waited? })
     }
@@ -252,14 +253,26 @@ impl Locks {
     }
 }
 
-/// A line's place given up when a [`Locks::lock`] is dropped while it
-/// waits: [`leave_line`], in the background on the runtime of the wait.
-struct LeaveOnDrop {
+/// Whose line a waiter stands in.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Line {
+    /// A lock's: a leave names the next waiter to wake.
+    Lock,
+    /// A semaphore's: a leave wakes every waiter (a freed place or permit
+    /// may let any of them in).
+    Semaphore,
+}
+
+/// A line's place given up when a [`Locks::lock`] (or a semaphore's
+/// wait) is dropped while it waits: [`leave_line`], in the background on
+/// the runtime of the wait.
+pub(super) struct LeaveOnDrop {
     /// `None` once the lock is taken (or left).
-    store: Option<Arc<Store>>,
-    key: Bytes,
-    channel: String,
-    owner: Owner,
+    pub(super) store: Option<Arc<Store>>,
+    pub(super) key: Bytes,
+    pub(super) channel: String,
+    pub(super) owner: Owner,
+    pub(super) line: Line,
 }
 
 impl Drop for LeaveOnDrop {
@@ -268,38 +281,58 @@ impl Drop for LeaveOnDrop {
         else {
             return;
         };
-        let (key, channel, owner) = (
+        let (key, channel, owner, line) = (
             self.key.clone(),
             std::mem::take(&mut self.channel),
             self.owner,
+            self.line,
         );
-        runtime.spawn(async move { leave_line(&store, &key, &channel, owner).await });
+        runtime.spawn(async move { leave_line(&store, &key, &channel, owner, line).await });
     }
 }
 
-/// `owner` gives up waiting: out of the line, and the lock given back if
-/// an ask of its own took it unanswered; the first waiter left is woken
-/// when the free lock now awaits it. (A place not given back lapses by
+/// `owner` gives up waiting: out of the line, and the lock (or permit)
+/// given back if an ask of its own took it unanswered; the waiters a free
+/// lock or permit now awaits are woken. (A place not given back lapses by
 /// itself.)
-async fn leave_line(store: &Arc<Store>, key: &[u8], channel: &str, owner: Owner) {
-    let input = op_input(LockOp::Leave { owner }, 0);
-    let Ok(raw) = store.round_trip(key, &LockStep, input.as_bytes()).await else {
+pub(super) async fn leave_line(
+    store: &Arc<Store>,
+    key: &[u8],
+    channel: &str,
+    owner: Owner,
+    line: Line,
+) {
+    let (update, input): (&dyn crate::AtomicUpdate, String) = match line {
+        Line::Lock => (&LockStep, op_input(LockOp::Leave { owner }, 0)),
+        Line::Semaphore => (
+            &super::permits::SemaphoreStep,
+            super::permits::semaphore_input(super::permits::SemaphoreOp::Leave { owner }, 0),
+        ),
+    };
+    let Ok(raw) = store.round_trip(key, update, input.as_bytes()).await else {
         return;
     };
-    if let Ok(
-        LockAnswer::Released {
-            next: Some(next), ..
+    let wake = match (line, parse_answer(&raw)) {
+        (
+            Line::Lock,
+            Ok(
+                LockAnswer::Released {
+                    next: Some(next), ..
+                }
+                | LockAnswer::Left { next: Some(next) },
+            ),
+        ) => Bytes::from(next.to_hex()),
+        (Line::Semaphore, Ok(LockAnswer::Released { .. } | LockAnswer::Left { .. })) => {
+            Bytes::new()
         }
-        | LockAnswer::Left { next: Some(next) },
-    ) = parse_answer(&raw)
-    {
-        let publish = store.backend.publish(channel, Bytes::from(next.to_hex()));
-        let _ = tokio::time::timeout(store.config.timeout, publish).await;
-    }
+        _ => return,
+    };
+    let publish = store.backend.publish(channel, wake);
+    let _ = tokio::time::timeout(store.config.timeout, publish).await;
 }
 
-/// A duration in µs, at most [`MAX_LEASE_US`](super::MAX_LEASE_US).
-fn lease_us_capped(time: Duration) -> u64 {
+/// A duration in µs for a step (1 µs to [`MAX_LEASE_US`](super::MAX_LEASE_US)).
+pub(super) fn lease_us_capped(time: Duration) -> u64 {
     u64::try_from(time.as_micros())
         .unwrap_or(u64::MAX)
         .clamp(1, super::MAX_LEASE_US)

@@ -38,11 +38,13 @@ pub struct LockConfig {
     /// Whether a holding renews its lease by itself (a watchdog, default
     /// off): every third of the lease, until it is released or lost.
     pub renew: bool,
-    /// Whether waiters take a lock in the order they asked (default on):
-    /// see [`Locks::lock`](super::Locks::lock). Off, a free lock goes to
-    /// whichever waiter asks first, and a release wakes them all: a waiter
-    /// that paused or died then holds up nobody, which an
-    /// [`Election`](super::Election) prefers (its campaigns are unfair).
+    /// Whether waiters take a lock or a semaphore's permit in the order
+    /// they asked (default on): see [`Locks::lock`](super::Locks::lock)
+    /// and [`Semaphore::acquire`](super::Semaphore::acquire). Off, a free
+    /// lock or permit goes to whichever waiter asks first, and a release
+    /// wakes them all: a waiter that paused or died then holds up nobody,
+    /// which an [`Election`](super::Election) prefers (its campaigns are
+    /// unfair).
     pub fair: bool,
 }
 

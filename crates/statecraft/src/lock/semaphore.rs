@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::backend::error::{Error, ErrorKind, Result};
 use crate::backend::StateBackend;
 
+use super::distributed::{lease_us_capped, leave_line, LeaveOnDrop, Line};
 use super::guard::{lease_us, local_deadline, Acquired, Holding, Kind, LockConfig, Store};
 use super::machine::{LockAnswer, Owner};
 use super::permits::{parse_holders, semaphore_input, SemaphoreOp, SemaphoreStep, MAX_PERMITS};
@@ -135,26 +136,72 @@ impl Semaphore {
     /// free (woken by a release where the store has pub/sub, else when the
     /// soonest lease runs out or every [`poll_every`](LockConfig)): the
     /// permit, or a [`Timeout`](ErrorKind::Timeout) error.
+    ///
+    /// With a [`fair`](LockConfig::fair) configuration (the default)
+    /// waiters take permits in the order they first asked, as
+    /// [`Locks::lock`](super::Locks::lock)'s do: each stands in a line the
+    /// store keeps with the semaphore, and a free permit goes to the first
+    /// of them, not to a caller (of this or of
+    /// [`try_acquire`](Self::try_acquire)) asking just then. One that gives
+    /// up or is dropped leaves the line (giving back a permit an ask of its
+    /// own took unanswered); one whose process died holds up a free permit
+    /// until its place lapses. A release wakes every waiter, and those the
+    /// line lets in take the permits.
     pub async fn acquire(&self, lease: Duration, wait: Duration) -> Result<SemaphorePermit> {
         let owner = Owner::random()?;
         let what = format!("semaphore {:?}", &*self.name);
-        let holding = self
+        let lease_us = lease_us(lease)?;
+        let op = if self.store.config.fair {
+            SemaphoreOp::Wait {
+                owner,
+                permits: self.permits,
+                lease_us,
+                line_us: lease_us_capped(self.store.config.place_time()),
+            }
+        } else {
+            SemaphoreOp::Acquire {
+                owner,
+                permits: self.permits,
+                lease_us,
+            }
+        };
+        let mut leave = LeaveOnDrop {
+            store: self.store.config.fair.then(|| self.store.clone()),
+            key: self.key.clone(),
+            channel: self.channel.to_string(),
+            owner,
+            line: Line::Semaphore,
+        };
+        let waited = self
             .store
             .wait_for(&self.channel, None, &what, wait, || {
-                self.acquire_as(owner, lease)
+                self.ask(owner, op, lease)
             })
-            .await?;
-        Ok(SemaphorePermit { holding })
+            .await;
+        // Taken, the step took it out of the line; not taken, it leaves
+        // before the answer (so that a caller trying next is not turned
+        // away by its place).
+        if let (Err(_), Some(store)) = (&waited, leave.store.take()) {
+            leave_line(&store, &self.key, &self.channel, owner, Line::Semaphore).await;
+        }
+        Ok(SemaphorePermit { holding: waited? })
     }
 
     async fn acquire_as(&self, owner: Owner, lease: Duration) -> Result<Acquired> {
         let lease_us = lease_us(lease)?;
-        let sent = Instant::now();
         let op = SemaphoreOp::Acquire {
             owner,
             permits: self.permits,
             lease_us,
         };
+        self.ask(owner, op, lease).await
+    }
+
+    /// One acquisition by `owner`: `op` its
+    /// [`Acquire`](SemaphoreOp::Acquire) or [`Wait`](SemaphoreOp::Wait)
+    /// for `lease`.
+    async fn ask(&self, owner: Owner, op: SemaphoreOp, lease: Duration) -> Result<Acquired> {
+        let sent = Instant::now();
         let input = semaphore_input(op, 0);
         let raw = self
             .store

@@ -369,3 +369,110 @@ fn a_semaphore_has_one_to_4096_permits() {
         MAX_PERMITS
     );
 }
+
+/// The waiters in the line of semaphore `name` now, first first.
+async fn line_of(backend: &Arc<dyn StateBackend>, name: &str) -> Vec<Owner> {
+    let key = format!("semaphore:{name}");
+    let raw = backend
+        .update_atomic(key.as_bytes(), &SemaphoreStep, super::shared::PEEK)
+        .await
+        .expect("peek");
+    let text = std::str::from_utf8(&raw).expect("text");
+    let (now, state) = text.split_once(' ').expect("a peek");
+    let now: u64 = now.parse().expect("the store's time");
+    let state = decode_semaphore(state.as_bytes());
+    state
+        .line
+        .iter()
+        .filter(|w| w.1 > now)
+        .map(|w| w.0)
+        .collect()
+}
+
+/// Waits (a bounded number of yields) until the line of semaphore "s" is
+/// `n` long.
+async fn line_is(backend: &Arc<dyn StateBackend>, n: usize) {
+    for _ in 0..2_000 {
+        if line_of(backend, "s").await.len() == n {
+            return;
+        }
+        // The waiters run between two looks (one thread, a memory store).
+        tokio::task::yield_now().await;
+    }
+    panic!(
+        "the line never was {n} long: {:?}",
+        line_of(backend, "s").await
+    );
+}
+
+#[tokio::test]
+async fn waiters_take_permits_in_the_order_they_asked() {
+    let clock = ManualClock::new(1_000);
+    let backend = memory(&clock);
+    let semaphore = Semaphore::new(backend.clone(), "s", 2).expect("semaphore");
+    let lease = Duration::from_secs(60);
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        holders.push(
+            semaphore
+                .try_acquire(lease)
+                .await
+                .expect("store")
+                .expect("free"),
+        );
+    }
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for n in 1..=3 {
+        let (semaphore, order) = (semaphore.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let permit = semaphore
+                .acquire(lease, Duration::from_secs(10))
+                .await
+                .expect("taken in turn");
+            order.lock().expect("order").push(n);
+            // Held until the test lets it go.
+            permit
+        }));
+        line_is(&backend, n).await;
+    }
+    // A fourth that gives up (dropped while it waits) leaves the line.
+    let quitter = tokio::spawn({
+        let semaphore = semaphore.clone();
+        async move { semaphore.acquire(lease, Duration::from_secs(10)).await }
+    });
+    line_is(&backend, 4).await;
+    quitter.abort();
+    line_is(&backend, 3).await;
+    let mut waiters = waiters.into_iter();
+    let mut permits = Vec::new();
+    for turn in 1..=3 {
+        // A permit freed: a caller asking now is turned away (the permit
+        // is the first waiter's), and the first waiter takes it.
+        match holders.pop() {
+            Some(holder) => holder.release().await.expect("held"),
+            None => {
+                let permit: SemaphorePermit = permits.remove(0);
+                permit.release().await.expect("held");
+            }
+        }
+        assert!(semaphore.try_acquire(lease).await.expect("store").is_none());
+        let permit = waiters
+            .next()
+            .expect("a waiter")
+            .await
+            .expect("a waiter's task");
+        permits.push(permit);
+        assert_eq!(order.lock().expect("order").len(), turn);
+    }
+    assert_eq!(*order.lock().expect("order"), vec![1, 2, 3]);
+    assert!(line_of(&backend, "s").await.is_empty());
+    // A waiter that times out leaves before it answers.
+    let err = semaphore
+        .acquire(lease, Duration::from_millis(20))
+        .await
+        .expect_err("both held");
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(line_of(&backend, "s").await.is_empty());
+    drop((holders, permits));
+}
