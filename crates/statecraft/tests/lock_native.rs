@@ -215,7 +215,15 @@ proptest! {
     #[test]
     fn the_lua_and_postgres_fenced_writes_decide_as_the_rust_step(
         writes in prop::collection::vec((0u64..20, prop::collection::vec(any::<u8>(), 0..12)), 1..30),
-        damaged in any::<bool>(),
+        stored in prop::option::of(prop_oneof![
+            Just(&b"not fenced"[..]),
+            Just(&b"007 x"[..]),
+            Just(&b"5 "[..]),
+            Just(&b"9999999999999999 sixteen digits"[..]),
+            Just(&b"99999999999999999 seventeen"[..]),
+            Just(&b"1\xff3 high"[..]),
+            Just(&b"1\x003 nul"[..]),
+        ]),
     ) {
         let (native, on_postgres, reference) = runtime().block_on(async {
             let redis = redis_at(&RedisServer::shared().url(), true).await;
@@ -224,12 +232,17 @@ proptest! {
             let mut seen = [Vec::new(), Vec::new(), Vec::new()];
             let stores = [&redis as &dyn StateBackend, &postgres, &memory];
             for (n, store) in stores.into_iter().enumerate() {
-                if damaged {
-                    store.put(b"r", bytes::Bytes::from_static(b"not fenced")).await.expect("put");
+                if let Some(stored) = stored {
+                    // Put with a TTL: a fenced write keeps its value for good.
+                    store
+                        .put_with(b"r", bytes::Bytes::from_static(stored), statecraft::PutOptions::new().ttl(Duration::from_secs(60)))
+                        .await
+                        .expect("put");
                 }
                 for (token, value) in &writes {
                     let answer = fenced_put(store, b"r", *token, value).await.map_err(|e| e.kind());
-                    seen[n].push((answer, store.get(b"r").await.expect("get")));
+                    let kept = matches!(store.ttl(b"r").await.expect("ttl"), statecraft::KeyTtl::Persistent);
+                    seen[n].push((answer, store.get(b"r").await.expect("get"), kept));
                 }
             }
             redis.clear().await.expect("clear");
@@ -459,6 +472,7 @@ async fn bad_input_is_a_typed_error_on_both_paths() {
         b" 1",
         b"12345678901234567 v",
         b"1\xff2 v",
+        b"9007199254740992 v",
     ] {
         for store in [&redis as &dyn StateBackend, &memory, &postgres] {
             let err = store
@@ -693,4 +707,53 @@ async fn a_postgres_fenced_write_is_one_statement() {
             .expect("get"),
         Some((7, bytes::Bytes::from_static(b"v")))
     );
+}
+
+/// A fenced value larger than the backend's value limit is refused with a
+/// typed error on every path, and nothing is stored.
+#[tokio::test]
+async fn a_fenced_value_over_the_limit_is_refused() {
+    let limits = statecraft::Limits::new(256, 64);
+    let redis = RedisBackend::new(
+        RedisConfig::builder()
+            .url(RedisServer::shared().url())
+            .key_prefix(unique("fenced_limit") + ":")
+            .limits(limits)
+            .build()
+            .expect("config"),
+    )
+    .await
+    .expect("redis");
+    let postgres = Namespaced::new(
+        PostgresBackend::new(
+            PostgresConfig::builder()
+                .url(PostgresServer::shared().url())
+                .table("lock_diff")
+                .limits(limits)
+                .build()
+                .expect("config"),
+        )
+        .await
+        .expect("postgres"),
+        unique("fenced_limit") + ":",
+    );
+    let memory = MemoryBackend::builder().limits(limits).build();
+    for store in [&redis as &dyn StateBackend, &postgres, &memory] {
+        let fits = fenced_put(store, b"v", 1, &[b'x'; 62]).await.expect("fits");
+        assert_eq!(fits, Fenced::Written, "{}", store.name());
+        let err = fenced_put(store, b"v", 2, &[b'x'; 63])
+            .await
+            .expect_err("over the limit");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::ValueTooLarge,
+            "{}: {err}",
+            store.name()
+        );
+        let (token, _) = statecraft::lock::fenced_get(store, b"v")
+            .await
+            .expect("get")
+            .expect("the first value");
+        assert_eq!(token, 1, "{}", store.name());
+    }
 }

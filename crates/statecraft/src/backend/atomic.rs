@@ -137,9 +137,18 @@ pub trait AtomicUpdate: Send + Sync + fmt::Debug {
         let _ = input;
         false
     }
+
+    /// Whether this update stores its input as the key's value (a fenced
+    /// write does): the Redis and PostgreSQL native paths then check the
+    /// input against the backend's value size limit, as a put would
+    /// (the others bound what they store themselves).
+    fn stores_input(&self) -> bool {
+        false
+    }
 }
 
-/// An [`AtomicUpdate`]'s native form on PostgreSQL.
+/// An [`AtomicUpdate`]'s native form on PostgreSQL. Setting it up creates
+/// functions (and tables): the backend's role needs the right to.
 ///
 /// In these texts `@name@` stands for the identifier `"<table>_name"` (the
 /// backend's table name, with its schema if it has one), so that each
@@ -183,12 +192,13 @@ pub struct PostgresNative {
 }
 
 /// The longest wait between two tries of a compare-and-swap that keeps
-/// conflicting (the waits double from 250 µs up to it, each a random part).
+/// conflicting (the waits double from 1 ms up to it, each a random part).
 pub(crate) const MOST_CAS_WAIT: Duration = Duration::from_millis(50);
 
 /// The random part of the wait after `conflicts` conflicts in a row: none
 /// after the first (a retry at once wins under light contention), then
-/// up to 250 µs, 500 µs, … [`MOST_CAS_WAIT`], so that many writers of one
+/// up to 1 ms, 2 ms, … [`MOST_CAS_WAIT`] (tokio's timer counts whole
+/// milliseconds), so that many writers of one
 /// key (in any number of processes) stop retrying in lockstep, where each
 /// round lets one of them through.
 pub(crate) fn cas_wait(conflicts: u32) -> Duration {
@@ -196,7 +206,7 @@ pub(crate) fn cas_wait(conflicts: u32) -> Duration {
     if conflicts < 2 {
         return Duration::ZERO;
     }
-    let cap = (Duration::from_micros(250) * (1 << (conflicts - 2).min(8))).min(MOST_CAS_WAIT);
+    let cap = (Duration::from_millis(1) * (1 << (conflicts - 2).min(6))).min(MOST_CAS_WAIT);
     JITTER.get_or_init(crate::jitter::Jitter::random).below(cap)
 }
 
@@ -254,11 +264,11 @@ mod tests {
         assert_eq!(cas_wait(0), Duration::ZERO);
         assert_eq!(cas_wait(1), Duration::ZERO, "the first retry at once");
         for (conflicts, cap_us) in [
-            (2, 250),
-            (3, 500),
-            (4, 1_000),
-            (7, 8_000),
-            (10, 50_000),
+            (2, 1_000),
+            (3, 2_000),
+            (4, 4_000),
+            (7, 32_000),
+            (8, 50_000),
             (40, 50_000),
         ] {
             let waits: Vec<Duration> = (0..400).map(|_| cas_wait(conflicts)).collect();

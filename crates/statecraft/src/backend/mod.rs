@@ -288,10 +288,13 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
 
     /// Applies `update` to `key` atomically with `input` and returns its
     /// output (see [`AtomicUpdate`]): natively where the store can (under
-    /// the key's lock in memory; the update's Lua copy on Redis, at the
-    /// server's clock), otherwise by this compare-and-swap loop, at this
-    /// process's wall clock. Not idempotent: a retry after an unknown
-    /// outcome could apply it twice.
+    /// the key's lock in memory; the update's Lua copy on Redis and its
+    /// PL/pgSQL copy on PostgreSQL, at the server's clock), otherwise by
+    /// this compare-and-swap loop, at this process's wall clock (after two
+    /// conflicts in a row it waits a random while between tries, on
+    /// tokio's timer: it then needs a tokio runtime with time enabled).
+    /// Not idempotent: a retry after an unknown outcome could apply it
+    /// twice.
     fn update_atomic<'a>(
         &'a self,
         key: &'a [u8],

@@ -10,7 +10,10 @@ local function token_of(text)
   if not space or space == 1 or space > 17 then return nil end
   local digits = string.sub(text, 1, space - 1)
   if not string.match(digits, '^%d+$') then return nil end
-  return tonumber(digits)
+  -- Below 2^53 (a double holds it exactly), or none.
+  local token = tonumber(digits)
+  if token >= 9007199254740992 then return nil end
+  return token
 end
 
 local function run(keys, args)

@@ -53,10 +53,15 @@ fn digits(text: &[u8]) -> Option<u64> {
         .flatten()
 }
 
-/// `<token> <value>` split (the value may hold any byte).
+/// Tokens are below 2^53, so that Lua's doubles hold them exactly.
+const TOKEN_LIMIT: u64 = 1 << 53;
+
+/// `<token> <value>` split (the value may hold any byte; a token of 2^53
+/// or more is none).
 fn split(raw: &[u8]) -> Option<(u64, &[u8])> {
     let space = raw.iter().position(|b| *b == b' ')?;
-    Some((digits(&raw[..space])?, &raw[space + 1..]))
+    let token = digits(&raw[..space]).filter(|t| *t < TOKEN_LIMIT)?;
+    Some((token, &raw[space + 1..]))
 }
 
 impl AtomicUpdate for FencedWrite {
@@ -97,6 +102,10 @@ impl AtomicUpdate for FencedWrite {
     fn postgres(&self) -> Option<PostgresNative> {
         Some(POSTGRES)
     }
+
+    fn stores_input(&self) -> bool {
+        true
+    }
 }
 
 /// Stores `value` under `key` if `token` is at least the highest token the
@@ -107,7 +116,7 @@ pub async fn fenced_put(
     token: u64,
     value: &[u8],
 ) -> Result<Fenced> {
-    if token >= 1 << 53 {
+    if token >= TOKEN_LIMIT {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
             format!("fenced write: token {token} is past 2^53"),

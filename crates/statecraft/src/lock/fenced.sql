@@ -5,15 +5,15 @@
 -- least the one the stored value carries (none, or not fenced: 0), without
 -- an expiry; answers 'W' (written) or 'S <highest>'.
 
--- The token a `<token> <value>` text carries (1 to 16 digits, then a
--- space), or null.
-CREATE OR REPLACE FUNCTION @fenced_token#@(text bytea)
+-- The token a `<token> <value>` text carries (1 to 16 digits, below 2^53,
+-- then a space), or null.
+CREATE OR REPLACE FUNCTION @fenced_token#@(p_text bytea)
 RETURNS int8 LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN head ~ '^[0-9]{1,16}$' THEN head::int8 END
+    SELECT CASE WHEN head ~ '^[0-9]{1,16}$' AND head::int8 < 9007199254740992 THEN head::int8 END
     FROM (SELECT CASE WHEN space BETWEEN 2 AND 17
             -- (escape: any byte reads as text, a non-digit one never as a digit)
-            THEN encode(substring(text FROM 1 FOR space - 1), 'escape') END AS head
-          FROM (SELECT position('\x20'::bytea IN text) AS space) s) h
+            THEN encode(substring(p_text FROM 1 FOR space - 1), 'escape') END AS head
+          FROM (SELECT position('\x20'::bytea IN p_text) AS space) s) h
 $$;
 
 -- (p_default_ttl: the backend's default TTL, unused: a fenced value never
@@ -31,7 +31,9 @@ BEGIN
         RAISE EXCEPTION 'fenced write: the input is not `<token> <value>`' USING ERRCODE = '22023';
     END IF;
     LOOP
-        SELECT value, expires_at IS NULL OR expires_at > clock_timestamp() INTO stored, live
+        -- (The token's 17 bytes at most: a long value is not read whole.)
+        SELECT substring(value FROM 1 FOR 17), expires_at IS NULL OR expires_at > clock_timestamp()
+            INTO stored, live
             FROM @table@ WHERE key = p_key FOR UPDATE;
         IF FOUND THEN
             -- An expired value is none; a value not fenced has seen no token.

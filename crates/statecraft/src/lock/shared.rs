@@ -1,7 +1,7 @@
 //! The lock's step as one [`AtomicUpdate`]: [`lock_step`] in one round
 //! trip on any store — under the key's lock in memory, as its Lua copy
-//! (`lock.lua`) on Redis at the server's clock, by compare-and-swap
-//! elsewhere.
+//! (`lock.lua`) on Redis and its PL/pgSQL copy (`lock.sql`) on PostgreSQL
+//! at the server's clock, by compare-and-swap elsewhere.
 //!
 //! Texts on the wire, numbers in decimal (at most 16 digits), owners as
 //! 32 lowercase hexadecimal digits:

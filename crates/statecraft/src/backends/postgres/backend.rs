@@ -428,10 +428,12 @@ impl StateBackend for PostgresBackend {
         let inner = &*self.inner;
         StateFuture::new(
             inner.write_op(Operation::UpdateAtomic, Some(key), async move {
-                inner
-                    .config
-                    .limits
-                    .check_key(NAME, Operation::UpdateAtomic, key)?;
+                let limits = &inner.config.limits;
+                if update.stores_input() {
+                    limits.check_entry(NAME, Operation::UpdateAtomic, key, input)?;
+                } else {
+                    limits.check_key(NAME, Operation::UpdateAtomic, key)?;
+                }
                 inner.run_native(update, native, key, input).await
             }),
         )

@@ -146,7 +146,11 @@ impl RedisBackend {
         let native = self.inner.scripts.get(update)?;
         let inner = &*self.inner;
         let run = async {
-            let full = self.check_key(Operation::UpdateAtomic, key)?;
+            let full = if update.stores_input() {
+                self.check_entry(Operation::UpdateAtomic, key, input)?
+            } else {
+                self.check_key(Operation::UpdateAtomic, key)?
+            };
             let default_ttl = super::inner::ttl_millis(inner.config.default_ttl).unwrap_or(0);
             let (native, full) = (&native, full.as_slice());
             inner
