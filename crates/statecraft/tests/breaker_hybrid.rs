@@ -500,13 +500,10 @@ async fn a_killed_store_leaves_it_deciding_locally_until_the_store_is_back() {
     assert!(breaker.stats().store_up);
 }
 
-/// The synchronous forms: decided here while the shared breaker is closed
-/// or open; once an opening ends only the store decides, and a probe's
-/// result goes to the store.
-#[tokio::test]
-async fn try_acquire_and_try_record_decide_here_or_hand_over() {
-    // The store and this instance on one manual clock: the opening ends
-    // when the test says so.
+/// A hybrid breaker `name` that one failure opens for 10 s, over a memory
+/// store, the store and the instance on one manual clock (an opening ends
+/// when the test says so).
+async fn on_one_manual_clock(name: &str) -> (statecraft::ManualClock, HybridBreaker) {
     let clock = statecraft::ManualClock::new(1_733_000_000_000);
     let store: Arc<dyn StateBackend> = Arc::new(
         statecraft::MemoryBackend::builder()
@@ -520,12 +517,21 @@ async fn try_acquire_and_try_record_decide_here_or_hand_over() {
         .expect("config");
     let breaker = HybridBreaker::start_with_clock(
         store,
-        "sync",
+        name,
         config,
         HybridConfig::default(),
         clock.clone(),
     )
     .await;
+    (clock, breaker)
+}
+
+/// The synchronous forms: decided here while the shared breaker is closed
+/// or open; once an opening ends only the store decides, and a probe's
+/// result goes to the store.
+#[tokio::test]
+async fn try_acquire_and_try_record_decide_here_or_hand_over() {
+    let (clock, breaker) = on_one_manual_clock("sync").await;
     let mut shared_events = breaker.events();
     let permit = breaker
         .try_acquire()
@@ -592,25 +598,7 @@ async fn a_dropped_permit_is_a_failure_here_and_in_the_store() {
 /// opening has ended, and its probe's success closes the shared breaker.
 #[tokio::test]
 async fn call_decides_here_then_asks_the_store_for_a_probe() {
-    let clock = statecraft::ManualClock::new(1_733_000_000_000);
-    let store: Arc<dyn StateBackend> = Arc::new(
-        statecraft::MemoryBackend::builder()
-            .clock(clock.clone())
-            .build(),
-    );
-    let config = BreakerConfig::builder()
-        .consecutive_failures(1)
-        .open_for(Duration::from_secs(10))
-        .build()
-        .expect("config");
-    let breaker = HybridBreaker::start_with_clock(
-        store,
-        "call",
-        config,
-        HybridConfig::default(),
-        clock.clone(),
-    )
-    .await;
+    let (clock, breaker) = on_one_manual_clock("call").await;
     let failed = breaker.call(|| async { Err::<(), _>("down") }).await;
     assert!(matches!(failed, Err(CallError::Failed("down"))));
     assert!(breaker.wait_for(Phase::Open, Duration::from_secs(5)).await);

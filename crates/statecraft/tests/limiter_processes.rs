@@ -16,11 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use statecraft::limiter::{
     Algorithm, DistributedLimiter, HybridLimiter, HybridLimiterConfig, Quota, WhenUnreachable,
 };
-use statecraft::{
-    BackendStats, Bytes, Capabilities, CasOutcome, HealthReport, KeyPage, KeyTtl, MonotonicClock,
-    PutOptions, RedisBackend, RedisConfig, StateBackend, StateFuture,
+use statecraft::{MonotonicClock, RedisBackend, RedisConfig, StateBackend};
+use statecraft_testkit::{
+    Fault, FaultProxy, PostgresServer, ProvidedDefaults, RedisCluster, RedisServer,
 };
-use statecraft_testkit::{Fault, FaultProxy, PostgresServer, RedisCluster, RedisServer};
 
 const CHILD: &str = "STATECRAFT_LIMITER_CHILD";
 
@@ -82,59 +81,6 @@ async fn store(url: &str) -> Arc<dyn StateBackend> {
         .expect("the test store accepts connections")
 }
 
-/// A store with only the contract's required operations: its
-/// `update_atomic` is the provided compare-and-swap loop (a read, then a
-/// swap), whatever the store underneath offers natively.
-#[derive(Debug)]
-struct Generic(Arc<dyn StateBackend>);
-
-impl StateBackend for Generic {
-    fn name(&self) -> &'static str {
-        "generic"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.0.capabilities()
-    }
-    fn get<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, Option<Bytes>> {
-        self.0.get(key)
-    }
-    fn put_with<'a>(&'a self, key: &'a [u8], value: Bytes, o: PutOptions) -> StateFuture<'a, ()> {
-        self.0.put_with(key, value, o)
-    }
-    fn delete<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, bool> {
-        self.0.delete(key)
-    }
-    fn ttl<'a>(&'a self, key: &'a [u8]) -> StateFuture<'a, KeyTtl> {
-        self.0.ttl(key)
-    }
-    fn list_keys_page<'a>(
-        &'a self,
-        prefix: &'a [u8],
-        cursor: Option<&'a [u8]>,
-        limit: usize,
-    ) -> StateFuture<'a, KeyPage> {
-        self.0.list_keys_page(prefix, cursor, limit)
-    }
-    fn clear(&self) -> StateFuture<'_, ()> {
-        self.0.clear()
-    }
-    fn compare_and_swap<'a>(
-        &'a self,
-        key: &'a [u8],
-        expected: Option<&'a [u8]>,
-        new: Option<Bytes>,
-        options: PutOptions,
-    ) -> StateFuture<'a, CasOutcome> {
-        self.0.compare_and_swap(key, expected, new, options)
-    }
-    fn health_check(&self) -> StateFuture<'_, HealthReport> {
-        self.0.health_check()
-    }
-    fn stats(&self) -> StateFuture<'_, BackendStats> {
-        self.0.stats()
-    }
-}
-
 /// A child process: `mode|url|name|algorithm|millis|skew_s|parent µs`,
 /// its wall clock `skew_s` seconds off (by libfaketime, which its parent
 /// preloads), `parent µs` the parent's wall clock when it spawned it. It
@@ -155,7 +101,9 @@ async fn child(spec: &str) {
     println!();
     println!("skew {seen}");
     let store = match mode {
-        "generic" => Arc::new(Generic(store(url).await)),
+        // Only the contract's required operations: `update_atomic` is the
+        // provided compare-and-swap loop, whatever the store offers.
+        "generic" => Arc::new(ProvidedDefaults(store(url).await)),
         _ => store(url).await,
     };
     let policy = match mode {
@@ -551,40 +499,38 @@ async fn processes_share_one_limit_through_compare_and_swap() {
     assert_every_key_has_a_ttl(&url).await;
 }
 
-/// The server's major version (`INFO server`).
-async fn server_major(url: &str) -> u64 {
+/// A section of the server's `INFO`.
+async fn info(url: &str, section: &str) -> String {
     let mut client = redis::Client::open(url)
         .expect("url")
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let info: String = redis::cmd("INFO")
-        .arg("server")
+    redis::cmd("INFO")
+        .arg(section)
         .query_async(&mut client)
         .await
-        .expect("info");
-    info.lines()
+        .expect("info")
+}
+
+/// The server's major version.
+async fn server_major(url: &str) -> u64 {
+    info(url, "server")
+        .await
+        .lines()
         .find_map(|line| line.strip_prefix("redis_version:"))
         .and_then(|version| version.split('.').next())
         .map_or(0, |major| major.trim().parse().expect("a version"))
 }
 
-/// How many times the server ran `command` (`INFO commandstats`).
+/// How many times the server ran `command`.
 async fn calls(url: &str, command: &str) -> u64 {
-    let mut client = redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut client)
-        .await
-        .expect("info");
     let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
+    info(url, "commandstats")
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
+        .and_then(|rest| rest.split(',').next().map(str::to_owned))
         .map_or(0, |n| n.parse().expect("a count"))
 }
 

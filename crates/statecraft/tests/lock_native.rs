@@ -757,3 +757,67 @@ async fn a_fenced_value_over_the_limit_is_refused() {
         assert_eq!(token, 1, "{}", store.name());
     }
 }
+
+/// A semaphores table an older version made, without the line's columns,
+/// gets them at set-up, and a waiter stands in line on it.
+#[tokio::test]
+async fn an_older_semaphores_table_gets_the_lines_columns() {
+    let table = unique("sem_old");
+    let url = PostgresServer::shared().url();
+    let (operator, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    operator
+        .batch_execute(&format!(
+            "CREATE TABLE \"{table}_semaphores\" (key bytea PRIMARY KEY, owners text[] NOT NULL, \
+             held_until timestamptz[] NOT NULL, updated_at timestamptz NOT NULL, \
+             expires_at timestamptz NOT NULL)"
+        ))
+        .await
+        .expect("the old table");
+    let config = PostgresConfig::builder()
+        .url(url)
+        .table(table.clone())
+        .build()
+        .expect("config");
+    let backend = PostgresBackend::new(config).await.expect("postgres");
+    let holder = Owner([1; 16]);
+    let waiter = Owner([2; 16]);
+    let ask = |owner, wait: bool| {
+        let op = if wait {
+            SemaphoreOp::Wait {
+                owner,
+                permits: 1,
+                lease_us: 60_000_000,
+                line_us: 60_000_000,
+            }
+        } else {
+            SemaphoreOp::Acquire {
+                owner,
+                permits: 1,
+                lease_us: 60_000_000,
+            }
+        };
+        semaphore_input(op, 0)
+    };
+    let held = backend
+        .update_atomic(b"s", &SemaphoreStep, ask(holder, false).as_bytes())
+        .await
+        .expect("step");
+    assert!(held.starts_with(b"H 1 "), "{held:?}");
+    let busy = backend
+        .update_atomic(b"s", &SemaphoreStep, ask(waiter, true).as_bytes())
+        .await
+        .expect("step");
+    assert!(busy.starts_with(b"B 1 "), "{busy:?}");
+    let row = operator
+        .query_one(
+            &format!("SELECT waiters FROM \"{table}_semaphores\" WHERE key = $1"),
+            &[&&b"s"[..]],
+        )
+        .await
+        .expect("the row");
+    let waiters: Vec<String> = row.get(0);
+    assert_eq!(waiters, vec![waiter.to_hex()]);
+}

@@ -44,7 +44,10 @@ pub struct LockConfig {
     /// lock or permit goes to whichever waiter asks first, and a release
     /// wakes them all: a waiter that paused or died then holds up nobody,
     /// which an [`Election`](super::Election) prefers (its campaigns are
-    /// unfair).
+    /// unfair). Unfair askers still yield to the fair waiters standing in
+    /// a line; and while older versions share a store (they read a stored
+    /// line as nothing held), run the new processes unfair: they then
+    /// write no line.
     pub fair: bool,
 }
 
@@ -72,7 +75,8 @@ impl LockConfig {
         self
     }
 
-    /// How long a waiter's place in a lock's line is kept from its last
+    /// How long a waiter's place in a lock's or a semaphore's line is kept
+    /// from its last
     /// ask: twice the longest nap between its asks, plus three round trips
     /// (its answer, its subscription, its next ask).
     pub(super) fn place_time(&self) -> Duration {
@@ -463,8 +467,8 @@ impl Lease {
 
     async fn release(&self) -> Result<()> {
         // Whom to wake: a lock's first waiter in line (nobody when none
-        // waits there), all waiters of a semaphore or a Redlock (they
-        // stand in no line).
+        // waits there), all waiters of a semaphore (the line lets in those
+        // it keeps the permits for) or a Redlock (no line).
         let (released, wake) = if let Kind::Redlock { granted, .. } = &self.kind {
             (
                 release_all(granted, &self.key, self.owner).await?,

@@ -20,15 +20,20 @@
 //! keeps with the lock ([`LockRecord`]): a free lock goes to the first
 //! waiter still waiting, not to whoever asks first after the release (a
 //! previous holder asking again at once would otherwise win every time,
-//! as its ask needs no wake-up). Elections campaign unfairly
+//! as its ask needs no wake-up). [`Semaphore::acquire`] keeps a line the
+//! same way ([`SemaphoreState`]): a free permit goes to an asker only if
+//! more are free than waiters stand before it. Elections campaign unfairly
 //! ([`LockConfig::fair`]): a queued candidate that paused or died would
 //! hold up the next election.
 //!
 //! **Upgrading from a version without the line.** An earlier version
-//! reads the stored text of a lock that has waiters as no lock at all
-//! (on Redis and the compare-and-swap stores; PostgreSQL's rows are
-//! read by column and unaffected): stop every older process that shares
-//! locks before starting this one, or two can hold a lock at once.
+//! reads the stored text of a lock or a semaphore that has waiters as no
+//! lock, or no permit held, at all (on Redis and the compare-and-swap
+//! stores; PostgreSQL's rows are read by column, but an older semaphore
+//! step there drops the line when it removes the last holder's row):
+//! stop every older process that shares locks or semaphores before
+//! starting this one, or two can hold a lock (or more than N a
+//! semaphore) at once.
 //!
 //! **Fencing tokens.** An acquisition's token is the store's clock in
 //! microseconds, raised past the last token the lock's key remembers:

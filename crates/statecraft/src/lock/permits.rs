@@ -38,9 +38,9 @@ use super::shared::{digits, encode_answer, lease, split_peek, PEEK};
 /// The most permits a semaphore has.
 pub const MAX_PERMITS: u64 = 4_096;
 
-/// How long a semaphore's key outlives its last lease (µs): a minute, so
-/// that a store's expiry a little early by its own clock never forgets a
-/// live permit (the step ignores the leases that ended).
+/// How long a semaphore's key outlives its last lease or place (µs): a
+/// minute, so that a store's expiry a little early by its own clock never
+/// forgets a live permit (the step ignores the leases that ended).
 pub const LINGER_US: u64 = 60_000_000;
 
 /// The Lua copy (a library: a chunk that returns the step).

@@ -1,6 +1,6 @@
 -- statecraft: the semaphore's step, a copy of lock::permits'
 -- semaphore_step in PL/pgSQL (input and output as lock::permits writes
--- them, the holders in columns), checked against the Rust function by
+-- them, the holders and the line in columns), checked against the Rust function by
 -- tests/lock_native.rs. `@name@` is the identifier "<table>_name" of the
 -- backend's table, `@name#@` that name with this file's version. Every
 -- figure has at most 16 digits; the time is clock_timestamp() in µs.
@@ -22,13 +22,16 @@ CREATE TABLE IF NOT EXISTS @semaphores@ (
 -- The line's columns on a table an older version made: looked up first,
 -- as an ALTER TABLE locks the table (and asks to own it) even when they
 -- are there.
+-- (Behind a long transaction on the table the ALTER would queue every
+-- step behind it: it gives up after 5 s, and the next call tries again.)
+SET LOCAL lock_timeout = '5s';
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('@semaphores@')
-        AND attname = 'waiters' AND NOT attisdropped)
+    IF (SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('@semaphores@')
+        AND attname IN ('waiters', 'waiting_until') AND NOT attisdropped) < 2
     THEN
-        ALTER TABLE @semaphores@ ADD COLUMN waiters text[] NOT NULL DEFAULT '{}',
-            ADD COLUMN waiting_until timestamptz[] NOT NULL DEFAULT '{}';
+        ALTER TABLE @semaphores@ ADD COLUMN IF NOT EXISTS waiters text[] NOT NULL DEFAULT '{}',
+            ADD COLUMN IF NOT EXISTS waiting_until timestamptz[] NOT NULL DEFAULT '{}';
     END IF;
 END
 $$;

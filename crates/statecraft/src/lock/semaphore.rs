@@ -24,7 +24,8 @@ use super::shared::PEEK;
 /// given back by their owner only (a random owner per acquisition,
 /// checked by the store in the same atomic step). Every process should
 /// name the same number of permits: each acquisition is decided by the
-/// number it asks with.
+/// number it asks with (and a waiter asking with fewer holds up those
+/// behind it in the line while it waits).
 ///
 /// A holder knows its lease as a [lock](super::Locks)'s holder does
 /// (from when it asked, less 1 %), with the same [`lost`] signal and
@@ -121,7 +122,8 @@ impl Semaphore {
     }
 
     /// Takes a permit for `lease` if one is free now: the permit, or
-    /// `None` when all are held. An acquisition whose answer is lost (a
+    /// `None` when all are held or the free ones are kept for waiters in
+    /// line (see [`acquire`](Self::acquire)). An acquisition whose answer is lost (a
     /// timeout) may have taken a permit, which then stays taken until the
     /// lease runs out.
     pub async fn try_acquire(&self, lease: Duration) -> Result<Option<SemaphorePermit>> {
@@ -145,8 +147,19 @@ impl Semaphore {
     /// [`try_acquire`](Self::try_acquire)) asking just then. One that gives
     /// up or is dropped leaves the line (giving back a permit an ask of its
     /// own took unanswered); one whose process died holds up a free permit
-    /// until its place lapses. A release wakes every waiter, and those the
-    /// line lets in take the permits.
+    /// until its place lapses (its place is kept for twice
+    /// [`poll_every`](LockConfig::poll_every) plus three
+    /// [`timeout`](LockConfig::timeout)s from each of its asks). The line
+    /// keeps [`MAX_LINE`](super::MAX_LINE) waiters; more wait after them,
+    /// in no order. An ask the store carries out only after its waiter
+    /// left (a slow connection) takes a place or a permit again, until the
+    /// place or the lease runs out. A release wakes every waiter, and
+    /// those the line lets in take the permits.
+    ///
+    /// While processes of an older version (without the line) share the
+    /// store, they read a semaphore with waiters as one with no permit
+    /// held: run the new ones [`unfair`](LockConfig::unfair) until every
+    /// process is upgraded.
     pub async fn acquire(&self, lease: Duration, wait: Duration) -> Result<SemaphorePermit> {
         let owner = Owner::random()?;
         let what = format!("semaphore {:?}", &*self.name);
@@ -166,7 +179,9 @@ impl Semaphore {
             }
         };
         let mut leave = LeaveOnDrop {
-            store: self.store.config.fair.then(|| self.store.clone()),
+            // (Also unfair: a leave gives back a permit an ask took
+            // unanswered.)
+            store: Some(self.store.clone()),
             key: self.key.clone(),
             channel: self.channel.to_string(),
             owner,

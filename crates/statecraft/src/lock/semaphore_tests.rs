@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::machine::{LockAnswer, Owner, MAX_LINE};
+use super::machine::{LockAnswer, Owner};
 use super::*;
 use crate::{AtomicUpdate, ErrorKind, ManualClock, MemoryBackend, StateBackend};
 
@@ -90,7 +90,7 @@ proptest! {
                         prop_assert!(!held_after.contains(&owner));
                         if let SemaphoreOp::Wait { .. } = op {
                             // In line (unless the line is full), where it was.
-                            prop_assert!(line_after.contains(&owner) || line_before.len() >= MAX_LINE);
+                            prop_assert!(line_after.contains(&owner), "in line");
                             let kept: Vec<&Owner> = line_after.iter().filter(|w| line_before.contains(w)).collect();
                             let was: Vec<&Owner> = line_before.iter().collect();
                             prop_assert_eq!(kept, was, "the line's order");
@@ -475,4 +475,68 @@ async fn waiters_take_permits_in_the_order_they_asked() {
     assert_eq!(err.kind(), ErrorKind::Timeout);
     assert!(line_of(&backend, "s").await.is_empty());
     drop((holders, permits));
+}
+
+/// A waiter's place: taken, kept while more than half its time is left,
+/// refreshed after; a Busy answer says when a permit may free up (the
+/// soonest lease's end when none is free, the place before it that lapses
+/// first when one is kept for the line).
+#[test]
+fn a_place_is_kept_until_half_its_time_and_busy_says_until_when() {
+    let (a, b, c) = (owner(0), owner(1), owner(2));
+    let wait = |who, now, state: &SemaphoreState| {
+        let op = SemaphoreOp::Wait {
+            owner: who,
+            permits: 1,
+            lease_us: 50,
+            line_us: 400,
+        };
+        semaphore_step(state, op, now)
+    };
+    let held = SemaphoreState {
+        held: vec![(a, 1_000)],
+        line: Vec::new(),
+    };
+    let (placed, busy) = wait(b, 100, &held);
+    let placed = placed.expect("placed");
+    assert_eq!(placed.line, vec![(b, 500)]);
+    let until_the_lease_ends = LockAnswer::Busy {
+        token: 1,
+        retry_after_us: 900,
+    };
+    assert_eq!(busy, until_the_lease_ends);
+    // 201 µs of 400 left: kept (nothing written); 200: refreshed.
+    assert_eq!(wait(b, 299, &placed), (None, until_the_lease_ends_at(299)));
+    let (refreshed, _) = wait(b, 300, &placed);
+    assert_eq!(refreshed.expect("refreshed").line, vec![(b, 700)]);
+    let (free, _) = semaphore_step(&placed, SemaphoreOp::Release { owner: a }, 400);
+    let free = free.expect("released");
+    let (behind, busy) = wait(c, 400, &free);
+    assert_eq!(
+        busy,
+        LockAnswer::Busy {
+            token: 0,
+            retry_after_us: 100
+        },
+        "the permit is b's until its place lapses at 500"
+    );
+    assert_eq!(behind.expect("placed").line, vec![(b, 500), (c, 800)]);
+    let try_c = SemaphoreOp::Acquire {
+        owner: c,
+        permits: 1,
+        lease_us: 50,
+    };
+    assert_eq!(semaphore_step(&free, try_c, 400).0, None, "no write");
+    // Once b's place lapsed, the permit is anyone's.
+    assert!(matches!(
+        semaphore_step(&free, try_c, 500).1,
+        LockAnswer::Held { .. }
+    ));
+}
+
+fn until_the_lease_ends_at(now: u64) -> LockAnswer {
+    LockAnswer::Busy {
+        token: 1,
+        retry_after_us: 1_000 - now,
+    }
 }
