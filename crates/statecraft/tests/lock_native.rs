@@ -434,6 +434,59 @@ fn a_full_line_decides_alike_on_every_path() {
     assert!(reference.iter().any(|(a, _)| named(a)), "{reference:?}");
 }
 
+/// A semaphore's line filled past its 32 places, asked again early and
+/// late, left by a waiter and by the holder (whose permit goes to the
+/// first waiter), and a try turned away by the line: alike on every path.
+#[test]
+fn a_full_semaphore_line_decides_alike_on_every_path() {
+    let mut steps = vec![(PermitStep::Acquire(40, 1, 30_000_000), 0)];
+    for w in 0..34 {
+        steps.push((PermitStep::Wait(w, 1, 1_000_000, 20_000_000), 10));
+    }
+    // Asked again: early (kept as it is) and late (its place renewed).
+    steps.push((PermitStep::Wait(5, 1, 1_000_000, 20_000_000), 1_000));
+    steps.push((PermitStep::Wait(6, 1, 1_000_000, 20_000_000), 12_000_000));
+    steps.push((PermitStep::Leave(0), 10));
+    steps.push((PermitStep::Leave(40), 10));
+    // Free now, but kept for the line: the last in it and one outside it
+    // are turned away, its first takes it.
+    steps.push((PermitStep::Wait(33, 1, 1_000_000, 20_000_000), 10));
+    steps.push((PermitStep::Acquire(39, 1, 1_000_000), 10));
+    steps.push((PermitStep::Wait(1, 1, 1_000_000, 20_000_000), 10));
+    steps.push((PermitStep::Release(1), 10));
+    let (native, reference) = runtime().block_on(async {
+        let redis = redis_at(&RedisServer::shared().url(), true).await;
+        let native = run_permits(&redis, &steps, false).await;
+        redis.clear().await.expect("clear");
+        (
+            native,
+            run_permits(&MemoryBackend::new(), &steps, false).await,
+        )
+    });
+    assert_eq!(native, reference);
+    let (native, reference) = runtime().block_on(async {
+        let native = run_permits(&postgres().await, &steps, true).await;
+        (
+            native,
+            run_permits(&MemoryBackend::new(), &steps, true).await,
+        )
+    });
+    assert_eq!(native, reference);
+    // The line's first took the permit the holder's leave gave back.
+    let answers: Vec<&str> = reference
+        .iter()
+        .map(|(answer, _)| answer.as_deref().unwrap_or("error"))
+        .collect();
+    let n = answers.len();
+    assert!(
+        answers[n - 4].starts_with("B "),
+        "the last in line: {answers:?}"
+    );
+    assert!(answers[n - 3].starts_with("B "), "one outside: {answers:?}");
+    assert!(answers[n - 2].starts_with("H 1 "), "the first: {answers:?}");
+    assert_eq!(answers[n - 1], "R 0");
+}
+
 #[tokio::test]
 async fn bad_input_is_a_typed_error_on_both_paths() {
     let redis = redis_at(&RedisServer::shared().url(), true).await;
