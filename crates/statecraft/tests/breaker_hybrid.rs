@@ -637,6 +637,8 @@ async fn a_slow_success_opens_it_here_and_in_the_store() {
     quick.success().await;
     assert_eq!(breaker.local().phase(), Phase::Closed, "a quick success");
     let slow = breaker.acquire().await.expect("closed");
+    // A permit times its call by the process's monotonic clock (not the
+    // breaker's injectable one, nor tokio's): 30 ms of real time.
     tokio::time::sleep(Duration::from_millis(30)).await;
     slow.success().await;
     assert_eq!(breaker.local().phase(), Phase::Open, "a slow success");

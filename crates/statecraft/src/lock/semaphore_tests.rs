@@ -389,17 +389,12 @@ async fn line_of(backend: &Arc<dyn StateBackend>, name: &str) -> Vec<Owner> {
         .collect()
 }
 
-/// Waits (a bounded number of yields) until the line of semaphore "s" is
-/// `n` long.
+/// Waits until the line of semaphore "s" is `n` long.
 async fn line_is(backend: &Arc<dyn StateBackend>, n: usize) {
-    for _ in 0..2_000 {
-        if line_of(backend, "s").await.len() == n {
-            return;
-        }
-        // The waiters run between two looks (one thread, a memory store).
-        tokio::task::yield_now().await;
-    }
-    panic!(
+    let long =
+        super::tests::yields_until(|| async { line_of(backend, "s").await.len() == n }).await;
+    assert!(
+        long,
         "the line never was {n} long: {:?}",
         line_of(backend, "s").await
     );

@@ -538,17 +538,26 @@ async fn line_of(backend: &Arc<dyn StateBackend>, name: &str) -> Vec<Owner> {
     kept(record.as_ref(), now)
 }
 
-/// Waits (a bounded number of yields) until the line of lock "a" is `n`
-/// long.
-async fn line_is(backend: &Arc<dyn StateBackend>, n: usize) {
+/// Whether `look` says yes within a bounded number of yields (the
+/// waiters run between two looks: one thread, a memory store).
+pub(super) async fn yields_until<Fut>(mut look: impl FnMut() -> Fut) -> bool
+where
+    Fut: std::future::Future<Output = bool>,
+{
     for _ in 0..2_000 {
-        if line_of(backend, "a").await.len() == n {
-            return;
+        if look().await {
+            return true;
         }
-        // The waiters run between two looks (one thread, a memory store).
         tokio::task::yield_now().await;
     }
-    panic!(
+    false
+}
+
+/// Waits until the line of lock "a" is `n` long.
+async fn line_is(backend: &Arc<dyn StateBackend>, n: usize) {
+    let long = yields_until(|| async { line_of(backend, "a").await.len() == n }).await;
+    assert!(
+        long,
         "the line never was {n} long: {:?}",
         line_of(backend, "a").await
     );
