@@ -19,7 +19,8 @@
 //!    at once) against the same lock on one of them: acquire + release,
 //!    11 interleaved rounds of 1,000.
 //!
-//! `cargo bench -p bench-compare --bench lock`.
+//! `cargo bench -p bench-compare --bench lock`; `LOCK_BENCH_PART=uncontended`
+//! (or `handover`, `redlock`) runs one part.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,10 +77,19 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // LOCK_BENCH_PART=uncontended|handover|redlock runs one part.
+    let part = std::env::var("LOCK_BENCH_PART").unwrap_or_default();
+    let runs = |name: &str| part.is_empty() || part == name;
     runtime.block_on(async {
-        uncontended(&server.url()).await;
-        handover(&server.url()).await;
-        redlock(&server).await;
+        if runs("uncontended") {
+            uncontended(&server.url()).await;
+        }
+        if runs("handover") {
+            handover(&server.url()).await;
+        }
+        if runs("redlock") {
+            redlock(&server).await;
+        }
     });
 }
 

@@ -1,5 +1,8 @@
 //! Locks under faults of real servers started by the test support: a
-//! Redlock over three Redis servers holds with one down and not with two;
+//! Redlock over three Redis servers holds with one down and not with two,
+//! and over three test stores, one slow, holds and releases without
+//! waiting for the slow one, whose late grant joins the holding or is
+//! given back;
 //! tokens rise across a Redis restarted without persistence, so a stale
 //! holder's fenced write (to PostgreSQL) is refused; a watchdog's renewal
 //! goes on across a reconnect through the fault proxy.
@@ -12,7 +15,7 @@ use statecraft::lock::{fenced_put, Fenced, LockConfig, Locks, Redlock};
 use statecraft::{
     ErrorKind, PostgresBackend, PostgresConfig, RedisBackend, RedisConfig, StateBackend,
 };
-use statecraft_testkit::{Fault, FaultProxy, PostgresServer, RedisServer};
+use statecraft_testkit::{Fault, FaultProxy, PostgresServer, RedisServer, Switch};
 
 async fn redis(url: &str) -> Arc<dyn StateBackend> {
     let config = RedisConfig::builder()
@@ -202,4 +205,81 @@ async fn renewal_goes_on_across_a_reconnect_through_the_fault_proxy() {
     // And no renewal after the release.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(direct.holder("kept").await.expect("peek"), None);
+}
+
+/// Three test stores, the last answering after 500 ms (on Tokio's paused
+/// clock): a Redlock holds on the first two, before the third answers.
+fn one_slow() -> (Vec<Switch>, Redlock) {
+    let switches: Vec<Switch> = (0..3).map(|_| Switch::new(true)).collect();
+    switches[2]
+        .latency_ms
+        .store(500, std::sync::atomic::Ordering::SeqCst);
+    let backends = switches
+        .iter()
+        .map(|s| Arc::new(s.clone()) as Arc<dyn StateBackend>)
+        .collect();
+    (switches, Redlock::new(backends).expect("redlock"))
+}
+
+/// Who holds "slow" in `switch`'s store, asked directly.
+async fn holder_in(switch: &Switch) -> Option<(u64, Duration)> {
+    let direct = Locks::new(Arc::new(switch.inner.clone()));
+    direct.holder("slow").await.expect("peek")
+}
+
+/// Whether `switch`'s store turns to `held` within 10 s (of the paused
+/// clock: its calls take 500 ms each, a step a read and a swap).
+async fn turns(switch: &Switch, held: bool) -> bool {
+    for _ in 0..100 {
+        if holder_in(switch).await.is_some() == held {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redlock_does_not_wait_for_a_slow_server_and_keeps_no_late_grant() {
+    let lease = Duration::from_secs(60);
+
+    // Released before the slow server answered: its late grant is given
+    // back, not kept for the lease.
+    let (switches, redlock) = one_slow();
+    let guard = redlock
+        .try_lock("slow", lease)
+        .await
+        .expect("store")
+        .expect("two of three grant it");
+    assert!(holder_in(&switches[0]).await.is_some());
+    assert_eq!(
+        holder_in(&switches[2]).await,
+        None,
+        "the slow one waited for"
+    );
+    guard.unlock().await.expect("a majority released it");
+    assert_eq!(holder_in(&switches[0]).await, None);
+    // Its grant comes at 1 s (a read and a swap), its give-back at 2 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        holder_in(&switches[2]).await,
+        None,
+        "a late grant was kept after the release"
+    );
+
+    // Answered while held: the late grant joins the holding, and the
+    // release reaches it too.
+    let (switches, redlock) = one_slow();
+    let guard = redlock
+        .try_lock("slow", lease)
+        .await
+        .expect("store")
+        .expect("two of three grant it");
+    assert!(turns(&switches[2], true).await, "no late grant");
+    // Heard by the holding before its release.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    guard.unlock().await.expect("a majority released it");
+    for (i, switch) in switches.iter().enumerate() {
+        assert!(turns(switch, false).await, "still held on server {i}");
+    }
 }

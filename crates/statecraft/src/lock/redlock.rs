@@ -2,10 +2,12 @@
 //! often), held when a majority of them grant it, in the way of Redis's
 //! Redlock.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use crate::backend::error::{Error, ErrorKind, Result};
@@ -20,11 +22,15 @@ use super::shared::{op_input, parse_answer, LockStep};
 /// grant it.
 ///
 /// Each acquisition asks every store at once (each within the configured
-/// timeout) and holds when a majority grant it with time left: the lease
-/// less the time the asking took, less 1 % of the lease and 2 ms for the
-/// clocks' drift. Otherwise it gives back what it got, on every store that
-/// granted it. Extensions and releases go to every store that granted it;
-/// an extension keeps the holding while a majority still grant it.
+/// timeout) and holds as soon as a majority grant it with time left: the
+/// lease less the time the asking took, less 1 % of the lease and 2 ms for
+/// the clocks' drift. The stores still to answer then are heard in the
+/// background: a late grant joins the holding (or is given back at once
+/// if the holding already ended). Without a majority it gives back what
+/// it got, on every store that granted it. Extensions and releases go to
+/// every store that granted it and return once a majority answered as
+/// hoped (the others in the background); an extension keeps the holding
+/// while a majority still grant it.
 ///
 /// **Its limits.** A Redlock holding is safe while the servers' clocks run
 /// at about the same rate and no process pauses past its lease; it needs
@@ -77,11 +83,58 @@ impl std::fmt::Debug for Redlock {
     }
 }
 
-/// The stores a Redlock holding was granted by, with each one's token.
+/// The stores a Redlock holding was granted by, with each one's token:
+/// those of the majority it was taken with, and those that granted it
+/// later, until it is released.
 pub(super) struct Granted {
-    pub(super) by: Vec<(Arc<Store>, u64)>,
+    grants: Mutex<Grants>,
     /// How many grants hold the lock.
-    pub(super) quorum: usize,
+    quorum: usize,
+}
+
+struct Grants {
+    by: Vec<(Arc<Store>, u64)>,
+    /// Whether it was released (or never held): a late grant is given
+    /// back by whoever hears it.
+    closed: bool,
+}
+
+impl Granted {
+    fn grants(&self) -> std::sync::MutexGuard<'_, Grants> {
+        self.grants.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The stores that granted it, so far.
+    fn by(&self) -> Vec<(Arc<Store>, u64)> {
+        self.grants().by.clone()
+    }
+
+    /// The stores that granted it, and no more to come: later grants are
+    /// given back by whoever hears them.
+    fn close(&self) -> Vec<(Arc<Store>, u64)> {
+        let mut grants = self.grants();
+        grants.closed = true;
+        grants.by.clone()
+    }
+
+    /// Adds a late grant: whether it joined (`false`: closed, to give back).
+    fn join(&self, store: Arc<Store>, token: u64) -> bool {
+        let mut grants = self.grants();
+        if grants.closed {
+            return false;
+        }
+        grants.by.push((store, token));
+        true
+    }
+}
+
+/// One store asked for `input`'s step on `key`: the store, and its answer.
+async fn ask(store: Arc<Store>, key: Bytes, input: Arc<str>) -> (Arc<Store>, Result<LockAnswer>) {
+    let answer = match store.round_trip(&key, &LockStep, input.as_bytes()).await {
+        Ok(raw) => parse_answer(&raw),
+        Err(err) => Err(err),
+    };
+    (store, answer)
 }
 
 impl Redlock {
@@ -141,21 +194,23 @@ impl Redlock {
     async fn acquire(&self, name: &str, owner: Owner, lease: Duration) -> Result<Acquired> {
         let lease_us = lease_us(lease)?;
         let key = key_of(name);
-        let input = op_input(LockOp::Acquire { owner, lease_us }, 0);
+        let input: Arc<str> = op_input(LockOp::Acquire { owner, lease_us }, 0).into();
         let sent = Instant::now();
-        let answers = join_all(self.stores.iter().map(|store| {
-            let (key, input) = (&key, input.as_bytes());
-            async move {
-                let raw = store.round_trip(key, &LockStep, input).await?;
-                parse_answer(&raw)
-            }
-        }))
-        .await;
+        let mut asks: FuturesUnordered<_> = self
+            .stores
+            .iter()
+            .map(|store| ask(store.clone(), key.clone(), input.clone()))
+            .collect();
+        let quorum = self.quorum();
         let mut by = Vec::new();
         let mut busy: Option<(u64, u64)> = None;
-        for (store, answer) in self.stores.iter().zip(answers) {
+        // Heard until a majority granted it or every store answered.
+        while by.len() < quorum {
+            let Some((store, answer)) = asks.next().await else {
+                break;
+            };
             match answer {
-                Ok(LockAnswer::Held { token, .. }) => by.push((store.clone(), token)),
+                Ok(LockAnswer::Held { token, .. }) => by.push((store, token)),
                 Ok(LockAnswer::Busy {
                     token,
                     retry_after_us,
@@ -166,15 +221,21 @@ impl Redlock {
                 Ok(_) | Err(_) => {}
             }
         }
-        let quorum = self.quorum();
         // What the majority surely still holds: the lease from before it
         // was asked, less the drift (1 %, and 2 ms).
         let deadline = local_deadline(sent, lease_us)
             .checked_sub(Duration::from_millis(2))
             .unwrap_or(sent);
-        if by.len() >= quorum && Instant::now() < deadline {
-            let token = by.iter().map(|g| g.1).max().unwrap_or(0);
-            let granted = Arc::new(Granted { by, quorum });
+        let held = by.len() >= quorum && Instant::now() < deadline;
+        let token = by.iter().map(|g| g.1).max().unwrap_or(0);
+        let granted = Arc::new(Granted {
+            grants: Mutex::new(Grants { by, closed: false }),
+            quorum,
+        });
+        if !asks.is_empty() {
+            tokio::spawn(hear_late(asks, granted.clone(), key.clone(), owner));
+        }
+        if held {
             return Ok(Acquired::Held(Holding::start(
                 self.stores[0].clone(),
                 name,
@@ -187,8 +248,7 @@ impl Redlock {
             )));
         }
         // Too few: what was granted is given back at once.
-        let granted = Granted { by, quorum };
-        let _ = release_all(&granted, &key, owner).await;
+        let _ = give_back(&granted, &key, owner).await;
         // Tried again when the holder's lease ends or, with no holder
         // seen (too few servers answered, or the votes split), after a
         // random while, so that clients that split the votes part.
@@ -207,43 +267,79 @@ impl Redlock {
     }
 }
 
-/// `op` (given each store's token) on every store that granted a
-/// holding, at once: the answers, and how many are `want`.
-async fn ask_all(
-    granted: &Granted,
-    key: &[u8],
-    op: impl Fn(u64) -> LockOp,
-    want: fn(&LockAnswer) -> bool,
-) -> (Vec<Result<LockAnswer>>, usize) {
-    let answers = join_all(granted.by.iter().map(|(store, token)| {
-        let input = op_input(op(*token), 0);
-        async move {
-            let raw = store.round_trip(key, &LockStep, input.as_bytes()).await?;
-            parse_answer(&raw)
+/// The answers of the stores an acquisition did not wait for: a grant
+/// joins the holding, or is given back when the holding has ended.
+async fn hear_late<F>(
+    mut asks: FuturesUnordered<F>,
+    granted: Arc<Granted>,
+    key: Bytes,
+    owner: Owner,
+) where
+    F: Future<Output = (Arc<Store>, Result<LockAnswer>)>,
+{
+    while let Some((store, answer)) = asks.next().await {
+        if let Ok(LockAnswer::Held { token, .. }) = answer {
+            if !granted.join(store.clone(), token) {
+                let input = op_input(LockOp::Release { owner, token }, 0);
+                let _ = store.round_trip(&key, &LockStep, input.as_bytes()).await;
+            }
         }
-    }))
-    .await;
-    let wanted = answers
-        .iter()
-        .filter(|a| a.as_ref().is_ok_and(want))
-        .count();
-    (answers, wanted)
+    }
 }
 
-/// Whether enough stores refused (answered `N`) that no majority can hold.
-fn refused_by_enough(granted: &Granted, answers: &[Result<LockAnswer>]) -> bool {
-    let refused = answers
-        .iter()
-        .filter(|a| matches!(a, Ok(LockAnswer::NotHeld)))
-        .count();
-    granted.by.len() - refused < granted.quorum
+/// `op` (given each store's token) on each of `by` at once, until `need`
+/// answers are `want` (the rest heard in the background) or all
+/// answered: how many are `want`, and how many refused (`N`).
+async fn ask_each(
+    by: Vec<(Arc<Store>, u64)>,
+    key: &Bytes,
+    op: impl Fn(u64) -> LockOp,
+    want: fn(&LockAnswer) -> bool,
+    need: usize,
+) -> (usize, usize) {
+    let mut asks: FuturesUnordered<_> = by
+        .into_iter()
+        .map(|(store, token)| ask(store, key.clone(), op_input(op(token), 0).into()))
+        .collect();
+    let (mut wanted, mut refused) = (0, 0);
+    while wanted < need {
+        let Some((_, answer)) = asks.next().await else {
+            break;
+        };
+        match answer {
+            Ok(answer) if want(&answer) => wanted += 1,
+            Ok(LockAnswer::NotHeld) => refused += 1,
+            Ok(_) | Err(_) => {}
+        }
+    }
+    if !asks.is_empty() {
+        // Still bounded: each ask within the stores' timeout.
+        tokio::spawn(async move { while asks.next().await.is_some() {} });
+    }
+    (wanted, refused)
+}
+
+/// Gives back what an acquisition without a majority was granted, waiting
+/// for every store.
+async fn give_back(granted: &Granted, key: &Bytes, owner: Owner) {
+    let by = granted.close();
+    let need = by.len();
+    let release = |token| LockOp::Release { owner, token };
+    ask_each(
+        by,
+        key,
+        release,
+        |a| matches!(a, LockAnswer::Released { .. }),
+        need,
+    )
+    .await;
 }
 
 /// Extends a Redlock holding on every store that granted it: whether a
 /// majority still hold it.
 pub(super) async fn extend_all(
     granted: &Granted,
-    key: &[u8],
+    key: &Bytes,
     owner: Owner,
     lease_us: u64,
 ) -> Result<bool> {
@@ -252,16 +348,16 @@ pub(super) async fn extend_all(
         token,
         lease_us,
     };
-    let (answers, held) = ask_all(granted, key, extend, |a| {
-        matches!(a, LockAnswer::Held { .. })
-    })
-    .await;
+    let by = granted.by();
+    let asked = by.len();
+    let held = |a: &LockAnswer| matches!(a, LockAnswer::Held { .. });
+    let (held, refused) = ask_each(by, key, extend, held, granted.quorum).await;
     if held >= granted.quorum {
         return Ok(true);
     }
     // Not a majority: lost if the stores said so, else (unanswered) a
     // failure to try again.
-    if refused_by_enough(granted, &answers) {
+    if asked - refused < granted.quorum {
         return Ok(false);
     }
     Err(Error::new(
@@ -276,16 +372,16 @@ pub(super) async fn extend_all(
 /// Releases a Redlock holding on every store that granted it: `true` when
 /// a majority released it, `false` when enough refused it (it was lost);
 /// a [`Timeout`](ErrorKind::Timeout) error when too few answered to know.
-pub(super) async fn release_all(granted: &Granted, key: &[u8], owner: Owner) -> Result<bool> {
+pub(super) async fn release_all(granted: &Granted, key: &Bytes, owner: Owner) -> Result<bool> {
     let release = |token| LockOp::Release { owner, token };
-    let (answers, released) = ask_all(granted, key, release, |a| {
-        matches!(a, LockAnswer::Released { .. })
-    })
-    .await;
+    let by = granted.close();
+    let asked = by.len();
+    let released = |a: &LockAnswer| matches!(a, LockAnswer::Released { .. });
+    let (released, refused) = ask_each(by, key, release, released, granted.quorum).await;
     if released >= granted.quorum {
         return Ok(true);
     }
-    if refused_by_enough(granted, &answers) {
+    if asked - refused < granted.quorum {
         return Ok(false);
     }
     Err(Error::new(
