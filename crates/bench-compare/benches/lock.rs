@@ -4,8 +4,9 @@
 //! 1. Uncontended acquire + release (two round trips: the lock's step
 //!    loaded as a Redis Function, and by EVALSHA) against one plain `SET`
 //!    on one raw redis-crate connection, and the same two steps as raw
-//!    `FCALL`s on it (the floor: the server's and the protocol's share):
-//!    11 interleaved rounds of 2,000.
+//!    `FCALL`s on it (the floor: the server's and the protocol's share),
+//!    and two `FCALL`s of a function that returns a constant (the floor
+//!    of any scripted step): 11 interleaved rounds of 2,000.
 //! 2. Handover under contention: 4 tasks take turns on one lock, each
 //!    holding it until another waits for it and, after its release,
 //!    waiting until another has entered; the latency
@@ -121,15 +122,27 @@ async fn uncontended(url: &str) {
         .find(|s| s.starts_with("statecraft_lock"))
         .expect("the lock function")
         .to_string();
+    // The floor of any scripted step: a function that only returns a
+    // constant, called twice.
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(
+            "#!lua name=lockbench_noop\n\
+             redis.register_function('lockbench_noop', function() return 'R 1' end)",
+        )
+        .query_async(&mut raw)
+        .await
+        .expect("function load");
     let owner = "0123456789abcdef0123456789abcdef";
     let acquire = format!("a {owner} 30000000 0");
     let calls = scale(2_000);
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 4];
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 5];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 4];
     for round in 0..11 {
-        let mut this = [0f64; 4];
-        for k in 0..4 {
-            let which = (k + round) % 4;
+        let mut this = [0f64; 5];
+        for k in 0..5 {
+            let which = (k + round) % 5;
             let started = Instant::now();
             for _ in 0..calls {
                 if let Some(locks) = locks.get(which) {
@@ -154,6 +167,16 @@ async fn uncontended(url: &str) {
                         .query_async(&mut raw)
                         .await
                         .expect("fcall");
+                } else if which == 3 {
+                    for _ in 0..2 {
+                        let _: String = redis::cmd("FCALL")
+                            .arg("lockbench_noop")
+                            .arg(1)
+                            .arg("raw:lock")
+                            .query_async(&mut raw)
+                            .await
+                            .expect("fcall");
+                    }
                 } else {
                     let _: () = redis::cmd("SET")
                         .arg("lockbench:plain")
@@ -165,11 +188,11 @@ async fn uncontended(url: &str) {
             }
             this[which] = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
         }
-        for which in 0..4 {
+        for which in 0..5 {
             times[which].push(this[which]);
         }
-        for which in 0..3 {
-            ratios[which].push(this[which] / this[3]);
+        for which in 0..4 {
+            ratios[which].push(this[which] / this[4]);
         }
     }
     let times: Vec<f64> = times.into_iter().map(median).collect();
@@ -187,7 +210,11 @@ async fn uncontended(url: &str) {
         "  two raw FCALLs, same steps {:>8.1} µs  (× raw SET {:.3})",
         times[2], ratios[2]
     );
-    println!("  one plain SET, raw client  {:>8.1} µs", times[3]);
+    println!(
+        "  two trivial FCALLs         {:>8.1} µs  (× raw SET {:.3})",
+        times[3], ratios[3]
+    );
+    println!("  one plain SET, raw client  {:>8.1} µs", times[4]);
 }
 
 /// Gives a holding back.

@@ -21,15 +21,15 @@ end
 local function fmt(n) return string.format('%d', n) end
 
 -- Figures and owners as the patterns below capture them: a figure is a
--- run of digits ('%d+'), kept to 16 of them; an owner a run of hex digits
--- ('%x+'), kept to 32 lowercase ones.
+-- run of digits ('%d+'), kept to 16 of them; an owner a run of lowercase
+-- hex digits ('[0-9a-f]+'), kept to 32 of them.
 local function num(x)
   if x == nil or #x > 16 then return nil end
   return tonumber(x)
 end
 
 local function owner(x)
-  if x == nil or #x ~= 32 or string.find(x, '[A-F]') then return nil end
+  if x == nil or #x ~= 32 then return nil end
   return x
 end
 
@@ -48,7 +48,7 @@ local function decode(raw)
   local st, rest
   local kind = string.sub(raw, 1, 1)
   if kind == 'h' then
-    local o, t, e, r = string.match(raw, '^h (%x+) (%d+) (%d+)(.*)$')
+    local o, t, e, r = string.match(raw, '^h ([0-9a-f]+) (%d+) (%d+)(.*)$')
     o, t, e = owner(o), num(t), num(e)
     if not (o and t and e) then return nil end
     st, rest = { 'h', o, t, e, {} }, r
@@ -63,7 +63,7 @@ local function decode(raw)
   -- The line: ' <owner> <until>' per waiter, nothing else.
   local at, line = 1, st[5]
   while at <= #rest do
-    local o, u, after = string.match(rest, '^ (%x+) (%d+)()', at)
+    local o, u, after = string.match(rest, '^ ([0-9a-f]+) (%d+)()', at)
     o, u = owner(o), num(u)
     if not (o and u) or #line >= MAX_LINE then return nil end
     line[#line + 1] = { o, u }
@@ -90,6 +90,36 @@ end
 
 local function px(ttl) return fmt(math.max(math.ceil(ttl / 1000), 1)) end
 
+-- The uncontended steps, without a line: what the whole step below does
+-- for an acquisition of a free lock whose stored text has no waiter, and
+-- for its holder's release; nil for any other case (the whole step then
+-- decides). Their stored texts are those `encode` writes.
+local function acquire_free(key, raw, who, ls, now)
+  local last = 0
+  if raw then
+    local t = string.match(raw, '^f (%d+)$')
+    if t == nil then
+      local o, e
+      o, t, e = string.match(raw, '^h ([0-9a-f]+) (%d+) (%d+)$')
+      o, e = owner(o), num(e)
+      if not (o and e) or e > now then return nil end
+    end
+    last = num(t)
+    if last == nil then return nil end
+  end
+  local t = math.max(last + 1, now)
+  redis.call('SET', key, 'h ' .. who .. ' ' .. fmt(t) .. ' ' .. fmt(now + ls), 'PX', px(ls + RETAIN))
+  return 'H ' .. fmt(t) .. ' ' .. fmt(ls)
+end
+
+local function release_alone(key, raw, who, token)
+  if not raw then return nil end
+  local o, t, e = string.match(raw, '^h ([0-9a-f]+) (%d+) (%d+)$')
+  if o ~= who or num(t) ~= token or num(e) == nil then return nil end
+  redis.call('SET', key, 'f ' .. fmt(token), 'PX', px(RETAIN))
+  return 'R ' .. fmt(token)
+end
+
 local function run(keys, args)
   local key, input = keys[1], args[1] or ''
   if input == '?' then
@@ -100,23 +130,23 @@ local function run(keys, args)
   end
   local op, who, token, ls, line_us, now = string.sub(input, 1, 1), nil, nil, nil, nil, nil
   if op == 'a' then
-    who, ls, now = string.match(input, '^a (%x+) (%d+) (%d+)$')
+    who, ls, now = string.match(input, '^a ([0-9a-f]+) (%d+) (%d+)$')
     who, ls, now = owner(who), lease(ls), num(now)
     if not (who and ls and now) then return bad() end
   elseif op == 'w' then
-    who, ls, line_us, now = string.match(input, '^w (%x+) (%d+) (%d+) (%d+)$')
+    who, ls, line_us, now = string.match(input, '^w ([0-9a-f]+) (%d+) (%d+) (%d+)$')
     who, ls, line_us, now = owner(who), lease(ls), lease(line_us), num(now)
     if not (who and ls and line_us and now) then return bad() end
   elseif op == 'l' then
-    who, now = string.match(input, '^l (%x+) (%d+)$')
+    who, now = string.match(input, '^l ([0-9a-f]+) (%d+)$')
     who, now = owner(who), num(now)
     if not (who and now) then return bad() end
   elseif op == 'e' then
-    who, token, ls, now = string.match(input, '^e (%x+) (%d+) (%d+) (%d+)$')
+    who, token, ls, now = string.match(input, '^e ([0-9a-f]+) (%d+) (%d+) (%d+)$')
     who, token, ls, now = owner(who), num(token), lease(ls), num(now)
     if not (who and token and ls and now) then return bad() end
   elseif op == 'r' then
-    who, token, now = string.match(input, '^r (%x+) (%d+) (%d+)$')
+    who, token, now = string.match(input, '^r ([0-9a-f]+) (%d+) (%d+)$')
     who, token, now = owner(who), num(token), num(now)
     if not (who and token and now) then return bad() end
   else
@@ -124,7 +154,15 @@ local function run(keys, args)
   end
   if now == 0 then now = server_us() end
 
-  local st = decode(redis.call('GET', key) or nil)
+  local raw = redis.call('GET', key) or nil
+  local fast
+  if op == 'a' or op == 'w' then
+    fast = acquire_free(key, raw, who, ls, now)
+  elseif op == 'r' then
+    fast = release_alone(key, raw, who, token)
+  end
+  if fast then return fast end
+  local st = decode(raw)
   -- The holder while its lease runs.
   local held = st and st[1] == 'h' and st[4] > now
   -- The places still kept, `except`'s taken out, and whether `who` has one.
