@@ -709,3 +709,49 @@ async fn a_dropped_table_or_function_is_set_up_again() {
         "opened by the function set up again"
     );
 }
+
+/// A step that waited for its breaker's turn (the advisory lock, held by
+/// another transaction) decides at the time its turn comes: open for a
+/// second, asked 0.7 s after opening and let through 1.3 s after it, the
+/// call is a half-open probe, not a rejection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_waited_for_its_turn_decides_at_its_turn() {
+    let table = unique("breaker_turn");
+    let store = postgres(&table).await;
+    let config = BreakerConfig::builder()
+        .consecutive_failures(1)
+        .open_for(Duration::from_secs(1))
+        .build()
+        .expect("config");
+    let breaker = DistributedBreaker::new(store, "turn", config).timeout(Duration::from_secs(5));
+    let permit = breaker.acquire().await.expect("closed");
+    permit.failure().await.expect("record");
+    let opened = tokio::time::Instant::now();
+    assert!(breaker.acquire().await.is_err(), "open");
+
+    let client = operator().await;
+    tokio::time::sleep_until(opened + Duration::from_millis(700)).await;
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .query_one(
+            &format!(
+                "SELECT pg_advisory_xact_lock(1651664235, hashtext(encode(key, 'hex')))::text \
+                 FROM \"{table}_breakers\""
+            ),
+            &[],
+        )
+        .await
+        .expect("take the breaker's turn");
+    let asked = tokio::spawn({
+        let breaker = breaker.clone();
+        async move { breaker.acquire().await.map(|permit| permit.is_probe()) }
+    });
+    tokio::time::sleep_until(opened + Duration::from_millis(1_300)).await;
+    assert!(!asked.is_finished(), "the step did not wait for its turn");
+    client.batch_execute("COMMIT").await.expect("commit");
+    let probe = asked.await.expect("task");
+    assert!(
+        matches!(probe, Ok(true)),
+        "decided at the time it asked, not at its turn: {probe:?}"
+    );
+}

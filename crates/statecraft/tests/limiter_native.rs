@@ -535,3 +535,58 @@ async fn a_distributed_limiter_decides_at_the_store_clock() {
         }
     }
 }
+
+/// A decision that waited for the limit's row (locked by another
+/// transaction) decides at the time its turn comes, not at the time it
+/// asked: one a second, the second asked 0.7 s after the first and let
+/// through 1.3 s after it is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_decision_that_waited_for_the_row_decides_at_its_turn() {
+    let url = PostgresServer::shared().url();
+    let table = unique("limit_turn");
+    let config = PostgresConfig::builder()
+        .url(url.clone())
+        .table(table.clone())
+        .build()
+        .expect("config");
+    let store: Arc<dyn StateBackend> =
+        Arc::new(PostgresBackend::new(config).await.expect("postgres"));
+    let (operator, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let quota = Quota::per_second(1).burst(1).build().expect("quota");
+    let limiter = Arc::new(
+        DistributedLimiter::new(store, unique("turn"), quota).timeout(Duration::from_secs(5)),
+    );
+    assert!(limiter.check().await.expect("decision").is_allowed());
+    let first = tokio::time::Instant::now();
+    let row = operator
+        .query_one(&format!("SELECT key FROM {table}_limits"), &[])
+        .await
+        .expect("the limit's row");
+    let key: Vec<u8> = row.get(0);
+
+    tokio::time::sleep_until(first + Duration::from_millis(700)).await;
+    operator.batch_execute("BEGIN").await.expect("begin");
+    operator
+        .query(
+            &format!("SELECT 1 FROM {table}_limits WHERE key = $1 FOR UPDATE"),
+            &[&key],
+        )
+        .await
+        .expect("lock the row");
+    let asked = tokio::spawn({
+        let limiter = limiter.clone();
+        async move { limiter.check().await }
+    });
+    tokio::time::sleep_until(first + Duration::from_millis(1_300)).await;
+    assert!(
+        !asked.is_finished(),
+        "the decision did not wait for the row"
+    );
+    operator.batch_execute("COMMIT").await.expect("commit");
+    let decision = asked.await.expect("task").expect("decision");
+    assert!(
+        decision.is_allowed(),
+        "decided at the time it asked, not at its turn: {decision:?}"
+    );
+}

@@ -254,12 +254,12 @@ BEGIN
     IF kind = 't' THEN
         bucket_ms := size / nbuckets;
     END IF;
+    -- One step at a time per breaker, row or no row yet; the time once it
+    -- is this call's turn (a wait for it is not in the step's time).
+    PERFORM pg_advisory_xact_lock(1651664235, hashtext(encode(p_key, 'hex')));
     IF now_ms = 0 THEN
         now_ms := floor(extract(epoch FROM clock_timestamp()) * 1000)::int8;
     END IF;
-
-    -- One step at a time per breaker, row or no row yet.
-    PERFORM pg_advisory_xact_lock(1651664235, hashtext(encode(p_key, 'hex')));
     SELECT detail, steady INTO raw, raw_steady FROM @breakers@
     WHERE key = p_key AND (expires_at IS NULL OR expires_at > clock_timestamp());
 

@@ -53,6 +53,7 @@ DECLARE
     giving boolean;
     given text;
     now_us int8;
+    server_clock boolean;
     raw text;
     have_row boolean;
     st text[];
@@ -118,14 +119,18 @@ BEGIN
     ELSIF burst <> cnt OR cnt > u32 OR cnt::numeric * period * 2 >= exact THEN
         RAISE EXCEPTION 'limiter step: a window out of range' USING ERRCODE = '22023';
     END IF;
-    IF now_us = 0 THEN
-        now_us := floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8;
-    END IF;
+    server_clock := now_us = 0;
 
     LOOP
         SELECT CASE WHEN expires_at > clock_timestamp() THEN state END INTO raw
             FROM @limits@ WHERE key = p_key FOR UPDATE;
         have_row := FOUND;
+        -- The time once the row is ours: a call that waited for it decides
+        -- at the time it decides (taken before the wait, it would turn
+        -- away what its turn's time allows).
+        IF server_clock THEN
+            now_us := floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8;
+        END IF;
 
         -- The stored state: its letter, then only numbers (else none).
         st := NULL;
