@@ -5,8 +5,10 @@
 //!    loaded as a Redis Function, and by EVALSHA) against one plain `SET`
 //!    on one raw redis-crate connection, and the same two steps as raw
 //!    `FCALL`s on it (the floor: the server's and the protocol's share),
-//!    and two `FCALL`s of a function that returns a constant (the floor
-//!    of any scripted step): 11 interleaved rounds of 2,000.
+//!    two `FCALL`s of a function that returns a constant (the floor of
+//!    any scripted step) and of one that only runs a `TIME`, a `GET` and a
+//!    `SET` (the floor of a step at the server's clock): 11 interleaved
+//!    rounds of 2,000.
 //! 2. Handover under contention: 4 tasks take turns on one lock, each
 //!    holding it until another waits for it and, after its release,
 //!    waiting until another has entered; the latency
@@ -122,14 +124,21 @@ async fn uncontended(url: &str) {
         .find(|s| s.starts_with("statecraft_lock"))
         .expect("the lock function")
         .to_string();
-    // The floor of any scripted step: a function that only returns a
-    // constant, called twice.
+    // The floors of any scripted step: a function that only returns a
+    // constant, and one that only runs the commands a step at the
+    // server's clock needs (its time, a read and a write), called twice.
     let _: String = redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg("REPLACE")
         .arg(
             "#!lua name=lockbench_noop\n\
-             redis.register_function('lockbench_noop', function() return 'R 1' end)",
+             redis.register_function('lockbench_noop', function() return 'R 1' end)\n\
+             redis.register_function('lockbench_commands', function(keys)\n\
+               local t = redis.call('TIME')\n\
+               redis.call('GET', keys[1])\n\
+               redis.call('SET', keys[1], t[1] .. t[2], 'PX', '3600000')\n\
+               return 'R 1'\n\
+             end)",
         )
         .query_async(&mut raw)
         .await
@@ -137,12 +146,12 @@ async fn uncontended(url: &str) {
     let owner = "0123456789abcdef0123456789abcdef";
     let acquire = format!("a {owner} 30000000 0");
     let calls = scale(2_000);
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 5];
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 4];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 6];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 5];
     for round in 0..11 {
-        let mut this = [0f64; 5];
-        for k in 0..5 {
-            let which = (k + round) % 5;
+        let mut this = [0f64; 6];
+        for k in 0..6 {
+            let which = (k + round) % 6;
             let started = Instant::now();
             for _ in 0..calls {
                 if let Some(locks) = locks.get(which) {
@@ -167,12 +176,13 @@ async fn uncontended(url: &str) {
                         .query_async(&mut raw)
                         .await
                         .expect("fcall");
-                } else if which == 3 {
+                } else if which == 3 || which == 4 {
+                    let function = ["lockbench_noop", "lockbench_commands"][which - 3];
                     for _ in 0..2 {
                         let _: String = redis::cmd("FCALL")
-                            .arg("lockbench_noop")
+                            .arg(function)
                             .arg(1)
-                            .arg("raw:lock")
+                            .arg("raw:floor")
                             .query_async(&mut raw)
                             .await
                             .expect("fcall");
@@ -188,11 +198,11 @@ async fn uncontended(url: &str) {
             }
             this[which] = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
         }
-        for which in 0..5 {
+        for which in 0..6 {
             times[which].push(this[which]);
         }
-        for which in 0..4 {
-            ratios[which].push(this[which] / this[4]);
+        for which in 0..5 {
+            ratios[which].push(this[which] / this[5]);
         }
     }
     let times: Vec<f64> = times.into_iter().map(median).collect();
@@ -214,7 +224,11 @@ async fn uncontended(url: &str) {
         "  two trivial FCALLs         {:>8.1} µs  (× raw SET {:.3})",
         times[3], ratios[3]
     );
-    println!("  one plain SET, raw client  {:>8.1} µs", times[4]);
+    println!(
+        "  two FCALLs of TIME+GET+SET {:>8.1} µs  (× raw SET {:.3})",
+        times[4], ratios[4]
+    );
+    println!("  one plain SET, raw client  {:>8.1} µs", times[5]);
 }
 
 /// Gives a holding back.

@@ -14,6 +14,9 @@ use statecraft::{ConnectOptions, PutOptions, SledBackend, StateBackend};
 mod limiter;
 mod lock;
 mod primitive;
+mod raw;
+
+use raw::{Call, Raw};
 
 /// Options of `statecraft bench`.
 #[derive(Debug, Args)]
@@ -66,6 +69,20 @@ pub(crate) struct BenchArgs {
     /// p50/p99 are of the blocks' means.
     #[arg(long, value_enum)]
     primitive: Option<primitive::Primitive>,
+    /// Also run each operation through the raw engine or client under each
+    /// backend (memory: a DashMap with the same hasher; sled: a sled
+    /// database; redis://: one redis-rs multiplexed connection; postgres://:
+    /// one tokio-postgres client pipelining prepared statements), in rounds
+    /// interleaved with the statecraft side (which goes first alternates):
+    /// extra rows whose backend is `raw_<backend>`, and on the statecraft
+    /// rows a `ratio`, the median of the rounds' statecraft ÷ raw time per
+    /// call. Stacks, `null`, TLS and Cluster URLs have no raw peer.
+    #[arg(long)]
+    with_raw: bool,
+    /// With `--with-raw`: rounds per case, each side running
+    /// `duration-ms / rounds` a round.
+    #[arg(long, default_value_t = 6)]
+    rounds: usize,
 }
 
 /// An operation `statecraft bench` can measure.
@@ -138,6 +155,10 @@ pub(crate) struct BenchRow {
     /// For a stack with a `Cached` on top: reads that went to the store.
     #[serde(skip_serializing_if = "Option::is_none")]
     l1_misses: Option<u64>,
+    /// With `--with-raw`, on statecraft's rows: the median over the rounds
+    /// of statecraft's time per call ÷ the raw peer's (below 1: faster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio: Option<f64>,
 }
 
 /// The L1 figures of a `Cached` on top, if there is one.
@@ -192,10 +213,19 @@ async fn open_target(spec: &str, concurrency: usize) -> Result<Target, String> {
 
 /// Runs the benchmark and prints the table or JSON.
 pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
-    if args.concurrency == 0 || args.keys == 0 || args.batch_size == 0 || args.duration_ms == 0 {
+    if args.concurrency == 0
+        || args.keys == 0
+        || args.batch_size == 0
+        || args.duration_ms == 0
+        || args.rounds == 0
+    {
         return Err(
-            "--concurrency, --keys, --batch-size and --duration-ms must be at least 1".into(),
+            "--concurrency, --keys, --batch-size, --duration-ms and --rounds must be at least 1"
+                .into(),
         );
+    }
+    if args.with_raw && args.primitive.is_some() {
+        return Err("--with-raw measures the backends' operations, not --primitive".into());
     }
     let mut levels = vec![1];
     if args.concurrency > 1 {
@@ -215,8 +245,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         args.backends.clone()
     };
     let mut targets = Vec::with_capacity(specs.len());
+    let mut raws = Vec::with_capacity(specs.len());
     for spec in &specs {
         targets.push(open_target(spec, args.concurrency).await?);
+        raws.push(match args.with_raw {
+            true => Raw::open(spec).await?.map(Arc::new),
+            false => None,
+        });
     }
     let cases = (targets.len() * args.ops.len() * levels.len()) as u64;
     let progress = ProgressBar::new(cases);
@@ -229,9 +264,14 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         .map(|i| Bytes::from(format!("bench:{i:08}")))
         .collect();
     let mut rows = Vec::new();
-    for target in &targets {
+    for (target, raw) in targets.iter().zip(&raws) {
         progress.set_message(format!("{}: loading {} keys", target.label, args.keys));
         prefill(&*target.backend, &keys, &value).await?;
+        if let Some(raw) = raw {
+            raw.prefill(&keys, &value).await?;
+        } else if args.with_raw {
+            progress.suspend(|| eprintln!("{}: no raw peer", target.label));
+        }
         let mut ops = args.ops.clone();
         if l1_figures(&*target.backend).await.is_some() {
             for op in [BenchOp::GetHit, BenchOp::GetMiss] {
@@ -243,11 +283,26 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         for &op in &ops {
             for &concurrency in &levels {
                 progress.set_message(format!("{} {} ×{concurrency}", target.label, op.name()));
-                rows.push(measure(target, op, concurrency, &args, &keys, &value).await?);
+                let case = Case {
+                    op,
+                    concurrency,
+                    args: &args,
+                    keys: &keys,
+                    value: &value,
+                };
+                match raw {
+                    Some(raw) if Raw::runs(op) => {
+                        rows.extend(measure_with_raw(target, raw, &case).await?);
+                    }
+                    _ => rows.push(measure(target, &case).await?),
+                }
                 progress.inc(1);
             }
         }
         target.backend.clear().await.map_err(|e| e.to_string())?;
+        if let Some(raw) = raw {
+            raw.clear().await?;
+        }
     }
     progress.finish_and_clear();
     print_rows(&rows, args.json)
@@ -283,43 +338,48 @@ struct TaskResult {
     calls: u64,
 }
 
-async fn measure(
-    target: &Target,
+/// One (operation, concurrency) case and what it runs on.
+struct Case<'a> {
     op: BenchOp,
     concurrency: usize,
-    args: &BenchArgs,
-    keys: &Arc<[Bytes]>,
-    value: &Bytes,
-) -> Result<BenchRow, String> {
-    if op == BenchOp::GetHit {
-        for key in keys.iter().take(HOT_KEYS).chain(keys.iter().take(HOT_KEYS)) {
-            target
-                .backend
-                .get(key)
-                .await
-                .map_err(|e| format!("warming: {e}"))?;
-        }
+    args: &'a BenchArgs,
+    keys: &'a Arc<[Bytes]>,
+    value: &'a Bytes,
+}
+
+/// What a case's calls go through.
+#[derive(Clone)]
+enum Side {
+    Store(Arc<dyn StateBackend>),
+    Raw(Arc<Raw>),
+}
+
+/// A case run for a while: its latencies, calls and seconds.
+struct Ran {
+    histogram: Histogram<u64>,
+    calls: u64,
+    seconds: f64,
+}
+
+impl Ran {
+    /// Seconds a call, the tasks' calls overlapping.
+    fn per_call(&self) -> f64 {
+        self.seconds / self.calls.max(1) as f64
     }
-    let l1_before = l1_figures(&*target.backend).await;
+}
+
+/// Runs `case` on `side` for `millis`, its tasks at once.
+async fn run_case(side: &Side, case: &Case<'_>, millis: u64) -> Result<Ran, String> {
     let started = Instant::now();
-    let deadline = started + Duration::from_millis(args.duration_ms);
-    let tasks: Vec<_> = (0..concurrency)
+    let deadline = started + Duration::from_millis(millis);
+    let tasks: Vec<_> = (0..case.concurrency)
         .map(|task| {
-            let backend = Arc::clone(&target.backend);
-            let keys = Arc::clone(keys);
-            let value = value.clone();
-            let batch_size = args.batch_size;
+            let side = side.clone();
+            let keys = Arc::clone(case.keys);
+            let value = case.value.clone();
+            let (op, batch_size) = (case.op, case.args.batch_size);
             tokio::spawn(async move {
-                run_task(
-                    &*backend,
-                    op,
-                    task as u64,
-                    deadline,
-                    &keys,
-                    &value,
-                    batch_size,
-                )
-                .await
+                run_task(&side, op, task as u64, deadline, &keys, &value, batch_size).await
             })
         })
         .collect();
@@ -334,9 +394,56 @@ async fn measure(
             .map_err(|e| e.to_string())?;
         calls += result.calls;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let batch_size = if op.is_batch() { args.batch_size } else { 1 };
-    let caps = target.backend.capabilities();
+    Ok(Ran {
+        histogram,
+        calls,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A row of `ran` on `backend`.
+fn row(backend: String, case: &Case<'_>, ran: &Ran, caps: statecraft::Capabilities) -> BenchRow {
+    let batch_size = if case.op.is_batch() {
+        case.args.batch_size
+    } else {
+        1
+    };
+    BenchRow {
+        backend,
+        operation: case.op.name(),
+        concurrency: case.concurrency,
+        ops_per_sec: (ran.calls * batch_size as u64) as f64 / ran.seconds,
+        p50_us: ran.histogram.value_at_quantile(0.50) as f64 / 1_000.0,
+        p99_us: ran.histogram.value_at_quantile(0.99) as f64 / 1_000.0,
+        batch_size,
+        calls: ran.calls,
+        persistent: caps.persistent,
+        distributed: caps.distributed,
+        l1_hits: None,
+        l1_misses: None,
+        ratio: None,
+    }
+}
+
+async fn warm(target: &Target, case: &Case<'_>) -> Result<(), String> {
+    if case.op == BenchOp::GetHit {
+        let hot = case.keys.iter().take(HOT_KEYS);
+        for key in hot.clone().chain(hot) {
+            target
+                .backend
+                .get(key)
+                .await
+                .map_err(|e| format!("warming: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn measure(target: &Target, case: &Case<'_>) -> Result<BenchRow, String> {
+    warm(target, case).await?;
+    let l1_before = l1_figures(&*target.backend).await;
+    let side = Side::Store(Arc::clone(&target.backend));
+    let ran = run_case(&side, case, case.args.duration_ms).await?;
     let l1 = match (l1_before, l1_figures(&*target.backend).await) {
         (Some((hits, misses)), Some((hits_after, misses_after))) => Some((
             hits_after.saturating_sub(hits),
@@ -344,20 +451,70 @@ async fn measure(
         )),
         _ => None,
     };
-    Ok(BenchRow {
-        backend: target.label.clone(),
-        operation: op.name(),
-        concurrency,
-        ops_per_sec: (calls * batch_size as u64) as f64 / elapsed,
-        p50_us: histogram.value_at_quantile(0.50) as f64 / 1_000.0,
-        p99_us: histogram.value_at_quantile(0.99) as f64 / 1_000.0,
-        batch_size,
-        calls,
-        persistent: caps.persistent,
-        distributed: caps.distributed,
-        l1_hits: l1.map(|(hits, _)| hits),
-        l1_misses: l1.map(|(_, misses)| misses),
-    })
+    let mut row = row(
+        target.label.clone(),
+        case,
+        &ran,
+        target.backend.capabilities(),
+    );
+    row.l1_hits = l1.map(|(hits, _)| hits);
+    row.l1_misses = l1.map(|(_, misses)| misses);
+    Ok(row)
+}
+
+/// The case on the statecraft side and on the raw peer, in interleaved
+/// rounds (the side that goes first alternates): the statecraft row with
+/// its ratio, then the raw row.
+async fn measure_with_raw(
+    target: &Target,
+    raw: &Arc<Raw>,
+    case: &Case<'_>,
+) -> Result<[BenchRow; 2], String> {
+    warm(target, case).await?;
+    let rounds = case.args.rounds;
+    let millis = (case.args.duration_ms / rounds as u64).max(1);
+    let sides = [
+        Side::Store(Arc::clone(&target.backend)),
+        Side::Raw(Arc::clone(raw)),
+    ];
+    let mut totals = [
+        Ran {
+            histogram: new_histogram()?,
+            calls: 0,
+            seconds: 0.0,
+        },
+        Ran {
+            histogram: new_histogram()?,
+            calls: 0,
+            seconds: 0.0,
+        },
+    ];
+    let mut ratios = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let mut this: [Option<Ran>; 2] = [None, None];
+        for k in 0..2 {
+            let which = (k + round) % 2;
+            this[which] = Some(run_case(&sides[which], case, millis).await?);
+        }
+        let [Some(ours), Some(theirs)] = this else {
+            return Err("a round ran one side only".into());
+        };
+        ratios.push(ours.per_call() / theirs.per_call());
+        for (total, ran) in totals.iter_mut().zip([ours, theirs]) {
+            total
+                .histogram
+                .add(&ran.histogram)
+                .map_err(|e| e.to_string())?;
+            total.calls += ran.calls;
+            total.seconds += ran.seconds;
+        }
+    }
+    ratios.sort_by(f64::total_cmp);
+    let caps = target.backend.capabilities();
+    let mut ours = row(target.label.clone(), case, &totals[0], caps);
+    ours.ratio = Some(ratios[ratios.len() / 2]);
+    let theirs = row(format!("raw_{}", target.label), case, &totals[1], caps);
+    Ok([ours, theirs])
 }
 
 fn new_histogram() -> Result<Histogram<u64>, String> {
@@ -377,7 +534,7 @@ impl KeyPicker {
 }
 
 async fn run_task(
-    backend: &dyn StateBackend,
+    side: &Side,
     op: BenchOp,
     task: u64,
     deadline: Instant,
@@ -400,12 +557,9 @@ async fn run_task(
         if now >= deadline {
             break;
         }
-        let result = match op {
-            BenchOp::Get => backend.get(&keys[picker.next(keys.len())]).await.map(drop),
-            BenchOp::GetHit => {
-                let hot = keys.len().min(HOT_KEYS);
-                backend.get(&keys[picker.next(hot)]).await.map(drop)
-            }
+        let call = match op {
+            BenchOp::Get => Call::Get(&keys[picker.next(keys.len())]),
+            BenchOp::GetHit => Call::Get(&keys[picker.next(keys.len().min(HOT_KEYS))]),
             BenchOp::GetMiss => {
                 // Unique across tasks and cases: never read before.
                 static NEXT_MISS: std::sync::atomic::AtomicU64 =
@@ -413,28 +567,24 @@ async fn run_task(
                 let n = NEXT_MISS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 missing.truncate(missing_prefix);
                 missing.extend_from_slice(n.to_string().as_bytes());
-                backend.get(&missing).await.map(drop)
+                Call::Get(&missing)
             }
-            BenchOp::Put => {
-                backend
-                    .put(&keys[picker.next(keys.len())], value.clone())
-                    .await
-            }
-            BenchOp::Increment => backend
-                .increment(&counters[picker.next(counters.len())], 1, PutOptions::new())
-                .await
-                .map(drop),
+            BenchOp::Put => Call::Put(&keys[picker.next(keys.len())], value),
+            BenchOp::Increment => Call::Increment(&counters[picker.next(counters.len())]),
             BenchOp::BatchGet => {
                 batch_keys.clear();
                 batch_keys.extend((0..batch_size).map(|_| keys[picker.next(keys.len())].clone()));
-                backend.batch_get(&batch_keys).await.map(drop)
+                Call::BatchGet(&batch_keys)
             }
-            BenchOp::BatchPut => {
-                let entries = (0..batch_size)
+            BenchOp::BatchPut => Call::BatchPut(
+                (0..batch_size)
                     .map(|_| (keys[picker.next(keys.len())].clone(), value.clone()))
-                    .collect();
-                backend.batch_put(entries, PutOptions::default()).await
-            }
+                    .collect(),
+            ),
+        };
+        let result = match side {
+            Side::Store(backend) => store_call(&**backend, call).await,
+            Side::Raw(raw) => raw.call(call).await,
         };
         let took = now.elapsed();
         result.map_err(|e| format!("{} failed: {e}", op.name()))?;
@@ -449,6 +599,18 @@ async fn run_task(
         }
     }
     Ok(TaskResult { histogram, calls })
+}
+
+/// One call through statecraft.
+async fn store_call(backend: &dyn StateBackend, call: Call<'_>) -> Result<(), String> {
+    let done = match call {
+        Call::Get(key) => backend.get(key).await.map(drop),
+        Call::Put(key, value) => backend.put(key, value.clone()).await,
+        Call::Increment(key) => backend.increment(key, 1, PutOptions::new()).await.map(drop),
+        Call::BatchGet(keys) => backend.batch_get(keys).await.map(drop),
+        Call::BatchPut(entries) => backend.batch_put(entries, PutOptions::default()).await,
+    };
+    done.map_err(|e| e.to_string())
 }
 
 fn human_latency(us: f64) -> String {
@@ -484,8 +646,9 @@ fn render_table(rows: &[BenchRow]) -> String {
         "Persistence",
         "Distribution",
         "L1 hits",
+        "× raw",
     ];
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             let op = if r.batch_size > 1 {
@@ -508,6 +671,8 @@ fn render_table(rows: &[BenchRow]) -> String {
                     }
                     _ => "-".to_string(),
                 },
+                r.ratio
+                    .map_or_else(|| "-".to_string(), |ratio| format!("{ratio:.2}")),
             ]
         })
         .collect();
@@ -536,7 +701,8 @@ fn render_table(rows: &[BenchRow]) -> String {
         line(&mut out, row);
     }
     out.push_str(
-        "\nLatency is per call (a batch call covers all its keys); throughput counts keys.\n",
+        "\nLatency is per call (a batch call covers all its keys); throughput counts keys; \
+         × raw: statecraft's time per call ÷ the raw peer's (median of interleaved rounds).\n",
     );
     out
 }
@@ -593,6 +759,7 @@ mod tests {
             distributed: false,
             l1_hits: Some(99),
             l1_misses: Some(1),
+            ratio: Some(1.234),
         };
         let table = render_table(&[
             row.clone(),
@@ -605,6 +772,7 @@ mod tests {
         assert!(table.contains("2.50M ops/s"));
         assert!(table.contains("300ns"));
         assert!(table.contains("99.0%"), "{table}");
+        assert!(table.contains("| 1.23 "), "{table}");
         assert_eq!(
             table.lines().filter(|l| l.starts_with("| memory")).count(),
             2

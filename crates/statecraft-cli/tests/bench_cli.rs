@@ -305,3 +305,62 @@ fn bench_primitive_lock_prints_acquire_handover_and_semaphore_rows() {
         }
     }
 }
+
+/// `--with-raw`: next to each backend's rows, a `raw_<backend>` row per
+/// operation and level (its peer's calls), and a `ratio` on statecraft's
+/// rows; a stack has no peer, and says so.
+#[test]
+fn bench_with_raw_prints_raw_rows_and_ratios() {
+    let redis = statecraft_testkit::RedisServer::start();
+    let postgres = statecraft_testkit::PostgresServer::start();
+    let output = Command::new(env!("CARGO_BIN_EXE_statecraft"))
+        .args(["bench", "--json", "--with-raw", "--rounds", "2"])
+        .args([
+            "--duration-ms",
+            "100",
+            "--keys",
+            "300",
+            "--concurrency",
+            "4",
+        ])
+        .args(["--backend", "memory", "--backend", "sled"])
+        .args(["--backend", &redis.url(), "--backend", &postgres.url()])
+        .args(["--backend", "cached(memory)"])
+        .output()
+        .expect("run statecraft bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stderr: {stderr}");
+    assert!(stderr.contains("cached(memory): no raw peer"), "{stderr}");
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    let rows = rows.as_array().expect("a JSON array");
+    let find = |backend: &str, op: &str, concurrency: u64| {
+        rows.iter()
+            .find(|r| {
+                r["backend"] == backend && r["operation"] == op && r["concurrency"] == concurrency
+            })
+            .unwrap_or_else(|| panic!("no row for {backend} {op} ×{concurrency}"))
+    };
+    for backend in ["memory", "sled", "redis", "postgres"] {
+        for op in ["get", "put", "increment", "batch_get", "batch_put"] {
+            for concurrency in [1, 4] {
+                let ours = find(backend, op, concurrency);
+                let ratio = ours["ratio"].as_f64().expect("a ratio");
+                assert!(ratio.is_finite() && ratio > 0.0, "{ours}");
+                let raw = find(&format!("raw_{backend}"), op, concurrency);
+                assert!(raw.get("ratio").is_none(), "{raw}");
+                assert!(raw["calls"].as_u64().expect("calls") > 0, "{raw}");
+                assert!(raw["p50_us"].as_f64().expect("p50") > 0.0, "{raw}");
+                assert_eq!(raw["distributed"], ours["distributed"], "{raw}");
+            }
+        }
+    }
+    let stacked: Vec<_> = rows
+        .iter()
+        .filter(|r| r["backend"] == "cached(memory)")
+        .collect();
+    assert!(!stacked.is_empty());
+    assert!(stacked.iter().all(|r| r.get("ratio").is_none()));
+    assert!(!rows.iter().any(|r| r["backend"] == "raw_cached(memory)"));
+    // 4 backends × 5 operations × 2 levels, twice; the stack's 7 × 2.
+    assert_eq!(rows.len(), 80 + 14, "{rows:?}");
+}

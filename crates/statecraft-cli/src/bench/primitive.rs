@@ -164,6 +164,7 @@ fn row(
         distributed,
         l1_hits: None,
         l1_misses: None,
+        ratio: None,
     })
 }
 
