@@ -682,10 +682,18 @@ fn render_table(rows: &[BenchRow]) -> String {
             *width = (*width).max(cell.chars().count());
         }
     }
+    // The "× raw" column only with `--with-raw`'s ratios.
+    let ratios = rows.iter().any(|r| r.ratio.is_some());
+    let shown = if ratios {
+        widths.len()
+    } else {
+        widths.len() - 1
+    };
+    let widths = &widths[..shown];
     let mut out = String::new();
     let line = |out: &mut String, cells: &[String]| {
         out.push('|');
-        for (cell, width) in cells.iter().zip(widths) {
+        for (cell, &width) in cells.iter().zip(widths) {
             let pad = width - cell.chars().count();
             let _ = write!(out, " {cell}{} |", " ".repeat(pad));
         }
@@ -693,7 +701,7 @@ fn render_table(rows: &[BenchRow]) -> String {
     };
     line(&mut out, &header.map(String::from));
     out.push('|');
-    for width in widths {
+    for &width in widths {
         let _ = write!(out, "{}|", "-".repeat(width + 2));
     }
     out.push('\n');
@@ -701,9 +709,13 @@ fn render_table(rows: &[BenchRow]) -> String {
         line(&mut out, row);
     }
     out.push_str(
-        "\nLatency is per call (a batch call covers all its keys); throughput counts keys; \
-         × raw: statecraft's time per call ÷ the raw peer's (median of interleaved rounds).\n",
+        "\nLatency is per call (a batch call covers all its keys); throughput counts keys.\n",
     );
+    if ratios {
+        out.push_str(
+            "× raw: statecraft's time per call ÷ the raw peer's (median of interleaved rounds).\n",
+        );
+    }
     out
 }
 
@@ -765,7 +777,7 @@ mod tests {
             row.clone(),
             BenchRow {
                 concurrency: 16,
-                ..row
+                ..row.clone()
             },
         ]);
         assert!(table.contains("| memory  | get       | 16 "), "{table}");
@@ -773,6 +785,11 @@ mod tests {
         assert!(table.contains("300ns"));
         assert!(table.contains("99.0%"), "{table}");
         assert!(table.contains("| 1.23 "), "{table}");
+        assert!(table.contains("× raw"), "{table}");
+        let plain = BenchRow { ratio: None, ..row };
+        let without = render_table(&[plain]);
+        assert!(!without.contains("× raw"), "{without}");
+        assert!(without.lines().all(|l| !l.ends_with("| - |")), "{without}");
         assert_eq!(
             table.lines().filter(|l| l.starts_with("| memory")).count(),
             2
