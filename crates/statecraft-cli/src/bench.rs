@@ -81,7 +81,7 @@ pub(crate) struct BenchArgs {
     with_raw: bool,
     /// With `--with-raw`: rounds per case, each side running
     /// `duration-ms / rounds` a round.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 7)]
     rounds: usize,
 }
 
@@ -247,11 +247,24 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let mut targets = Vec::with_capacity(specs.len());
     let mut raws = Vec::with_capacity(specs.len());
     for spec in &specs {
-        targets.push(open_target(spec, args.concurrency).await?);
+        let target = open_target(spec, args.concurrency).await?;
+        // A backend without a peer, or whose peer cannot open, is said so,
+        // and the run goes on.
         raws.push(match args.with_raw {
-            true => Raw::open(spec).await?.map(Arc::new),
+            true => match Raw::open(spec).await {
+                Ok(Some(raw)) => Some(Arc::new(raw)),
+                Ok(None) => {
+                    eprintln!("{}: no raw peer", target.label);
+                    None
+                }
+                Err(err) => {
+                    eprintln!("{}: no raw peer: {err}", target.label);
+                    None
+                }
+            },
             false => None,
         });
+        targets.push(target);
     }
     let cases = (targets.len() * args.ops.len() * levels.len()) as u64;
     let progress = ProgressBar::new(cases);
@@ -269,8 +282,6 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         prefill(&*target.backend, &keys, &value).await?;
         if let Some(raw) = raw {
             raw.prefill(&keys, &value).await?;
-        } else if args.with_raw {
-            progress.suspend(|| eprintln!("{}: no raw peer", target.label));
         }
         let mut ops = args.ops.clone();
         if l1_figures(&*target.backend).await.is_some() {
@@ -509,12 +520,22 @@ async fn measure_with_raw(
             total.seconds += ran.seconds;
         }
     }
-    ratios.sort_by(f64::total_cmp);
     let caps = target.backend.capabilities();
     let mut ours = row(target.label.clone(), case, &totals[0], caps);
-    ours.ratio = Some(ratios[ratios.len() / 2]);
+    ours.ratio = Some(median(ratios));
     let theirs = row(format!("raw_{}", target.label), case, &totals[1], caps);
     Ok([ours, theirs])
+}
+
+/// The median (of an even count, the mean of the middle two).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 fn new_histogram() -> Result<Histogram<u64>, String> {
@@ -786,6 +807,8 @@ mod tests {
         assert!(table.contains("99.0%"), "{table}");
         assert!(table.contains("| 1.23 "), "{table}");
         assert!(table.contains("× raw"), "{table}");
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         let plain = BenchRow { ratio: None, ..row };
         let without = render_table(&[plain]);
         assert!(!without.contains("× raw"), "{without}");

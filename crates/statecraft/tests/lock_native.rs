@@ -65,15 +65,18 @@ enum Step {
 
 /// Texts the step does not write, stored by [`Step::Damage`]: among them
 /// ones with no line, as the uncontended paths of the Lua copy read them
-/// (a figure of 17 digits, an owner of 31 hex digits or in capitals).
-const DAMAGED: [&[u8]; 7] = [
+/// (a figure of 17 digits, an owner of 31 hex digits or in capitals,
+/// holding still or with a token past the clock).
+const DAMAGED: [&[u8]; 9] = [
     b"h zz 1 2",
     b"f 5 0123456789abcdef0123456789abcdef",
     b"f 5 0123456789abcdef0123456789abcdeg 9",
     b"f 12345678901234567",
-    b"h 0123456789abcdef0123456789abcde 1 2",
+    b"h 0123456789abcdef0123456789abcde 1 4000000000000000",
     b"h 01010101010101010101010101010101 12345678901234567 2",
-    b"h 0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A 1 99999999999999",
+    b"h 0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A 1 4000000000000000",
+    b"h 0123456789abcdef0123456789abcde 4000000000000000 2",
+    b"h 0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A 4000000000000000 2",
 ];
 
 fn steps() -> impl Strategy<Value = Vec<(Step, u64)>> {

@@ -5,14 +5,20 @@
 //! The peers, each the plain way to do the operation without statecraft:
 //! - `memory`: a `DashMap` with the memory backend's hasher (counters in a
 //!   map of `i64`);
-//! - `sled`: a sled database of its own in a temporary directory (counters
-//!   as 8-byte big-endian integers, by `update_and_fetch`);
+//! - `sled`: a sled database of its own in a temporary directory (for
+//!   `sled:PATH`, beside PATH, on the same disk; counters as 8-byte
+//!   big-endian integers, by `update_and_fetch`);
 //! - `redis://…`: one redis-rs multiplexed connection, cloned per task, on
 //!   the same keys (`GET`, `SET`, `INCRBY`, `MGET`, `MSET`);
 //! - `postgres://…`: one tokio-postgres client, shared by every task (its
 //!   queries pipelined), with prepared statements on the same table: the
 //!   backend's own read statement, a plain upsert, counters in a table of
-//!   `int8`.
+//!   `int8`. One client against statecraft's pool: the peer reads as fast
+//!   as PostgreSQL can pipeline, but its writes wait for each other (one
+//!   server process runs them in turn).
+//!
+//! Each side's figures come from the same loop; the keys and values are
+//! the same (on Redis and PostgreSQL the very same keys and rows).
 //!
 //! Stacks of layers, `null`, TLS and Cluster URLs have no raw peer.
 
@@ -60,8 +66,16 @@ impl Raw {
             }));
         }
         if spec == "sled" || spec.starts_with("sled:") {
-            let dir = tempfile::tempdir()
-                .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+            // Beside the measured database, on the same disk.
+            let dir = match spec.strip_prefix("sled:") {
+                Some(path) => {
+                    let path = std::path::Path::new(path);
+                    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+                    tempfile::tempdir_in(parent.unwrap_or(std::path::Path::new(".")))
+                }
+                None => tempfile::tempdir(),
+            }
+            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
             let db = sled::open(dir.path()).map_err(|e| format!("raw sled: {e}"))?;
             return Ok(Some(Raw::Sled { db, _dir: dir }));
         }
@@ -105,9 +119,10 @@ impl Raw {
                 match call {
                     Call::Get(key) => drop(map.get(key).map(|v| v.value().clone())),
                     Call::Put(key, value) => drop(map.insert(Box::from(key), value.clone())),
+                    // The key allocated only for a new counter.
                     Call::Increment(key) => match counters.get_mut(key) {
                         Some(mut n) => *n += 1,
-                        None => drop(counters.insert(Box::from(key), 1)),
+                        None => *counters.entry(Box::from(key)).or_insert(0) += 1,
                     },
                     Call::BatchGet(keys) => {
                         for key in keys {

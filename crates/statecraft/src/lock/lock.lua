@@ -8,8 +8,11 @@
 -- 'e <owner> <token> <lease us> <now us>', 'r <owner> <token> <now us>'
 -- (now 0: the server's clock), or '?' (the server's time and the state).
 -- The state is 'h <owner> <token> <expires>' or 'f <last token>', then
--- ' <owner> <until>' per waiter in the line, first first. Every figure has at most 16 digits (below 2^53), so Lua's
--- doubles compute exactly what the Rust integers do.
+-- ' <owner> <until>' per waiter in the line, first first. Every figure is
+-- read only up to 16 digits; those the step writes (times and leases in
+-- µs, and their sums) stay below 2^53, where Lua's doubles compute exactly
+-- what the Rust integers do (a hand-made figure between 2^53 and 10^16
+-- would be rounded here, not in Rust).
 
 local RETAIN = 3600000000 -- us a key outlives a lease or a release
 local MAX_LEASE = 31622400000000 -- 366 days, in us

@@ -29,8 +29,9 @@ use super::shared::{op_input, parse_answer, LockStep};
 /// if the holding already ended). Without a majority it gives back what
 /// it got, on every store that granted it. Extensions and releases go to
 /// every store that granted it and return once a majority answered as
-/// hoped (the others in the background); an extension keeps the holding
-/// while a majority still grant it.
+/// hoped (the others in the background: a process that exits right after
+/// a release may leave the minority's grants to run out with the lease);
+/// an extension keeps the holding while a majority still grant it.
 ///
 /// **Its limits.** A Redlock holding is safe while the servers' clocks run
 /// at about the same rate and no process pauses past its lease; it needs
@@ -209,33 +210,22 @@ impl Redlock {
             let Some((store, answer)) = asks.next().await else {
                 break;
             };
-            match answer {
-                Ok(LockAnswer::Held { token, .. }) => by.push((store, token)),
-                Ok(LockAnswer::Busy {
-                    token,
-                    retry_after_us,
-                }) => {
-                    let soonest = busy.map_or(retry_after_us, |b| b.1.min(retry_after_us));
-                    busy = Some((token, soonest));
-                }
-                Ok(_) | Err(_) => {}
-            }
+            note(&mut by, &mut busy, store, answer);
         }
         // What the majority surely still holds: the lease from before it
         // was asked, less the drift (1 %, and 2 ms).
         let deadline = local_deadline(sent, lease_us)
             .checked_sub(Duration::from_millis(2))
             .unwrap_or(sent);
-        let held = by.len() >= quorum && Instant::now() < deadline;
-        let token = by.iter().map(|g| g.1).max().unwrap_or(0);
-        let granted = Arc::new(Granted {
-            grants: Mutex::new(Grants { by, closed: false }),
-            quorum,
-        });
-        if !asks.is_empty() {
-            tokio::spawn(hear_late(asks, granted.clone(), key.clone(), owner));
-        }
-        if held {
+        if by.len() >= quorum && Instant::now() < deadline {
+            let token = by.iter().map(|g| g.1).max().unwrap_or(0);
+            let granted = Arc::new(Granted {
+                grants: Mutex::new(Grants { by, closed: false }),
+                quorum,
+            });
+            if !asks.is_empty() {
+                tokio::spawn(hear_late(asks, granted.clone(), key.clone(), owner));
+            }
             return Ok(Acquired::Held(Holding::start(
                 self.stores[0].clone(),
                 name,
@@ -247,8 +237,14 @@ impl Redlock {
                 deadline,
             )));
         }
-        // Too few: what was granted is given back at once.
-        let _ = give_back(&granted, &key, owner).await;
+        // Too few, or too late: every store is heard out first (the next
+        // try asks as the same owner, and a store re-grants its owner the
+        // same token: an answer of this try must not come after it), then
+        // what was granted is given back, on every store at once.
+        while let Some((store, answer)) = asks.next().await {
+            note(&mut by, &mut busy, store, answer);
+        }
+        give_back(by, &key, owner).await;
         // Tried again when the holder's lease ends or, with no holder
         // seen (too few servers answered, or the votes split), after a
         // random while, so that clients that split the votes part.
@@ -267,8 +263,30 @@ impl Redlock {
     }
 }
 
-/// The answers of the stores an acquisition did not wait for: a grant
-/// joins the holding, or is given back when the holding has ended.
+/// Counts one store's answer to an acquisition: its grant, or (busy) the
+/// holder's token and the soonest retry.
+fn note(
+    by: &mut Vec<(Arc<Store>, u64)>,
+    busy: &mut Option<(u64, u64)>,
+    store: Arc<Store>,
+    answer: Result<LockAnswer>,
+) {
+    match answer {
+        Ok(LockAnswer::Held { token, .. }) => by.push((store, token)),
+        Ok(LockAnswer::Busy {
+            token,
+            retry_after_us,
+        }) => {
+            let soonest = busy.map_or(retry_after_us, |b| b.1.min(retry_after_us));
+            *busy = Some((token, soonest));
+        }
+        Ok(_) | Err(_) => {}
+    }
+}
+
+/// The answers of the stores a holding did not wait for: a grant joins
+/// the holding, or is given back (in a task of its own, so that the other
+/// answers are still heard meanwhile) when the holding has ended.
 async fn hear_late<F>(
     mut asks: FuturesUnordered<F>,
     granted: Arc<Granted>,
@@ -280,8 +298,11 @@ async fn hear_late<F>(
     while let Some((store, answer)) = asks.next().await {
         if let Ok(LockAnswer::Held { token, .. }) = answer {
             if !granted.join(store.clone(), token) {
-                let input = op_input(LockOp::Release { owner, token }, 0);
-                let _ = store.round_trip(&key, &LockStep, input.as_bytes()).await;
+                let key = key.clone();
+                tokio::spawn(async move {
+                    let input = op_input(LockOp::Release { owner, token }, 0);
+                    let _ = store.round_trip(&key, &LockStep, input.as_bytes()).await;
+                });
             }
         }
     }
@@ -321,8 +342,7 @@ async fn ask_each(
 
 /// Gives back what an acquisition without a majority was granted, waiting
 /// for every store.
-async fn give_back(granted: &Granted, key: &Bytes, owner: Owner) {
-    let by = granted.close();
+async fn give_back(by: Vec<(Arc<Store>, u64)>, key: &Bytes, owner: Owner) {
     let need = by.len();
     let release = |token| LockOp::Release { owner, token };
     ask_each(
