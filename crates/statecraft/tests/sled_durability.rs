@@ -185,3 +185,37 @@ mod conformance {
         }
     }
 }
+
+/// A database opened while this process still holds it (as just after a
+/// close, while sled's flusher lets go of the file lock) is waited for,
+/// and opens once the holder is dropped; one held throughout fails with an
+/// I/O error after the bounded wait, rather than hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_waits_for_a_database_being_closed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let held = SledBackend::open(dir.path()).expect("open");
+    held.put(b"k", "v".into()).await.expect("put");
+    held.flush().await.expect("flush");
+    let closing = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(held);
+    });
+    let path = dir.path().to_path_buf();
+    let reopened = tokio::task::spawn_blocking(move || SledBackend::open(path))
+        .await
+        .expect("task")
+        .expect("opened once the holder let go");
+    closing.join().expect("thread");
+    assert_eq!(
+        reopened.get(b"k").await.expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
+
+    let path = dir.path().to_path_buf();
+    let refused = tokio::task::spawn_blocking(move || SledBackend::open(path))
+        .await
+        .expect("task")
+        .expect_err("held throughout: refused");
+    assert_eq!(refused.kind(), statecraft::ErrorKind::Io, "{refused}");
+    drop(reopened);
+}

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sled::Tree;
 
@@ -19,6 +19,37 @@ use super::NAME;
 const EXPIRY_TREE: &[u8] = b"statecraft/expiry";
 const FORMAT_KEY: &[u8] = b"statecraft/format";
 const FORMAT_VERSION: &[u8] = b"1";
+
+/// How long an open waits for a database this process has just closed.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens `config`'s database, waiting up to [`LOCK_WAIT`] while its file
+/// lock is taken: sled 0.34 releases the lock of a database whose last
+/// handle was dropped only when its flusher thread ends, a moment later
+/// (sled issues #1234, #1289), so a reopen right after a close would fail
+/// now and then. A lock another process keeps still fails, after the wait.
+fn open_waiting(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(err)) if is_lock_taken(&err) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// Whether sled failed to take its database's file lock (it wraps the
+/// `flock` error's text in an error of its own).
+fn is_lock_taken(err: &std::io::Error) -> bool {
+    err.kind() == std::io::ErrorKind::WouldBlock || {
+        let text = err.to_string();
+        text.starts_with("could not acquire lock") && text.contains("WouldBlock")
+    }
+}
 
 /// Configures a [`SledBackend`].
 #[derive(Debug, Clone)]
@@ -109,7 +140,10 @@ impl SledBackendBuilder {
         self
     }
 
-    /// Opens (or creates) the database.
+    /// Opens (or creates) the database. A database this process has just
+    /// closed is waited for, up to 2 s: sled releases its file lock a
+    /// moment after the last handle is dropped. One another process keeps
+    /// open fails with an [`Io`](ErrorKind::Io) error after that wait.
     pub fn open(self) -> Result<SledBackend> {
         let mut config = sled::Config::new()
             .cache_capacity(self.cache_capacity)
@@ -130,7 +164,7 @@ impl SledBackendBuilder {
         if self.path.is_some() {
             config = config.path(&path);
         }
-        let db = config.open().map_err(|e| sled_error(e, Operation::Open))?;
+        let db = open_waiting(&config).map_err(|e| sled_error(e, Operation::Open))?;
         let expiry = db
             .open_tree(EXPIRY_TREE)
             .map_err(|e| sled_error(e, Operation::Open))?;
