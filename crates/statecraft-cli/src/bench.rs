@@ -373,6 +373,15 @@ struct Ran {
 }
 
 impl Ran {
+    /// Nothing run yet.
+    fn empty() -> Result<Ran, String> {
+        Ok(Ran {
+            histogram: new_histogram()?,
+            calls: 0,
+            seconds: 0.0,
+        })
+    }
+
     /// Seconds a call, the tasks' calls overlapping.
     fn per_call(&self) -> f64 {
         self.seconds / self.calls.max(1) as f64
@@ -488,18 +497,7 @@ async fn measure_with_raw(
         Side::Store(Arc::clone(&target.backend)),
         Side::Raw(Arc::clone(raw)),
     ];
-    let mut totals = [
-        Ran {
-            histogram: new_histogram()?,
-            calls: 0,
-            seconds: 0.0,
-        },
-        Ran {
-            histogram: new_histogram()?,
-            calls: 0,
-            seconds: 0.0,
-        },
-    ];
+    let mut totals = [Ran::empty()?, Ran::empty()?];
     let mut ratios = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let mut this: [Option<Ran>; 2] = [None, None];

@@ -130,8 +130,15 @@ impl Granted {
 }
 
 /// One store asked for `input`'s step on `key`: the store, and its answer.
-async fn ask(store: Arc<Store>, key: Bytes, input: Arc<str>) -> (Arc<Store>, Result<LockAnswer>) {
-    let answer = match store.round_trip(&key, &LockStep, input.as_bytes()).await {
+async fn ask(
+    store: Arc<Store>,
+    key: Bytes,
+    input: impl AsRef<str>,
+) -> (Arc<Store>, Result<LockAnswer>) {
+    let answer = match store
+        .round_trip(&key, &LockStep, input.as_ref().as_bytes())
+        .await
+    {
         Ok(raw) => parse_answer(&raw),
         Err(err) => Err(err),
     };
@@ -320,7 +327,7 @@ async fn ask_each(
 ) -> (usize, usize) {
     let mut asks: FuturesUnordered<_> = by
         .into_iter()
-        .map(|(store, token)| ask(store, key.clone(), op_input(op(token), 0).into()))
+        .map(|(store, token)| ask(store, key.clone(), op_input(op(token), 0)))
         .collect();
     let (mut wanted, mut refused) = (0, 0);
     while wanted < need {
