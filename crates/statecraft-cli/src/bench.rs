@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use statecraft::{ConnectOptions, PutOptions, SledBackend, StateBackend};
+use statecraft::{ConnectOptions, PutOptions, RedbBackend, SledBackend, StateBackend};
 
 mod limiter;
 mod lock;
@@ -22,7 +22,8 @@ use raw::{Call, Raw};
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
     /// A backend to measure: `memory`, `null`, `sled` (a temporary database),
-    /// `sled:PATH`, `redis://HOST:PORT`, `rediss://…` (TLS),
+    /// `sled:PATH`, `redb` (a temporary database), `redb:PATH` (a file),
+    /// `redis://HOST:PORT`, `rediss://…` (TLS),
     /// `redis+cluster://HOST:PORT[,HOST:PORT…]` (a Redis Cluster, from seed
     /// nodes) or `postgres://USER@HOST:PORT/DB`; or a stack of layers over
     /// them: `cached(SPEC[, ttl=30s][, entries=N][, bytes=N])`,
@@ -71,7 +72,7 @@ pub(crate) struct BenchArgs {
     primitive: Option<primitive::Primitive>,
     /// Also run each operation through the raw engine or client under each
     /// backend (memory: a DashMap with the same hasher; sled: a sled
-    /// database; redis://: one redis-rs multiplexed connection; postgres://:
+    /// database; redb: a redb database, a durable commit per write; redis://: one redis-rs multiplexed connection; postgres://:
     /// one tokio-postgres client pipelining prepared statements), in rounds
     /// interleaved with the statecraft side (which goes first alternates):
     /// extra rows whose backend is `raw_<backend>`, and on the statecraft
@@ -195,6 +196,13 @@ async fn open_target(spec: &str, concurrency: usize) -> Result<Target, String> {
             SledBackend::open(dir.path()).map_err(|e| format!("backend \"sled\": {e}"))?;
         return Ok(target("sled", Arc::new(backend), Some(dir)));
     }
+    if spec == "redb" {
+        let dir =
+            tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        let backend = RedbBackend::open(dir.path().join("bench.redb"))
+            .map_err(|e| format!("backend \"redb\": {e}"))?;
+        return Ok(target("redb", Arc::new(backend), Some(dir)));
+    }
     let options = ConnectOptions::new()
         .redis_key_prefix(REDIS_PREFIX)
         .postgres_table(POSTGRES_TABLE)
@@ -203,7 +211,7 @@ async fn open_target(spec: &str, concurrency: usize) -> Result<Target, String> {
         .await
         .map_err(|err| format!("backend {spec:?}: {err}"))?;
     // A plain store is labelled by its kind, a stack by its spec.
-    let label = if spec.contains('(') || spec.starts_with("sled:") {
+    let label = if spec.contains('(') || spec.starts_with("sled:") || spec.starts_with("redb:") {
         spec.to_string()
     } else {
         backend.name().to_string()
@@ -751,6 +759,19 @@ mod tests {
             open_target(&spec, 4).await.map(|t| t.label).ok(),
             Some(spec)
         );
+        let spec = format!("redb:{}", dir.path().join("db.redb").display());
+        assert_eq!(
+            open_target(&spec, 4).await.map(|t| t.label).ok(),
+            Some(spec)
+        );
+        assert_eq!(
+            open_target("redb", 4)
+                .await
+                .map(|t| t.label)
+                .ok()
+                .as_deref(),
+            Some("redb")
+        );
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -764,6 +785,7 @@ mod tests {
         for bad in [
             "mem",
             "sled:",
+            "redb:",
             "ftp://x",
             "redis+cluster://",
             &unreachable,

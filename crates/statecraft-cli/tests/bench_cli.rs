@@ -324,6 +324,7 @@ fn bench_with_raw_prints_raw_rows_and_ratios() {
             "4",
         ])
         .args(["--backend", "memory", "--backend", "sled"])
+        .args(["--backend", "redb"])
         .args(["--backend", &redis.url(), "--backend", &postgres.url()])
         .args(["--backend", "cached(memory)"])
         .output()
@@ -340,7 +341,7 @@ fn bench_with_raw_prints_raw_rows_and_ratios() {
             })
             .unwrap_or_else(|| panic!("no row for {backend} {op} ×{concurrency}"))
     };
-    for backend in ["memory", "sled", "redis", "postgres"] {
+    for backend in ["memory", "sled", "redb", "redis", "postgres"] {
         for op in ["get", "put", "increment", "batch_get", "batch_put"] {
             for concurrency in [1, 4] {
                 let ours = find(backend, op, concurrency);
@@ -361,6 +362,6 @@ fn bench_with_raw_prints_raw_rows_and_ratios() {
     assert!(!stacked.is_empty());
     assert!(stacked.iter().all(|r| r.get("ratio").is_none()));
     assert!(!rows.iter().any(|r| r["backend"] == "raw_cached(memory)"));
-    // 4 backends × 5 operations × 2 levels, twice; the stack's 7 × 2.
-    assert_eq!(rows.len(), 80 + 14, "{rows:?}");
+    // 5 backends × 5 operations × 2 levels, twice; the stack's 7 × 2.
+    assert_eq!(rows.len(), 100 + 14, "{rows:?}");
 }

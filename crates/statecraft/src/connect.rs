@@ -8,6 +8,7 @@
 //! | `memory` | a [`MemoryBackend`] |
 //! | `null` | a [`NullBackend`] |
 //! | `sled:PATH` | a [`SledBackend`](crate::SledBackend) at `PATH` (feature `sled`) |
+//! | `redb:PATH` | a [`RedbBackend`](crate::RedbBackend) in the file `PATH` (feature `redb`) |
 //! | `redis://HOST:PORT[/DB]`, `rediss://…` | a [`RedisBackend`](crate::RedisBackend) (feature `redis`) |
 //! | `redis+cluster://HOST:PORT,HOST:PORT…` | a Redis Cluster from seed nodes |
 //! | `postgres://USER@HOST:PORT/DB`, `postgresql://…` | a [`PostgresBackend`](crate::PostgresBackend) (feature `postgres`) |
@@ -399,6 +400,20 @@ async fn open_store(
                 Err(unbuilt("sled"))
             }
         }
+        Some("redb") => {
+            let path = &text["redb:".len()..];
+            if path.is_empty() {
+                return Err(bad(whole, at, text, "redb needs a file: redb:PATH"));
+            }
+            #[cfg(feature = "redb")]
+            {
+                Ok(Arc::new(crate::RedbBackend::open(path)?))
+            }
+            #[cfg(not(feature = "redb"))]
+            {
+                Err(unbuilt("redb"))
+            }
+        }
         Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster") => {
             #[cfg(feature = "redis")]
             {
@@ -440,7 +455,7 @@ async fn open_store(
             whole,
             at,
             text,
-            "unknown backend (expected memory, null, sled:PATH, redis://…, rediss://…, \
+            "unknown backend (expected memory, null, sled:PATH, redb:PATH, redis://…, rediss://…, \
              redis+cluster://…, postgres://… or a layer: cached(…), tiered(…), fallback(…))",
         )),
     }

@@ -19,7 +19,8 @@
 //! ```
 //!
 //! Features: `sled` (default) builds [`SledBackend`]; `sled-compression`
-//! turns on sled's zstd page compression; `redis` builds [`RedisBackend`]
+//! turns on sled's zstd page compression; `redb` builds [`RedbBackend`];
+//! `redis` builds [`RedisBackend`]
 //! (single node and Cluster), `redis-tls` adds `rediss://`; `postgres`
 //! builds [`PostgresBackend`].
 //!
@@ -73,6 +74,8 @@ pub use backends::null::NullBackend;
 pub use backends::postgres::{
     PgTransaction, PoolStatus, PostgresBackend, PostgresConfig, PostgresConfigBuilder,
 };
+#[cfg(feature = "redb")]
+pub use backends::redb::{RedbBackend, RedbBackendBuilder};
 #[cfg(feature = "redis")]
 pub use backends::redis::{RedisBackend, RedisConfig, RedisConfigBuilder};
 #[cfg(feature = "sled")]

@@ -1,4 +1,4 @@
-//! The conformance suite run against the memory and sled backends, directly,
+//! The conformance suite run against the memory, sled and redb backends, directly,
 //! through `Namespaced`, through the operation layers, and through a wrapper
 //! that leaves every provided method to the trait's defaults. Select it with
 //! `cargo test conformance`.
@@ -38,6 +38,23 @@ fn sled(clock: &ManualClock) -> (SledBackend, tempfile::TempDir) {
         .sweep_interval(None)
         .open()
         .expect("sled opens in a fresh directory");
+    (backend, dir)
+}
+
+/// A redb database in a temporary directory; `durable`: every commit on
+/// disk (the default), else commits made durable on flush only.
+#[cfg(feature = "redb")]
+fn redb(clock: &ManualClock, durable: bool) -> (statecraft::RedbBackend, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let backend = statecraft::RedbBackend::builder()
+        .path(dir.path().join("db.redb"))
+        .clock(clock.clone())
+        .limits(limits())
+        .durable_commits(durable)
+        .flush_every(None)
+        .sweep_interval(None)
+        .open()
+        .expect("redb opens in a fresh directory");
     (backend, dir)
 }
 
@@ -88,6 +105,38 @@ fn namespaced_sled_fixture() -> FixtureFuture {
     Box::pin(async {
         let clock = ManualClock::starting_now();
         let (backend, dir) = sled(&clock);
+        backend
+            .put(b"tenant-6:k", "other".into())
+            .await
+            .expect("seed neighbour");
+        let view = Namespaced::new(Arc::new(backend), NAMESPACE);
+        fixture(Arc::new(view), clock, true).with_guard(dir)
+    })
+}
+
+#[cfg(feature = "redb")]
+fn redb_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        let (backend, dir) = redb(&clock, true);
+        fixture(Arc::new(backend), clock, false).with_guard(dir)
+    })
+}
+
+#[cfg(feature = "redb")]
+fn buffered_redb_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        let (backend, dir) = redb(&clock, false);
+        fixture(Arc::new(backend), clock, false).with_guard(dir)
+    })
+}
+
+#[cfg(feature = "redb")]
+fn namespaced_redb_fixture() -> FixtureFuture {
+    Box::pin(async {
+        let clock = ManualClock::starting_now();
+        let (backend, dir) = redb(&clock, true);
         backend
             .put(b"tenant-6:k", "other".into())
             .await
@@ -176,6 +225,18 @@ mod conformance {
     }
     mod namespaced_sled {
         statecraft_testkit::conformance_tests!(super::super::namespaced_sled_fixture);
+    }
+    #[cfg(feature = "redb")]
+    mod redb {
+        statecraft_testkit::conformance_tests!(super::super::redb_fixture);
+    }
+    #[cfg(feature = "redb")]
+    mod buffered_redb {
+        statecraft_testkit::conformance_tests!(super::super::buffered_redb_fixture);
+    }
+    #[cfg(feature = "redb")]
+    mod namespaced_redb {
+        statecraft_testkit::conformance_tests!(super::super::namespaced_redb_fixture);
     }
     mod provided_defaults_memory {
         statecraft_testkit::conformance_tests!(

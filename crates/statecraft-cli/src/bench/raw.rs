@@ -8,6 +8,10 @@
 //! - `sled`: a sled database of its own in a temporary directory (for
 //!   `sled:PATH`, beside PATH, on the same disk; counters as 8-byte
 //!   big-endian integers, by `update_and_fetch`);
+//! - `redb`: a redb database of its own (for `redb:PATH`, beside PATH),
+//!   a read transaction per read and a write transaction per write,
+//!   committed durably as redb does by default (statecraft's redb backend
+//!   is durable too, but commits the writes waiting together at once);
 //! - `redis://…`: one redis-rs multiplexed connection, cloned per task, on
 //!   the same keys (`GET`, `SET`, `INCRBY`, `MGET`, `MSET`);
 //! - `postgres://…`: one tokio-postgres client, shared by every task (its
@@ -39,6 +43,10 @@ pub(super) enum Raw {
         db: sled::Db,
         _dir: tempfile::TempDir,
     },
+    Redb {
+        db: redb::Database,
+        _dir: tempfile::TempDir,
+    },
     Redis(redis::aio::MultiplexedConnection),
     Postgres(Box<RawPostgres>),
 }
@@ -66,18 +74,20 @@ impl Raw {
             }));
         }
         if spec == "sled" || spec.starts_with("sled:") {
-            // Beside the measured database, on the same disk.
-            let dir = match spec.strip_prefix("sled:") {
-                Some(path) => {
-                    let path = std::path::Path::new(path);
-                    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-                    tempfile::tempdir_in(parent.unwrap_or(std::path::Path::new(".")))
-                }
-                None => tempfile::tempdir(),
-            }
-            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+            let dir = beside(spec.strip_prefix("sled:"))?;
             let db = sled::open(dir.path()).map_err(|e| format!("raw sled: {e}"))?;
             return Ok(Some(Raw::Sled { db, _dir: dir }));
+        }
+        if spec == "redb" || spec.starts_with("redb:") {
+            let dir = beside(spec.strip_prefix("redb:"))?;
+            let db = redb::Database::create(dir.path().join("raw.redb"))
+                .map_err(|e| format!("raw redb: {e}"))?;
+            let txn = db.begin_write().map_err(|e| format!("raw redb: {e}"))?;
+            txn.open_table(REDB_DATA)
+                .and(txn.open_table(REDB_COUNTERS))
+                .map_err(|e| format!("raw redb: {e}"))?;
+            txn.commit().map_err(|e| format!("raw redb: {e}"))?;
+            return Ok(Some(Raw::Redb { db, _dir: dir }));
         }
         if spec.starts_with("redis://") {
             let client = redis::Client::open(spec).map_err(|e| format!("raw redis: {e}"))?;
@@ -138,6 +148,7 @@ impl Raw {
                 Ok(())
             }
             Raw::Sled { db, .. } => sled_call(db, call).map_err(|e| e.to_string()),
+            Raw::Redb { db, .. } => redb_call(db, call).map_err(|e| e.to_string()),
             Raw::Redis(conn) => redis_call(conn.clone(), call)
                 .await
                 .map_err(|e| e.to_string()),
@@ -188,6 +199,73 @@ fn sled_call(db: &sled::Db, call: Call<'_>) -> sled::Result<()> {
                 batch.insert(key.as_ref(), value.as_ref());
             }
             db.apply_batch(batch)?;
+        }
+    }
+    Ok(())
+}
+
+/// A temporary directory beside `path` (on the same disk), or in the
+/// system's temporary directory.
+fn beside(path: Option<&str>) -> Result<tempfile::TempDir, String> {
+    match path {
+        Some(path) => {
+            let path = std::path::Path::new(path);
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            tempfile::tempdir_in(parent.unwrap_or(std::path::Path::new(".")))
+        }
+        None => tempfile::tempdir(),
+    }
+    .map_err(|e| format!("cannot create a temporary directory: {e}"))
+}
+
+const REDB_DATA: redb::TableDefinition<'static, &'static [u8], &'static [u8]> =
+    redb::TableDefinition::new("data");
+const REDB_COUNTERS: redb::TableDefinition<'static, &'static [u8], i64> =
+    redb::TableDefinition::new("counters");
+
+/// redb the plain way: a read transaction per read, a write transaction
+/// per write, committed durably (redb's default).
+fn redb_call(db: &redb::Database, call: Call<'_>) -> Result<(), redb::Error> {
+    use redb::{ReadableDatabase as _, ReadableTable as _};
+    match call {
+        Call::Get(key) => {
+            let txn = db.begin_read()?;
+            drop(
+                txn.open_table(REDB_DATA)?
+                    .get(key)?
+                    .map(|v| v.value().to_vec()),
+            );
+        }
+        Call::BatchGet(keys) => {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(REDB_DATA)?;
+            for key in keys {
+                drop(table.get(&key[..])?.map(|v| v.value().to_vec()));
+            }
+        }
+        Call::Put(key, value) => {
+            let txn = db.begin_write()?;
+            txn.open_table(REDB_DATA)?.insert(key, value.as_ref())?;
+            txn.commit()?;
+        }
+        Call::Increment(key) => {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(REDB_COUNTERS)?;
+                let n = table.get(key)?.map_or(0, |v| v.value());
+                table.insert(key, n.wrapping_add(1))?;
+            }
+            txn.commit()?;
+        }
+        Call::BatchPut(entries) => {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(REDB_DATA)?;
+                for (key, value) in &entries {
+                    table.insert(&key[..], value.as_ref())?;
+                }
+            }
+            txn.commit()?;
         }
     }
     Ok(())

@@ -6,15 +6,9 @@ use sled::IVec;
 use crate::backend::error::{Error, Operation, Result};
 
 use super::errors::{sled_error, tx_result};
-use super::format::decode_header;
+use super::format::{decode_header, index_key};
 use super::store::Inner;
-
-pub(super) fn index_key(expires_at: u64, key: &[u8]) -> Vec<u8> {
-    let mut index = Vec::with_capacity(8 + key.len());
-    index.extend_from_slice(&expires_at.to_be_bytes());
-    index.extend_from_slice(key);
-    index
-}
+use crate::backends::stored::split_index_key;
 
 impl Inner {
     /// After a plain (non-transactional) write replaced a value that expired
@@ -60,13 +54,9 @@ impl Inner {
             .range(..(now.saturating_add(1)).to_be_bytes().to_vec());
         for item in due {
             let (index, _) = item.map_err(|e| sled_error(e, op))?;
-            if index.len() < 8 {
+            let Some((indexed_expiry, key)) = split_index_key(&index) else {
                 continue;
-            }
-            let mut at = [0u8; 8];
-            at.copy_from_slice(&index[..8]);
-            let indexed_expiry = u64::from_be_bytes(at);
-            let key = &index[8..];
+            };
             let outcome = (&self.data, &self.expiry).transaction(
                 |(data, expiry): &(TransactionalTree, TransactionalTree)| {
                     let current = data

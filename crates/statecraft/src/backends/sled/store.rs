@@ -17,8 +17,7 @@ use crate::raw::counter::apply_increment;
 use crate::raw::recorder::StatsRecorder;
 
 use super::errors::{sled_error, tx_result};
-use super::expiry::index_key;
-use super::format::{decode_header, encode_value, payload, prefix_end, Header};
+use super::format::{decode_header, encode_value, index_key, payload, prefix_end, Header};
 use super::NAME;
 
 pub(super) struct Inner {

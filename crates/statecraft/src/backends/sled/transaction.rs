@@ -10,8 +10,7 @@ use crate::backend::transaction::{Transaction, TransactionWrite};
 
 use super::backend::SledBackend;
 use super::errors::sled_error;
-use super::expiry::index_key;
-use super::format::{decode_header, encode_value};
+use super::format::{decode_header, encode_value, index_key};
 use super::store::Inner;
 use super::NAME;
 
