@@ -619,7 +619,7 @@ async fn run_task(
         histogram
             .record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1))
             .map_err(|e| e.to_string())?;
-        if calls % 64 == 0 {
+        if calls.is_multiple_of(64) {
             // In-process backends never yield on their own; let the other
             // tasks of this case run.
             tokio::task::yield_now().await;

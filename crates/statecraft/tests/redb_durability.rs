@@ -5,8 +5,10 @@
 //! file lock.
 #![cfg(feature = "redb")]
 
+#[path = "support/processes.rs"]
+mod processes;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +97,7 @@ async fn killed_child_keeps_what_it_acknowledged(test: &str, mode: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("db.redb");
     let exe = std::env::current_exe().expect("test binary path");
-    let mut process = Command::new(exe)
+    let process = Command::new(exe)
         .args(["--exact", test, "--nocapture", "--test-threads", "1"])
         .env(CHILD_ENV, &path)
         .env(CHILD_MODE_ENV, mode)
@@ -103,10 +105,11 @@ async fn killed_child_keeps_what_it_acknowledged(test: &str, mode: &str) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn the writer process");
-    let stdout = process.stdout.take().expect("child stdout");
+    let mut process = processes::Reaped(process);
+    let lines = processes::stdout_lines(&mut process.0);
     let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("read child output");
+    loop {
+        let line = processes::next_line(&lines, Duration::from_secs(60), "acknowledgements");
         // The first may follow libtest's own "test … " on its line.
         let Some(rest) = line.find("acked ").map(|at| &line[at + "acked ".len()..]) else {
             continue;
@@ -121,10 +124,8 @@ async fn killed_child_keeps_what_it_acknowledged(test: &str, mode: &str) {
             break;
         }
     }
-    // SIGKILL while the writers are still writing.
-    process.kill().expect("SIGKILL the writer");
-    let status = process.wait().expect("reap the writer");
-    assert!(!status.success(), "the writer was killed, not finished");
+    // SIGKILL while the writers are still writing (or, buffered, waiting).
+    processes::kill_and_reap(&mut process.0);
     let total: u64 = acked.values().sum();
     assert!(
         total >= ACKED,
@@ -315,7 +316,13 @@ async fn commits(backend: &RedbBackend) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_commits_and_fail_alone() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let backend = Arc::new(RedbBackend::open(dir.path().join("db.redb")).expect("open"));
+    let backend = Arc::new(
+        RedbBackend::builder()
+            .path(dir.path().join("db.redb"))
+            .sweep_interval(None)
+            .open()
+            .expect("open"),
+    );
     backend.put(b"text", "abc".into()).await.expect("put");
     let (commits_before, writes_before) = commits(&backend).await;
     let mut tasks = Vec::new();
@@ -418,7 +425,9 @@ async fn an_open_waits_for_a_database_being_closed() {
     assert_eq!(refused.kind(), ErrorKind::Io, "{refused}");
     reopened.put(b"k", "w".into()).await.expect("put");
     drop(reopened);
-    let last = RedbBackend::open(&path).expect("a dropped backend has closed its file");
+    // redb itself, which does not wait: the file is free at once.
+    drop(redb::Database::create(&path).expect("a dropped backend has closed its file"));
+    let last = RedbBackend::open(&path).expect("reopen");
     assert_eq!(
         last.get(b"k").await.expect("get").as_deref(),
         Some(&b"w"[..])
@@ -434,4 +443,50 @@ async fn a_temporary_database_leaves_no_file() {
     assert!(path.exists());
     drop(backend);
     assert!(!path.exists(), "{} left behind", path.display());
+}
+
+/// A value without statecraft's header (written by something else) is a
+/// `Corrupt` error that writes nothing: a batch delete that meets one
+/// removes none of its keys; `clear` removes it.
+#[tokio::test]
+async fn a_damaged_value_fails_its_write_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("db.redb");
+    {
+        let backend = RedbBackend::open(&path).expect("open");
+        backend.put(b"good", "v".into()).await.expect("put");
+    }
+    {
+        let db = redb::Database::create(&path).expect("raw open");
+        let table: redb::TableDefinition<&[u8], &[u8]> =
+            redb::TableDefinition::new("statecraft/data");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(table)
+            .expect("table")
+            .insert(&b"bad"[..], &b"\x07no header"[..])
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    let backend = RedbBackend::open(&path).expect("reopen");
+    let keys = [
+        statecraft::Bytes::from("good"),
+        statecraft::Bytes::from("bad"),
+    ];
+    let err = backend.batch_delete(&keys).await.expect_err("damaged");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(!err.may_have_applied());
+    assert!(backend.contains(b"good").await.expect("contains"));
+    for err in [
+        backend.delete(b"bad").await.expect_err("damaged"),
+        backend.get(b"bad").await.expect_err("damaged"),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    }
+    let err = backend
+        .increment(b"bad", 1, PutOptions::new())
+        .await
+        .expect_err("damaged");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    backend.clear().await.expect("clear");
+    assert_eq!(backend.count().await.expect("count"), 0);
 }

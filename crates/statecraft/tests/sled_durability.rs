@@ -1,11 +1,13 @@
 //! Sled durability and sled-only features: what a child process acknowledged
 //! after a flush survives SIGKILL; transactions; TTLs across reopen; the sweeper.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use statecraft::{KeyTtl, ManualClock, SledBackend, StateBackend, Transaction};
+#[path = "support/processes.rs"]
+mod processes;
+
+use statecraft::{KeyTtl, ManualClock, PutOptions, SledBackend, StateBackend, Transaction};
 
 const CHILD_ENV: &str = "STATECRAFT_SLED_CHILD_DB";
 const ACKED: u64 = 3_000;
@@ -14,20 +16,41 @@ fn value_of(i: u64) -> String {
     format!("value-{i}-{}", "x".repeat((i % 50) as usize))
 }
 
-/// The child: writes keys forever, flushing every 100 and printing the count
-/// it has flushed, until the parent kills it.
+/// Whether write `i` carries a TTL (an hour: it must still be there
+/// after the restart, and must then be swept exactly).
+fn expiring(i: u64) -> bool {
+    i % 3 == 0
+}
+
+/// The child: writes keys forever (every third with a TTL), increments a
+/// plain counter and one with a TTL at each write, flushing every 100 and
+/// printing the count it has flushed, until the parent kills it.
 async fn child(path: &str) {
     let backend = SledBackend::builder()
         .path(path)
         .flush_every(None)
         .open()
         .expect("child opens the database");
+    let hour = PutOptions::new().ttl(Duration::from_secs(3600));
     let mut i = 0u64;
     loop {
+        let options = if expiring(i) { hour } else { PutOptions::new() };
         backend
-            .put(format!("key-{i:08}").as_bytes(), value_of(i).into())
+            .put_with(
+                format!("key-{i:08}").as_bytes(),
+                value_of(i).into(),
+                options,
+            )
             .await
             .expect("child put");
+        backend
+            .increment(b"counter", 1, PutOptions::new())
+            .await
+            .expect("child increment");
+        backend
+            .increment(b"counter-ttl", 1, hour)
+            .await
+            .expect("child increment");
         i += 1;
         if i % 100 == 0 {
             backend.flush().await.expect("child flush");
@@ -38,6 +61,7 @@ async fn child(path: &str) {
 
 mod conformance {
     mod sled {
+        use super::super::processes;
         use super::super::*;
 
         #[tokio::test]
@@ -48,7 +72,7 @@ mod conformance {
             }
             let dir = tempfile::tempdir().expect("temp dir");
             let exe = std::env::current_exe().expect("test binary path");
-            let mut process = Command::new(exe)
+            let process = Command::new(exe)
                 .args([
                     "--exact",
                     "conformance::sled::survives_sigkill_after_flush",
@@ -61,41 +85,84 @@ mod conformance {
                 .stderr(Stdio::inherit())
                 .spawn()
                 .expect("spawn the writer process");
-            let stdout = process.stdout.take().expect("child stdout");
+            let mut process = processes::Reaped(process);
+            let lines = processes::stdout_lines(&mut process.0);
             let mut acked = 0u64;
-            for line in BufReader::new(stdout).lines() {
-                let line = line.expect("read child output");
-                if let Some(n) = line.strip_prefix("acked ") {
-                    acked = n.trim().parse().expect("ack count");
-                    if acked >= ACKED {
-                        break;
-                    }
+            while acked < ACKED {
+                let line =
+                    processes::next_line(&lines, Duration::from_secs(60), "acknowledgements");
+                // The first may follow libtest's own "test … " on its line.
+                if let Some(at) = line.find("acked ") {
+                    acked = line[at + "acked ".len()..]
+                        .trim()
+                        .parse()
+                        .expect("ack count");
                 }
             }
             // SIGKILL while the child is still writing.
-            process.kill().expect("SIGKILL the writer");
-            let status = process.wait().expect("reap the writer");
-            assert!(!status.success(), "the writer was killed, not finished");
+            processes::kill_and_reap(&mut process.0);
             assert!(
                 acked >= ACKED,
                 "the writer acknowledged only {acked} writes"
             );
 
-            let reopened = SledBackend::open(dir.path()).expect("reopen after SIGKILL");
+            let clock = ManualClock::starting_now();
+            let reopened = SledBackend::builder()
+                .path(dir.path())
+                .clock(clock.clone())
+                .sweep_interval(None)
+                .open()
+                .expect("reopen after SIGKILL");
             assert!(reopened.was_recovered());
             for i in 0..acked {
                 let got = reopened
-                    .get(format!("key-{i:08}").as_bytes())
+                    .get_with_ttl(format!("key-{i:08}").as_bytes())
                     .await
                     .expect("get");
+                let Some((value, ttl)) = got else {
+                    panic!("acknowledged key {i} lost");
+                };
+                assert_eq!(value, value_of(i).as_bytes());
                 assert_eq!(
-                    got.as_deref(),
-                    Some(value_of(i).as_bytes()),
-                    "acknowledged key {i} lost"
+                    matches!(ttl, KeyTtl::ExpiresIn(_)),
+                    expiring(i),
+                    "{i}: {ttl:?}"
                 );
             }
             let count = reopened.count().await.expect("count");
             assert!(count >= acked, "count {count} < acked {acked}");
+            for counter in [&b"counter"[..], b"counter-ttl"] {
+                let n: u64 = std::str::from_utf8(
+                    &reopened
+                        .get(counter)
+                        .await
+                        .expect("get")
+                        .expect("a counter"),
+                )
+                .expect("text")
+                .parse()
+                .expect("a number");
+                assert!(n >= acked, "{n} increments kept of {acked} acknowledged");
+            }
+            assert!(matches!(
+                reopened.ttl(b"counter-ttl").await.expect("ttl"),
+                KeyTtl::ExpiresIn(_)
+            ));
+            // The index holds every expiring value: once they are due,
+            // the sweep removes exactly them.
+            let keys = reopened.list_keys(b"").await.expect("list");
+            let mut with_ttl = 0;
+            for key in &keys {
+                if let KeyTtl::ExpiresIn(_) = reopened.ttl(key).await.expect("ttl") {
+                    with_ttl += 1;
+                }
+            }
+            clock.advance(Duration::from_secs(7200));
+            assert_eq!(reopened.sweep_expired().expect("sweep"), with_ttl);
+            assert_eq!(
+                reopened.count().await.expect("count"),
+                (keys.len() - with_ttl) as u64
+            );
         }
 
         #[tokio::test]

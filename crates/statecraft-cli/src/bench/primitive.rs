@@ -243,7 +243,7 @@ where
                     .max(1),
             )
             .map_err(|e| e.to_string())?;
-        if calls % 64 == 0 {
+        if calls.is_multiple_of(64) {
             tokio::task::yield_now().await;
         }
     }

@@ -129,3 +129,45 @@ pub(crate) fn check_turns(text: &str) -> usize {
     assert_eq!(inside, None, "the log ends with a holder inside");
     entries
 }
+
+/// A child's stdout, read on a thread of its own until the child ends (so
+/// the pipe stays open however long the test takes to kill it): the
+/// lines, each as it comes.
+pub(crate) fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    received
+}
+
+/// The next line of `lines` within `wait`, or a panic that says what the
+/// test was waiting for.
+pub(crate) fn next_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    wait: std::time::Duration,
+    waiting_for: &str,
+) -> String {
+    lines.recv_timeout(wait).unwrap_or_else(|err| {
+        panic!("no line from the child within {wait:?} ({err}) while waiting for {waiting_for}")
+    })
+}
+
+/// Kills `child` with SIGKILL and checks that it died of it (not of a
+/// panic of its own, say).
+pub(crate) fn kill_and_reap(child: &mut Child) {
+    use std::os::unix::process::ExitStatusExt;
+    child.kill().expect("SIGKILL the child");
+    let status = child.wait().expect("reap the child");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the child died of SIGKILL: {status}"
+    );
+}

@@ -1,7 +1,6 @@
 //! [`MemoryBackend`]: a concurrent in-process map with TTL.
 
 use std::collections::BinaryHeap;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,7 +76,7 @@ impl Entry {
 #[derive(Debug, Clone)]
 pub struct MemoryBackend {
     inner: Arc<Inner>,
-    _sweeper: Option<Arc<mpsc::Sender<()>>>,
+    _sweeper: Option<Arc<crate::backends::sweeper::Sweeper>>,
 }
 
 #[derive(Debug)]

@@ -53,7 +53,7 @@ impl<'t> Tables<'t> {
                 self.store(key, Some(value), shared.expiry(*options, now))?;
                 Ok(Answer::Done)
             }
-            Write::Remove { key } => self.remove(key, op, now)?.map(Answer::Removed),
+            Write::Remove { key, value } => self.remove(key, *value, op, now)?.map(Answer::Removed),
             Write::Swap {
                 key,
                 expected,
@@ -84,9 +84,15 @@ impl<'t> Tables<'t> {
                 .transaction(shared, transaction, op, now)?
                 .map(Answer::Committed),
             Write::RemoveAll(keys) => {
+                // A damaged value fails the batch before anything goes.
+                for key in keys {
+                    if let Err(err) = self.live(key, op, now)? {
+                        return Ok(Err(err));
+                    }
+                }
                 let mut removed = 0u64;
                 for key in keys {
-                    match self.remove(key, op, now)? {
+                    match self.remove(key, false, op, now)? {
                         Ok(old) => removed += u64::from(old.is_some()),
                         Err(err) => return Ok(Err(err)),
                     }
@@ -144,18 +150,30 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Removes `key`; the live value it held.
-    fn remove(&mut self, key: &[u8], op: Operation, now: u64) -> Outcome<Option<Bytes>> {
+    /// Removes `key`; whether it held a live value, and the value when
+    /// `value` asks for it (else an empty one). A damaged value is left
+    /// as it is, with an error ([`Write::Clear`] removes it).
+    fn remove(
+        &mut self,
+        key: &[u8],
+        value: bool,
+        op: Operation,
+        now: u64,
+    ) -> Outcome<Option<Bytes>> {
+        let header = match self.data.get(key)? {
+            None => return Ok(Ok(None)),
+            Some(raw) => match decode_header(raw.value(), NAME) {
+                Ok(header) => header,
+                Err(err) => return Ok(Err(err.with_key(key).context(NAME, op))),
+            },
+        };
         let Some(old) = self.data.remove(key)? else {
             return Ok(Ok(None));
         };
-        let raw = old.value();
-        // A damaged value is removed all the same (nothing else could).
-        let header = match decode_header(raw, NAME) {
-            Ok(header) => header,
-            Err(err) => return Ok(Err(err.with_key(key).context(NAME, op))),
-        };
-        let live = header.live_at(now).then(|| payload(raw, header));
+        let live = header.live_at(now).then(|| match value {
+            true => payload(old.value(), header),
+            false => Bytes::new(),
+        });
         drop(old);
         if header.expires_at != 0 {
             self.expiry.remove(&index_key(header.expires_at, key)[..])?;

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +15,7 @@ use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOpti
 use crate::backend::stats::BackendStats;
 use crate::backend::transaction::Transaction;
 use crate::backend::StateBackend;
+use crate::backends::sweeper::Sweeper;
 use crate::raw::recorder::Found;
 
 use super::builder::RedbBackendBuilder;
@@ -40,8 +40,9 @@ use super::NAME;
 /// # Ok(()) }
 /// ```
 pub struct RedbBackend {
+    // Dropped first: the sweeper ends before the last of `inner` goes.
+    pub(super) _sweeper: Option<Sweeper>,
     pub(super) inner: Arc<Inner>,
-    pub(super) _sweeper: Option<mpsc::Sender<()>>,
 }
 
 impl fmt::Debug for RedbBackend {
@@ -70,8 +71,8 @@ impl RedbBackend {
     /// already are: this commits nothing new).
     pub async fn flush(&self) -> Result<()> {
         self.write(Write::Flush, Operation::Flush, |answer| match answer {
-            Answer::Done => Some(()),
-            _ => None,
+            Answer::Done => Ok(()),
+            other => Err(other),
         })
         .await
     }
@@ -85,8 +86,8 @@ impl RedbBackend {
                     Write::Sweep,
                     Operation::Maintenance,
                     |answer| match answer {
-                        Answer::Swept { removed, more } => Some((removed, more)),
-                        _ => None,
+                        Answer::Swept { removed, more } => Ok((removed, more)),
+                        other => Err(other),
                     },
                 )
                 .await?;
@@ -118,14 +119,13 @@ impl RedbBackend {
         &self,
         write: Write,
         op: Operation,
-        take: impl FnOnce(Answer) -> Option<T>,
+        take: impl FnOnce(Answer) -> std::result::Result<T, Answer>,
     ) -> Result<T> {
         let answer = self.inner.ask(write, op).await?;
-        let shown = format!("{answer:?}");
-        take(answer).ok_or_else(|| {
+        take(answer).map_err(|answer| {
             Error::new(
                 ErrorKind::Backend,
-                format!("the redb writer answered {shown} to a {}", op.as_str()),
+                format!("the redb writer answered {answer:?} to a {}", op.as_str()),
             )
             .context(NAME, op)
         })
@@ -136,7 +136,7 @@ impl RedbBackend {
         &self,
         write: Write,
         op: Operation,
-        take: impl FnOnce(Answer) -> Option<T> + Send + 'static,
+        take: impl FnOnce(Answer) -> std::result::Result<T, Answer> + Send + 'static,
     ) -> StateFuture<'_, T> {
         let timer = self.inner.stats.start();
         StateFuture::new(async move {
@@ -151,7 +151,7 @@ impl RedbBackend {
         &self,
         write: Write,
         op: Operation,
-        take: impl FnOnce(Answer) -> Option<T> + Send + 'static,
+        take: impl FnOnce(Answer) -> std::result::Result<T, Answer> + Send + 'static,
     ) -> StateFuture<'_, T> {
         let timer = self.inner.stats.start();
         StateFuture::new(async move {
@@ -206,8 +206,8 @@ impl StateBackend for RedbBackend {
             options,
         };
         self.counted(put, Operation::Put, |answer| match answer {
-            Answer::Done => Some(()),
-            _ => None,
+            Answer::Done => Ok(()),
+            other => Err(other),
         })
     }
 
@@ -215,10 +215,13 @@ impl StateBackend for RedbBackend {
         if let Err(err) = self.inner.limits.check_key(NAME, Operation::Delete, key) {
             return StateFuture::ready(Err(err));
         }
-        let remove = Write::Remove { key: owned(key) };
+        let remove = Write::Remove {
+            key: owned(key),
+            value: false,
+        };
         self.counted(remove, Operation::Delete, |answer| match answer {
-            Answer::Removed(old) => Some(old.is_some()),
-            _ => None,
+            Answer::Removed(old) => Ok(old.is_some()),
+            other => Err(other),
         })
     }
 
@@ -256,8 +259,8 @@ impl StateBackend for RedbBackend {
 
     fn clear(&self) -> StateFuture<'_, ()> {
         self.counted(Write::Clear, Operation::Clear, |answer| match answer {
-            Answer::Done => Some(()),
-            _ => None,
+            Answer::Done => Ok(()),
+            other => Err(other),
         })
     }
 
@@ -289,8 +292,8 @@ impl StateBackend for RedbBackend {
             Write::Apply(transaction),
             Operation::BatchPut,
             |answer| match answer {
-                Answer::Committed(true) => Some(()),
-                _ => None,
+                Answer::Committed(true) => Ok(()),
+                other => Err(other),
             },
         )
     }
@@ -307,8 +310,8 @@ impl StateBackend for RedbBackend {
         }
         let remove = Write::RemoveAll(keys.to_vec());
         self.counted(remove, Operation::BatchDelete, |answer| match answer {
-            Answer::Many(removed) => Some(removed),
-            _ => None,
+            Answer::Many(removed) => Ok(removed),
+            other => Err(other),
         })
     }
 
@@ -332,8 +335,8 @@ impl StateBackend for RedbBackend {
             options,
         };
         self.counted(swap, Operation::SetIfNotExists, |answer| match answer {
-            Answer::Swapped(outcome) => Some(outcome.is_swapped()),
-            _ => None,
+            Answer::Swapped(outcome) => Ok(outcome.is_swapped()),
+            other => Err(other),
         })
     }
 
@@ -343,11 +346,14 @@ impl StateBackend for RedbBackend {
             return StateFuture::ready(Err(err));
         }
         self.counted_read(
-            Write::Remove { key: owned(key) },
+            Write::Remove {
+                key: owned(key),
+                value: true,
+            },
             op,
             |answer| match answer {
-                Answer::Removed(old) => Some(old),
-                _ => None,
+                Answer::Removed(old) => Ok(old),
+                other => Err(other),
             },
         )
     }
@@ -374,8 +380,8 @@ impl StateBackend for RedbBackend {
             options,
         };
         self.counted(swap, op, |answer| match answer {
-            Answer::Swapped(outcome) => Some(outcome),
-            _ => None,
+            Answer::Swapped(outcome) => Ok(outcome),
+            other => Err(other),
         })
     }
 
@@ -395,8 +401,8 @@ impl StateBackend for RedbBackend {
             options,
         };
         self.counted(increment, op, |answer| match answer {
-            Answer::Counted(next) => Some(next),
-            _ => None,
+            Answer::Counted(next) => Ok(next),
+            other => Err(other),
         })
     }
 
@@ -433,8 +439,8 @@ impl StateBackend for RedbBackend {
             }
         }
         self.counted(Write::Apply(transaction), op, |answer| match answer {
-            Answer::Committed(committed) => Some(committed),
-            _ => None,
+            Answer::Committed(committed) => Ok(committed),
+            other => Err(other),
         })
     }
 

@@ -1,7 +1,7 @@
 //! [`RedbBackendBuilder`]: configuring and opening a database.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use crate::raw::recorder::StatsRecorder;
 use super::backend::RedbBackend;
 use super::errors::redb_error;
 use super::store::{Inner, Shared};
-use super::writer::{self, Durable, Write};
+use super::writer::{self, Durable};
 use super::{DATA, EXPIRY, META, NAME};
 
 const FORMAT_KEY: &str = "format";
@@ -80,7 +80,8 @@ impl RedbBackendBuilder {
     /// together share it). `false` acknowledges writes once applied in
     /// memory and makes them durable every [`flush_every`](Self::flush_every),
     /// on [`RedbBackend::flush`] and on drop; a crash loses the writes
-    /// since the last of those.
+    /// since the last of those, and so does a failed commit (redb then
+    /// takes no more writes until the backend is reopened).
     pub fn durable_commits(mut self, durable: bool) -> Self {
         self.durable_commits = durable;
         self
@@ -100,8 +101,9 @@ impl RedbBackendBuilder {
         self
     }
 
-    /// How often expired keys are removed in the background; `None`
-    /// disables it (they are still never returned).
+    /// How often expired keys are removed in the background (when any are
+    /// due: an idle database commits nothing), up to 10,000 a commit until
+    /// none is due; `None` disables it (they are still never returned).
     pub fn sweep_interval(mut self, interval: Option<Duration>) -> Self {
         self.sweep_interval = interval;
         self
@@ -147,6 +149,7 @@ impl RedbBackendBuilder {
             clock: self.clock,
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
         });
         let durable = Durable {
             always: self.durable_commits,
@@ -169,10 +172,7 @@ impl RedbBackendBuilder {
                 NAME,
                 Arc::downgrade(&inner),
                 interval,
-                |inner: &Inner| {
-                    // The writer logs a failure; nobody waits for the answer.
-                    let _ = inner.submit(Write::Sweep, Operation::Maintenance);
-                },
+                Inner::sweep_in_background,
             )
         });
         Ok(RedbBackend {

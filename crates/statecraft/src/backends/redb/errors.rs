@@ -31,11 +31,28 @@ pub(super) fn redb_error(err: impl Into<redb::Error>, op: Operation) -> Error {
 /// text). A failed commit may still have applied the group (redb applies
 /// a commit whole or not at all, and one that failed may yet be durable):
 /// `at_commit` says so.
-pub(super) fn group_error(err: &redb::Error, at_commit: bool, op: Operation) -> Error {
+///
+/// redb takes no more writes from a handle once a commit has failed (it
+/// asks for a reopen): after the first failure, `failed_before`, the
+/// writes are [`Unavailable`](ErrorKind::Unavailable) and say so.
+pub(super) fn group_error(
+    err: &redb::Error,
+    at_commit: bool,
+    failed_before: bool,
+    op: Operation,
+) -> Error {
+    if failed_before {
+        return Error::new(
+            ErrorKind::Unavailable,
+            format!("an earlier redb commit failed: reopen the backend ({err})"),
+        )
+        .context(NAME, op);
+    }
     let kind = match err {
         redb::Error::Io(_) | redb::Error::PreviousIo => ErrorKind::Io,
         redb::Error::Corrupted(_) => ErrorKind::Corrupt,
         redb::Error::ValueTooLarge(_) => ErrorKind::ValueTooLarge,
+        redb::Error::DatabaseClosed => ErrorKind::Unavailable,
         _ => ErrorKind::Backend,
     };
     Error::new(kind, format!("the redb commit failed: {err}"))

@@ -9,10 +9,11 @@
 //! redb runs one write transaction at a time, and a durable commit waits
 //! for the disk (`fsync`). Every write therefore goes to one writer thread
 //! of the backend's own, which applies the writes waiting for it in order
-//! in one transaction and commits them together (a group commit): the
-//! async worker threads never wait for the disk, and concurrent writers
-//! share one `fsync`. Reads run where they are called, on a snapshot (a
-//! read transaction), and never wait for the writer.
+//! in one transaction and commits them together (a group commit): no
+//! commit runs on an async worker thread, and concurrent writers share
+//! one `fsync`. Reads run where they are called, on a snapshot (a read
+//! transaction), and never wait for the writer (a read of a page not in
+//! redb's cache reads the disk there, as with sled).
 
 mod apply;
 mod backend;

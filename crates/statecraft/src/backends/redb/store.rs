@@ -1,7 +1,7 @@
 //! The state behind a [`RedbBackend`](super::RedbBackend), and its reads.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use crate::backend::clock::{expiry_after, Clock};
 use crate::backend::error::{Error, ErrorKind, Operation, Result};
 use crate::backend::limits::Limits;
 use crate::backend::options::{KeyPage, KeyTtl, PutOptions};
-use crate::backends::stored::{decode_header, prefix_end, Header};
+use crate::backends::stored::{decode_header, prefix_end, split_index_key, Header};
 use crate::raw::recorder::StatsRecorder;
 
 use super::errors::redb_error;
@@ -29,9 +29,13 @@ pub(super) struct Shared {
     pub(super) temporary: bool,
     pub(super) default_ttl: Option<Duration>,
     pub(super) clock: Arc<dyn Clock>,
-    /// Write transactions committed, and the writes they carried.
+    /// Write transactions committed, and the writes they carried
+    /// (sweeps and flushes included).
     pub(super) commits: AtomicU64,
     pub(super) writes: AtomicU64,
+    /// Whether a commit has failed: redb then takes no more writes from
+    /// this handle.
+    pub(super) failed: AtomicBool,
 }
 
 impl Shared {
@@ -238,9 +242,60 @@ impl Inner {
         })
     }
 
-    /// Whether a read transaction opens and finds the data table.
+    /// Whether the writer still commits, and a read transaction opens
+    /// and finds the data table.
     pub(super) fn check(&self) -> Result<()> {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "a redb commit failed: the backend takes no more writes until it is reopened",
+            )
+            .context(NAME, Operation::HealthCheck));
+        }
         self.read(Operation::HealthCheck, |_| Ok(()))
+    }
+
+    /// Whether the expiry index has an entry due now (what the sweeper
+    /// asks before it sends the writer a sweep).
+    pub(super) fn anything_due(&self) -> Result<bool> {
+        let op = Operation::Maintenance;
+        let now = self.shared.now();
+        let txn = self.shared.db.begin_read().map_err(|e| redb_error(e, op))?;
+        let index = txn.open_table(EXPIRY).map_err(|e| redb_error(e, op))?;
+        let first = index.first().map_err(|e| redb_error(e, op))?;
+        Ok(first.is_some_and(|(entry, _)| {
+            split_index_key(entry.value()).is_some_and(|(at, _)| at <= now)
+        }))
+    }
+
+    /// Sweeps until nothing is due, a commit at a time (the background
+    /// sweeper's call, on its own thread).
+    pub(super) fn sweep_in_background(&self) {
+        loop {
+            match self.anything_due() {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => {
+                    tracing::warn!(%err, backend = NAME, "TTL sweep failed");
+                    return;
+                }
+            }
+            let answer = match self.submit(Write::Sweep, Operation::Maintenance) {
+                Ok(answer) => answer.blocking_recv(),
+                Err(err) => {
+                    tracing::warn!(%err, backend = NAME, "TTL sweep failed");
+                    return;
+                }
+            };
+            match answer {
+                Ok(Ok(Answer::Swept { more: true, .. })) => {}
+                Ok(Ok(_)) | Err(_) => return,
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, backend = NAME, "TTL sweep failed");
+                    return;
+                }
+            }
+        }
     }
 
     /// The entries of the expiry index (one per value with a TTL, until

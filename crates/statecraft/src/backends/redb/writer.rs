@@ -39,8 +39,9 @@ pub(super) enum Write {
         value: Bytes,
         options: PutOptions,
     },
-    /// Remove a key ([`Answer::Removed`]: the live value it held).
-    Remove { key: Bytes },
+    /// Remove a key ([`Answer::Removed`]: the live value it held, if
+    /// `value`; else an empty one in its place).
+    Remove { key: Bytes, value: bool },
     /// Compare and swap ([`Answer::Swapped`]).
     Swap {
         key: Bytes,
@@ -113,7 +114,7 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Job>, durable: Durable) {
     loop {
         let due = pending
             .zip(durable.every)
-            .map(|(since, every)| since + every);
+            .and_then(|(since, every)| since.checked_add(every));
         let first = match due {
             None => match queue.recv() {
                 Ok(job) => job,
@@ -122,9 +123,11 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Job>, durable: Durable) {
             Some(due) => match queue.recv_timeout(due.saturating_duration_since(Instant::now())) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
-                    if commit(shared, &mut Vec::new(), true) {
-                        pending = None;
-                    }
+                    // A failure is tried again a period later, not at once.
+                    pending = match commit(shared, &mut Vec::new(), true) {
+                        true => None,
+                        false => Some(Instant::now()),
+                    };
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -140,13 +143,16 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Job>, durable: Durable) {
         let make_durable = durable.always
             || due.is_some_and(|due| Instant::now() >= due)
             || group.iter().any(|job| matches!(job.write, Write::Flush));
-        if commit(shared, &mut group, make_durable) {
-            pending = match (make_durable, pending) {
-                (true, _) => None,
-                (false, None) => Some(Instant::now()),
-                (false, since) => since,
-            };
-        }
+        let committed = commit(shared, &mut group, make_durable);
+        pending = match (committed, make_durable, pending) {
+            (true, true, _) => None,
+            (true, false, None) => Some(Instant::now()),
+            (true, false, since) => since,
+            // Nothing new to make durable, and a failed flush is tried
+            // again a period later, not at once.
+            (false, _, None) => None,
+            (false, _, Some(_)) => Some(Instant::now()),
+        };
     }
     // The backend is closing: what was acknowledged reaches the disk.
     if pending.is_some() && !commit(shared, &mut Vec::new(), true) {
@@ -164,17 +170,16 @@ fn commit(shared: &Shared, group: &mut Vec<Job>, durable: bool) -> bool {
                 .writes
                 .fetch_add(group.len() as u64, Ordering::Relaxed);
             for (job, answer) in group.drain(..).zip(answers) {
-                if let (Write::Sweep, Err(err)) = (&job.write, &answer) {
-                    tracing::warn!(%err, backend = NAME, "TTL sweep failed");
-                }
                 let _ = job.reply.send(answer);
             }
             true
         }
         Err((err, at_commit)) => {
             tracing::warn!(%err, backend = NAME, writes = group.len(), "a commit failed");
+            let failed_before = shared.failed.swap(true, Ordering::Relaxed);
             for job in group.drain(..) {
-                let _ = job.reply.send(Err(group_error(&err, at_commit, job.op)));
+                let failure = group_error(&err, at_commit, failed_before, job.op);
+                let _ = job.reply.send(Err(failure));
             }
             false
         }

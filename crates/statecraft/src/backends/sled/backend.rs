@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +15,7 @@ use crate::backend::options::{CasOutcome, HealthReport, KeyPage, KeyTtl, PutOpti
 use crate::backend::stats::BackendStats;
 use crate::backend::transaction::Transaction;
 use crate::backend::StateBackend;
+use crate::backends::sweeper::Sweeper;
 
 use super::builder::SledBackendBuilder;
 use super::errors::sled_error;
@@ -38,8 +38,9 @@ use super::NAME;
 /// # Ok(()) }
 /// ```
 pub struct SledBackend {
+    // Dropped first: the sweeper ends before the last of `inner` goes.
+    pub(super) _sweeper: Option<Sweeper>,
     pub(super) inner: Arc<Inner>,
-    pub(super) _sweeper: Option<mpsc::Sender<()>>,
 }
 
 impl fmt::Debug for SledBackend {

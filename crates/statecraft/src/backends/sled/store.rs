@@ -68,9 +68,60 @@ impl Inner {
     }
 
     /// Reads the live value of `key`, lets `decide` choose what to store,
-    /// and writes it together with its expiry index entry, all in one sled
-    /// transaction so that the index always matches the stored values.
+    /// and stores it.
+    ///
+    /// A write that keeps the key's expiry (none before and after, or the
+    /// same instant: an increment keeps its TTL) leaves the expiry index
+    /// as it is, so one compare-and-swap of the value does it, decided
+    /// again if the value changed meanwhile. Any other goes through
+    /// [`update_indexed`](Self::update_indexed).
     fn update<R>(
+        &self,
+        key: &[u8],
+        op: Operation,
+        decide: impl Fn(Option<(&[u8], u64)>) -> Result<Decision<R>>,
+    ) -> Result<R> {
+        loop {
+            let now = self.now();
+            let raw = self.data.get(key).map_err(|e| sled_error(e, op))?;
+            let header = match raw.as_deref().map(decode_header) {
+                None => None,
+                Some(Ok(header)) => Some(header),
+                Some(Err(err)) => return Err(err.with_key(key).context(NAME, op)),
+            };
+            let live = match (&raw, header) {
+                (Some(raw), Some(h)) if h.live_at(now) => Some((&raw[h.len..], h.expires_at)),
+                _ => None,
+            };
+            let (value, expires_at, result) = match decide(live)? {
+                Decision::Keep(result) => return Ok(result),
+                Decision::Write {
+                    value,
+                    expires_at,
+                    result,
+                } => (value, expires_at, result),
+            };
+            let old_expiry = header.map_or(0, |h| h.expires_at);
+            let new_expiry = if value.is_some() { expires_at } else { 0 };
+            if new_expiry != old_expiry {
+                return self.update_indexed(key, op, decide);
+            }
+            let stored = value.map(|value| encode_value(&value, expires_at));
+            match self
+                .data
+                .compare_and_swap(key, raw.as_ref(), stored)
+                .map_err(|e| sled_error(e, op))?
+            {
+                Ok(()) => return Ok(result),
+                Err(_changed) => continue,
+            }
+        }
+    }
+
+    /// [`update`](Self::update) of a write that changes the key's expiry:
+    /// the value and its expiry index entries in one sled transaction, so
+    /// that the index always matches the stored values (a crash included).
+    fn update_indexed<R>(
         &self,
         key: &[u8],
         op: Operation,
@@ -127,7 +178,7 @@ impl Inner {
         self.limits.check_entry(NAME, Operation::Put, key, value)?;
         let expires_at = self.expiry(options);
         if expires_at != 0 {
-            return self.update(key, Operation::Put, |_| {
+            return self.update_indexed(key, Operation::Put, |_| {
                 Ok(Decision::Write {
                     value: Some(value.to_vec()),
                     expires_at,
