@@ -182,6 +182,7 @@ async fn killed_child_keeps_what_it_acknowledged(test: &str, mode: &str) {
         keys.len() as u64 - with_ttl
     );
     assert_eq!(reopened.sweep_expired().await.expect("sweep again"), 0);
+    assert_eq!(index_entries(&reopened).await, 0);
 }
 
 mod conformance {

@@ -1,6 +1,7 @@
 //! Key and value size limits, checked before a backend does any work.
 
 use crate::backend::error::{Error, ErrorKind, Operation, Result};
+use crate::backend::transaction::{Transaction, TransactionWrite};
 
 /// Size limits every backend enforces with a typed error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,31 @@ impl Limits {
             )
             .with_key(key)
             .context(backend, op));
+        }
+        Ok(())
+    }
+
+    /// Checks every key and value of `transaction` (its checks' expected
+    /// values and its puts' values) against the limits.
+    pub(crate) fn check_transaction(
+        &self,
+        backend: &'static str,
+        op: Operation,
+        transaction: &Transaction,
+    ) -> Result<()> {
+        for (key, expected) in transaction.checks() {
+            match expected {
+                Some(expected) => self.check_entry(backend, op, key, expected)?,
+                None => self.check_key(backend, op, key)?,
+            }
+        }
+        for write in transaction.writes() {
+            match write {
+                TransactionWrite::Put { key, value, .. } => {
+                    self.check_entry(backend, op, key, value)?
+                }
+                TransactionWrite::Delete { key } => self.check_key(backend, op, key)?,
+            }
         }
         Ok(())
     }

@@ -161,6 +161,7 @@ pub(crate) fn next_line(
 
 /// Kills `child` with SIGKILL and checks that it died of it (not of a
 /// panic of its own, say).
+#[cfg(unix)]
 pub(crate) fn kill_and_reap(child: &mut Child) {
     use std::os::unix::process::ExitStatusExt;
     child.kill().expect("SIGKILL the child");

@@ -86,8 +86,10 @@ impl<'t> Tables<'t> {
             Write::RemoveAll(keys) => {
                 // A damaged value fails the batch before anything goes.
                 for key in keys {
-                    if let Err(err) = self.live(key, op, now)? {
-                        return Ok(Err(err));
+                    if let Some(raw) = self.data.get(&key[..])? {
+                        if let Err(err) = decode_header(raw.value(), NAME) {
+                            return Ok(Err(err.with_key(key).context(NAME, op)));
+                        }
                     }
                 }
                 let mut removed = 0u64;

@@ -417,26 +417,8 @@ impl StateBackend for RedbBackend {
 
     fn transaction(&self, transaction: Transaction) -> StateFuture<'_, bool> {
         let op = Operation::Transaction;
-        let limits = &self.inner.limits;
-        for (key, expected) in transaction.checks() {
-            let checked = match expected {
-                Some(expected) => limits.check_entry(NAME, op, key, expected),
-                None => limits.check_key(NAME, op, key),
-            };
-            if let Err(err) = checked {
-                return StateFuture::ready(Err(err));
-            }
-        }
-        for write in transaction.writes() {
-            let checked = match write {
-                crate::TransactionWrite::Put { key, value, .. } => {
-                    limits.check_entry(NAME, op, key, value)
-                }
-                crate::TransactionWrite::Delete { key } => limits.check_key(NAME, op, key),
-            };
-            if let Err(err) = checked {
-                return StateFuture::ready(Err(err));
-            }
+        if let Err(err) = self.inner.limits.check_transaction(NAME, op, &transaction) {
+            return StateFuture::ready(Err(err));
         }
         self.counted(Write::Apply(transaction), op, |answer| match answer {
             Answer::Committed(committed) => Ok(committed),

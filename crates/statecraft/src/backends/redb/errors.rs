@@ -32,9 +32,10 @@ pub(super) fn redb_error(err: impl Into<redb::Error>, op: Operation) -> Error {
 /// a commit whole or not at all, and one that failed may yet be durable):
 /// `at_commit` says so.
 ///
-/// redb takes no more writes from a handle once a commit has failed (it
-/// asks for a reopen): after the first failure, `failed_before`, the
-/// writes are [`Unavailable`](ErrorKind::Unavailable) and say so.
+/// redb takes no more writes from a handle once its file has failed it
+/// or a commit has (it asks for a reopen): after that, `failed_before`,
+/// the writes are [`Unavailable`](ErrorKind::Unavailable), not worth a
+/// retry, and say so.
 pub(super) fn group_error(
     err: &redb::Error,
     at_commit: bool,
@@ -46,6 +47,8 @@ pub(super) fn group_error(
             ErrorKind::Unavailable,
             format!("an earlier redb commit failed: reopen the backend ({err})"),
         )
+        .temporary(false)
+        .maybe_applied(at_commit)
         .context(NAME, op);
     }
     let kind = match err {

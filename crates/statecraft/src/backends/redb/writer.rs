@@ -148,10 +148,12 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Job>, durable: Durable) {
             (true, true, _) => None,
             (true, false, None) => Some(Instant::now()),
             (true, false, since) => since,
-            // Nothing new to make durable, and a failed flush is tried
-            // again a period later, not at once.
+            // Nothing new to make durable; a failed durable commit is
+            // tried again a period later, not at once; a failed buffered
+            // one keeps the deadline of the writes before it.
             (false, _, None) => None,
-            (false, _, Some(_)) => Some(Instant::now()),
+            (false, true, Some(_)) => Some(Instant::now()),
+            (false, false, since) => since,
         };
     }
     // The backend is closing: what was acknowledged reaches the disk.
@@ -176,7 +178,14 @@ fn commit(shared: &Shared, group: &mut Vec<Job>, durable: bool) -> bool {
         }
         Err((err, at_commit)) => {
             tracing::warn!(%err, backend = NAME, writes = group.len(), "a commit failed");
-            let failed_before = shared.failed.swap(true, Ordering::Relaxed);
+            // What redb does not come back from: an I/O failure (it
+            // latches them) or a failed commit. A write's own redb error
+            // (a value too large for it) leaves the handle working.
+            let fatal = at_commit || matches!(err, redb::Error::Io(_) | redb::Error::PreviousIo);
+            let failed_before = match fatal {
+                true => shared.failed.swap(true, Ordering::Relaxed),
+                false => shared.failed.load(Ordering::Relaxed),
+            };
             for job in group.drain(..) {
                 let failure = group_error(&err, at_commit, failed_before, job.op);
                 let _ = job.reply.send(Err(failure));

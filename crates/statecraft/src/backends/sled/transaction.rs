@@ -17,12 +17,7 @@ use super::NAME;
 impl Inner {
     /// Applies `transaction`.
     pub(super) fn apply(&self, transaction: &Transaction, op: Operation) -> Result<bool> {
-        for (key, expected) in transaction.checks() {
-            self.limits.check_key(NAME, op, key)?;
-            if let Some(expected) = expected {
-                self.limits.check_entry(NAME, op, key, expected)?;
-            }
-        }
+        self.limits.check_transaction(NAME, op, transaction)?;
         let mut writes = Vec::with_capacity(transaction.writes().len());
         for write in transaction.writes() {
             match write {
@@ -31,14 +26,10 @@ impl Inner {
                     value,
                     options,
                 } => {
-                    self.limits.check_entry(NAME, op, key, value)?;
                     let expires_at = self.expiry(*options);
                     writes.push((key, Some(encode_value(value, expires_at)), expires_at));
                 }
-                TransactionWrite::Delete { key } => {
-                    self.limits.check_key(NAME, op, key)?;
-                    writes.push((key, None, 0));
-                }
+                TransactionWrite::Delete { key } => writes.push((key, None, 0)),
             }
         }
         let now = self.now();
