@@ -82,7 +82,8 @@ async fn child(path: &str, buffered: bool) {
     for task in 0..TASKS {
         println!("acked {task} {}", ACKED / TASKS);
     }
-    tokio::time::sleep(Duration::from_secs(3600)).await;
+    // Until the parent kills it.
+    std::future::pending::<()>().await;
 }
 
 /// Runs the child in `mode`, kills it once its writers have had `ACKED`

@@ -301,6 +301,10 @@ impl StateBackend for SledBackend {
         match self.inner.db.size_on_disk() {
             Ok(size) => {
                 stats.details.insert("size_on_disk_bytes".into(), size);
+                stats.details.insert(
+                    "expiry_index_entries".into(),
+                    self.inner.expiry.len() as u64,
+                );
             }
             Err(err) => return StateFuture::ready(Err(sled_error(err, Operation::Stats))),
         }
