@@ -52,6 +52,8 @@ pub struct ConnectOptions {
     pub postgres_table: Option<String>,
     /// The connection pool of PostgreSQL backends.
     pub postgres_pool_size: Option<usize>,
+    /// The connections PostgreSQL backends' point reads share.
+    pub postgres_read_connections: Option<usize>,
 }
 
 impl ConnectOptions {
@@ -75,6 +77,13 @@ impl ConnectOptions {
     /// PostgreSQL backends pool `size` connections.
     pub fn postgres_pool_size(mut self, size: usize) -> Self {
         self.postgres_pool_size = Some(size);
+        self
+    }
+
+    /// PostgreSQL backends pipeline their point reads over `count` shared
+    /// connections (`0`: reads use the pool).
+    pub fn postgres_read_connections(mut self, count: usize) -> Self {
+        self.postgres_read_connections = Some(count);
         self
     }
 }
@@ -440,6 +449,9 @@ async fn open_store(
                 }
                 if let Some(size) = options.postgres_pool_size {
                     config = config.pool_size(size);
+                }
+                if let Some(count) = options.postgres_read_connections {
+                    config = config.read_connections(count);
                 }
                 let config = config
                     .build()

@@ -13,7 +13,8 @@ use statecraft::{
     StateBackend, Transaction,
 };
 use statecraft_testkit::{
-    Fixture, FixtureFuture, PostgresServer, TimeControl, FIXTURE_MAX_KEY, FIXTURE_MAX_VALUE,
+    Fault, FaultProxy, Fixture, FixtureFuture, PostgresServer, TimeControl, FIXTURE_MAX_KEY,
+    FIXTURE_MAX_VALUE,
 };
 
 /// A table name no other test of this run uses.
@@ -412,6 +413,220 @@ mod postgres {
             memory.get(b"k01234").await.expect("get"),
             Some(Bytes::from(vec![1234u32 as u8; 10]))
         );
+    }
+
+    /// How many connections with `application_name` `name` the server has.
+    async fn connections_named(client: &tokio_postgres::Client, name: &str) -> i64 {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&name],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0)
+    }
+
+    async fn raw_client(url: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("raw connection");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// Point reads go over `read_connections` shared connections of their
+    /// own; when the server ends them, the next reads reopen them and
+    /// still answer (each read runs once more on the new connection).
+    /// `read_connections(0)` keeps reads on the pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn point_reads_share_connections_and_outlive_them() {
+        let server = PostgresServer::start();
+        let url = server.url();
+        let raw = raw_client(&url).await;
+        let config = PostgresConfig::builder()
+            .url(&url)
+            .table("lanes")
+            .pool_size(4)
+            .read_connections(3)
+            .build()
+            .expect("config");
+        let backend = PostgresBackend::new(config).await.expect("connect");
+        for i in 0..64 {
+            backend
+                .put_with_ttl(
+                    format!("k{i}").as_bytes(),
+                    format!("v{i}").into(),
+                    Duration::from_secs(600),
+                )
+                .await
+                .expect("put");
+        }
+        assert_eq!(connections_named(&raw, "statecraft-reads").await, 3);
+        let check_all = |backend: PostgresBackend| async move {
+            let reads = (0..64).map(|i| {
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    let key = format!("k{i}");
+                    let value = backend.get(key.as_bytes()).await?;
+                    let with_ttl = backend.get_with_ttl(key.as_bytes()).await?;
+                    let ttl = backend.ttl(key.as_bytes()).await?;
+                    Ok::<_, statecraft::Error>((i, value, with_ttl, ttl))
+                })
+            });
+            for read in futures_util::future::join_all(reads).await {
+                let (i, value, with_ttl, ttl) = read.expect("task").expect("read");
+                let expected = format!("v{i}");
+                assert_eq!(value.as_deref(), Some(expected.as_bytes()));
+                let (with_value, left) = with_ttl.expect("present");
+                assert_eq!(with_value.as_ref(), expected.as_bytes());
+                assert!(
+                    matches!(left, statecraft::KeyTtl::ExpiresIn(d) if d > Duration::from_secs(500))
+                );
+                assert!(
+                    matches!(ttl, statecraft::KeyTtl::ExpiresIn(d) if d > Duration::from_secs(500))
+                );
+            }
+        };
+        check_all(backend.clone()).await;
+        let ended: i64 = raw
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity \
+                 WHERE application_name = 'statecraft-reads'",
+                &[],
+            )
+            .await
+            .expect("terminate")
+            .get(0);
+        assert_eq!(ended, 3);
+        check_all(backend.clone()).await;
+        let stats = backend.stats().await.expect("stats");
+        assert_eq!(stats.details["read_connections"], 3);
+        assert_eq!(stats.details["read_connections_open"], 3, "all reopened");
+        assert_eq!(connections_named(&raw, "statecraft-reads").await, 3);
+
+        let pooled = PostgresConfig::builder()
+            .url(&url)
+            .table("lanes")
+            .read_connections(0)
+            .build()
+            .expect("config");
+        let pooled = PostgresBackend::new(pooled).await.expect("connect");
+        check_all(pooled.clone()).await;
+        assert_eq!(
+            pooled.stats().await.expect("stats").details["read_connections"],
+            0
+        );
+        assert_eq!(connections_named(&raw, "statecraft-reads").await, 3);
+        let err = PostgresConfig::builder()
+            .url(&url)
+            .read_connections(65)
+            .build()
+            .expect_err("too many");
+        assert_eq!(err.kind(), ErrorKind::Config);
+    }
+
+    /// Reads in flight on shared connections that the server ends run
+    /// once more on new ones: the statements are held in a black hole while
+    /// the server ends the read connections, so every read is sent before
+    /// its connection goes and learns of it after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn point_reads_in_flight_when_their_connection_ends_run_again() {
+        let server = PostgresServer::start();
+        let proxy = FaultProxy::start(
+            format!("127.0.0.1:{}", server.port())
+                .parse()
+                .expect("an address"),
+        );
+        let raw = raw_client(&server.url()).await;
+        let config = PostgresConfig::builder()
+            .url(format!("postgres://postgres@{}/postgres", proxy.addr()))
+            .table("ended")
+            .read_connections(2)
+            .build()
+            .expect("config");
+        let backend = PostgresBackend::new(config).await.expect("connect");
+        for i in 0..16 {
+            backend
+                .put(format!("k{i}").as_bytes(), format!("v{i}").into())
+                .await
+                .expect("put");
+        }
+        proxy.set(Fault::Blackhole);
+        let reads: Vec<_> = (0..16)
+            .map(|i| {
+                let backend = backend.clone();
+                tokio::spawn(async move { (i, backend.get(format!("k{i}").as_bytes()).await) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ended: i64 = raw
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity \
+                 WHERE application_name = 'statecraft-reads'",
+                &[],
+            )
+            .await
+            .expect("terminate")
+            .get(0);
+        assert_eq!(ended, 2);
+        proxy.set(Fault::Pass);
+        for read in reads {
+            let (i, value) = read.await.expect("task");
+            let expected = format!("v{i}");
+            assert_eq!(
+                value.expect("run again on a new connection").as_deref(),
+                Some(expected.as_bytes())
+            );
+        }
+        assert_eq!(connections_named(&raw, "statecraft-reads").await, 2);
+    }
+
+    /// Reads that gave up while their statements waited on a shared
+    /// connection (the table locked) leave it in step: the answers that
+    /// come later go to nobody, and the next reads get their own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_given_up_leave_their_shared_connection_in_step() {
+        let url = PostgresServer::shared().url();
+        let table = unique_table("instep");
+        let config = PostgresConfig::builder()
+            .url(&url)
+            .table(&table)
+            .read_connections(1)
+            .operation_timeout(Duration::from_millis(300))
+            .build()
+            .expect("config");
+        let backend = PostgresBackend::new(config).await.expect("connect");
+        backend.put(b"a", "1".into()).await.expect("put");
+        backend.put(b"b", "2".into()).await.expect("put");
+        let raw = raw_client(&url).await;
+        raw.batch_execute(&format!(
+            "BEGIN; LOCK TABLE \"{table}\" IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .expect("lock");
+        let (a, b) = tokio::join!(backend.get(b"a"), backend.get_with_ttl(b"b"));
+        for err in [a.expect_err("locked"), b.expect_err("locked")] {
+            assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+        }
+        raw.batch_execute("COMMIT").await.expect("unlock");
+        for _ in 0..3 {
+            assert_eq!(
+                backend.get(b"b").await.expect("get").as_deref(),
+                Some(&b"2"[..])
+            );
+            assert_eq!(
+                backend.ttl(b"a").await.expect("ttl"),
+                statecraft::KeyTtl::Persistent
+            );
+            assert_eq!(
+                backend.get(b"a").await.expect("get").as_deref(),
+                Some(&b"1"[..])
+            );
+            assert_eq!(backend.get(b"none").await.expect("get"), None);
+        }
+        let stats = backend.stats().await.expect("stats");
+        assert_eq!(stats.details["read_connections_open"], 1, "not reopened");
     }
 }
 

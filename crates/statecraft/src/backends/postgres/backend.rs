@@ -25,6 +25,7 @@ use super::config::{quoted, PostgresConfig};
 use super::errors::{corrupt, increment_error, pg_error};
 use super::maintenance::purge_loop;
 use super::migrations::migrate;
+use super::pipeline::{Lanes, Read};
 use super::pool::Inner;
 use super::sql::{cas_outcome, last_write_wins, prefix_end, value_of, Sql};
 use super::NAME;
@@ -106,6 +107,7 @@ impl PostgresBackend {
             pg_config,
             stats: StatsRecorder::new(),
             natives: Default::default(),
+            lanes: std::sync::OnceLock::new(),
             config,
         });
         if inner.config.migrate {
@@ -114,6 +116,16 @@ impl PostgresBackend {
             inner
                 .run(Operation::Connect, None, table_exists(&inner))
                 .await?;
+        }
+        let lanes = inner
+            .run(
+                Operation::Connect,
+                None,
+                Lanes::open(inner.config.read_connections, &inner.pg_config, &inner.sql),
+            )
+            .await?;
+        if inner.lanes.set(lanes).is_err() {
+            unreachable!("the lanes are opened once, here");
         }
         crate::backends::anchor::spawn(Arc::downgrade(&inner));
         if let Some(every) = inner.config.purge_interval {
@@ -168,11 +180,7 @@ impl StateBackend for PostgresBackend {
         let inner = &*self.inner;
         StateFuture::new(inner.read_op(Operation::Get, Some(key), async move {
             inner.config.limits.check_key(NAME, Operation::Get, key)?;
-            let mut client = inner.client().await?;
-            let row = client
-                .query_opt(&inner.sql.get, &[&key])
-                .await
-                .map_err(pg_error)?;
+            let row = inner.read_row(Read::Get, key).await?;
             row.map(|row| value_of(&row, 0)).transpose()
         }))
     }
@@ -225,11 +233,7 @@ impl StateBackend for PostgresBackend {
                 .config
                 .limits
                 .check_key(NAME, Operation::GetWithTtl, key)?;
-            let mut client = inner.client().await?;
-            let row = client
-                .query_opt(&inner.sql.get_with_ttl, &[&key])
-                .await
-                .map_err(pg_error)?;
+            let row = inner.read_row(Read::GetWithTtl, key).await?;
             let Some(row) = row else { return Ok(None) };
             let left: Option<i64> = row.try_get(1).map_err(corrupt)?;
             let ttl = match left {
@@ -246,11 +250,7 @@ impl StateBackend for PostgresBackend {
         let inner = &*self.inner;
         StateFuture::new(inner.read_op(Operation::Ttl, Some(key), async move {
             inner.config.limits.check_key(NAME, Operation::Ttl, key)?;
-            let mut client = inner.client().await?;
-            let row = client
-                .query_opt(&inner.sql.ttl, &[&key])
-                .await
-                .map_err(pg_error)?;
+            let row = inner.read_row(Read::Ttl, key).await?;
             let Some(row) = row else {
                 return Ok(KeyTtl::Missing);
             };
@@ -363,17 +363,14 @@ impl StateBackend for PostgresBackend {
                     None => limits.check_key(NAME, Operation::CompareAndSwap, key)?,
                 }
                 let ttl = inner.ttl_of(options);
-                let mut client = inner.client().await?;
                 if expected.is_none() && new.is_none() {
-                    let row = client
-                        .query_opt(&inner.sql.get, &[&key])
-                        .await
-                        .map_err(pg_error)?;
+                    let row = inner.read_row(Read::Get, key).await?;
                     return Ok(match row {
                         None => CasOutcome::Swapped,
                         Some(row) => CasOutcome::Conflict(Some(value_of(&row, 0)?)),
                     });
                 }
+                let mut client = inner.client().await?;
                 // The reported value comes from the statement's snapshot,
                 // while the write re-checks the newest row version. When
                 // they disagree (a concurrent writer committed between
@@ -526,6 +523,14 @@ impl StateBackend for PostgresBackend {
             stats
                 .details
                 .insert("pool_waiting".into(), pool.waiting as u64);
+            if let Some(lanes) = inner.lanes.get() {
+                stats
+                    .details
+                    .insert("read_connections".into(), lanes.len() as u64);
+                stats
+                    .details
+                    .insert("read_connections_open".into(), lanes.open_count() as u64);
+            }
             Ok(stats)
         })
     }

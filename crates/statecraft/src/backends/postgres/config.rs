@@ -16,6 +16,7 @@ pub struct PostgresConfig {
     pub(super) url: String,
     pub(super) table: String,
     pub(super) pool_size: usize,
+    pub(super) read_connections: usize,
     pub(super) acquire_timeout: Duration,
     pub(super) connect_timeout: Duration,
     pub(super) operation_timeout: Duration,
@@ -26,8 +27,8 @@ pub struct PostgresConfig {
 }
 
 impl PostgresConfig {
-    /// A builder with the defaults: table `statecraft_state`, 16 connections,
-    /// 5 s to acquire or open a connection, 5 s per operation, expired rows
+    /// A builder with the defaults: table `statecraft_state`, 16 pooled
+    /// connections and 2 shared ones for point reads, 5 s to acquire or open a connection, 5 s per operation, expired rows
     /// purged every 60 s, no default TTL.
     pub fn builder() -> PostgresConfigBuilder {
         PostgresConfigBuilder {
@@ -35,6 +36,7 @@ impl PostgresConfig {
                 url: String::new(),
                 table: "statecraft_state".into(),
                 pool_size: 16,
+                read_connections: 2,
                 acquire_timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(5),
                 operation_timeout: Duration::from_secs(5),
@@ -84,6 +86,17 @@ impl PostgresConfigBuilder {
     /// The largest number of pooled connections.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.config.pool_size = size;
+        self
+    }
+
+    /// How many connections, besides the pool, the point reads (`get`,
+    /// `get_with_ttl`, `ttl`) share, each read pipelined behind the others
+    /// on one of them in turn (default 2, at most 64). `0`: reads take a
+    /// pooled connection like every other operation. Writes never share a
+    /// connection: one waiting for a row lock would hold up every
+    /// statement behind it.
+    pub fn read_connections(mut self, count: usize) -> Self {
+        self.config.read_connections = count;
         self
     }
 
@@ -138,6 +151,12 @@ impl PostgresConfigBuilder {
         validate_table(&config.table)?;
         if config.pool_size == 0 {
             return invalid("pool_size must be at least 1".into());
+        }
+        if config.read_connections > 64 {
+            return invalid(format!(
+                "read_connections is at most 64, not {}",
+                config.read_connections
+            ));
         }
         for (name, value) in [
             ("acquire_timeout", config.acquire_timeout),

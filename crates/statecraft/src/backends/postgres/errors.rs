@@ -47,19 +47,24 @@ pub(super) fn pool_error(err: PoolError) -> Error {
             ErrorKind::Timeout,
             "no pooled PostgreSQL connection became free in time",
         ),
-        PoolError::Backend(err) => {
-            let mut error = pg_error(err);
-            if error.kind() == ErrorKind::Backend {
-                error = Error::new(ErrorKind::Unavailable, "PostgreSQL refused the connection")
-                    .temporary(false)
-                    .with_source(error);
-            }
-            error
-        }
+        PoolError::Backend(err) => return connect_error(err),
         other => {
             Error::new(ErrorKind::Unavailable, "the connection pool failed").with_source(other)
         }
     };
+    error.with_operation(Operation::Connect)
+}
+
+/// A failure to open a connection (the statement was never sent): a
+/// refusal by the server (a wrong password, a missing database) is not
+/// temporary.
+pub(super) fn connect_error(err: tokio_postgres::Error) -> Error {
+    let mut error = pg_error(err);
+    if error.kind() == ErrorKind::Backend {
+        error = Error::new(ErrorKind::Unavailable, "PostgreSQL refused the connection")
+            .temporary(false)
+            .with_source(error);
+    }
     error.with_operation(Operation::Connect)
 }
 

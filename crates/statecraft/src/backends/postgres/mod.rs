@@ -15,6 +15,7 @@ mod errors;
 mod maintenance;
 mod migrations;
 mod native;
+mod pipeline;
 mod pool;
 mod pubsub;
 mod sql;

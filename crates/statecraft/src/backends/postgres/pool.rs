@@ -171,6 +171,8 @@ pub(super) struct Inner {
     pub(super) stats: StatsRecorder,
     /// The native atomic updates set up so far.
     pub(super) natives: super::native::Natives,
+    /// The shared connections of point reads, opened after the migrations.
+    pub(super) lanes: std::sync::OnceLock<super::pipeline::Lanes>,
 }
 
 impl Inner {
