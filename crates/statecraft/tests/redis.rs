@@ -596,5 +596,28 @@ mod faults {
             .await;
         }
         assert_eq!(backend.count().await.expect("count"), keys.len() as u64);
+
+        // A frozen master: its keys fail within the bound, and all answer
+        // once it thaws.
+        cluster.nodes()[1].pause();
+        let mut timed_out = 0;
+        for key in &keys {
+            let started = Instant::now();
+            if let Err(err) = backend.get(key.as_bytes()).await {
+                timed_out += 1;
+                // A timeout, or the cluster down once the others notice.
+                assert!(err.is_temporary(), "{err}");
+                assert!(
+                    matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+                    "{err}"
+                );
+            }
+            assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
+        }
+        cluster.nodes()[1].resume();
+        assert!(timed_out > 0, "no key lived on the frozen master");
+        for key in &keys {
+            eventually(Duration::from_secs(20), || backend.get(key.as_bytes())).await;
+        }
     }
 }

@@ -31,9 +31,11 @@ use crate::backend::error::Result;
 /// - **Redis**: once the request is written to the connection the server
 ///   runs it; dropping the future only drops the reply. A write cancelled
 ///   mid-flight may have been applied.
-/// - **PostgreSQL**: the connection running the statement is closed (never
-///   returned to the pool); the server may still finish the statement.
-///   Inside a `transaction` nothing is committed unless the commit ran.
+/// - **PostgreSQL**: the pooled connection running the statement is closed
+///   (never returned to the pool); the server may still finish the
+///   statement. Inside a `transaction` nothing is committed unless the
+///   commit ran. A point read on a shared read connection only drops its
+///   answer, which the connection skips when it comes.
 /// - **layers** (`Namespaced`, `Retry`, `Timeout`, `Metrics`) add no state
 ///   of their own: cancelling them cancels the inner call, as above. A
 ///   cancelled `Retry` sends no further attempt.

@@ -228,7 +228,9 @@ impl Lane {
         if let Some(connected) = self.current() {
             return Ok(connected);
         }
-        let connected = Arc::new(Connected::open(pg_config, sql).await?);
+        // Boxed: the connection handshake's state is kilobytes, and would
+        // otherwise be part of every read's future.
+        let connected = Arc::new(Box::pin(Connected::open(pg_config, sql)).await?);
         *self.open.lock().unwrap_or_else(PoisonError::into_inner) = Some(connected.clone());
         Ok(connected)
     }
@@ -256,7 +258,12 @@ impl super::pool::Inner {
             Read::GetWithTtl => &self.sql.get_with_ttl,
             Read::Ttl => &self.sql.ttl,
         };
-        let mut client = self.client().await?;
-        client.query_opt(sql, &[&key]).await.map_err(pg_error)
+        // Boxed, as the pool's checkout is large and this is not the
+        // common path.
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            client.query_opt(sql, &[&key]).await.map_err(pg_error)
+        })
+        .await
     }
 }

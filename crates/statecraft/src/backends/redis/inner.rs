@@ -3,8 +3,10 @@
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use redis::{RedisError, Script};
@@ -137,20 +139,15 @@ impl Inner {
             // every request itself (and never waits for a reconnect), so a
             // second timer is only needed for the Cluster client, whose
             // internal retries and slot refreshes could run longer.
-            let outcome = if single.is_some() {
-                attempt(conn).await
-            } else {
-                match tokio::time::timeout(self.config.response_timeout, attempt(conn)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "no answer within the response timeout of {:?}",
-                            self.config.response_timeout
-                        ),
-                    )),
-                }
-            };
+            let deadline = single
+                .is_none()
+                .then(|| Box::pin(tokio::time::sleep(self.config.response_timeout)));
+            let outcome = Bounded {
+                work: attempt(conn),
+                deadline,
+                after: self.config.response_timeout,
+            }
+            .await;
             if outcome
                 .as_ref()
                 .is_err_and(|err| err.kind() == ErrorKind::Timeout)
@@ -182,8 +179,43 @@ impl Inner {
                 });
             }
             self.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(self.backoff(tries)).await;
+            // Boxed: a timer is large, and only a retry needs one.
+            Box::pin(tokio::time::sleep(self.backoff(tries))).await;
             tries += 1;
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `work`, failed with a timeout once `deadline` (if any) passes. One
+    /// future for both kinds of connection, so that a request's future
+    /// holds its work once and the timer only when there is one.
+    struct Bounded<F> {
+        #[pin]
+        work: F,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        after: Duration,
+    }
+}
+
+impl<T, F: Future<Output = Result<T>>> Future for Bounded<F> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let this = self.project();
+        if let Poll::Ready(outcome) = this.work.poll(cx) {
+            return Poll::Ready(outcome);
+        }
+        let expired = match this.deadline {
+            Some(deadline) => deadline.as_mut().poll(cx).is_ready(),
+            None => false,
+        };
+        match expired {
+            true => Poll::Ready(Err(Error::new(
+                ErrorKind::Timeout,
+                format!("no answer within the response timeout of {:?}", this.after),
+            ))),
+            false => Poll::Pending,
         }
     }
 }
