@@ -404,15 +404,18 @@ async fn run_case(side: &Side, case: &Case<'_>, millis: u64) -> Result<Ran, Stri
     let counters: Arc<[Bytes]> = (0..1_000)
         .map(|i| Bytes::from(format!("bench:counter:{i}")))
         .collect();
+    let states = (0..case.concurrency)
+        .map(|task| TaskState::new(task as u64, case.args.batch_size))
+        .collect::<Result<Vec<_>, String>>()?;
     let ready = Arc::new(tokio::sync::Barrier::new(case.concurrency));
-    let tasks: Vec<_> = (0..case.concurrency)
-        .map(|task| {
+    let tasks: Vec<_> = states
+        .into_iter()
+        .map(|mut state| {
             let (side, ready) = (side.clone(), Arc::clone(&ready));
             let (keys, counters) = (Arc::clone(case.keys), Arc::clone(&counters));
             let value = case.value.clone();
-            let (op, batch_size) = (case.op, case.args.batch_size);
+            let op = case.op;
             tokio::spawn(async move {
-                let mut state = TaskState::new(task as u64, batch_size)?;
                 ready.wait().await;
                 let began = Instant::now();
                 let deadline = began + Duration::from_millis(millis);

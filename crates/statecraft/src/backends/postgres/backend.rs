@@ -121,7 +121,7 @@ impl PostgresBackend {
             .run(
                 Operation::Connect,
                 None,
-                Lanes::open(inner.config.read_connections, &inner.pg_config, &inner.sql),
+                Lanes::open(inner.config.read_connections, &inner.lane_config()),
             )
             .await?;
         if inner.lanes.set(lanes).is_err() {
@@ -530,6 +530,9 @@ impl StateBackend for PostgresBackend {
                 stats
                     .details
                     .insert("read_connections_open".into(), lanes.open_count() as u64);
+                stats
+                    .details
+                    .insert("read_connections_reopened".into(), lanes.reopened());
             }
             Ok(stats)
         })

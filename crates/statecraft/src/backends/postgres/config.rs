@@ -83,7 +83,9 @@ impl PostgresConfigBuilder {
         self
     }
 
-    /// The largest number of pooled connections.
+    /// The largest number of pooled connections. (An instance opens at most
+    /// this many, plus [`read_connections`](Self::read_connections), plus
+    /// one for each LISTEN subscription.)
     pub fn pool_size(mut self, size: usize) -> Self {
         self.config.pool_size = size;
         self

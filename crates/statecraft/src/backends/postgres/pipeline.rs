@@ -15,21 +15,36 @@
 //!
 //! Only reads: a write can wait for a row lock a transaction holds, and on a
 //! shared connection every statement behind it would wait too. Writes,
-//! scans and transactions keep the pool.
+//! scans and transactions keep the pool. What reads still share is their
+//! lane's order: a read waits for the answers sent before its own (a
+//! table locked exclusively, a huge value, a caller that stops polling a
+//! read whose answer is half read).
 //!
-//! A lane whose connection is lost is reopened by the next read that picks
-//! it; a read whose connection is lost under it (closed, or ended by the
-//! server) runs once more on the reopened one (reads change nothing, so running twice is harmless).
-//! A read dropped mid-flight (its deadline passed) leaves the lane usable:
-//! the client skips the answer nobody waits for.
+//! Faults:
+//! - A lane whose connection is lost is reopened by the next read that
+//!   picks it; a read whose connection is lost under it (closed, ended by
+//!   the server, or its prepared statement gone stale) runs once more on
+//!   the reopened one (reads change nothing, so running twice is harmless).
+//!   While a reopen has just failed, reads fail at once instead of each
+//!   trying again.
+//! - A read given up early (dropped by its caller) leaves the lane as it
+//!   is: the client skips the answer nobody waits for.
+//! - A read that waited half its operation timeout or more and saw no
+//!   answer at all come back on its connection in that time takes the
+//!   connection off the lane: a peer that vanished without closing the
+//!   socket would otherwise hold the lane until TCP gives up. (The sockets'
+//!   `tcp_user_timeout` is the operation timeout, so that the abandoned
+//!   connection ends too.)
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
-use crate::backend::error::{ErrorKind, Operation, Result};
+use crate::backend::error::{Error, ErrorKind, Operation, Result};
 
 use super::errors::{connect_error, pg_error};
 use super::sql::Sql;
@@ -41,6 +56,9 @@ pub(super) const APPLICATION_NAME: &str = "statecraft-reads";
 /// How many reads in flight fill a lane before the next one gets any.
 const DEPTH: usize = 8;
 
+/// How long after a failed reopen the lane's reads fail at once.
+const REOPEN_PAUSE: Duration = Duration::from_millis(250);
+
 /// Which prepared read a lane runs.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Read {
@@ -49,9 +67,20 @@ pub(super) enum Read {
     Ttl,
 }
 
+/// What a lane opens its connections with.
+pub(super) struct LaneConfig<'a> {
+    pub(super) pg_config: &'a tokio_postgres::Config,
+    pub(super) sql: &'a Sql,
+    pub(super) operation_timeout: Duration,
+}
+
 /// The shared connections for point reads.
 pub(super) struct Lanes {
     lanes: Box<[Lane]>,
+    /// A read that waited this long on a silent connection drops it.
+    stale_after: Duration,
+    /// Connections opened again after one was lost.
+    reopened: AtomicU64,
 }
 
 struct Lane {
@@ -61,25 +90,32 @@ struct Lane {
     /// Held while the lane is being reopened, so that one read reopens it
     /// and the others wait for that connection.
     reopening: tokio::sync::Mutex<()>,
+    /// When the last reopen failed.
+    failed_at: Mutex<Option<Instant>>,
 }
 
 struct Connected {
     client: Client,
+    /// Answers (rows or errors) that came back on this connection.
+    answers: AtomicU64,
     get: Statement,
     get_with_ttl: Statement,
     ttl: Statement,
 }
 
 impl Connected {
-    async fn open(pg_config: &tokio_postgres::Config, sql: &Sql) -> Result<Connected> {
-        let mut pg_config = pg_config.clone();
-        pg_config.application_name(APPLICATION_NAME);
+    async fn open(config: &LaneConfig<'_>) -> Result<Connected> {
+        let mut pg_config = config.pg_config.clone();
+        pg_config
+            .application_name(APPLICATION_NAME)
+            .tcp_user_timeout(config.operation_timeout);
         let (client, connection) = pg_config.connect(NoTls).await.map_err(connect_error)?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "a PostgreSQL read connection closed");
             }
         });
+        let sql = config.sql;
         let (get, get_with_ttl, ttl) = futures_util::future::try_join3(
             client.prepare(&sql.get),
             client.prepare(&sql.get_with_ttl),
@@ -89,6 +125,7 @@ impl Connected {
         .map_err(|err| pg_error(err).with_operation(Operation::Connect))?;
         Ok(Connected {
             client,
+            answers: AtomicU64::new(0),
             get,
             get_with_ttl,
             ttl,
@@ -107,23 +144,23 @@ impl Connected {
 impl Lanes {
     /// `count` lanes, opened now (so that a wrong address or a missing
     /// table fails the backend's opening, not its first read).
-    pub(super) async fn open(
-        count: usize,
-        pg_config: &tokio_postgres::Config,
-        sql: &Sql,
-    ) -> Result<Lanes> {
+    pub(super) async fn open(count: usize, config: &LaneConfig<'_>) -> Result<Lanes> {
         let opened =
-            futures_util::future::try_join_all((0..count).map(|_| Connected::open(pg_config, sql)))
-                .await?;
+            futures_util::future::try_join_all((0..count).map(|_| Connected::open(config))).await?;
         let lanes = opened
             .into_iter()
             .map(|connected| Lane {
                 open: Mutex::new(Some(Arc::new(connected))),
                 in_flight: AtomicUsize::new(0),
                 reopening: tokio::sync::Mutex::new(()),
+                failed_at: Mutex::new(None),
             })
             .collect();
-        Ok(Lanes { lanes })
+        Ok(Lanes {
+            lanes,
+            stale_after: config.operation_timeout / 2,
+            reopened: AtomicU64::new(0),
+        })
     }
 
     /// How many lanes there are (0: reads use the pool).
@@ -139,47 +176,63 @@ impl Lanes {
             .count()
     }
 
+    /// How many connections were opened again after one was lost.
+    pub(super) fn reopened(&self) -> u64 {
+        self.reopened.load(Ordering::Relaxed)
+    }
+
     /// Runs `read` with `params` on the next lane: at most one row.
     pub(super) async fn query_opt(
         &self,
         read: Read,
         params: &[&(dyn ToSql + Sync)],
-        pg_config: &tokio_postgres::Config,
-        sql: &Sql,
+        config: &LaneConfig<'_>,
     ) -> Result<Option<Row>> {
         let lane = self.pick();
         lane.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight(&lane.in_flight);
         let mut retried = false;
         loop {
-            let connected = lane.connected(pg_config, sql).await?;
-            match connected
+            let connected = lane.connected(config, &self.reopened).await?;
+            let mut waiting = Waiting {
+                lane,
+                connected: &connected,
+                answers: connected.answers.load(Ordering::Relaxed),
+                sent: Instant::now(),
+                stale_after: self.stale_after,
+                answered: false,
+            };
+            let outcome = connected
                 .client
                 .query_opt(connected.statement(read), params)
-                .await
-            {
+                .await;
+            waiting.answered = true;
+            connected.answers.fetch_add(1, Ordering::Relaxed);
+            let err = match outcome {
                 Ok(row) => return Ok(row),
-                Err(err) => {
-                    let error = pg_error(err);
-                    // The connection is gone (closed, or ended by the
-                    // server): the lane opens another for the next read.
-                    let lost =
-                        error.kind() == ErrorKind::Unavailable || connected.client.is_closed();
-                    if lost {
-                        lane.forget(&connected);
-                    }
-                    if lost && !retried {
-                        retried = true;
-                        continue;
-                    }
-                    return Err(error);
-                }
+                Err(err) => err,
+            };
+            let stale = err.code().is_some_and(|code| {
+                *code == SqlState::FEATURE_NOT_SUPPORTED
+                    || *code == SqlState::INVALID_SQL_STATEMENT_NAME
+            });
+            let error = pg_error(err);
+            // The connection is gone (closed, ended by the server), or its
+            // prepared statements no longer fit the table: the lane opens
+            // another for the next read.
+            let lost =
+                stale || error.kind() == ErrorKind::Unavailable || connected.client.is_closed();
+            if lost {
+                lane.forget(&connected);
             }
+            if lost && !retried {
+                retried = true;
+                continue;
+            }
+            return Err(error);
         }
     }
-}
 
-impl Lanes {
     /// The first lane with room in its pipeline, else the least busy one.
     fn pick(&self) -> &Lane {
         let mut best = &self.lanes[0];
@@ -207,6 +260,31 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A read sent and not yet answered: if it is dropped after waiting
+/// `stale_after` with no answer at all on its connection, the connection
+/// is taken off the lane.
+struct Waiting<'a> {
+    lane: &'a Lane,
+    connected: &'a Arc<Connected>,
+    answers: u64,
+    sent: Instant,
+    stale_after: Duration,
+    answered: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let silent = self.connected.answers.load(Ordering::Relaxed) == self.answers;
+        if !self.answered && silent && self.sent.elapsed() >= self.stale_after {
+            tracing::warn!(
+                waited = ?self.sent.elapsed(),
+                "a PostgreSQL read connection answered nothing: opening another"
+            );
+            self.lane.forget(self.connected);
+        }
+    }
+}
+
 impl Lane {
     fn current(&self) -> Option<Arc<Connected>> {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
@@ -218,8 +296,8 @@ impl Lane {
     /// The lane's connection, reopened first if it was lost.
     async fn connected(
         &self,
-        pg_config: &tokio_postgres::Config,
-        sql: &Sql,
+        config: &LaneConfig<'_>,
+        reopened: &AtomicU64,
     ) -> Result<Arc<Connected>> {
         if let Some(connected) = self.current() {
             return Ok(connected);
@@ -228,9 +306,30 @@ impl Lane {
         if let Some(connected) = self.current() {
             return Ok(connected);
         }
+        let failed_at = *self
+            .failed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = failed_at.filter(|at| at.elapsed() < REOPEN_PAUSE) {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "reopening the read connection failed {:?} ago",
+                    at.elapsed()
+                ),
+            )
+            .temporary(true)
+            .with_operation(Operation::Connect));
+        }
         // Boxed: the connection handshake's state is kilobytes, and would
         // otherwise be part of every read's future.
-        let connected = Arc::new(Box::pin(Connected::open(pg_config, sql)).await?);
+        let opened = Box::pin(Connected::open(config)).await;
+        *self
+            .failed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = opened.is_err().then(Instant::now);
+        let connected = Arc::new(opened?);
+        reopened.fetch_add(1, Ordering::Relaxed);
         *self.open.lock().unwrap_or_else(PoisonError::into_inner) = Some(connected.clone());
         Ok(connected)
     }
@@ -245,13 +344,20 @@ impl Lane {
 }
 
 impl super::pool::Inner {
+    /// What the lanes open their connections with.
+    pub(super) fn lane_config(&self) -> LaneConfig<'_> {
+        LaneConfig {
+            pg_config: &self.pg_config,
+            sql: &self.sql,
+            operation_timeout: self.config.operation_timeout,
+        }
+    }
+
     /// A point read of `key`: on a lane when there are any, else on a
     /// pooled connection.
     pub(super) async fn read_row(&self, read: Read, key: &[u8]) -> Result<Option<Row>> {
         if let Some(lanes) = self.lanes.get().filter(|lanes| lanes.len() > 0) {
-            return lanes
-                .query_opt(read, &[&key], &self.pg_config, &self.sql)
-                .await;
+            return lanes.query_opt(read, &[&key], &self.lane_config()).await;
         }
         let sql = match read {
             Read::Get => &self.sql.get,
