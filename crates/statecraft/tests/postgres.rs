@@ -427,6 +427,20 @@ mod postgres {
             .get(0)
     }
 
+    /// Has the server end every read connection (waiting until each is
+    /// gone): how many it ended.
+    async fn end_read_connections(client: &tokio_postgres::Client) -> i64 {
+        client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) \
+                 FROM pg_stat_activity WHERE application_name = 'statecraft-reads'",
+                &[],
+            )
+            .await
+            .expect("terminate")
+            .get(0)
+    }
+
     async fn raw_client(url: &str) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
@@ -489,16 +503,7 @@ mod postgres {
             }
         };
         check_all(backend.clone()).await;
-        let ended: i64 = raw
-            .query_one(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) \
-                 FROM pg_stat_activity \
-                 WHERE application_name = 'statecraft-reads'",
-                &[],
-            )
-            .await
-            .expect("terminate")
-            .get(0);
+        let ended = end_read_connections(&raw).await;
         assert_eq!(ended, 3);
         check_all(backend.clone()).await;
         let stats = backend.stats().await.expect("stats");
@@ -566,16 +571,7 @@ mod postgres {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let ended: i64 = raw
-            .query_one(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) \
-                 FROM pg_stat_activity \
-                 WHERE application_name = 'statecraft-reads'",
-                &[],
-            )
-            .await
-            .expect("terminate")
-            .get(0);
+        let ended = end_read_connections(&raw).await;
         assert_eq!(ended, 2);
         proxy.set(Fault::Pass);
         for read in reads {
