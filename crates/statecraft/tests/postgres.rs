@@ -612,7 +612,28 @@ mod postgres {
         assert!(backend.get(b"a").now_or_never().is_none());
         assert!(backend.get_with_ttl(b"b").now_or_never().is_none());
         assert!(backend.ttl(b"b").now_or_never().is_none());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Until the server has them, waiting for the lock.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: i64 = raw
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = 'statecraft-reads' \
+                     AND wait_event_type = 'Lock' AND strpos(query, $1) > 0",
+                    &[&table],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the reads never reached the server"
+            );
+            tokio::task::yield_now().await;
+        }
         raw.batch_execute("COMMIT").await.expect("unlock");
         for _ in 0..3 {
             assert_eq!(
