@@ -538,9 +538,9 @@ mod postgres {
     }
 
     /// Reads in flight on shared connections that the server ends run
-    /// once more on new ones: the statements are held in a black hole while
-    /// the server ends the read connections, so every read is sent before
-    /// its connection goes and learns of it after.
+    /// once more on new ones: the statements are sent (polled once) into a
+    /// black hole, the server ends the read connections, and only then does
+    /// the network heal, so every read learns of the loss after it was sent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn point_reads_in_flight_when_their_connection_ends_run_again() {
         let server = PostgresServer::start();
@@ -564,18 +564,27 @@ mod postgres {
                 .expect("put");
         }
         proxy.set(Fault::Blackhole);
-        let reads: Vec<_> = (0..16)
-            .map(|i| {
-                let backend = backend.clone();
-                tokio::spawn(async move { (i, backend.get(format!("k{i}").as_bytes()).await) })
+        let keys: Vec<String> = (0..16).map(|i| format!("k{i}")).collect();
+        let mut reads: Vec<_> = keys.iter().map(|key| backend.get(key.as_bytes())).collect();
+        // One poll each sends them: into the black hole, unanswered.
+        for read in &mut reads {
+            let first = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::future::Future::poll(
+                    std::pin::Pin::new(&mut *read),
+                    cx,
+                ))
             })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+            .await;
+            assert!(first.is_pending(), "answered through a black hole");
+        }
         let ended = end_read_connections(&raw).await;
         assert_eq!(ended, 2);
         proxy.set(Fault::Pass);
-        for read in reads {
-            let (i, value) = read.await.expect("task");
+        for (i, value) in futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .enumerate()
+        {
             let expected = format!("v{i}");
             assert_eq!(
                 value.expect("run again on a new connection").as_deref(),
